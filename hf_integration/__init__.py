@@ -1,0 +1,1 @@
+"""Hugging Face integration for indrnn-triton (IndRNN models for the Auto classes)."""

@@ -1,0 +1,303 @@
+"""The fused IndRNN op: argument checks, the torch.library custom op, autograd, the public function.
+
+``fused_indrnn`` validates its arguments and calls ``indrnn_triton::indrnn_forward``, a
+torch.library custom op with a CPU implementation (:mod:`indrnn_triton.cpu`), the Triton kernels
+registered for CUDA (:mod:`indrnn_triton.triton_kernels`), a fake implementation for
+torch.compile, and a backward that is itself a custom op (``indrnn_triton::indrnn_backward``).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+from torch import Tensor
+
+from .cpu import cpu_backward, cpu_forward
+
+try:
+    from . import triton_kernels
+except ImportError:  # Triton is optional off Linux; CUDA tensors then need it, CPU ones do not.
+    triton_kernels = None
+
+# With TRITON_INTERPRET=1, CPU tensors run the Triton kernels through Triton's interpreter.
+INTERPRET = triton_kernels is not None and triton_kernels.INTERPRET
+
+_INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The recurrence runs in float32, or float64 for float64 inputs."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _tbh(x: Tensor, batch_first: bool) -> Tensor:
+    """(T, B, ...) view of a time-major or batch-major tensor; never copies."""
+    return x.transpose(0, 1) if batch_first else x
+
+
+def _backend(device: torch.device, use_triton: bool):
+    if not use_triton:
+        return cpu_forward, cpu_backward
+    if triton_kernels is None:
+        raise RuntimeError(
+            f"fused_indrnn on {device} needs Triton, which is not installed (pip install triton)"
+        )
+    return triton_kernels.triton_forward, triton_kernels.triton_backward
+
+
+def _forward_impl(pre, weight_hh, bias, h0, mask, r_max, r_min, reverse, batch_first, use_triton):
+    x = _tbh(pre, batch_first)
+    T, B, H = x.shape
+    out = torch.empty(pre.shape, dtype=pre.dtype, device=pre.device)
+    h_n = torch.empty(B, H, dtype=_acc_dtype(pre.dtype), device=pre.device)
+    if T == 0 or B == 0 or H == 0:
+        h_n.copy_(h0) if h0 is not None else h_n.zero_()
+        return out, h_n
+    forward, _ = _backend(pre.device, use_triton)
+    m = None if mask is None else _tbh(mask, batch_first)
+    forward(x, weight_hh, bias, h0, m, r_max, r_min, reverse, _tbh(out, batch_first), h_n)
+    return out, h_n
+
+
+def _backward_impl(grad_out, grad_hn, out, weight_hh, h0, mask, r_max, r_min, reverse,
+                   batch_first, use_triton):
+    o = _tbh(out, batch_first)
+    T, B, H = o.shape
+    acc = _acc_dtype(out.dtype)
+    grad_pre = torch.empty_like(out)
+    grad_h0 = torch.empty(B, H, dtype=acc, device=out.device)
+    if T == 0 or B == 0 or H == 0:
+        grad_h0.copy_(grad_hn) if grad_hn is not None else grad_h0.zero_()
+        grad_pre.zero_()
+        zeros = torch.zeros(H, dtype=acc, device=out.device)
+        return grad_pre, zeros, zeros.clone(), grad_h0
+    _, backward = _backend(out.device, use_triton)
+    g = None if grad_out is None else _tbh(grad_out, batch_first)
+    m = None if mask is None else _tbh(mask, batch_first)
+    du, db = backward(g, grad_hn, o, weight_hh, h0, m, r_max, r_min, reverse,
+                      _tbh(grad_pre, batch_first), grad_h0)
+    return grad_pre, du, db, grad_h0
+
+
+@torch.library.custom_op("indrnn_triton::indrnn_forward", mutates_args=())
+def _forward_op(
+    pre: Tensor,
+    weight_hh: Tensor,
+    bias: Tensor | None,
+    h0: Tensor | None,
+    mask: Tensor | None,
+    recurrent_max_abs: float | None,
+    recurrent_min_abs: float,
+    reverse: bool,
+    batch_first: bool,
+) -> tuple[Tensor, Tensor]:
+    return _forward_impl(pre, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_min_abs,
+                         reverse, batch_first, use_triton=INTERPRET)
+
+
+@_forward_op.register_kernel("cuda")
+def _forward_cuda(pre, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_min_abs, reverse,
+                  batch_first):
+    return _forward_impl(pre, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_min_abs,
+                         reverse, batch_first, use_triton=True)
+
+
+@_forward_op.register_fake
+def _forward_fake(pre, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_min_abs, reverse,
+                  batch_first):
+    B, H = _tbh(pre, batch_first).shape[1:]
+    return torch.empty_like(pre, memory_format=torch.contiguous_format), pre.new_empty(
+        B, H, dtype=_acc_dtype(pre.dtype)
+    )
+
+
+@torch.library.custom_op("indrnn_triton::indrnn_backward", mutates_args=())
+def _backward_op(
+    grad_out: Tensor | None,
+    grad_hn: Tensor | None,
+    out: Tensor,
+    weight_hh: Tensor,
+    h0: Tensor | None,
+    mask: Tensor | None,
+    recurrent_max_abs: float | None,
+    recurrent_min_abs: float,
+    reverse: bool,
+    batch_first: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _backward_impl(grad_out, grad_hn, out, weight_hh, h0, mask, recurrent_max_abs,
+                          recurrent_min_abs, reverse, batch_first, use_triton=INTERPRET)
+
+
+@_backward_op.register_kernel("cuda")
+def _backward_cuda(grad_out, grad_hn, out, weight_hh, h0, mask, recurrent_max_abs,
+                   recurrent_min_abs, reverse, batch_first):
+    return _backward_impl(grad_out, grad_hn, out, weight_hh, h0, mask, recurrent_max_abs,
+                          recurrent_min_abs, reverse, batch_first, use_triton=True)
+
+
+@_backward_op.register_fake
+def _backward_fake(grad_out, grad_hn, out, weight_hh, h0, mask, recurrent_max_abs,
+                   recurrent_min_abs, reverse, batch_first):
+    B, H = _tbh(out, batch_first).shape[1:]
+    acc = _acc_dtype(out.dtype)
+    return (
+        torch.empty_like(out, memory_format=torch.contiguous_format),
+        out.new_empty(H, dtype=acc),
+        out.new_empty(H, dtype=acc),
+        out.new_empty(B, H, dtype=acc),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    pre, weight_hh, bias, h0, mask, r_max, r_min, reverse, batch_first = inputs
+    out, _ = output
+    # The ReLU derivative is [h > 0], so the output and h0 are all the activations kept.
+    ctx.save_for_backward(out, weight_hh, h0, mask)
+    ctx.flags = (r_max, r_min, reverse, batch_first)
+    ctx.bias_dtype = None if bias is None else bias.dtype
+
+
+def _backward(ctx, grad_out, grad_hn):
+    out, weight_hh, h0, mask = ctx.saved_tensors
+    grad_pre, du, db, dh0 = _backward_op(grad_out, grad_hn, out, weight_hh, h0, mask, *ctx.flags)
+    return (
+        grad_pre,
+        du.to(weight_hh.dtype),
+        None if ctx.bias_dtype is None else db.to(ctx.bias_dtype),
+        None if h0 is None else dh0.to(h0.dtype),
+        None, None, None, None, None,
+    )
+
+
+_forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _check_float_tensor(name: str, t, ndim: int) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in _INPUT_DTYPES:
+        raise TypeError(
+            f"{name} must be float32, float16, bfloat16 or float64, got {t.dtype}"
+        )
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+
+
+def _check_real(name: str, value, *, allow_none: bool) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def _validate(pre, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_min_abs, reverse,
+              batch_first):
+    _check_float_tensor("pre", pre, 3)
+    layout = "(B, T, H)" if batch_first else "(T, B, H)"
+    T, B, H = _tbh(pre, batch_first).shape
+    _check_float_tensor("weight_hh", weight_hh, 1)
+    if weight_hh.shape[0] != H:
+        raise ValueError(
+            f"weight_hh must have shape (H,) = ({H},) to match pre {layout} = "
+            f"{tuple(pre.shape)}, got {tuple(weight_hh.shape)}"
+        )
+    if bias is not None:
+        _check_float_tensor("bias", bias, 1)
+        if bias.shape[0] != H:
+            raise ValueError(f"bias must have shape (H,) = ({H},), got {tuple(bias.shape)}")
+    if h0 is not None:
+        _check_float_tensor("h0", h0, 2)
+        if tuple(h0.shape) != (B, H):
+            raise ValueError(f"h0 must have shape (B, H) = ({B}, {H}), got {tuple(h0.shape)}")
+    if mask is not None:
+        if not isinstance(mask, Tensor):
+            raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
+        if mask.dtype.is_floating_point or mask.dtype.is_complex:
+            raise TypeError(
+                f"mask must be bool or an integer dtype (nonzero = real step), got {mask.dtype}"
+            )
+        want = (B, T) if batch_first else (T, B)
+        if tuple(mask.shape) != want:
+            name = "(B, T)" if batch_first else "(T, B)"
+            raise ValueError(f"mask must have shape {name} = {want}, got {tuple(mask.shape)}")
+    for name, t in (("weight_hh", weight_hh), ("bias", bias), ("h0", h0), ("mask", mask)):
+        if t is not None and t.device != pre.device:
+            raise ValueError(
+                f"{name} is on {t.device} but pre is on {pre.device}: put them on one device"
+            )
+    r_max = _check_real("recurrent_max_abs", recurrent_max_abs, allow_none=True)
+    if r_max is not None and r_max <= 0:
+        raise ValueError(f"recurrent_max_abs must be > 0 (or None for no clip), got {r_max}")
+    r_min = _check_real("recurrent_min_abs", recurrent_min_abs, allow_none=False)
+    if r_min < 0:
+        raise ValueError(f"recurrent_min_abs must be >= 0, got {r_min}")
+    if r_max is not None and r_min > r_max:
+        raise ValueError(
+            f"recurrent_min_abs ({r_min}) must not exceed recurrent_max_abs ({r_max})"
+        )
+    for name, flag in (("reverse", reverse), ("batch_first", batch_first)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {flag!r}")
+    return r_max, r_min
+
+
+def fused_indrnn(
+    pre: Tensor,
+    weight_hh: Tensor,
+    bias: Tensor | None = None,
+    h0: Tensor | None = None,
+    *,
+    recurrent_max_abs: float | None = None,
+    recurrent_min_abs: float = 0.0,
+    mask: Tensor | None = None,
+    reverse: bool = False,
+    batch_first: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Run the IndRNN recurrence h_t = relu(pre_t + bias + clip(u) * h_{t-1}) over all steps.
+
+    One fused kernel does the bias add, the clip of u, the element-wise recurrence, the ReLU,
+    padding and direction, with the state kept in float32 (float64 for float64 inputs) across
+    the whole sequence. Differentiable in ``pre``, ``weight_hh``, ``bias`` and ``h0``.
+
+    Args:
+        pre: the input projection W x for every step, without bias: (T, B, H), or (B, T, H)
+            with ``batch_first=True``. float32, float16 or bfloat16 (float64 on the CPU path
+            and for checks); any strides: it is read in place.
+        weight_hh: (H,) recurrent weights u, one per hidden unit.
+        bias: (H,) bias added inside the kernel, or None.
+        h0: (B, H) initial state, or None for zeros.
+        recurrent_max_abs: r > 0 to clip u to [-r, r] inside the kernel (the gradient of u is
+            zero where it was clipped), or None. The papers use r = 2 ** (1 / T).
+        recurrent_min_abs: m >= 0; |u| is raised to m keeping its sign (0 stays 0).
+        mask: (T, B), or (B, T) with ``batch_first``, bool or integers, nonzero = real step.
+            On a padding step the state is carried unchanged and the output there equals the
+            carried state, so left and right padding both work and ``h_n`` is the state after
+            each sequence's last real step.
+        reverse: run time from T-1 down to 0 (the backward direction of a bidirectional layer),
+            without flipping memory.
+        batch_first: ``pre`` (and ``mask``) are batch-major.
+
+    Returns:
+        ``(output, h_n)``: output in the layout and dtype of ``pre``; ``h_n`` (B, H) in float32
+        (float64 for float64 inputs), the kernel's own state, to carry between calls.
+
+    Example:
+        >>> import torch
+        >>> from indrnn_triton import fused_indrnn
+        >>> x = torch.randn(16, 4, 32)                      # (T, B, input features)
+        >>> w_ih = torch.randn(64, 32) * 0.1
+        >>> u, b = torch.rand(64), torch.zeros(64)
+        >>> out, h_n = fused_indrnn(torch.nn.functional.linear(x, w_ih), u, b,
+        ...                         recurrent_max_abs=2 ** (1 / 16))
+        >>> out.shape, h_n.shape
+        (torch.Size([16, 4, 64]), torch.Size([4, 64]))
+    """
+    r_max, r_min = _validate(pre, weight_hh, bias, h0, mask, recurrent_max_abs,
+                             recurrent_min_abs, reverse, batch_first)
+    return _forward_op(pre, weight_hh, bias, h0, mask, r_max, r_min, reverse, batch_first)

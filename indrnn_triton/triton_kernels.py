@@ -1,0 +1,328 @@
+"""Triton kernels for the fused IndRNN recurrence, forward and backward.
+
+Layout: every (T, B, H) tensor is addressed through its three strides, so time-major,
+batch-major (``batch_first``) and arbitrarily strided inputs are read in place. One program owns
+a (BLOCK_B, BLOCK_H) tile of the state and walks the whole time axis with that state in
+registers; time runs forwards or backwards (REVERSE) without flipping memory.
+
+When ``TRITON_INTERPRET=1`` is set before this module is imported, the same kernels run on CPU
+tensors through Triton's interpreter: that is how the test-suite exercises them without a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+def _configs() -> list[triton.Config]:
+    if INTERPRET:
+        # The interpreter costs per program and per step, not per element: one small-ish tile
+        # keeps tests quick while still splitting B and H into several partial blocks.
+        return [triton.Config({"BLOCK_B": 2, "BLOCK_H": 64}, num_warps=1)]
+    return [
+        triton.Config({"BLOCK_B": bb, "BLOCK_H": bh}, num_warps=w, num_stages=s)
+        for bb, bh, w in [
+            (1, 128, 1), (1, 256, 1), (1, 256, 2), (1, 512, 2), (1, 512, 4), (1, 1024, 4),
+            (2, 128, 1), (2, 256, 2), (2, 512, 4), (4, 128, 2), (4, 256, 4), (8, 128, 4),
+        ]
+        for s in (2, 3)
+    ]
+
+
+def _prune(configs, named_args, **kwargs):
+    """Drop tiles far wider than H (they would idle most lanes) and never return nothing."""
+    H = named_args["H"]
+    limit = max(128, triton.next_power_of_2(H))
+    kept = [c for c in configs if c.kwargs["BLOCK_H"] <= limit]
+    return kept or configs[:1]
+
+
+_HEURISTICS = {
+    "HAS_H0": lambda a: a["p_h0"] is not None,
+    "HAS_MASK": lambda a: a["p_mask"] is not None,
+    # Accumulate in float64 only for float64 inputs (used by gradcheck); float32 otherwise.
+    "ACC_F64": lambda a: a["p_out"].dtype == torch.float64,
+}
+
+
+@triton.jit
+def _clip(b_u, r_max, r_min, CLIP_MAX: tl.constexpr, CLIP_MIN: tl.constexpr):
+    """clamp(sign(u) * max(|u|, m), -r, r) and a 0/1 mask of where u passed through unchanged."""
+    b_keep = tl.full(b_u.shape, 1.0, b_u.dtype)
+    if CLIP_MIN:
+        b_small = tl.abs(b_u) < r_min
+        b_sign = tl.where(b_u > 0, 1.0, tl.where(b_u < 0, -1.0, 0.0)).to(b_u.dtype)
+        b_u = tl.where(b_small, b_sign * r_min, b_u)
+        b_keep = tl.where(b_small, 0.0, b_keep)
+    if CLIP_MAX:
+        b_big = tl.abs(b_u) > r_max
+        b_u = tl.minimum(tl.maximum(b_u, -r_max), r_max)
+        b_keep = tl.where(b_big, 0.0, b_keep)
+    return b_u, b_keep
+
+
+@triton.heuristics({**_HEURISTICS, "HAS_BIAS": lambda a: a["p_b"] is not None})
+@triton.autotune(configs=_configs(), key=["H"], prune_configs_by={"early_config_prune": _prune})
+@triton.jit(do_not_specialize=["T"])
+def _indrnn_fwd_kernel(
+    p_pre,  # pre-activations W x, (T, B, H) through strides s_pre_*
+    p_u,  # recurrent weights u, (H,)
+    p_b,  # bias, (H,) or None
+    p_h0,  # initial state, (B, H) contiguous or None
+    p_mask,  # step mask, (T, B) through strides s_m_*, nonzero = real step; or None
+    p_out,  # output h, (T, B, H) through strides s_out_*, same dtype as pre
+    p_hn,  # final state, (B, H) contiguous, accumulation dtype
+    T,
+    B,
+    H,
+    s_pre_t, s_pre_b, s_pre_h,
+    s_out_t, s_out_b, s_out_h,
+    s_m_t, s_m_b,
+    r_max,
+    r_min,
+    CLIP_MAX: tl.constexpr,
+    CLIP_MIN: tl.constexpr,
+    REVERSE: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    ACC_F64: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    ACC = tl.float64 if ACC_F64 else tl.float32
+    i_b = tl.program_id(0)
+    i_h = tl.program_id(1)
+    o_b = (i_b * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
+    o_h = (i_h * BLOCK_H + tl.arange(0, BLOCK_H)).to(tl.int64)
+    m_b = o_b < B
+    m_h = o_h < H
+    m_bh = m_b[:, None] & m_h[None, :]
+
+    b_u = tl.load(p_u + o_h, mask=m_h, other=0).to(ACC)
+    b_u, _ = _clip(b_u, r_max, r_min, CLIP_MAX, CLIP_MIN)
+    if HAS_BIAS:
+        b_bias = tl.load(p_b + o_h, mask=m_h, other=0).to(ACC)
+    else:
+        b_bias = tl.zeros([BLOCK_H], dtype=ACC)
+    if HAS_H0:
+        b_h = tl.load(p_h0 + o_b[:, None] * H + o_h[None, :], mask=m_bh, other=0).to(ACC)
+    else:
+        b_h = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
+
+    # Walk time through pointers advanced by one stride per step (64-bit pointer arithmetic, so
+    # no t * stride product can overflow); REVERSE starts at T-1 and steps backwards.
+    if REVERSE:
+        t0 = (T - 1).to(tl.int64)
+        dt = -1
+    else:
+        t0 = (T * 0).to(tl.int64)
+        dt = 1
+    p_x = p_pre + t0 * s_pre_t + o_b[:, None] * s_pre_b + o_h[None, :] * s_pre_h
+    p_o = p_out + t0 * s_out_t + o_b[:, None] * s_out_b + o_h[None, :] * s_out_h
+    if HAS_MASK:
+        p_m = p_mask + t0 * s_m_t + o_b * s_m_b
+    # The loads of coming steps do not depend on the state, so the loop is software-pipelined.
+    for _ in tl.range(0, T):
+        b_x = tl.load(p_x, mask=m_bh, other=0).to(ACC)
+        b_new = tl.maximum(b_x + b_bias[None, :] + b_u[None, :] * b_h, 0.0)
+        if HAS_MASK:
+            b_m = tl.load(p_m, mask=m_b, other=0) != 0
+            b_h = tl.where(b_m[:, None], b_new, b_h)
+            p_m += dt * s_m_t
+        else:
+            b_h = b_new
+        tl.store(p_o, b_h.to(p_out.dtype.element_ty), mask=m_bh)
+        p_x += dt * s_pre_t
+        p_o += dt * s_out_t
+    tl.store(p_hn + o_b[:, None] * H + o_h[None, :], b_h.to(p_hn.dtype.element_ty), mask=m_bh)
+
+
+@triton.heuristics(
+    {
+        **_HEURISTICS,
+        "HAS_DOUT": lambda a: a["p_dout"] is not None,
+        "HAS_DHN": lambda a: a["p_dhn"] is not None,
+    }
+)
+@triton.autotune(configs=_configs(), key=["H"], prune_configs_by={"early_config_prune": _prune})
+@triton.jit(do_not_specialize=["T"])
+def _indrnn_bwd_kernel(
+    p_out,  # forward output h, (T, B, H) through strides s_out_*
+    p_h0,  # initial state, (B, H) contiguous or None
+    p_u,  # recurrent weights u, (H,)
+    p_mask,  # step mask, (T, B) through strides s_m_*, or None
+    p_dout,  # gradient of the output, (T, B, H) through strides s_do_*, or None
+    p_dhn,  # gradient of the final state, (B, H) contiguous, or None
+    p_dpre,  # gradient of pre, (T, B, H) through strides s_out_* (same layout as the output)
+    p_dh0,  # gradient of h0, (B, H) contiguous, accumulation dtype
+    p_du,  # per-row partial sums of du over time, (B, H) contiguous, accumulation dtype
+    p_db,  # per-row partial sums of db over time, (B, H) contiguous, accumulation dtype
+    T,
+    B,
+    H,
+    s_out_t, s_out_b, s_out_h,
+    s_do_t, s_do_b, s_do_h,
+    s_m_t, s_m_b,
+    r_max,
+    r_min,
+    CLIP_MAX: tl.constexpr,
+    CLIP_MIN: tl.constexpr,
+    REVERSE: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    HAS_DOUT: tl.constexpr,
+    HAS_DHN: tl.constexpr,
+    ACC_F64: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    ACC = tl.float64 if ACC_F64 else tl.float32
+    i_b = tl.program_id(0)
+    i_h = tl.program_id(1)
+    o_b = (i_b * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
+    o_h = (i_h * BLOCK_H + tl.arange(0, BLOCK_H)).to(tl.int64)
+    m_b = o_b < B
+    m_h = o_h < H
+    m_bh = m_b[:, None] & m_h[None, :]
+    o_state = o_b[:, None] * H + o_h[None, :]
+
+    b_u = tl.load(p_u + o_h, mask=m_h, other=0).to(ACC)
+    b_u, b_keep = _clip(b_u, r_max, r_min, CLIP_MAX, CLIP_MIN)
+    if HAS_H0:
+        b_h0 = tl.load(p_h0 + o_state, mask=m_bh, other=0).to(ACC)
+    else:
+        b_h0 = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
+    # b_c: gradient reaching the state after the step being processed (dL/dh_n to start).
+    if HAS_DHN:
+        b_c = tl.load(p_dhn + o_state, mask=m_bh, other=0).to(ACC)
+    else:
+        b_c = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
+    b_du = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
+    b_db = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
+
+    # Walk the forward processing order backwards: step j = T-1 .. 0. The state before step j
+    # is the output of step j-1 (h0 for j = 0); it is kept for the next iteration, where it is
+    # the current output, so each output element is read once. Pointers move one stride a step.
+    if REVERSE:
+        t_last = (T * 0).to(tl.int64)
+        dt = -1
+    else:
+        t_last = (T - 1).to(tl.int64)
+        dt = 1
+    o_out = o_b[:, None] * s_out_b + o_h[None, :] * s_out_h
+    p_h = p_out + t_last * s_out_t + o_out
+    p_dx = p_dpre + t_last * s_out_t + o_out
+    if HAS_DOUT:
+        p_g = p_dout + t_last * s_do_t + o_b[:, None] * s_do_b + o_h[None, :] * s_do_h
+    if HAS_MASK:
+        p_m = p_mask + t_last * s_m_t + o_b * s_m_b
+    b_h = tl.load(p_h, mask=m_bh, other=0).to(ACC)
+    for k in tl.range(0, T):
+        has_prev = (tl.zeros([BLOCK_B, BLOCK_H], tl.int32) + k) < T - 1
+        p_h -= dt * s_out_t
+        b_prev = tl.load(p_h, mask=m_bh & has_prev, other=0).to(ACC)
+        b_prev = tl.where(has_prev, b_prev, b_h0)
+        if HAS_DOUT:
+            b_c += tl.load(p_g, mask=m_bh, other=0).to(ACC)
+            p_g -= dt * s_do_t
+        b_d = tl.where(b_h > 0, b_c, 0.0)
+        if HAS_MASK:
+            # A padding step is the identity on the state: its gradient passes straight through.
+            b_m = tl.load(p_m, mask=m_b, other=0) != 0
+            b_d = tl.where(b_m[:, None], b_d, 0.0)
+            b_c = tl.where(b_m[:, None], b_u[None, :] * b_d, b_c)
+            p_m -= dt * s_m_t
+        else:
+            b_c = b_u[None, :] * b_d
+        tl.store(p_dx, b_d.to(p_dpre.dtype.element_ty), mask=m_bh)
+        p_dx -= dt * s_out_t
+        b_du += b_d * b_prev
+        b_db += b_d
+        b_h = b_prev
+    tl.store(p_dh0 + o_state, b_c.to(p_dh0.dtype.element_ty), mask=m_bh)
+    # Per-row partials (every element written by exactly one program, whatever the tile), summed
+    # over B by the caller with torch.sum: deterministic, no atomics.
+    tl.store(p_du + o_state, b_du * b_keep[None, :], mask=m_bh)
+    tl.store(p_db + o_state, b_db, mask=m_bh)
+
+
+def _clip_args(recurrent_max_abs: float | None, recurrent_min_abs: float) -> dict:
+    return dict(
+        r_max=float(recurrent_max_abs) if recurrent_max_abs is not None else 0.0,
+        r_min=float(recurrent_min_abs),
+        CLIP_MAX=recurrent_max_abs is not None,
+        CLIP_MIN=recurrent_min_abs > 0,
+    )
+
+
+def _grid(B: int, H: int):
+    return lambda meta: (triton.cdiv(B, meta["BLOCK_B"]), triton.cdiv(H, meta["BLOCK_H"]))
+
+
+def _mask_arg(mask: Tensor | None) -> tuple[Tensor | None, int, int]:
+    """(T, B) view of the mask as bytes (bool reinterpreted, never copied) and its strides."""
+    if mask is None:
+        return None, 0, 0
+    if mask.dtype == torch.bool:
+        mask = mask.view(torch.uint8)
+    return mask, mask.stride(0), mask.stride(1)
+
+
+def triton_forward(
+    x: Tensor,
+    weight_hh: Tensor,
+    bias: Tensor | None,
+    h0: Tensor | None,
+    mask: Tensor | None,
+    recurrent_max_abs: float | None,
+    recurrent_min_abs: float,
+    reverse: bool,
+    out: Tensor,
+    h_n: Tensor,
+) -> None:
+    """Launch the forward kernel. ``x``, ``out``: (T, B, H) views; ``mask``: (T, B) view."""
+    T, B, H = x.shape
+    mask, s_m_t, s_m_b = _mask_arg(mask)
+    _indrnn_fwd_kernel[_grid(B, H)](
+        x, weight_hh, bias, None if h0 is None else h0.contiguous(), mask, out, h_n,
+        T, B, H,
+        *x.stride(), *out.stride(), s_m_t, s_m_b,
+        REVERSE=reverse, **_clip_args(recurrent_max_abs, recurrent_min_abs),
+    )
+
+
+def triton_backward(
+    grad_out: Tensor | None,
+    grad_hn: Tensor | None,
+    out: Tensor,
+    weight_hh: Tensor,
+    h0: Tensor | None,
+    mask: Tensor | None,
+    recurrent_max_abs: float | None,
+    recurrent_min_abs: float,
+    reverse: bool,
+    grad_pre: Tensor,
+    grad_h0: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """Launch the backward kernel; fills grad_pre and grad_h0, returns (du, db) in fp32/fp64."""
+    T, B, H = out.shape
+    mask, s_m_t, s_m_b = _mask_arg(mask)
+    du = torch.empty_like(grad_h0)
+    db = torch.empty_like(grad_h0)
+    s_do = grad_out.stride() if grad_out is not None else (0, 0, 0)
+    _indrnn_bwd_kernel[_grid(B, H)](
+        out, None if h0 is None else h0.contiguous(), weight_hh, mask,
+        grad_out, None if grad_hn is None else grad_hn.contiguous(),
+        grad_pre, grad_h0, du, db,
+        T, B, H,
+        *out.stride(), *s_do, s_m_t, s_m_b,
+        REVERSE=reverse, **_clip_args(recurrent_max_abs, recurrent_min_abs),
+    )
+    return du.sum(0), db.sum(0)

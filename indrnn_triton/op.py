@@ -21,8 +21,9 @@ try:
 except ImportError:  # Triton is optional off Linux; CUDA tensors then need it, CPU ones do not.
     triton_kernels = None
 
-# With TRITON_INTERPRET=1, CPU tensors run the Triton kernels through Triton's interpreter.
-INTERPRET = triton_kernels is not None and triton_kernels.INTERPRET
+# With TRITON_INTERPRET=1 set before import, CPU tensors run the Triton kernels through Triton's
+# interpreter instead of the CPU path. Read at call time, so tests can switch it per test.
+cpu_uses_triton = triton_kernels is not None and triton_kernels.INTERPRET
 
 _INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -94,7 +95,7 @@ def _forward_op(
     batch_first: bool,
 ) -> tuple[Tensor, Tensor]:
     return _forward_impl(pre, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_min_abs,
-                         reverse, batch_first, use_triton=INTERPRET)
+                         reverse, batch_first, use_triton=cpu_uses_triton)
 
 
 @_forward_op.register_kernel("cuda")
@@ -127,7 +128,7 @@ def _backward_op(
     batch_first: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return _backward_impl(grad_out, grad_hn, out, weight_hh, h0, mask, recurrent_max_abs,
-                          recurrent_min_abs, reverse, batch_first, use_triton=INTERPRET)
+                          recurrent_min_abs, reverse, batch_first, use_triton=cpu_uses_triton)
 
 
 @_backward_op.register_kernel("cuda")

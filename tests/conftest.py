@@ -1,0 +1,34 @@
+"""Test-suite setup.
+
+TRITON_INTERPRET=1 is set before anything imports indrnn_triton, so its Triton kernels are built
+for Triton's interpreter and can run on CPU tensors. By default CPU tensors still take the torch
+CPU path (fast); the ``backend`` fixture runs a test once per path.
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import indrnn_triton.op as op  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _cpu_path_by_default(monkeypatch):
+    monkeypatch.setattr(op, "cpu_uses_triton", False)
+
+
+@pytest.fixture(params=["torch", "triton"])
+def backend(request, monkeypatch):
+    """Run the test on the torch CPU path and on the Triton kernels (interpreted)."""
+    if request.param == "triton" and not (op.triton_kernels and op.triton_kernels.INTERPRET):
+        pytest.fail("Triton kernels not importable in interpreter mode (pip install triton)")
+    monkeypatch.setattr(op, "cpu_uses_triton", request.param == "triton")
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

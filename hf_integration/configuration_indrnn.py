@@ -9,6 +9,7 @@ from transformers import PreTrainedConfig
 
 _NORMS = (None, "batch", "layer")
 _POOLINGS = ("last", "mean")
+_INPUT_WEIGHT_INITS = ("kaiming_uniform", "xavier_uniform", "rnn_uniform")
 
 
 class IndRNNConfig(PreTrainedConfig):
@@ -41,13 +42,26 @@ class IndRNNConfig(PreTrainedConfig):
         norm (`str`, *optional*):
             Normalisation after every layer: `None`, `"batch"` or `"layer"`.
         residual (`bool`, defaults to `False`):
-            Residual connections between layers (Deep IndRNN).
+            The Deep IndRNN paper's residual network; needs an odd `num_hidden_layers` >= 3
+            (an input layer, then blocks of two layers).
         classifier_pooling (`str`, defaults to `"last"`):
             How `IndRNNForSequenceClassification` pools a sequence: `"last"` takes the output at
             each sequence's last real step (and, for bidirectional models, the backward direction
             at the first real step); `"mean"` averages the outputs over the real steps.
         initializer_range (`float`, defaults to 0.02):
-            Standard deviation of the normal initialisation of embeddings and head weights.
+            Standard deviation of the normal initialisation of the head weights.
+        embedding_init_std (`float`, defaults to 1.0):
+            Standard deviation of the normal initialisation of the token embeddings (torch's
+            default; the IndRNN input weights start deliberately small).
+        recurrent_init (`list[float]`, *optional*):
+            (low, high) of the uniform initialisation of the recurrent weights; default
+            (0, recurrent_max_abs), or (0, 1) without a clip.
+        last_layer_recurrent_init (`list[float]` or `str`, *optional*):
+            (low, high) for the last layer's recurrent weights, or `"near_one"` for
+            (1 / recurrent_max_abs, recurrent_max_abs), which helps very long sequences.
+        input_weight_init (`str`, defaults to `"kaiming_uniform"`):
+            Initialisation of the IndRNN input weights: `"kaiming_uniform"` (the authors'),
+            `"xavier_uniform"` or `"rnn_uniform"`.
         use_cache (`bool`, defaults to `True`):
             Return the recurrent states for fast generation.
         tie_word_embeddings (`bool`, defaults to `False`):
@@ -79,6 +93,10 @@ class IndRNNConfig(PreTrainedConfig):
     residual: bool = False
     classifier_pooling: str = "last"
     initializer_range: float = 0.02
+    embedding_init_std: float = 1.0
+    recurrent_init: list[float] | None = None
+    last_layer_recurrent_init: list[float] | str | None = None
+    input_weight_init: str = "kaiming_uniform"
     pad_token_id: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
@@ -126,15 +144,37 @@ class IndRNNConfig(PreTrainedConfig):
                 f"recurrent_min_abs ({r_min}) must not exceed recurrent_max_abs "
                 f"({self.recurrent_max_abs})"
             )
+        if self.residual and (self.num_hidden_layers < 3 or self.num_hidden_layers % 2 == 0):
+            raise ValueError(
+                "residual=True needs an odd num_hidden_layers >= 3 (an input layer, then "
+                f"residual blocks of 2 layers), got num_hidden_layers={self.num_hidden_layers}"
+            )
         if self.norm not in _NORMS:
             raise ValueError(f"norm must be one of {_NORMS}, got {self.norm!r}")
         if self.classifier_pooling not in _POOLINGS:
             raise ValueError(
                 f"classifier_pooling must be one of {_POOLINGS}, got {self.classifier_pooling!r}"
             )
-        initializer_range = _check_real("initializer_range", self.initializer_range)
-        if initializer_range < 0:
-            raise ValueError(f"initializer_range must be >= 0, got {initializer_range}")
+        for name in ("initializer_range", "embedding_init_std"):
+            if _check_real(name, getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.input_weight_init not in _INPUT_WEIGHT_INITS:
+            raise ValueError(
+                f"input_weight_init must be one of {_INPUT_WEIGHT_INITS}, got "
+                f"{self.input_weight_init!r}"
+            )
+        if self.recurrent_init is not None:
+            self.recurrent_init = _check_range("recurrent_init", self.recurrent_init)
+        if self.last_layer_recurrent_init == "near_one":
+            if self.recurrent_max_abs is None or self.recurrent_max_abs < 1:
+                raise ValueError(
+                    "last_layer_recurrent_init='near_one' draws from [1/r, r] with r = "
+                    f"recurrent_max_abs, which must be >= 1, got {self.recurrent_max_abs}"
+                )
+        elif self.last_layer_recurrent_init is not None:
+            self.last_layer_recurrent_init = _check_range(
+                "last_layer_recurrent_init", self.last_layer_recurrent_init
+            )
         if self.tie_word_embeddings and self.input_size is None:
             if self.embedding_size != self.hidden_size:
                 raise ValueError(
@@ -146,6 +186,15 @@ class IndRNNConfig(PreTrainedConfig):
 def _check_positive_int(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _check_range(name: str, value) -> list[float]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ValueError(f"{name} must be a pair [low, high], got {value!r}")
+    low, high = (_check_real(name, v) for v in value)
+    if low > high:
+        raise ValueError(f"{name} must have low <= high, got {value!r}")
+    return [low, high]
 
 
 def _check_real(name: str, value) -> float:

@@ -19,12 +19,9 @@ from transformers.modeling_outputs import (
     TokenClassifierOutput,
 )
 
-from .configuration_indrnn import IndRNNConfig
+from indrnn_triton import IndRNN
 
-try:
-    from indrnn_triton import IndRNN
-except ImportError:  # TEMPORARY until the modules branch lands
-    from ._indrnn_stub import IndRNN
+from .configuration_indrnn import IndRNNConfig
 
 # transformers renamed the cache argument and output field from `past_key_values` to `cache`
 # (5.2x); the models accept both names and fill whichever field this version's outputs have.
@@ -57,11 +54,10 @@ class IndRNNPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module):
         # The IndRNN layers keep the papers' initialisation done by indrnn_triton.IndRNN; only the
         # embeddings and the heads are initialised here.
-        std = self.config.initializer_range
         if isinstance(module, nn.Embedding):
-            init.normal_(module.weight, mean=0.0, std=std)
+            init.normal_(module.weight, mean=0.0, std=self.config.embedding_init_std)
         elif isinstance(module, nn.Linear) and getattr(module, "_indrnn_head", False):
-            init.normal_(module.weight, mean=0.0, std=std)
+            init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
             if module.bias is not None:
                 init.zeros_(module.bias)
 
@@ -74,6 +70,11 @@ def _head(in_features: int, out_features: int, bias: bool = True) -> nn.Linear:
     linear = nn.Linear(in_features, out_features, bias=bias)
     linear._indrnn_head = True
     return linear
+
+
+def _pair(value):
+    """JSON stores the (low, high) init ranges as lists; IndRNN takes tuples."""
+    return tuple(value) if isinstance(value, list) else value
 
 
 def _cache_argument(cache, past_key_values):
@@ -102,6 +103,9 @@ class IndRNNModel(IndRNNPreTrainedModel):
             recurrent_min_abs=config.recurrent_min_abs,
             norm=config.norm,
             residual=config.residual,
+            recurrent_init=_pair(config.recurrent_init),
+            last_layer_recurrent_init=_pair(config.last_layer_recurrent_init),
+            input_weight_init=config.input_weight_init,
         )
         self.rnn_input_size = rnn_input_size
         self.gradient_checkpointing = False

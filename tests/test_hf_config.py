@@ -47,7 +47,13 @@ def test_auto_config_round_trip(tmp_path):
         ("norm", "group"),
         ("classifier_pooling", "max"),
         ("initializer_range", -1.0),
+        ("embedding_init_std", "big"),
         ("use_cache", "no"),
+        ("input_weight_init", "orthogonal"),
+        ("recurrent_init", [0.5]),
+        ("recurrent_init", [1.0, 0.0]),
+        ("last_layer_recurrent_init", "far"),
+        ("last_layer_recurrent_init", "near_one"),  # needs recurrent_max_abs >= 1
     ],
 )
 def test_invalid_field_names_the_field(field, value):
@@ -64,3 +70,19 @@ def test_tied_embeddings_need_matching_sizes():
     with pytest.raises(ValueError, match="tie_word_embeddings"):
         IndRNNConfig(tie_word_embeddings=True, hidden_size=16, embedding_size=8)
     IndRNNConfig(tie_word_embeddings=True, hidden_size=16)
+
+
+def test_residual_needs_odd_depth():
+    with pytest.raises(ValueError, match="residual=True needs an odd num_hidden_layers"):
+        IndRNNConfig(residual=True, num_hidden_layers=2)
+    IndRNNConfig(residual=True, num_hidden_layers=3)
+
+
+def test_init_ranges_survive_json(tmp_path):
+    config = IndRNNConfig(recurrent_max_abs=1.1, recurrent_init=(0.1, 0.5),
+                          last_layer_recurrent_init="near_one", input_weight_init="rnn_uniform")
+    config.save_pretrained(tmp_path)
+    loaded = IndRNNConfig.from_pretrained(tmp_path)
+    assert loaded.recurrent_init == [0.1, 0.5]
+    assert loaded.last_layer_recurrent_init == "near_one"
+    assert loaded.input_weight_init == "rnn_uniform"

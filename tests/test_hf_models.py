@@ -261,3 +261,40 @@ def test_registration_on_import():
     assert isinstance(AutoModelForTokenClassification.from_config(config),
                       IndRNNForTokenClassification)
     assert hf_integration.IndRNNForCausalLM._auto_class == "AutoModelForCausalLM"
+
+
+DEEP_OPTIONS = [
+    {"norm": "batch", "dropout": 0.1},
+    {"norm": "layer", "residual": True, "num_hidden_layers": 3},
+    {"norm": "batch", "bidirectional": True, "residual": True, "num_hidden_layers": 3},
+]
+
+
+@pytest.mark.parametrize("options", DEEP_OPTIONS)
+def test_norm_residual_options_pad_and_round_trip(options, tmp_path):
+    cls = IndRNNForTokenClassification
+    model = tiny_model(cls, **options)
+    model.train()
+    ids = torch.randint(3, VOCAB, (4, 6))
+    model(input_ids=ids, labels=ids % 3).loss.backward()  # updates batch-norm statistics
+    model.eval()
+    model.save_pretrained(tmp_path)
+    loaded = cls.from_pretrained(tmp_path).eval()
+    ids, mask = padded_batch(random_tokens([3, 8, 5]), "left")
+    assert torch.equal(head_logits(loaded, input_ids=ids, attention_mask=mask),
+                       head_logits(model, input_ids=ids, attention_mask=mask))
+    for side in ("left", "right"):
+        batch_ids, batch_mask = padded_batch(random_tokens([3, 8, 5]), side)
+        batched = head_logits(model, input_ids=batch_ids, attention_mask=batch_mask)
+        for i in range(3):
+            real = batch_mask[i].bool()
+            torch.testing.assert_close(batched[i][real],
+                                       head_logits(model, input_ids=batch_ids[i, real][None])[0])
+
+
+def test_init_options_reach_the_layers():
+    model = tiny_model(IndRNNModel, recurrent_max_abs=1.5, recurrent_init=[0.2, 0.3],
+                       last_layer_recurrent_init="near_one")
+    first, last = model.rnn.weight_hh_l0, model.rnn.weight_hh_l1
+    assert 0.2 <= first.min() and first.max() <= 0.3
+    assert 1 / 1.5 <= last.min() and last.max() <= 1.5

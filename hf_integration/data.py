@@ -174,14 +174,17 @@ def load_mnist(
     float32 and ``labels`` int64.
     """
     loaded = datasets.load_dataset(MNIST_HUB_ID) if data is None else _load_local(data)
-    train, test = _train_test(loaded, test_fraction, seed)
-    for name, split in (("train", train), ("test", test)):
+    source = MNIST_HUB_ID if data is None else f"--data {data!r}"
+    splits = loaded.items() if isinstance(loaded, datasets.DatasetDict) else [("", loaded)]
+    for name, split in splits:
         missing = {"image", "label"} - set(split.column_names)
         if missing:
             raise ValueError(
-                f"MNIST {name} split needs columns 'image' and 'label' (the {MNIST_HUB_ID} "
-                f"schema); missing {sorted(missing)}, found {split.column_names}"
+                f"{source} {name + ' split ' if name else ''}needs columns 'image' and 'label' "
+                f"(the {MNIST_HUB_ID} schema); missing {sorted(missing)}, found "
+                f"{split.column_names}"
             )
+    train, test = _train_test(loaded, test_fraction, seed)
     transform = _pixels_transform(pixel_permutation(permutation_seed) if permute else None)
     train = train.select_columns(["image", "label"]).with_transform(transform)
     test = test.select_columns(["image", "label"]).with_transform(transform)

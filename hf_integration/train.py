@@ -353,16 +353,22 @@ def _argmax_logits(logits, labels):
     return logits.argmax(-1)
 
 
-def training_arguments(args, steps: int | None = None):
+def use_cpu(args, environ=os.environ) -> bool:
+    """Train on the CPU: asked for, or under torchrun (WORLD_SIZE > 1) without CUDA.
+
+    The Trainer only builds a gloo process group on CPU when ``use_cpu`` is set; without it every
+    torchrun process would train a model of its own.
+    """
+    distributed = int(environ.get("WORLD_SIZE", "1")) > 1
+    return args.cpu or (distributed and not torch.cuda.is_available())
+
+
+def training_arguments(args):
     from transformers import TrainingArguments
 
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    # The Trainer only builds a gloo process group on CPU when use_cpu is set; without it every
-    # torchrun process would train alone.
-    use_cpu = args.cpu or (world_size > 1 and not torch.cuda.is_available())
     return TrainingArguments(
         output_dir=args.output_dir,
-        max_steps=steps or args.max_steps,
+        max_steps=args.max_steps,
         per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=args.eval_batch_size,
         learning_rate=args.learning_rate,
@@ -378,10 +384,10 @@ def training_arguments(args, steps: int | None = None):
         report_to="none",
         seed=args.seed,
         data_seed=args.seed,
-        use_cpu=use_cpu,
+        use_cpu=use_cpu(args),
         disable_tqdm=args.no_progress,
         remove_unused_columns=False,
-        dataloader_drop_last=True,
+        dataloader_pin_memory=torch.cuda.is_available() and not use_cpu(args),
         ddp_find_unused_parameters=False,
     )
 

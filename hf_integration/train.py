@@ -168,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cpu", action="store_true",
                    help="train on the CPU even when CUDA is available (set automatically "
                    "under torchrun without CUDA, so that the Trainer runs DDP with gloo)")
+    t.add_argument("--cpu-threads", type=_positive_int, default=1,
+                   help="torch threads when training on the CPU (default 1: the CPU path runs "
+                   "many small ops per time step, which extra threads slow down; raise it for "
+                   "large batches or hidden sizes)")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     o = p.add_argument_group("output")
     o.add_argument("--output-dir", default=None,
@@ -179,6 +183,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     """Parse ``argv`` and fill the task's defaults; errors exit with code 2 and a message."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command = " ".join(["indrnn-train", *(sys.argv[1:] if argv is None else argv)])
     d = DEFAULTS[args.task]
     if args.task in ("mnist", "pmnist"):
         if args.seq_len not in (None, 784):
@@ -505,6 +510,8 @@ def run(args) -> dict:
 
     import hf_integration  # noqa: F401  (registers "indrnn" with the Auto classes)
 
+    if use_cpu(args) or not torch.cuda.is_available():
+        torch.set_num_threads(args.cpu_threads)
     transformers.set_seed(args.seed)
     task = build_task(args)
     config = build_config(args, task)
@@ -565,7 +572,7 @@ def run(args) -> dict:
                       "warmup_steps", "batch_size", "max_steps", "max_grad_norm",
                       "train_size", "seed")
         },
-        "command": "indrnn-train " + " ".join(sys.argv[1:]),
+        "command": args.command,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "output_dir": args.output_dir,
     }

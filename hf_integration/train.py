@@ -444,7 +444,7 @@ def model_card(args, results: dict) -> str:
         f"# IndRNN on the {args.task} task",
         "",
         f"An IndRNN ({args.num_layers} layers x {args.hidden_size} units) trained with "
-        f"`indrnn-train` from [indrnn-triton](https://github.com/) on the {args.task} task "
+        f"`indrnn-train` (indrnn-triton: a fused IndRNN for PyTorch) on the {args.task} task "
         f"(T = {args.seq_len}).",
         "",
         "## Results",

@@ -1,6 +1,8 @@
 """indrnn-train: the data builders, the CLI end to end on tiny settings, and its argument errors."""
 
 import json
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -334,3 +336,25 @@ def test_console_entry_point_exit_code():
     assert result.returncode == 2
     assert "invalid choice: 'sudoku'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_cli_under_torchrun_on_cpu_runs_ddp(tmp_path):
+    """Two processes on a CPU-only machine: the CLI sets use_cpu, so the Trainer runs DDP."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+           "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+               "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "hf_integration.train",
+               "adding", "-T", "8", "--test-size", "40", *TINY, "--output-dir", str(out)]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["steps"] == 6
+    assert metrics["reloaded_metric"] == pytest.approx(metrics["final_metric"], rel=1e-5)
+    assert result.stdout.count("indrnn-train summary") == 1  # printed by rank 0 only
+    assert "(batch 4 x 2 process(es))" in result.stdout

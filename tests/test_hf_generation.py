@@ -5,7 +5,7 @@ import torch
 from hf_helpers import VOCAB, padded_batch, random_tokens, tiny_model
 from transformers import ByT5Tokenizer, DynamicCache, pipeline
 
-from hf_integration import IndRNNForCausalLM, IndRNNForSequenceClassification
+from hf_integration import IndRNNCache, IndRNNForCausalLM, IndRNNForSequenceClassification
 
 NEW = 6
 
@@ -15,17 +15,34 @@ def _generate(model, ids, **kwargs):
     return model.generate(ids, max_new_tokens=NEW, pad_token_id=0, **kwargs)
 
 
-def test_cached_forward_equals_full_prefix():
+def _cache_of(output):
+    return output.cache if hasattr(output, "cache") else output.past_key_values
+
+
+@pytest.mark.parametrize("make_cache", [IndRNNCache, lambda config: DynamicCache(config=config)])
+def test_cached_forward_equals_full_prefix(make_cache):
     model = tiny_model(IndRNNForCausalLM)
     ids = torch.randint(3, VOCAB, (2, 9))
     full = model(input_ids=ids).logits
-    cache = DynamicCache(config=model.config)
+    cache = make_cache(model.config)
     first = model(input_ids=ids[:, :5], cache=cache, use_cache=True)
-    assert first.cache is cache if hasattr(first, "cache") else first.past_key_values is cache
+    assert _cache_of(first) is cache
     logits = [first.logits]
     for t in range(5, 9):
         logits.append(model(input_ids=ids[:, t : t + 1], cache=cache, use_cache=True).logits)
     torch.testing.assert_close(torch.cat(logits, 1), full)
+    if isinstance(cache, IndRNNCache):
+        assert cache.get_seq_length() == 9
+
+
+def test_default_cache_is_created_and_continues():
+    model = tiny_model(IndRNNForCausalLM)
+    ids = torch.randint(3, VOCAB, (2, 7))
+    first = model(input_ids=ids[:, :4])
+    assert isinstance(_cache_of(first), IndRNNCache)
+    second = model(input_ids=ids[:, 4:], cache=_cache_of(first))
+    torch.testing.assert_close(second.logits, model(input_ids=ids).logits[:, 4:])
+    assert _cache_of(model(input_ids=ids, use_cache=False)) is None
 
 
 def test_greedy_equals_recomputing_the_prefix():
@@ -84,7 +101,7 @@ def test_cached_state_stays_float32_in_bfloat16():
     model = tiny_model(IndRNNForCausalLM).to(torch.bfloat16)
     ids = torch.randint(3, VOCAB, (2, 6))
     out = model(input_ids=ids, use_cache=True)
-    cache = out.cache if hasattr(out, "cache") else out.past_key_values
+    cache = _cache_of(out)
     assert out.logits.dtype == torch.bfloat16
     for layer in cache.layers:
         assert layer.recurrent_states[0].dtype == torch.float32

@@ -204,15 +204,23 @@ def test_base_model_loads_into_head(tmp_path):
     base = tiny_model(IndRNNModel)
     base.save_pretrained(tmp_path)
     head = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    weight = head.classifier.weight  # not in the checkpoint: initialised by _init_weights
+    assert torch.isfinite(weight).all() and 0.1 < weight.std() < 1.0  # initializer_range 0.5
+    assert torch.equal(head.classifier.bias, torch.zeros(3))
     ids = torch.randint(3, VOCAB, (2, 5))
     assert torch.equal(head.model(input_ids=ids).last_hidden_state,
                        base(input_ids=ids).last_hidden_state)
     assert isinstance(AutoModel.from_config(base.config), IndRNNModel)
 
 
-def test_tied_word_embeddings():
+def test_tied_word_embeddings(tmp_path):
     lm = tiny_model(IndRNNForCausalLM, tie_word_embeddings=True)
     assert lm.lm_head.weight is lm.model.embeddings.weight
+    lm.save_pretrained(tmp_path)
+    loaded = IndRNNForCausalLM.from_pretrained(tmp_path).eval()
+    assert loaded.lm_head.weight is loaded.model.embeddings.weight
+    ids = torch.randint(3, VOCAB, (2, 5))
+    assert torch.equal(loaded(input_ids=ids).logits, lm(input_ids=ids).logits)
     untied = tiny_model(IndRNNForCausalLM)
     assert untied.lm_head.weight is not untied.model.embeddings.weight
 

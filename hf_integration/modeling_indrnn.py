@@ -160,7 +160,10 @@ class IndRNNModel(IndRNNPreTrainedModel):
             cache: an `IndRNNCache(model.config)` (or a `DynamicCache(config=model.config)`)
                 holding one float32 recurrent state per layer; read as the initial state and
                 updated in place when `use_cache`. Created here when `use_cache` and None.
-            use_cache: return the updated cache (default: `config.use_cache` outside training).
+            use_cache: return the updated cache (default: `config.use_cache` outside training,
+                for unidirectional models).
+            output_hidden_states: also return `hidden_states` = (the IndRNN stack's input,
+                its output); the layers run inside one fused `IndRNN` module.
             past_key_values: the name `cache` had before transformers 5.2x.
         """
         cache = _cache_argument(cache, past_key_values)
@@ -170,10 +173,18 @@ class IndRNNModel(IndRNNPreTrainedModel):
             else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         if use_cache is None:
-            use_cache = self.config.use_cache and not self.training
-        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            use_cache = (
+                self.config.use_cache and not self.training and not self.config.bidirectional
+            )
+        if checkpointing:
             use_cache = False  # the recomputation in backward would update the cache again
+        if self.config.bidirectional and (use_cache or cache is not None):
+            raise ValueError(
+                "cache and use_cache=True continue a sequence step by step, which needs "
+                "bidirectional=False (the backward direction reads the whole sequence)"
+            )
 
         inputs_embeds = self._embed(input_ids, inputs_embeds)
         batch_size, seq_len = inputs_embeds.shape[:2]
@@ -182,7 +193,7 @@ class IndRNNModel(IndRNNPreTrainedModel):
             cache = IndRNNCache(self.config)
         hx = None if cache is None else self._read_states(cache, batch_size)
 
-        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+        if checkpointing:
             hidden_states, h_n = self._gradient_checkpointing_func(
                 self.rnn.__call__, inputs_embeds, hx, mask
             )

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from hf_helpers import VOCAB, padded_batch, random_tokens, tiny_model
+from hf_helpers import VOCAB, cache_of, padded_batch, random_tokens, tiny_model
 from transformers import ByT5Tokenizer, DynamicCache, pipeline
 
 from hf_integration import IndRNNCache, IndRNNForCausalLM, IndRNNForSequenceClassification
@@ -15,10 +15,6 @@ def _generate(model, ids, **kwargs):
     return model.generate(ids, max_new_tokens=NEW, pad_token_id=0, **kwargs)
 
 
-def _cache_of(output):
-    return output.cache if hasattr(output, "cache") else output.past_key_values
-
-
 @pytest.mark.parametrize("make_cache", [IndRNNCache, lambda config: DynamicCache(config=config)])
 def test_cached_forward_equals_full_prefix(make_cache):
     model = tiny_model(IndRNNForCausalLM)
@@ -26,7 +22,7 @@ def test_cached_forward_equals_full_prefix(make_cache):
     full = model(input_ids=ids).logits
     cache = make_cache(model.config)
     first = model(input_ids=ids[:, :5], cache=cache, use_cache=True)
-    assert _cache_of(first) is cache
+    assert cache_of(first) is cache
     logits = [first.logits]
     for t in range(5, 9):
         logits.append(model(input_ids=ids[:, t : t + 1], cache=cache, use_cache=True).logits)
@@ -39,10 +35,10 @@ def test_default_cache_is_created_and_continues():
     model = tiny_model(IndRNNForCausalLM)
     ids = torch.randint(3, VOCAB, (2, 7))
     first = model(input_ids=ids[:, :4])
-    assert isinstance(_cache_of(first), IndRNNCache)
-    second = model(input_ids=ids[:, 4:], cache=_cache_of(first))
+    assert isinstance(cache_of(first), IndRNNCache)
+    second = model(input_ids=ids[:, 4:], cache=cache_of(first))
     torch.testing.assert_close(second.logits, model(input_ids=ids).logits[:, 4:])
-    assert _cache_of(model(input_ids=ids, use_cache=False)) is None
+    assert cache_of(model(input_ids=ids, use_cache=False)) is None
 
 
 def test_greedy_equals_recomputing_the_prefix():
@@ -101,7 +97,7 @@ def test_cached_state_stays_float32_in_bfloat16():
     model = tiny_model(IndRNNForCausalLM).to(torch.bfloat16)
     ids = torch.randint(3, VOCAB, (2, 6))
     out = model(input_ids=ids, use_cache=True)
-    cache = _cache_of(out)
+    cache = cache_of(out)
     assert out.logits.dtype == torch.bfloat16
     for layer in cache.layers:
         assert layer.recurrent_states[0].dtype == torch.float32

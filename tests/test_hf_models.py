@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from hf_helpers import HEADS, VOCAB, head_logits, padded_batch, random_tokens, tiny_model
+from hf_helpers import HEADS, VOCAB, cache_of, head_logits, padded_batch, random_tokens, tiny_model
 from transformers import AutoModel, AutoModelForSequenceClassification
 from transformers.modeling_outputs import (
     BaseModelOutputWithPast,
@@ -86,6 +86,10 @@ def test_input_errors_name_the_argument():
         IndRNNForCausalLM(tiny_model(IndRNNModel, bidirectional=True).config)
     with pytest.raises(ValueError, match="cache"):
         model(input_ids=ids, cache=object(), use_cache=True)
+    bidirectional = tiny_model(IndRNNModel, bidirectional=True)
+    assert cache_of(bidirectional(input_ids=ids)) is None
+    with pytest.raises(ValueError, match="bidirectional=False"):
+        bidirectional(input_ids=ids, use_cache=True)
 
 
 def _check_padding(cls, side, **overrides):

@@ -229,15 +229,23 @@ def test_tied_word_embeddings(tmp_path):
     assert untied.lm_head.weight is not untied.model.embeddings.weight
 
 
-@pytest.mark.parametrize("cls", [IndRNNForSequenceClassification, IndRNNForCausalLM])
-def test_gradient_checkpointing_same_gradients(cls):
-    model = tiny_model(cls).train()
+@pytest.mark.parametrize("case", ["sequence_classification", "causal_lm", "continuous"])
+def test_gradient_checkpointing_same_gradients(case):
     ids, mask = padded_batch(random_tokens([6, 9, 4]), "right")
-    labels = torch.tensor([0, 1, 2]) if cls is IndRNNForSequenceClassification else ids
+    if case == "causal_lm":
+        model = tiny_model(IndRNNForCausalLM)
+        inputs = {"input_ids": ids, "labels": ids}
+    elif case == "continuous":
+        model = tiny_model(IndRNNForSequenceClassification, input_size=3, num_labels=1)
+        inputs = {"inputs_embeds": torch.randn(3, 9, 3), "labels": torch.randn(3)}
+    else:
+        model = tiny_model(IndRNNForSequenceClassification)
+        inputs = {"input_ids": ids, "labels": torch.tensor([0, 1, 2])}
+    model.train()
 
     def grads():
         model.zero_grad()
-        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        model(attention_mask=mask, **inputs).loss.backward()
         return {n: p.grad.clone() for n, p in model.named_parameters()}
 
     calls = []

@@ -11,7 +11,12 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from indrnn_triton import IndRNN, IndRNNCell, indrnn_reference
-from indrnn_triton.functional import dropout_over_time, indrnn_layer, indrnn_recurrence
+from indrnn_triton.functional import (
+    _bidirectional_forward,
+    dropout_over_time,
+    indrnn_layer,
+    indrnn_recurrence,
+)
 
 F64 = dict(dtype=torch.float64)
 
@@ -448,9 +453,10 @@ def test_torch_compile_fullgraph():
         torch.testing.assert_close(a, w, atol=1e-4, rtol=1e-4)
 
 
-def test_autocast_bfloat16():
-    rnn = randomise_(IndRNN(IN, H, num_layers=2, bidirectional=True, norm="layer",
-                            recurrent_max_abs=1.0))
+@pytest.mark.parametrize("options", [dict(num_layers=2, norm="layer"),
+                                     dict(num_layers=3, norm="batch", residual=True)])
+def test_autocast_bfloat16(options):
+    rnn = randomise_(IndRNN(IN, H, bidirectional=True, recurrent_max_abs=1.0, **options))
     x = torch.randn(T, B, IN)
     mask = padding_mask([T, 2, 5, 3], T)
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
@@ -462,6 +468,24 @@ def test_autocast_bfloat16():
     torch.testing.assert_close(h_n, ref_h_n, atol=3e-2 * scale, rtol=3e-2)
     out.float().sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in rnn.parameters())
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_bidirectional_op_registration(batch_first):
+    # Schema, autograd registration, fake tensor and AOT dispatch of the private two-direction
+    # op, on a strided (non-contiguous) pre, with and without the optional inputs.
+    pre = torch.randn(5, 3, 8, **F64)
+    pre = pre.transpose(0, 1) if batch_first else pre
+    u = torch.empty(8, **F64).uniform_(-1, 1.2)
+    b, h0 = torch.randn(8, **F64), torch.randn(2, 3, 4, **F64)
+    mask = padding_mask([5, 2, 3], 5, batch_first=batch_first)
+    for args in [(pre, u, b, h0, mask, 1.0, 0.1, batch_first),
+                 (pre, u, None, None, None, None, 0.0, batch_first)]:
+        args = [a.requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point()
+                else a for a in args]
+        torch.library.opcheck(_bidirectional_forward, args)
+        assert torch.autograd.gradcheck(lambda *t, a=args: _bidirectional_forward(
+            *t, *a[len(t):]), [t for t in args[:4] if t is not None])
 
 
 class _LargeOutputs(TorchDispatchMode):
@@ -599,3 +623,8 @@ def test_functional_errors():
                           mask=torch.ones(T, B + 1, dtype=torch.bool), bidirectional=True)
     with pytest.raises(ValueError, match=r"p must be a probability in \[0, 1\)"):
         dropout_over_time(x, 1.5, training=True)
+
+
+def test_dropout_with_one_layer_warns():
+    with pytest.warns(UserWarning, match="dropout=0.2 has no effect with num_layers=1"):
+        IndRNN(IN, H, dropout=0.2)

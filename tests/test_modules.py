@@ -154,7 +154,9 @@ PARITY_CASES = {
     "batch_norm_train_mask": (
         dict(num_layers=2, norm="batch", bidirectional=True), dict(mask="right")
     ),
+    "batch_norm_train_batch_first": (dict(num_layers=2, norm="batch", batch_first=True), dict()),
     "batch_norm_eval": (dict(num_layers=2, norm="batch"), dict(eval=True, mask="left")),
+    "batch_norm_eval_no_mask": (dict(norm="batch", bidirectional=True), dict(eval=True)),
     "residual_batch_norm_mask": (
         dict(num_layers=3, residual=True, norm="batch", bidirectional=True), dict(mask="left")
     ),
@@ -299,14 +301,15 @@ def test_batch_statistics_ignore_padding():
     torch.testing.assert_close(h_n_g, h_n)
 
 
-def test_batch_norm_running_statistics_over_real_steps():
+@pytest.mark.parametrize("masked", [True, False])
+def test_batch_norm_running_statistics_over_real_steps(masked):
     rnn = randomise_(IndRNN(IN, H, norm="batch", **F64))
     bn = rnn.norms[0]
     bn.running_mean.zero_()
     bn.running_var.fill_(1.0)
-    mask = padding_mask([T, 2, 4, 1], T)
+    mask = padding_mask([T, 2, 4, 1] if masked else [T] * B, T)
     x = make_input()
-    rnn(x, mask=mask)
+    rnn(x, mask=mask if masked else None)
     real = (x @ rnn.weight_ih_l0.t())[mask].detach()
     torch.testing.assert_close(bn.running_mean, 0.1 * real.mean(0))
     torch.testing.assert_close(bn.running_var, 0.9 + 0.1 * real.var(0, unbiased=True))
@@ -453,12 +456,13 @@ def test_torch_compile_fullgraph():
         torch.testing.assert_close(a, w, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("masked", [True, False])
 @pytest.mark.parametrize("options", [dict(num_layers=2, norm="layer"),
                                      dict(num_layers=3, norm="batch", residual=True)])
-def test_autocast_bfloat16(options):
+def test_autocast_bfloat16(options, masked):
     rnn = randomise_(IndRNN(IN, H, bidirectional=True, recurrent_max_abs=1.0, **options))
     x = torch.randn(T, B, IN)
-    mask = padding_mask([T, 2, 5, 3], T)
+    mask = padding_mask([T, 2, 5, 3], T) if masked else None
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
         out, h_n = rnn(x, mask=mask)
     assert out.dtype == torch.bfloat16 and h_n.dtype == torch.float32

@@ -7,6 +7,7 @@ shares no code with the module's fused path. Parity runs in float64, gradients i
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -632,3 +633,34 @@ def test_functional_errors():
 def test_dropout_with_one_layer_warns():
     with pytest.warns(UserWarning, match="dropout=0.2 has no effect with num_layers=1"):
         IndRNN(IN, H, dropout=0.2)
+
+
+def test_training_steps_follow_the_plain_model():
+    # Liger-style convergence check: a few optimizer steps (with constrain_ after each, the
+    # authors' style) give the same losses and weights as training the plain model.
+    torch.manual_seed(1)
+    kwargs = dict(num_layers=3, bidirectional=True, residual=True, norm="batch",
+                  recurrent_max_abs=2 ** (1 / T), last_layer_recurrent_init="near_one", **F64)
+    rnn, plain = IndRNN(IN, H, **kwargs), IndRNN(IN, H, **kwargs)
+    plain.load_state_dict(rnn.state_dict())
+    head = torch.randn(2 * H, 1, **F64) * 0.1
+    x = make_input()
+    mask = padding_mask([T, 3, 5, 6], T, left=True)
+    target = torch.randn(B, 1, **F64)
+    losses = {}
+    for name, model, forward in (("fused", rnn, lambda: rnn(x, mask=mask)),
+                                 ("plain", plain, lambda: reference_forward(plain, x, None, mask))):
+        opt = torch.optim.Adam(model.parameters(), lr=0.05)
+        losses[name] = []
+        for _ in range(6):
+            out, _ = forward()
+            loss = F.mse_loss(out[-1] @ head, target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            model.constrain_()
+            losses[name].append(loss.item())
+    torch.testing.assert_close(losses["fused"], losses["plain"], atol=1e-9, rtol=1e-9)
+    assert losses["fused"][-1] < 0.5 * losses["fused"][0]
+    for (name, p), q in zip(rnn.named_parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(p, q, atol=1e-9, rtol=1e-9, msg=name)

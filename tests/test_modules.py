@@ -192,6 +192,14 @@ def test_parity_with_plain_model(case):
     run_parity_case(*PARITY_CASES[case])
 
 
+@pytest.mark.parametrize("T_,B_", [(1, 1), (1, 3), (9, 1), (2, 2)])
+def test_parity_awkward_shapes(T_, B_):
+    opts = dict(hx=True)
+    run_parity_case(dict(num_layers=3, bidirectional=True, residual=True, norm="layer"), opts,
+                    T=T_, B=B_, IN=1, H=1)
+    run_parity_case(dict(num_layers=2, bidirectional=True, batch_first=True), opts, T=T_, B=B_)
+
+
 @pytest.mark.parametrize(
     "case", ["bidirectional_left_padding_batch_first_hx", "residual_batch_norm_mask",
              "bidirectional_clip_int_mask"]

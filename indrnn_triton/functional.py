@@ -341,24 +341,22 @@ def batch_norm_over_steps(
     the IndRNN layer's bias, added right after, is the shift). Padding positions are
     normalised too (their values are ignored by the recurrence).
     """
-    if training or running_mean is None:
-        acc = torch.promote_types(x.dtype, torch.float32)
-        if mask is None:
-            n = x.new_tensor(x.shape[0] * x.shape[1], dtype=acc)
-            mean = x.sum((0, 1), dtype=acc) / n
-            var = (x - mean).square().sum((0, 1)) / n
-        else:
-            m = (mask != 0).unsqueeze(-1)
-            n = m.sum(dtype=acc).clamp(min=1)
-            mean = torch.where(m, x, 0).sum((0, 1), dtype=acc) / n
-            var = torch.where(m, (x - mean).square(), 0).sum((0, 1)) / n
-        if training and running_mean is not None:
-            with torch.no_grad():
-                running_mean.lerp_(mean.to(running_mean.dtype), momentum)
-                unbiased = var * (n / (n - 1).clamp(min=1))
-                running_var.lerp_(unbiased.to(running_var.dtype), momentum)
-    else:
-        mean, var = running_mean, running_var
+    use_batch = training or running_mean is None
+    if mask is None or not use_batch:
+        # Every step is real, or the running statistics are used: torch's fused batch norm.
+        flat = F.batch_norm(x.flatten(0, 1), running_mean, running_var, weight, None, use_batch,
+                            momentum, eps)
+        return flat.view(x.shape)
+    acc = torch.promote_types(x.dtype, torch.float32)
+    m = (mask != 0).unsqueeze(-1)
+    n = m.sum(dtype=acc).clamp(min=1)
+    mean = torch.where(m, x, 0).sum((0, 1), dtype=acc) / n
+    var = torch.where(m, (x - mean).square(), 0).sum((0, 1)) / n
+    if running_mean is not None:
+        with torch.no_grad():
+            running_mean.lerp_(mean.to(running_mean.dtype), momentum)
+            unbiased = var * (n / (n - 1).clamp(min=1))
+            running_var.lerp_(unbiased.to(running_var.dtype), momentum)
     scale = torch.rsqrt(var + eps)
     if weight is not None:
         scale = scale * weight

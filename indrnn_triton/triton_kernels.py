@@ -18,6 +18,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from . import _alloc
+
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 def _configs() -> list[triton.Config]:
@@ -314,8 +316,8 @@ def triton_backward(
     """Launch the backward kernel; fills grad_pre and grad_h0, returns (du, db) in fp32/fp64."""
     T, B, H = out.shape
     mask, s_m_t, s_m_b = _mask_arg(mask)
-    du = torch.empty_like(grad_h0)
-    db = torch.empty_like(grad_h0)
+    du = _alloc.empty(B, H, dtype=grad_h0.dtype, device=grad_h0.device)
+    db = _alloc.empty(B, H, dtype=grad_h0.dtype, device=grad_h0.device)
     s_do = grad_out.stride() if grad_out is not None else (0, 0, 0)
     _indrnn_bwd_kernel[_grid(B, H)](
         out, None if h0 is None else h0.contiguous(), weight_hh, mask,

@@ -249,8 +249,8 @@ def test_opcheck(backend):
                                    batch_first=False, clip=None)
     mask = make_mask("random", T, B, False)
     for args in [
-        (pre, u, b, h0, mask, 0.9, 0.1, True, False),
-        (pre.transpose(0, 1).contiguous(), u, None, None, None, None, 0.0, False, True),
+        (pre, u, b, h0, mask, 0.9, 0.1, True, False, False),
+        (pre.transpose(0, 1).contiguous(), u, None, None, None, None, 0.0, False, True, False),
     ]:
         args = tuple(a.requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point()
                      else a for a in args)

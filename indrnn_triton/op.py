@@ -49,21 +49,6 @@ def _backend(device: torch.device, use_triton: bool):
     return triton_kernels.triton_forward, triton_kernels.triton_backward
 
 
-def _split(t: Tensor | None, D: int) -> list[Tensor | None]:
-    """The D direction slices of a (..., D*H) tensor: strided views, never copies."""
-    if t is None:
-        return [None] * D
-    H = t.shape[-1] // D
-    return [t[..., d * H:(d + 1) * H] for d in range(D)]
-
-
-def _per_direction(t: Tensor | None, D: int) -> list[Tensor | None]:
-    """(B, H) for one direction or (2, B, H) for two -> D tensors of (B, H)."""
-    if t is None:
-        return [None] * D
-    return list(t.unbind(0)) if D == 2 else [t]
-
-
 def _state_shape(B: int, H: int, D: int) -> tuple[int, ...]:
     return (2, B, H) if D == 2 else (B, H)
 
@@ -81,11 +66,7 @@ def _forward_impl(pre, weight_hh, bias, h0, mask, r_max, r_min, reverse, batch_f
     forward, _ = _backend(pre.device, use_triton)
     m = None if mask is None else _tbh(mask, batch_first)
     # Each direction reads and writes its own strided half: no flip, no concatenation.
-    for d, (x_d, u_d, b_d, h0_d, o_d, hn_d) in enumerate(zip(
-        _split(x, D), _split(weight_hh, D), _split(bias, D), _per_direction(h0, D),
-        _split(_tbh(out, batch_first), D), _per_direction(h_n, D),
-    )):
-        forward(x_d, u_d, b_d, h0_d, m, r_max, r_min, reverse or d == 1, o_d, hn_d)
+    forward(x, weight_hh, bias, h0, m, r_max, r_min, reverse, _tbh(out, batch_first), h_n, D)
     return out, h_n
 
 
@@ -97,24 +78,16 @@ def _backward_impl(grad_out, grad_hn, out, weight_hh, h0, mask, r_max, r_min, re
     acc = _acc_dtype(out.dtype)
     grad_pre = _alloc.empty(out.shape, dtype=out.dtype, device=out.device)
     grad_h0 = _alloc.empty(_state_shape(B, H, D), dtype=acc, device=out.device)
-    du = torch.zeros(D * H, dtype=acc, device=out.device)
-    db = torch.zeros(D * H, dtype=acc, device=out.device)
     if T == 0 or B == 0 or H == 0:
         grad_h0.copy_(grad_hn) if grad_hn is not None else grad_h0.zero_()
         grad_pre.zero_()
-        return grad_pre, du, db, grad_h0
+        zeros = torch.zeros(D * H, dtype=acc, device=out.device)
+        return grad_pre, zeros, zeros.clone(), grad_h0
     _, backward = _backend(out.device, use_triton)
     g = None if grad_out is None else _tbh(grad_out, batch_first)
     m = None if mask is None else _tbh(mask, batch_first)
-    for d, (g_d, ghn_d, o_d, u_d, h0_d, gp_d, gh0_d, du_d, db_d) in enumerate(zip(
-        _split(g, D), _per_direction(grad_hn, D), _split(o, D), _split(weight_hh, D),
-        _per_direction(h0, D), _split(_tbh(grad_pre, batch_first), D),
-        _per_direction(grad_h0, D), _split(du, D), _split(db, D),
-    )):
-        du_part, db_part = backward(g_d, ghn_d, o_d, u_d, h0_d, m, r_max, r_min,
-                                    reverse or d == 1, gp_d, gh0_d)
-        du_d.copy_(du_part)
-        db_d.copy_(db_part)
+    du, db = backward(g, grad_hn, o, weight_hh, h0, m, r_max, r_min, reverse,
+                      _tbh(grad_pre, batch_first), grad_h0, D)
     return grad_pre, du, db, grad_h0
 
 

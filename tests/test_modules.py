@@ -12,12 +12,8 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from indrnn_triton import IndRNN, IndRNNCell, indrnn_reference
-from indrnn_triton.functional import (
-    _bidirectional_forward,
-    dropout_over_time,
-    indrnn_layer,
-    indrnn_recurrence,
-)
+from indrnn_triton.functional import dropout_over_time, indrnn_layer, indrnn_recurrence
+from indrnn_triton.op import _forward_op
 
 F64 = dict(dtype=torch.float64)
 
@@ -492,12 +488,12 @@ def test_bidirectional_op_registration(batch_first):
     u = torch.empty(8, **F64).uniform_(-1, 1.2)
     b, h0 = torch.randn(8, **F64), torch.randn(2, 3, 4, **F64)
     mask = padding_mask([5, 2, 3], 5, batch_first=batch_first)
-    for args in [(pre, u, b, h0, mask, 1.0, 0.1, batch_first),
-                 (pre, u, None, None, None, None, 0.0, batch_first)]:
+    for args in [(pre, u, b, h0, mask, 1.0, 0.1, False, batch_first, True),
+                 (pre, u, None, None, None, None, 0.0, False, batch_first, True)]:
         args = [a.requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point()
                 else a for a in args]
-        torch.library.opcheck(_bidirectional_forward, args)
-        assert torch.autograd.gradcheck(lambda *t, a=args: _bidirectional_forward(
+        torch.library.opcheck(_forward_op, args)
+        assert torch.autograd.gradcheck(lambda *t, a=args: _forward_op(
             *t, *a[len(t):]), [t for t in args[:4] if t is not None])
 
 
@@ -534,8 +530,8 @@ def test_bidirectional_layer_makes_no_time_sized_copies(batch_first):
     # Forward: the GEMM (T, B, 2H) and the recurrence's output. Backward: the recurrence's
     # gradient of pre (T, B, 2H) and the GEMM's gradient of x; nothing is flipped or
     # concatenated, and no gradient is scattered into a zero-filled buffer.
-    assert forward_ops == ["indrnn_bidirectional_forward", "mm"]
-    assert sorted(mode.ops) == ["indrnn_bidirectional_backward", "mm"]
+    assert forward_ops == ["indrnn_forward", "mm"]
+    assert sorted(mode.ops) == ["indrnn_backward", "mm"]
 
 
 # ----------------------------------------------------------------------------------------------

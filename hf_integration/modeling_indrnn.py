@@ -464,9 +464,11 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
         # generate() must not build its own DynamicCache: forward creates an IndRNNCache.
         return False
 
-    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
+    def prepare_inputs_for_generation(
+        self, input_ids, attention_mask=None, inputs_embeds=None, **kwargs
+    ):
         model_inputs = super().prepare_inputs_for_generation(
-            input_ids, attention_mask=attention_mask, **kwargs
+            input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
         )
         # The recurrence takes the plain (batch, time) mask, never the per-layer-type masks some
         # transformers versions build for attention layers.

@@ -133,3 +133,12 @@ def test_text_classification_pipeline(tokenizer):
     for result, p in zip(results, probs, strict=True):
         assert result["label"] == model.config.id2label[int(p.argmax())]
         assert result["score"] == pytest.approx(float(p.max()), rel=1e-5)
+
+
+def test_generate_from_inputs_embeds():
+    model = tiny_model(IndRNNForCausalLM)
+    ids = torch.randint(3, VOCAB, (2, 5))
+    from_ids = _generate(model, ids)
+    from_embeds = model.generate(inputs_embeds=model.get_input_embeddings()(ids),
+                                 max_new_tokens=NEW, do_sample=False, pad_token_id=0)
+    assert torch.equal(from_embeds[:, -NEW:], from_ids[:, -NEW:])

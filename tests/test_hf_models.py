@@ -318,3 +318,19 @@ def test_init_options_reach_the_layers():
     first, last = model.rnn.weight_hh_l0, model.rnn.weight_hh_l1
     assert 0.2 <= first.min() and first.max() <= 0.3
     assert 1 / 1.5 <= last.min() and last.max() <= 1.5
+
+
+def test_both_kernel_paths_pad_and_continue(backend):
+    """The models on the Triton kernels (interpreted on CPU) and on the torch CPU path."""
+    classifier = tiny_model(IndRNNForSequenceClassification, bidirectional=True, hidden_size=4)
+    seqs = random_tokens([2, 4])
+    ids, mask = padded_batch(seqs, "left")
+    batched = classifier(input_ids=ids, attention_mask=mask).logits
+    for i, seq in enumerate(seqs):
+        torch.testing.assert_close(batched[i], classifier(input_ids=seq[None]).logits[0])
+
+    lm = tiny_model(IndRNNForCausalLM, hidden_size=4)
+    ids = torch.randint(3, VOCAB, (2, 4))
+    first = lm(input_ids=ids[:, :3])
+    last = lm(input_ids=ids[:, 3:], cache=cache_of(first)).logits
+    torch.testing.assert_close(last, lm(input_ids=ids).logits[:, 3:])

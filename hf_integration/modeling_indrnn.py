@@ -160,8 +160,8 @@ class IndRNNModel(IndRNNPreTrainedModel):
             cache: an `IndRNNCache(model.config)` (or a `DynamicCache(config=model.config)`)
                 holding one float32 recurrent state per layer; read as the initial state and
                 updated in place when `use_cache`. Created here when `use_cache` and None.
-            use_cache: return the updated cache (default: `config.use_cache` outside training,
-                for unidirectional models).
+            use_cache: update and return the cache (default: when a cache is given, else
+                `config.use_cache` outside training for unidirectional models).
             output_hidden_states: also return `hidden_states` = (the IndRNN stack's input,
                 its output); the layers run inside one fused `IndRNN` module.
             past_key_values: the name `cache` had before transformers 5.2x.
@@ -175,7 +175,7 @@ class IndRNNModel(IndRNNPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         if use_cache is None:
-            use_cache = (
+            use_cache = cache is not None or (
                 self.config.use_cache and not self.training and not self.config.bidirectional
             )
         if checkpointing:

@@ -39,6 +39,13 @@ def test_default_cache_is_created_and_continues():
     second = model(input_ids=ids[:, 4:], cache=cache_of(first))
     torch.testing.assert_close(second.logits, model(input_ids=ids).logits[:, 4:])
     assert cache_of(model(input_ids=ids, use_cache=False)) is None
+    model.train()  # no cache by default in training, but a given cache is used and updated
+    assert cache_of(model(input_ids=ids)) is None
+    cache = IndRNNCache(model.config)
+    with torch.no_grad():
+        model(input_ids=ids[:, :4], cache=cache)
+        torch.testing.assert_close(model(input_ids=ids[:, 4:], cache=cache).logits,
+                                   model(input_ids=ids).logits[:, 4:])
 
 
 def test_greedy_equals_recomputing_the_prefix():

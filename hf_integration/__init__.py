@@ -16,6 +16,7 @@ from transformers import (
 
 from .configuration_indrnn import IndRNNConfig
 from .modeling_indrnn import (
+    IndRNNCache,
     IndRNNForCausalLM,
     IndRNNForSequenceClassification,
     IndRNNForTokenClassification,
@@ -37,6 +38,7 @@ for _auto, _model in _AUTO_CLASSES:
     _model.register_for_auto_class(_auto.__name__)
 
 __all__ = [
+    "IndRNNCache",
     "IndRNNConfig",
     "IndRNNPreTrainedModel",
     "IndRNNModel",

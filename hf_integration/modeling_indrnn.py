@@ -40,6 +40,26 @@ AUTO_MAP = {
 }
 
 
+class IndRNNCache(DynamicCache):
+    """The generation cache: one float32 recurrent state per IndRNN layer, in the
+    "linear_attention" layers that `DynamicCache` builds from `config.layer_types`.
+
+    It also counts the steps it has absorbed, because generate() asks the cache for its length
+    and a cache of linear-attention layers alone cannot answer that in transformers 5.1x.
+    """
+
+    def __init__(self, config: IndRNNConfig):
+        super().__init__(config=config)
+        self.seen_steps = 0
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen_steps
+
+    def reset(self):
+        super().reset()
+        self.seen_steps = 0
+
+
 class IndRNNPreTrainedModel(PreTrainedModel):
     config_class = IndRNNConfig
     base_model_prefix = "model"
@@ -137,9 +157,13 @@ class IndRNNModel(IndRNNPreTrainedModel):
                 longer than `input_ids`; its last `time` columns are used.
             inputs_embeds: (batch, time, embedding_size) embeddings, or (batch, time,
                 input_size) features when the config has `input_size`.
-            cache: a `DynamicCache(config=model.config)` holding one float32 recurrent state per
-                layer; it is read as the initial state and updated in place when `use_cache`.
-            use_cache: return the updated cache (default: `config.use_cache` outside training).
+            cache: an `IndRNNCache(model.config)` (or a `DynamicCache(config=model.config)`)
+                holding one float32 recurrent state per layer; read as the initial state and
+                updated in place when `use_cache`. Created here when `use_cache` and None.
+            use_cache: update and return the cache (default: when a cache is given, else
+                `config.use_cache` outside training for unidirectional models).
+            output_hidden_states: also return `hidden_states` = (the IndRNN stack's input,
+                its output); the layers run inside one fused `IndRNN` module.
             past_key_values: the name `cache` had before transformers 5.2x.
         """
         cache = _cache_argument(cache, past_key_values)
@@ -149,19 +173,27 @@ class IndRNNModel(IndRNNPreTrainedModel):
             else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         if use_cache is None:
-            use_cache = self.config.use_cache and not self.training
-        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            use_cache = cache is not None or (
+                self.config.use_cache and not self.training and not self.config.bidirectional
+            )
+        if checkpointing:
             use_cache = False  # the recomputation in backward would update the cache again
+        if self.config.bidirectional and (use_cache or cache is not None):
+            raise ValueError(
+                "cache and use_cache=True continue a sequence step by step, which needs "
+                "bidirectional=False (the backward direction reads the whole sequence)"
+            )
 
         inputs_embeds = self._embed(input_ids, inputs_embeds)
         batch_size, seq_len = inputs_embeds.shape[:2]
         mask = _step_mask(attention_mask, batch_size, seq_len)
         if use_cache and cache is None:
-            cache = DynamicCache(config=self.config)
+            cache = IndRNNCache(self.config)
         hx = None if cache is None else self._read_states(cache, batch_size)
 
-        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+        if checkpointing:
             hidden_states, h_n = self._gradient_checkpointing_func(
                 self.rnn.__call__, inputs_embeds, hx, mask
             )
@@ -169,6 +201,8 @@ class IndRNNModel(IndRNNPreTrainedModel):
             hidden_states, h_n = self.rnn(inputs_embeds, hx=hx, mask=mask)
         if use_cache:
             self._write_states(cache, h_n)
+            if isinstance(cache, IndRNNCache):
+                cache.seen_steps += seq_len
 
         output = BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
@@ -206,7 +240,7 @@ class IndRNNModel(IndRNNPreTrainedModel):
         ):
             raise ValueError(
                 "cache must hold one recurrent-state layer per IndRNN layer: build it with "
-                "DynamicCache(config=model.config)"
+                "IndRNNCache(model.config)"
             )
         return layers
 
@@ -425,6 +459,23 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
     def set_input_embeddings(self, new_embeddings):
         self.model.set_input_embeddings(new_embeddings)
 
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        # generate() must not build its own DynamicCache: forward creates an IndRNNCache.
+        return False
+
+    def prepare_inputs_for_generation(
+        self, input_ids, attention_mask=None, inputs_embeds=None, **kwargs
+    ):
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
+        )
+        # The recurrence takes the plain (batch, time) mask, never the per-layer-type masks some
+        # transformers versions build for attention layers.
+        if attention_mask is not None:
+            model_inputs["attention_mask"] = attention_mask
+        return model_inputs
+
     def get_output_embeddings(self):
         return self.lm_head
 
@@ -483,6 +534,7 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
 
 
 __all__ = [
+    "IndRNNCache",
     "IndRNNPreTrainedModel",
     "IndRNNModel",
     "IndRNNForSequenceClassification",

@@ -17,12 +17,16 @@ def _steps(T: int, reverse: bool) -> range:
     return range(T - 1, -1, -1) if reverse else range(T)
 
 
-def _step_masks(mask: Tensor | None) -> list[Tensor] | None:
-    """(T, B) mask -> T boolean (B, 1) slices, ready to broadcast over H."""
-    return None if mask is None else (mask != 0).unsqueeze(-1).unbind(0)
+def _step_masks(mask: Tensor | None, dtype: torch.dtype) -> list[Tensor] | None:
+    """(T, B) mask -> T (B, 1) slices of 0.0/1.0, ready to broadcast over H.
+
+    Masked updates are written as ``torch.lerp(old, new, m)``, exact at m = 0 and m = 1, which
+    costs a third of ``torch.where`` with a bool mask on small tensors.
+    """
+    return None if mask is None else (mask != 0).to(dtype).unsqueeze(-1).unbind(0)
 
 
-def cpu_forward(
+def _forward_one(
     x: Tensor,
     weight_hh: Tensor,
     bias: Tensor | None,
@@ -40,7 +44,7 @@ def cpu_forward(
     u = clip_recurrent_weight(weight_hh.to(acc), recurrent_max_abs, recurrent_min_abs)
     b = None if bias is None else bias.to(acc)
     h = x.new_zeros(B, H, dtype=acc) if h0 is None else h0.to(acc)
-    xs, outs, ms = x.unbind(0), out.unbind(0), _step_masks(mask)
+    xs, outs, ms = x.unbind(0), out.unbind(0), _step_masks(mask, acc)
     # When the output has the accumulation dtype it doubles as the state; otherwise the state
     # lives in two fp32 buffers (the new state must not overwrite the old one before masking).
     direct = out.dtype == acc
@@ -53,14 +57,14 @@ def cpu_forward(
             torch.add(xs[t], b, out=dst).addcmul_(u, h)
         dst.relu_()
         if ms is not None:
-            torch.where(ms[t], dst, h, out=dst)
+            torch.lerp(h, dst, ms[t], out=dst)
         if not direct:
             outs[t].copy_(dst)
         h = dst
     h_n.copy_(h)
 
 
-def cpu_backward(
+def _backward_one(
     grad_out: Tensor | None,
     grad_hn: Tensor | None,
     out: Tensor,
@@ -81,36 +85,75 @@ def cpu_backward(
     keep = w.abs() >= recurrent_min_abs  # du is zero where the weight was clipped
     if recurrent_max_abs is not None:
         keep &= w.abs() <= recurrent_max_abs
-    c = grad_h0  # gradient reaching the state after the step being processed
-    if grad_hn is None:
-        c.zero_()
-    else:
-        c.copy_(grad_hn)
-    du = torch.zeros_like(c)
-    db = torch.zeros_like(c)
-    hs, gps, ms = out.unbind(0), grad_pre.unbind(0), _step_masks(mask)
+    du = torch.zeros_like(grad_h0)
+    db = torch.zeros_like(grad_h0)
+    # c: the gradient reaching the state after the step being processed (dL/dh_n to start).
+    c = torch.zeros_like(grad_h0) if grad_hn is None else grad_hn.to(acc, copy=True)
+    hs, gps, ms = out.unbind(0), grad_pre.unbind(0), _step_masks(mask, acc)
     gs = None if grad_out is None else grad_out.unbind(0)
     direct = grad_pre.dtype == acc
     scratch = None if direct else torch.empty_like(c)
-    step_ud = None if ms is None else torch.empty_like(c)
+    h32 = None if out.dtype == acc else torch.empty_like(c)
+    ud = None if ms is None else torch.empty_like(c)
     order = _steps(T, reverse)
     for i in range(T - 1, -1, -1):
         t = order[i]
         if gs is not None:
             c.add_(gs[t])
+        h = hs[t] if h32 is None else h32.copy_(hs[t])
         d = gps[t] if direct else scratch
-        torch.mul(c, hs[t] > 0, out=d)
+        torch.ops.aten.threshold_backward.grad_input(c, h, 0, grad_input=d)  # c * [h > 0]
         if ms is None:
             torch.mul(d, u, out=c)
         else:
             # A padding step is the identity on the state: its gradient passes straight through.
             d.mul_(ms[t])
-            torch.mul(d, u, out=step_ud)
-            torch.where(ms[t], step_ud, c, out=c)
+            torch.lerp(c, torch.mul(d, u, out=ud), ms[t], out=c)
         prev = hs[order[i - 1]] if i > 0 else h0
         if prev is not None:
             du.addcmul_(d, prev)
         db.add_(d)
         if not direct:
             gps[t].copy_(d)
+    grad_h0.copy_(c)
     return du.sum(0) * keep.to(acc), db.sum(0)
+
+
+def _split(t: Tensor | None, D: int) -> list[Tensor | None]:
+    """The D direction slices of a (..., D*H) tensor: strided views, never copies."""
+    if t is None:
+        return [None] * D
+    H = t.shape[-1] // D
+    return [t[..., d * H:(d + 1) * H] for d in range(D)]
+
+
+def _states(t: Tensor | None, D: int) -> list[Tensor | None]:
+    """D (B, H) states of a (B, H) or (D, B, H) tensor."""
+    return [None] * D if t is None else list(t.view(D, *t.shape[-2:]).unbind(0))
+
+
+def cpu_forward(x, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_min_abs, reverse,
+                out, h_n, D):
+    """Fill ``out`` (T, B, D*H view) and ``h_n`` (D states) in place; direction 1 runs
+    backwards in time. Same contract as ``triton_kernels.triton_forward``."""
+    for d, (x_d, u_d, b_d, h0_d, o_d, hn_d) in enumerate(zip(
+        _split(x, D), _split(weight_hh, D), _split(bias, D), _states(h0, D), _split(out, D),
+        _states(h_n, D),
+    )):
+        _forward_one(x_d, u_d, b_d, h0_d, mask, recurrent_max_abs, recurrent_min_abs,
+                     reverse or d == 1, o_d, hn_d)
+
+
+def cpu_backward(grad_out, grad_hn, out, weight_hh, h0, mask, recurrent_max_abs,
+                 recurrent_min_abs, reverse, grad_pre, grad_h0, D):
+    """Fill ``grad_pre`` and ``grad_h0`` in place and return (du, db), each (D*H,). Same
+    contract as ``triton_kernels.triton_backward``."""
+    parts = [
+        _backward_one(g_d, ghn_d, o_d, u_d, h0_d, mask, recurrent_max_abs, recurrent_min_abs,
+                      reverse or d == 1, gp_d, gh0_d)
+        for d, (g_d, ghn_d, o_d, u_d, h0_d, gp_d, gh0_d) in enumerate(zip(
+            _split(grad_out, D), _states(grad_hn, D), _split(out, D), _split(weight_hh, D),
+            _states(h0, D), _split(grad_pre, D), _states(grad_h0, D),
+        ))
+    ]
+    return torch.cat([du for du, _ in parts]), torch.cat([db for _, db in parts])

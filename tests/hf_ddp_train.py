@@ -66,6 +66,7 @@ def main(out_dir: Path) -> None:
         learning_rate=1e-2,
         use_cpu=True,
         ddp_backend="gloo",
+        ddp_find_unused_parameters=False,
         save_strategy="no",
         report_to="none",
         disable_tqdm=True,
@@ -93,6 +94,8 @@ def main(out_dir: Path) -> None:
     }
     if dist.get_rank() == 0:
         (out_dir / "ddp_report.json").write_text(json.dumps(report, indent=1))
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":

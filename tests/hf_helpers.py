@@ -40,6 +40,11 @@ def head_logits(model, **inputs) -> torch.Tensor:
     return out.last_hidden_state if isinstance(model, hf_integration.IndRNNModel) else out.logits
 
 
+def cache_of(output):
+    """The returned cache, whichever name this transformers version gives the field."""
+    return output.cache if hasattr(output, "cache") else output.past_key_values
+
+
 def padded_batch(seqs, side: str):
     """Pad 1-D token tensors to one length on `side`; returns (input_ids, attention_mask)."""
     width = max(len(s) for s in seqs)

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from hf_helpers import VOCAB, padded_batch, random_tokens, tiny_model
+from hf_helpers import VOCAB, cache_of, padded_batch, random_tokens, tiny_model
 from transformers import ByT5Tokenizer, DynamicCache, pipeline
 
-from hf_integration import IndRNNForCausalLM, IndRNNForSequenceClassification
+from hf_integration import IndRNNCache, IndRNNForCausalLM, IndRNNForSequenceClassification
 
 NEW = 6
 
@@ -15,17 +15,37 @@ def _generate(model, ids, **kwargs):
     return model.generate(ids, max_new_tokens=NEW, pad_token_id=0, **kwargs)
 
 
-def test_cached_forward_equals_full_prefix():
+@pytest.mark.parametrize("make_cache", [IndRNNCache, lambda config: DynamicCache(config=config)])
+def test_cached_forward_equals_full_prefix(make_cache):
     model = tiny_model(IndRNNForCausalLM)
     ids = torch.randint(3, VOCAB, (2, 9))
     full = model(input_ids=ids).logits
-    cache = DynamicCache(config=model.config)
+    cache = make_cache(model.config)
     first = model(input_ids=ids[:, :5], cache=cache, use_cache=True)
-    assert first.cache is cache if hasattr(first, "cache") else first.past_key_values is cache
+    assert cache_of(first) is cache
     logits = [first.logits]
     for t in range(5, 9):
         logits.append(model(input_ids=ids[:, t : t + 1], cache=cache, use_cache=True).logits)
     torch.testing.assert_close(torch.cat(logits, 1), full)
+    if isinstance(cache, IndRNNCache):
+        assert cache.get_seq_length() == 9
+
+
+def test_default_cache_is_created_and_continues():
+    model = tiny_model(IndRNNForCausalLM)
+    ids = torch.randint(3, VOCAB, (2, 7))
+    first = model(input_ids=ids[:, :4])
+    assert isinstance(cache_of(first), IndRNNCache)
+    second = model(input_ids=ids[:, 4:], cache=cache_of(first))
+    torch.testing.assert_close(second.logits, model(input_ids=ids).logits[:, 4:])
+    assert cache_of(model(input_ids=ids, use_cache=False)) is None
+    model.train()  # no cache by default in training, but a given cache is used and updated
+    assert cache_of(model(input_ids=ids)) is None
+    cache = IndRNNCache(model.config)
+    with torch.no_grad():
+        model(input_ids=ids[:, :4], cache=cache)
+        torch.testing.assert_close(model(input_ids=ids[:, 4:], cache=cache).logits,
+                                   model(input_ids=ids).logits[:, 4:])
 
 
 def test_greedy_equals_recomputing_the_prefix():
@@ -84,7 +104,7 @@ def test_cached_state_stays_float32_in_bfloat16():
     model = tiny_model(IndRNNForCausalLM).to(torch.bfloat16)
     ids = torch.randint(3, VOCAB, (2, 6))
     out = model(input_ids=ids, use_cache=True)
-    cache = out.cache if hasattr(out, "cache") else out.past_key_values
+    cache = cache_of(out)
     assert out.logits.dtype == torch.bfloat16
     for layer in cache.layers:
         assert layer.recurrent_states[0].dtype == torch.float32
@@ -120,3 +140,12 @@ def test_text_classification_pipeline(tokenizer):
     for result, p in zip(results, probs, strict=True):
         assert result["label"] == model.config.id2label[int(p.argmax())]
         assert result["score"] == pytest.approx(float(p.max()), rel=1e-5)
+
+
+def test_generate_from_inputs_embeds():
+    model = tiny_model(IndRNNForCausalLM)
+    ids = torch.randint(3, VOCAB, (2, 5))
+    from_ids = _generate(model, ids)
+    from_embeds = model.generate(inputs_embeds=model.get_input_embeddings()(ids),
+                                 max_new_tokens=NEW, do_sample=False, pad_token_id=0)
+    assert torch.equal(from_embeds[:, -NEW:], from_ids[:, -NEW:])

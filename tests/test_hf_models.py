@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from hf_helpers import HEADS, VOCAB, head_logits, padded_batch, random_tokens, tiny_model
+from hf_helpers import HEADS, VOCAB, cache_of, head_logits, padded_batch, random_tokens, tiny_model
 from transformers import AutoModel, AutoModelForSequenceClassification
 from transformers.modeling_outputs import (
     BaseModelOutputWithPast,
@@ -86,6 +86,10 @@ def test_input_errors_name_the_argument():
         IndRNNForCausalLM(tiny_model(IndRNNModel, bidirectional=True).config)
     with pytest.raises(ValueError, match="cache"):
         model(input_ids=ids, cache=object(), use_cache=True)
+    bidirectional = tiny_model(IndRNNModel, bidirectional=True)
+    assert cache_of(bidirectional(input_ids=ids)) is None
+    with pytest.raises(ValueError, match="bidirectional=False"):
+        bidirectional(input_ids=ids, use_cache=True)
 
 
 def _check_padding(cls, side, **overrides):
@@ -204,28 +208,44 @@ def test_base_model_loads_into_head(tmp_path):
     base = tiny_model(IndRNNModel)
     base.save_pretrained(tmp_path)
     head = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    weight = head.classifier.weight  # not in the checkpoint: initialised by _init_weights
+    assert torch.isfinite(weight).all() and 0.1 < weight.std() < 1.0  # initializer_range 0.5
+    assert torch.equal(head.classifier.bias, torch.zeros(3))
     ids = torch.randint(3, VOCAB, (2, 5))
     assert torch.equal(head.model(input_ids=ids).last_hidden_state,
                        base(input_ids=ids).last_hidden_state)
     assert isinstance(AutoModel.from_config(base.config), IndRNNModel)
 
 
-def test_tied_word_embeddings():
+def test_tied_word_embeddings(tmp_path):
     lm = tiny_model(IndRNNForCausalLM, tie_word_embeddings=True)
     assert lm.lm_head.weight is lm.model.embeddings.weight
+    lm.save_pretrained(tmp_path)
+    loaded = IndRNNForCausalLM.from_pretrained(tmp_path).eval()
+    assert loaded.lm_head.weight is loaded.model.embeddings.weight
+    ids = torch.randint(3, VOCAB, (2, 5))
+    assert torch.equal(loaded(input_ids=ids).logits, lm(input_ids=ids).logits)
     untied = tiny_model(IndRNNForCausalLM)
     assert untied.lm_head.weight is not untied.model.embeddings.weight
 
 
-@pytest.mark.parametrize("cls", [IndRNNForSequenceClassification, IndRNNForCausalLM])
-def test_gradient_checkpointing_same_gradients(cls):
-    model = tiny_model(cls).train()
+@pytest.mark.parametrize("case", ["sequence_classification", "causal_lm", "continuous"])
+def test_gradient_checkpointing_same_gradients(case):
     ids, mask = padded_batch(random_tokens([6, 9, 4]), "right")
-    labels = torch.tensor([0, 1, 2]) if cls is IndRNNForSequenceClassification else ids
+    if case == "causal_lm":
+        model = tiny_model(IndRNNForCausalLM)
+        inputs = {"input_ids": ids, "labels": ids}
+    elif case == "continuous":
+        model = tiny_model(IndRNNForSequenceClassification, input_size=3, num_labels=1)
+        inputs = {"inputs_embeds": torch.randn(3, 9, 3), "labels": torch.randn(3)}
+    else:
+        model = tiny_model(IndRNNForSequenceClassification)
+        inputs = {"input_ids": ids, "labels": torch.tensor([0, 1, 2])}
+    model.train()
 
     def grads():
         model.zero_grad()
-        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        model(attention_mask=mask, **inputs).loss.backward()
         return {n: p.grad.clone() for n, p in model.named_parameters()}
 
     calls = []
@@ -298,3 +318,19 @@ def test_init_options_reach_the_layers():
     first, last = model.rnn.weight_hh_l0, model.rnn.weight_hh_l1
     assert 0.2 <= first.min() and first.max() <= 0.3
     assert 1 / 1.5 <= last.min() and last.max() <= 1.5
+
+
+def test_both_kernel_paths_pad_and_continue(backend):
+    """The models on the Triton kernels (interpreted on CPU) and on the torch CPU path."""
+    classifier = tiny_model(IndRNNForSequenceClassification, bidirectional=True, hidden_size=4)
+    seqs = random_tokens([2, 4])
+    ids, mask = padded_batch(seqs, "left")
+    batched = classifier(input_ids=ids, attention_mask=mask).logits
+    for i, seq in enumerate(seqs):
+        torch.testing.assert_close(batched[i], classifier(input_ids=seq[None]).logits[0])
+
+    lm = tiny_model(IndRNNForCausalLM, hidden_size=4)
+    ids = torch.randint(3, VOCAB, (2, 4))
+    first = lm(input_ids=ids[:, :3])
+    last = lm(input_ids=ids[:, 3:], cache=cache_of(first)).logits
+    torch.testing.assert_close(last, lm(input_ids=ids).logits[:, 3:])

@@ -405,20 +405,23 @@ def plot_learning_curve(log_history: list[dict], args, metric: Metric, base: flo
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    convert = (lambda loss: loss / math.log(2)) if args.task == "text" else (lambda loss: loss)
-    train = [(e["step"], convert(e["loss"])) for e in log_history if "loss" in e]
+    # The training loss is on the metric's scale for adding (MSE) and text (nats -> bits); the
+    # classification curves show the test error only.
+    scale = {"adding": 1.0, "text": 1 / math.log(2)}.get(args.task)
+    train = [] if scale is None else [
+        (e["step"], e["loss"] * scale) for e in log_history if "loss" in e
+    ]
     evals = [(e["step"], metric.value(args.task, e)) for e in log_history if "eval_loss" in e]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    if args.task in ("adding", "text"):
-        if train:
-            ax.plot(*zip(*train, strict=True), label="train", alpha=0.6)
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train", alpha=0.6)
     if evals:
         ax.plot(*zip(*evals, strict=True), label="test", marker=".")
     ax.axhline(base, color="gray", linestyle="--", label=f"baseline ({base:.3g})")
     if args.task == "adding":
         ax.set_yscale("log")
     ax.set_xlabel("training step")
-    ax.set_ylabel(metric.name)
+    ax.set_ylabel(metric.name.removeprefix("test ") if train else metric.name)
     ax.set_title(f"IndRNN {args.num_layers}x{args.hidden_size}, {args.task}, T={args.seq_len}")
     ax.grid(True, alpha=0.3)
     ax.legend()

@@ -284,6 +284,8 @@ def build_config(args, task):
 
 
 def auto_class(task_name: str):
+    """The Auto class of the task's head ("indrnn" is registered by importing hf_integration,
+    the package this module lives in)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     return AutoModelForCausalLM if task_name == "text" else AutoModelForSequenceClassification
@@ -512,8 +514,6 @@ def run(args) -> dict:
     import transformers
     from transformers import Trainer, default_data_collator
 
-    import hf_integration  # noqa: F401  (registers "indrnn" with the Auto classes)
-
     if use_cpu(args) or not torch.cuda.is_available():
         torch.set_num_threads(args.cpu_threads)
     transformers.set_seed(args.seed)
@@ -535,7 +535,6 @@ def run(args) -> dict:
     train_out = trainer.train()
     final = trainer.evaluate()
     device = trainer.args.device
-    results = {}
     if trainer.is_world_process_zero():
         os.makedirs(args.output_dir, exist_ok=True)
     trainer.save_model(args.output_dir)

@@ -20,6 +20,7 @@ import math
 import os
 import platform
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 
@@ -98,7 +99,8 @@ def _defaults_help() -> str:
             f"hidden={d.hidden_size} norm={d.norm} dropout={d.dropout} lr={d.learning_rate} "
             f"({d.lr_scheduler}) batch={d.batch_size} steps={d.max_steps}"
         )
-        lines.append(f"          {d.note}")
+        lines.append(textwrap.fill(d.note, width=96, initial_indent=" " * 10,
+                                   subsequent_indent=" " * 10))
     return "\n".join(lines)
 
 
@@ -132,11 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text (and MNIST data without a test split): fraction held out for "
                    "testing (default 0.1)")
     m = p.add_argument_group("model")
-    m.add_argument("--hidden-size", type=_positive_int, default=None, help="units per layer")
-    m.add_argument("--num-layers", type=_positive_int, default=None, help="IndRNN layers")
+    m.add_argument("--hidden-size", type=_positive_int, default=None,
+                   help="units per layer (default: per task, below)")
+    m.add_argument("--num-layers", type=_positive_int, default=None,
+                   help="IndRNN layers (default: per task, below)")
     m.add_argument("--norm", choices=("none", "batch", "layer"), default=None,
-                   help="normalisation after every layer")
-    m.add_argument("--dropout", type=float, default=None, help="dropout between layers")
+                   help="normalisation after every layer (default: per task, below)")
+    m.add_argument("--dropout", type=float, default=None,
+                   help="dropout between layers (default: per task, below)")
     m.add_argument("--residual", action="store_true",
                    help="residual IndRNN (needs an odd --num-layers >= 3)")
     m.add_argument("--bidirectional", action="store_true",
@@ -149,21 +154,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="initialise the last layer's recurrent weights uniformly in "
                    "[2^(-1/T), 2^(1/T)] (helps the adding problem at T = 5000)")
     t = p.add_argument_group("training")
-    t.add_argument("--learning-rate", "--lr", type=float, default=None, help="Adam learning rate")
+    t.add_argument("--learning-rate", "--lr", type=float, default=None,
+                   help="Adam learning rate (default: per task, below)")
     t.add_argument("--lr-scheduler", choices=("constant", "linear", "cosine"), default=None,
-                   help="learning-rate schedule (Trainer's lr_scheduler_type)")
+                   help="learning-rate schedule (Trainer's lr_scheduler_type; default: per task, "
+                   "below)")
     t.add_argument("--warmup-steps", type=int, default=0, help="lr warmup steps (default 0)")
     t.add_argument("--batch-size", type=_positive_int, default=None,
-                   help="training batch size per device")
+                   help="training batch size per device (default: per task, below)")
     t.add_argument("--eval-batch-size", type=_positive_int, default=None,
                    help="evaluation batch size per device (default 10 x --batch-size)")
-    t.add_argument("--max-steps", type=_positive_int, default=None, help="optimizer steps")
+    t.add_argument("--max-steps", type=_positive_int, default=None,
+                   help="optimizer steps (default: per task, below)")
     t.add_argument("--eval-steps", type=_positive_int, default=None,
-                   help="evaluate on the test set every this many steps (the learning curve)")
+                   help="evaluate on the test set every this many steps, for the learning curve "
+                   "(default: per task: adding 100, mnist 2000, text 1000)")
     t.add_argument("--logging-steps", type=_positive_int, default=None,
                    help="log the training loss every this many steps (default eval-steps / 4)")
     t.add_argument("--max-grad-norm", type=float, default=None,
-                   help="clip the gradient norm (0 = no clipping, the papers' setting)")
+                   help="clip the gradient norm (default 0 = no clipping, as in the papers)")
     t.add_argument("--seed", type=int, default=0, help="seed of the model init and the data")
     t.add_argument("--cpu", action="store_true",
                    help="train on the CPU even when CUDA is available (set automatically "

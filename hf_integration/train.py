@@ -99,7 +99,8 @@ def _defaults_help() -> str:
             f"hidden={d.hidden_size} norm={d.norm} dropout={d.dropout} lr={d.learning_rate} "
             f"({d.lr_scheduler}) batch={d.batch_size} steps={d.max_steps}"
         )
-        lines.append(textwrap.fill(d.note, width=96, initial_indent=" " * 10,
+        lines.append(textwrap.fill(d.note, width=96, break_on_hyphens=False,
+                                   initial_indent=" " * 10,
                                    subsequent_indent=" " * 10))
     return "\n".join(lines)
 

@@ -50,6 +50,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cpu-threads", type=int, default=1, help="torch threads on the CPU")
     p.add_argument("--out", default="benchmarks/results/cpu",
                    help="folder for adding_curves.png, adding_results.json and adding_results.md")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the lengths already in OUT/adding_results.json and train only the "
+                   "others (a long series can run in parts); off: start a new series")
     p.add_argument("--keep-models", action="store_true",
                    help="keep each length's saved model under OUT/models/ (off: deleted)")
     args = p.parse_args(argv)
@@ -139,11 +142,19 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     steps = args.max_steps * len(args.lengths) if len(args.max_steps) == 1 else args.max_steps
+    results_json = os.path.join(args.out, "adding_results.json")
     runs = []
+    if args.resume and os.path.exists(results_json):
+        with open(results_json) as f:
+            runs = json.load(f)
+    done = {r["seq_len"] for r in runs}
     for seq_len, max_steps in zip(args.lengths, steps, strict=True):
+        if seq_len in done:
+            continue
         runs.append(train_one(args, seq_len, max_steps))
+        runs.sort(key=lambda r: r["seq_len"])
         # Write after every length, so a long run that is stopped keeps what it finished.
-        with open(os.path.join(args.out, "adding_results.json"), "w") as f:
+        with open(results_json, "w") as f:
             json.dump(runs, f, indent=1)
         with open(os.path.join(args.out, "adding_results.md"), "w") as f:
             f.write(table(runs))

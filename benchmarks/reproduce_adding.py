@@ -81,7 +81,8 @@ def train_one(args, seq_len: int, max_steps: int) -> dict:
         history = json.load(f)
     if not args.keep_models:
         shutil.rmtree(out_dir)
-    curve = [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e]
+    # One point per step: the final evaluate() repeats the last step's evaluation.
+    curve = sorted({e["step"]: e["eval_loss"] for e in history if "eval_loss" in e}.items())
     first_below = next((s for s, mse in curve if mse <= 0.01), None)
     return {
         "seq_len": seq_len,

@@ -358,3 +358,42 @@ def test_cli_under_torchrun_on_cpu_runs_ddp(tmp_path):
     assert metrics["reloaded_metric"] == pytest.approx(metrics["final_metric"], rel=1e-5)
     assert result.stdout.count("indrnn-train summary") == 1  # printed by rank 0 only
     assert "(batch 4 x 2 process(es))" in result.stdout
+
+
+def _load_script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_reproduce_adding_tiny_series_and_resume(tmp_path, capsys):
+    script = _load_script("reproduce_adding")
+    common = ["--max-steps", "4", "--eval-steps", "2", "--test-size", "20", "--batch-size", "8",
+              "--near-one-from", "6", "--out", str(tmp_path)]
+    script.main(["--lengths", "4", *common])
+    script.main(["--lengths", "4", "6", "--resume", *common])
+    runs = json.loads((tmp_path / "adding_results.json").read_text())
+    assert [r["seq_len"] for r in runs] == [4, 6]
+    assert [r["last_layer_init_near_one"] for r in runs] == [False, True]
+    assert all(r["steps"] == 4 and [s for s, _ in r["curve"]] == [2, 4] for r in runs)
+    assert "--learning-rate 0.0002 --lr-scheduler constant" in runs[0]["command"]
+    assert (tmp_path / "adding_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| 6 | 4 |" in (tmp_path / "adding_results.md").read_text()
+    assert not (tmp_path / "models").exists()
+
+
+def test_reproduce_mnist_recipe_builds_the_paper_arguments(monkeypatch, mnist_dir, tmp_path):
+    script = _load_script("reproduce_mnist")
+    seen = []
+    monkeypatch.setattr(script.train, "run", lambda args: seen.append(args) or {
+        "final_metric": 50.0, "steps": args.max_steps, "train_seconds": 1.0, "device": "cpu"})
+    script.main(["--tasks", "pmnist", "--data", str(mnist_dir), "--max-steps", "3",
+                 "--out", str(tmp_path)])
+    (args,) = seen
+    assert (args.task, args.num_layers, args.hidden_size, args.norm) == ("pmnist", 6, 128, "batch")
+    assert (args.dropout, args.learning_rate, args.batch_size, args.seq_len) == (0.1, 2e-4, 32, 784)
+    assert args.recurrent_max_abs == pytest.approx(2 ** (1 / 784))
+    assert json.loads((tmp_path / "mnist_results.json").read_text())[0]["paper_error_%"] == 4.0

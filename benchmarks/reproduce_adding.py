@@ -10,7 +10,7 @@ Every length is one ``indrnn-train adding`` run (hf_integration.train: Trainer, 
 this script collects the test-MSE curves into one PNG like the paper's figure 2, plus a JSON and
 a markdown table of the numbers.
 
-    python benchmarks/reproduce_adding.py --lengths 100 500 --max-steps 6000 4000 \\
+    python benchmarks/reproduce_adding.py --lengths 100 500 --max-steps 4000 6000 \\
         --out benchmarks/results/cpu                                   # what ran on 2 CPU cores
     python benchmarks/reproduce_adding.py --out benchmarks/results/gpu  # all four, on a GPU
 """
@@ -116,7 +116,8 @@ def plot(runs: list[dict], path: str) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("training step (batch 50)")
     ax.set_ylabel("test MSE")
-    ax.set_title(f"Adding problem, 2 x 128 IndRNN, Adam 2e-4 ({runs[0]['device']})")
+    device = runs[0]["device"].split(" (")[0]
+    ax.set_title(f"Adding problem, 2 x 128 IndRNN, Adam 2e-4, batch 50, on {device}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()

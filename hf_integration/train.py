@@ -591,8 +591,12 @@ def run(args) -> dict:
     }
     results["total_seconds"] = time.perf_counter() - start
     if trainer.is_world_process_zero():
-        plot_learning_curve(trainer.state.log_history, args, metric, base,
-                            os.path.join(args.output_dir, "learning_curve.png"))
+        try:
+            plot_learning_curve(trainer.state.log_history, args, metric, base,
+                                os.path.join(args.output_dir, "learning_curve.png"))
+        except ImportError as err:  # a dependency, but machines without pip access may lack it
+            print(f"indrnn-train: no learning_curve.png ({err}; pip install matplotlib)",
+                  file=sys.stderr)
         with open(os.path.join(args.output_dir, "README.md"), "w") as f:
             f.write(model_card(args, results))
         with open(os.path.join(args.output_dir, "log_history.json"), "w") as f:

@@ -397,3 +397,17 @@ def test_reproduce_mnist_recipe_builds_the_paper_arguments(monkeypatch, mnist_di
     assert (args.dropout, args.learning_rate, args.batch_size, args.seq_len) == (0.1, 2e-4, 32, 784)
     assert args.recurrent_max_abs == pytest.approx(2 ** (1 / 784))
     assert json.loads((tmp_path / "mnist_results.json").read_text())[0]["paper_error_%"] == 4.0
+
+
+def test_cli_without_matplotlib_still_saves_everything_else(tmp_path, capsys, monkeypatch):
+    def no_matplotlib(*args, **kwargs):
+        raise ImportError("No module named 'matplotlib'")
+
+    monkeypatch.setattr(train, "plot_learning_curve", no_matplotlib)
+    out = tmp_path / "adding"
+    assert train.main(["adding", "-T", "6", "--test-size", "20", *TINY,
+                       "--output-dir", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "no learning_curve.png" in captured.err and "pip install matplotlib" in captured.err
+    assert not (out / "learning_curve.png").exists()
+    assert (out / "metrics.json").is_file() and "indrnn-train summary" in captured.out

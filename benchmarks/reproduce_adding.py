@@ -130,8 +130,7 @@ def table(runs: list[dict]) -> str:
         "# Adding problem, the IndRNN paper's settings",
         "",
         "2 IndRNN layers x 128, Adam lr 2e-4 (constant), batch 50, MSE, |u| <= 2^(1/T), no "
-        "gradient clipping, min(50 x steps, 200000) generated training sequences, 1000 test "
-        "sequences. The last "
+        "gradient clipping, new training sequences every step, 1000 test sequences. The last "
         "layer's recurrent weights start in [2^(-1/T), 2^(1/T)] where the column says so. "
         "Train time is the Trainer's, on the machine named (shared machines run slower).",
         "",

@@ -45,34 +45,37 @@ def adding_problem(num_samples: int, seq_len: int, seed: int) -> datasets.Datase
     steps (one in the first half of the sequence, one in the second half) and 0 elsewhere. The
     target is the sum of the two marked values. Predicting 1 always gives an MSE of 1/6 ~ 0.167.
 
-    Columns: ``inputs_embeds`` (seq_len, 2) float32 and ``labels`` float32, in torch format. The
-    same ``seed`` always gives the same data.
+    Rows read as ``inputs_embeds`` (seq_len, 2) float32 and ``labels`` float32 torch tensors.
+    The dataset stores only each row's index: a row is drawn when it is read, from a generator
+    seeded with (``seed``, index), so the same seed always gives the same data and memory does
+    not grow with ``num_samples x seq_len`` (200000 sequences of T = 5000 would take 8 GB).
     """
     if seq_len < 2:
         raise ValueError(f"seq_len must be >= 2 (one marker in each half), got {seq_len}")
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    rng = np.random.default_rng(seed)
-    values = rng.random((num_samples, seq_len), dtype=np.float32)
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    ds = datasets.Dataset.from_dict({"index": np.arange(num_samples, dtype=np.int64)})
+    return ds.with_transform(_adding_rows(seq_len, seed))
+
+
+def _adding_rows(seq_len: int, seed: int):
     half = seq_len // 2
-    rows = np.arange(num_samples)
-    first = rng.integers(0, half, num_samples)
-    second = rng.integers(half, seq_len, num_samples)
-    markers = np.zeros((num_samples, seq_len), dtype=np.float32)
-    markers[rows, first] = 1.0
-    markers[rows, second] = 1.0
-    labels = values[rows, first] + values[rows, second]
-    features = datasets.Features(
-        {
-            "inputs_embeds": datasets.Array2D((seq_len, 2), "float32"),
-            "labels": datasets.Value("float32"),
-        }
-    )
-    ds = datasets.Dataset.from_dict(
-        {"inputs_embeds": np.stack([values, markers], axis=-1), "labels": labels},
-        features=features,
-    )
-    return ds.with_format("torch")
+
+    def transform(batch):
+        n = len(batch["index"])
+        x = np.zeros((n, seq_len, 2), dtype=np.float32)
+        labels = np.empty(n, dtype=np.float32)
+        for row, index in enumerate(batch["index"]):
+            rng = np.random.default_rng([seed, int(index)])
+            x[row, :, 0] = rng.random(seq_len, dtype=np.float32)
+            first, second = rng.integers(0, half), rng.integers(half, seq_len)
+            x[row, [first, second], 1] = 1.0
+            labels[row] = x[row, first, 0] + x[row, second, 0]
+        return {"inputs_embeds": torch.from_numpy(x), "labels": torch.from_numpy(labels)}
+
+    return transform
 
 
 def adding_task(seq_len: int, train_size: int, test_size: int, seed: int) -> TaskData:

@@ -87,6 +87,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return value
+
+
 def _optional_float(text: str) -> float | None:
     return None if text.lower() == "none" else float(text)
 
@@ -124,8 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seq-len", "-T", type=int, default=None,
                    help="sequence length T (adding default 100, text default 50; MNIST is 784)")
     g.add_argument("--train-size", type=_positive_int, default=None,
-                   help="adding: training sequences generated (default: enough for every "
-                   "step to see new data, batch-size x max-steps, at most 200000)")
+                   help="adding: training sequences (default batch-size x max-steps x "
+                   "processes: every step sees new sequences, as in the paper)")
     g.add_argument("--test-size", type=_positive_int, default=None,
                    help="adding: test sequences generated (default 1000); other tasks: evaluate "
                    "on at most this many test examples (default: all)")
@@ -174,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="log the training loss every this many steps (default eval-steps / 4)")
     t.add_argument("--max-grad-norm", type=float, default=None,
                    help="clip the gradient norm (default 0 = no clipping, as in the papers)")
-    t.add_argument("--seed", type=int, default=0, help="seed of the model init and the data")
+    t.add_argument("--seed", type=_nonnegative_int, default=0,
+                   help="seed of the model init and the data (default 0)")
     t.add_argument("--cpu", action="store_true",
                    help="train on the CPU even when CUDA is available (set automatically "
                    "under torchrun without CUDA, so that the Trainer runs DDP with gloo)")
@@ -237,8 +245,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.logging_steps = max(1, args.eval_steps // 4)
     if args.eval_batch_size is None:
         args.eval_batch_size = 10 * args.batch_size
-    if args.train_size is None:
-        args.train_size = min(args.batch_size * args.max_steps, 200_000)
+    if args.train_size is None:  # every step sees new sequences, on every process
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        args.train_size = args.batch_size * args.max_steps * world_size
     if args.output_dir is None:
         args.output_dir = os.path.join("out", f"indrnn-{args.task}")
     return args
@@ -345,7 +354,7 @@ METRICS = {
 def baseline(args, task) -> tuple[float, str]:
     """The trivial predictor's score on the test set, and what it is."""
     if args.task == "adding":
-        labels = _column(task.test, "labels")
+        labels = task.test[:]["labels"].numpy()
         return float(np.mean((labels - 1.0) ** 2)), "always predict 1; 1/6 = 0.167 expected"
     if args.task == "text":
         train = _column(task.train, "input_ids").ravel()

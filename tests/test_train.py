@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_adding_problem_shapes_dtypes_and_targets():
     n, T = 64, 17
     ds = data.adding_problem(n, T, seed=3)
-    assert ds.column_names == ["inputs_embeds", "labels"]
+    assert len(ds) == n and set(ds[0]) == {"inputs_embeds", "labels"}
     batch = ds[:]
     x, y = batch["inputs_embeds"], batch["labels"]
     assert x.shape == (n, T, 2) and x.dtype == torch.float32
@@ -57,6 +57,21 @@ def test_adding_problem_seeds():
     assert not torch.equal(a["inputs_embeds"], c["inputs_embeds"])
 
 
+def test_adding_rows_do_not_depend_on_how_they_are_read():
+    ds = data.adding_problem(10, 9, seed=2)
+    whole = ds[:]["inputs_embeds"]
+    assert torch.equal(ds[7]["inputs_embeds"], whole[7])
+    assert torch.equal(ds.__getitems__([7, 3])[1]["inputs_embeds"], whole[3])
+    assert torch.equal(data.adding_problem(4, 9, seed=2)[:]["inputs_embeds"], whole[:4])
+    assert not torch.equal(whole[0], whole[1])
+
+
+def test_adding_problem_of_long_sequences_stores_only_indices():
+    ds = data.adding_problem(200_000, 5000, seed=0)  # 8 GB if it were stored
+    assert ds.data.nbytes < 4_000_000
+    assert ds[199_999]["inputs_embeds"].shape == (5000, 2)
+
+
 def test_adding_task_test_set_is_independent_of_train_size():
     small = data.adding_task(seq_len=9, train_size=10, test_size=20, seed=1)
     large = data.adding_task(seq_len=9, train_size=30, test_size=20, seed=1)
@@ -74,6 +89,11 @@ def test_adding_baseline_is_about_one_sixth():
 def test_adding_problem_rejects_short_sequences(seq_len):
     with pytest.raises(ValueError, match="seq_len must be >= 2"):
         data.adding_problem(4, seq_len, seed=0)
+
+
+def test_adding_problem_rejects_a_negative_seed():
+    with pytest.raises(ValueError, match="seed must be >= 0, got -1"):
+        data.adding_problem(4, 5, seed=-1)
 
 
 # ---------------------------------------------------------------------------- MNIST
@@ -209,6 +229,7 @@ def _exit_message(capsys, argv) -> tuple[int, str]:
         (["adding", "--residual", "--num-layers", "2"], "--residual needs an odd"),
         (["text", "--data", "x.txt", "--bidirectional"], "--bidirectional is not possible"),
         (["adding", "--data", "x"], "--data is not used by the adding task"),
+        (["adding", "--seed", "-3"], "--seed: must be an integer >= 0, got -3"),
     ],
 )
 def test_bad_arguments_exit_with_a_message(capsys, argv, message):
@@ -223,6 +244,7 @@ def test_defaults_follow_the_task_and_flags_override():
     assert args.task == "adding"
     assert (args.seq_len, args.num_layers, args.hidden_size) == (d.seq_len, 2, 128)
     assert args.recurrent_max_abs == pytest.approx(2 ** (1 / d.seq_len))
+    assert args.train_size == d.batch_size * d.max_steps  # new sequences at every step
     args = train.parse_args(["pmnist", "--hidden-size", "64", "--recurrent-max-abs", "none"])
     assert (args.seq_len, args.num_layers, args.norm, args.dropout) == (784, 6, "batch", 0.1)
     assert args.hidden_size == 64 and args.recurrent_max_abs is None

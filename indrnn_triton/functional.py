@@ -1,0 +1,380 @@
+"""Functional IndRNN layers: the pieces :class:`indrnn_triton.IndRNN` is assembled from.
+
+- :func:`indrnn_recurrence` runs the fused recurrence over the pre-activations of one layer, one
+  or two directions. Two directions run on the two strided halves of one (T, B, 2H) GEMM output
+  and write the two halves of one preallocated (T, B, 2H) output: no flip, no concatenation, no
+  copy of a (T, B, H) tensor, forwards or backwards (see ``_bidirectional_forward`` below).
+- :func:`indrnn_layer` is one whole layer: one GEMM for all steps and both directions, an
+  optional normalisation of the pre-activations, then the recurrence (bias added in the kernel).
+- :func:`batch_norm_over_steps` is batch normalisation whose statistics cover real steps only.
+- :func:`dropout_over_time` is dropout with one mask shared by all time steps.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import op as _op
+from .op import _acc_dtype, _backend, _tbh, _validate, fused_indrnn
+
+# ----------------------------------------------------------------------------------------------
+# Two directions in one custom op.
+#
+# ``fused_indrnn`` allocates its own output, so two calls would leave two (T, B, H) outputs to be
+# concatenated (and their two (T, B, H) input gradients to be scattered into one (T, B, 2H)
+# gradient of the GEMM output). This op instead runs the same backends (CPU loop or Triton
+# kernels, both of which address every (T, B, H) operand through its strides) once per direction
+# on strided views: forward reads pre[..., :H] / pre[..., H:] and writes out[..., :H] /
+# out[..., H:] of one (T, B, 2H) buffer; backward writes the two halves of one (T, B, 2H)
+# gradient of pre, which is exactly the gradient the GEMM's backward consumes.
+# ----------------------------------------------------------------------------------------------
+
+
+def _halves(t: Tensor | None, H: int) -> tuple[Tensor | None, Tensor | None]:
+    """The forward and backward direction slices of a (..., 2H) tensor (or of None)."""
+    if t is None:
+        return None, None
+    return t[..., :H], t[..., H:]
+
+
+def _bidirectional_forward_impl(pre, weight_hh, bias, h0, mask, r_max, r_min, batch_first,
+                                use_triton):
+    x = _tbh(pre, batch_first)
+    T, B, H2 = x.shape
+    H = H2 // 2
+    out = torch.empty(pre.shape, dtype=pre.dtype, device=pre.device)
+    h_n = torch.empty(2, B, H, dtype=_acc_dtype(pre.dtype), device=pre.device)
+    if T == 0 or B == 0 or H == 0:
+        h_n.copy_(h0) if h0 is not None else h_n.zero_()
+        return out, h_n
+    forward, _ = _backend(pre.device, use_triton)
+    m = None if mask is None else _tbh(mask, batch_first)
+    outs, us, bs = _halves(_tbh(out, batch_first), H), _halves(weight_hh, H), _halves(bias, H)
+    for d, pre_d in enumerate(_halves(x, H)):
+        forward(pre_d, us[d], bs[d], None if h0 is None else h0[d], m, r_max, r_min, d == 1,
+                outs[d], h_n[d])
+    return out, h_n
+
+
+def _bidirectional_backward_impl(grad_out, grad_hn, out, weight_hh, h0, mask, r_max, r_min,
+                                 batch_first, use_triton):
+    o = _tbh(out, batch_first)
+    T, B, H2 = o.shape
+    H = H2 // 2
+    acc = _acc_dtype(out.dtype)
+    # The Triton backward writes grad_pre through the output's strides: same layout as ``out``.
+    grad_pre = torch.empty_like(out)
+    grad_h0 = torch.empty(2, B, H, dtype=acc, device=out.device)
+    du = torch.zeros(H2, dtype=acc, device=out.device)
+    db = torch.zeros(H2, dtype=acc, device=out.device)
+    if T == 0 or B == 0 or H == 0:
+        grad_h0.copy_(grad_hn) if grad_hn is not None else grad_h0.zero_()
+        grad_pre.zero_()
+        return grad_pre, du, db, grad_h0
+    _, backward = _backend(out.device, use_triton)
+    m = None if mask is None else _tbh(mask, batch_first)
+    gs = _halves(None if grad_out is None else _tbh(grad_out, batch_first), H)
+    gps, us = _halves(_tbh(grad_pre, batch_first), H), _halves(weight_hh, H)
+    for d, o_d in enumerate(_halves(o, H)):
+        du_d, db_d = backward(gs[d], None if grad_hn is None else grad_hn[d], o_d, us[d],
+                              None if h0 is None else h0[d], m, r_max, r_min, d == 1, gps[d],
+                              grad_h0[d])
+        du[d * H:(d + 1) * H] = du_d
+        db[d * H:(d + 1) * H] = db_d
+    return grad_pre, du, db, grad_h0
+
+
+@torch.library.custom_op("indrnn_triton::indrnn_bidirectional_forward", mutates_args=())
+def _bidirectional_forward(
+    pre: Tensor,
+    weight_hh: Tensor,
+    bias: Tensor | None,
+    h0: Tensor | None,
+    mask: Tensor | None,
+    recurrent_max_abs: float | None,
+    recurrent_min_abs: float,
+    batch_first: bool,
+) -> tuple[Tensor, Tensor]:
+    return _bidirectional_forward_impl(pre, weight_hh, bias, h0, mask, recurrent_max_abs,
+                                       recurrent_min_abs, batch_first, _op.cpu_uses_triton)
+
+
+@_bidirectional_forward.register_kernel("cuda")
+def _bidirectional_forward_cuda(pre, weight_hh, bias, h0, mask, recurrent_max_abs,
+                                recurrent_min_abs, batch_first):
+    return _bidirectional_forward_impl(pre, weight_hh, bias, h0, mask, recurrent_max_abs,
+                                       recurrent_min_abs, batch_first, True)
+
+
+@_bidirectional_forward.register_fake
+def _bidirectional_forward_fake(pre, weight_hh, bias, h0, mask, recurrent_max_abs,
+                                recurrent_min_abs, batch_first):
+    B, H2 = _tbh(pre, batch_first).shape[1:]
+    return torch.empty_like(pre, memory_format=torch.contiguous_format), pre.new_empty(
+        2, B, H2 // 2, dtype=_acc_dtype(pre.dtype)
+    )
+
+
+@torch.library.custom_op("indrnn_triton::indrnn_bidirectional_backward", mutates_args=())
+def _bidirectional_backward(
+    grad_out: Tensor | None,
+    grad_hn: Tensor | None,
+    out: Tensor,
+    weight_hh: Tensor,
+    h0: Tensor | None,
+    mask: Tensor | None,
+    recurrent_max_abs: float | None,
+    recurrent_min_abs: float,
+    batch_first: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _bidirectional_backward_impl(grad_out, grad_hn, out, weight_hh, h0, mask,
+                                        recurrent_max_abs, recurrent_min_abs, batch_first,
+                                        _op.cpu_uses_triton)
+
+
+@_bidirectional_backward.register_kernel("cuda")
+def _bidirectional_backward_cuda(grad_out, grad_hn, out, weight_hh, h0, mask, recurrent_max_abs,
+                                 recurrent_min_abs, batch_first):
+    return _bidirectional_backward_impl(grad_out, grad_hn, out, weight_hh, h0, mask,
+                                        recurrent_max_abs, recurrent_min_abs, batch_first, True)
+
+
+@_bidirectional_backward.register_fake
+def _bidirectional_backward_fake(grad_out, grad_hn, out, weight_hh, h0, mask, recurrent_max_abs,
+                                 recurrent_min_abs, batch_first):
+    B, H2 = _tbh(out, batch_first).shape[1:]
+    acc = _acc_dtype(out.dtype)
+    return (
+        torch.empty_like(out, memory_format=torch.contiguous_format),
+        out.new_empty(H2, dtype=acc),
+        out.new_empty(H2, dtype=acc),
+        out.new_empty(2, B, H2 // 2, dtype=acc),
+    )
+
+
+def _bidirectional_setup_context(ctx, inputs, output):
+    pre, weight_hh, bias, h0, mask, r_max, r_min, batch_first = inputs
+    ctx.save_for_backward(output[0], weight_hh, h0, mask)
+    ctx.flags = (r_max, r_min, batch_first)
+    ctx.bias_dtype = None if bias is None else bias.dtype
+
+
+def _bidirectional_grad(ctx, grad_out, grad_hn):
+    out, weight_hh, h0, mask = ctx.saved_tensors
+    grad_pre, du, db, dh0 = _bidirectional_backward(grad_out, grad_hn, out, weight_hh, h0, mask,
+                                                    *ctx.flags)
+    return (
+        grad_pre,
+        du.to(weight_hh.dtype),
+        None if ctx.bias_dtype is None else db.to(ctx.bias_dtype),
+        None if h0 is None else dh0.to(h0.dtype),
+        None, None, None, None,
+    )
+
+
+_bidirectional_forward.register_autograd(_bidirectional_grad,
+                                         setup_context=_bidirectional_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public functions.
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_vector(name: str, t: Tensor | None, size: int, what: str) -> None:
+    if t is None:
+        return
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if tuple(t.shape) != (size,):
+        raise ValueError(f"{name} must have shape {what} = ({size},), got {tuple(t.shape)}")
+
+
+def indrnn_recurrence(
+    pre: Tensor,
+    weight_hh: Tensor,
+    bias: Tensor | None = None,
+    h0: Tensor | None = None,
+    *,
+    recurrent_max_abs: float | None = None,
+    recurrent_min_abs: float = 0.0,
+    mask: Tensor | None = None,
+    batch_first: bool = False,
+    bidirectional: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """The IndRNN recurrence of one layer, one or both directions, on given pre-activations.
+
+    Args:
+        pre: (T, B, D*H), or (B, T, D*H) with ``batch_first``: the input projection W x of
+            every step, without bias, the forward direction's H features first. Any strides.
+        weight_hh: (D*H,) recurrent weights, forward direction first.
+        bias: (D*H,) or None, added inside the kernel.
+        h0: (D, B, H) initial states (any float dtype), or None for zeros.
+        recurrent_max_abs, recurrent_min_abs, mask, batch_first: as in
+            :func:`indrnn_triton.fused_indrnn`.
+        bidirectional: D = 2: the second half of the features runs from T-1 down to 0.
+
+    Returns:
+        ``(output, h_n)``: output (T, B, D*H) (or batch-major) in ``pre``'s dtype, freshly
+        allocated and contiguous, each direction written straight into its half; h_n (D, B, H)
+        in float32 (float64 for float64 inputs). With a mask, the backward direction's h_n is
+        its state after each sequence's first real step.
+    """
+    if not isinstance(bidirectional, bool):
+        raise TypeError(f"bidirectional must be a bool, got {bidirectional!r}")
+    if not isinstance(pre, Tensor) or pre.dim() != 3:
+        shape = tuple(pre.shape) if isinstance(pre, Tensor) else type(pre).__name__
+        raise ValueError(f"pre must be a 3-dimensional tensor (T, B, D*H), got {shape}")
+    D = 2 if bidirectional else 1
+    T, B, DH = _tbh(pre, batch_first).shape
+    if DH % D:
+        raise ValueError(f"pre's last dimension must be 2*H for bidirectional=True, got {DH}")
+    H = DH // D
+    _check_vector("weight_hh", weight_hh, DH, "(D*H,)")
+    _check_vector("bias", bias, DH, "(D*H,)")
+    if h0 is not None:
+        if not isinstance(h0, Tensor):
+            raise TypeError(f"h0 must be a torch.Tensor, got {type(h0).__name__}")
+        if tuple(h0.shape) != (D, B, H):
+            raise ValueError(
+                f"h0 must have shape (D, B, H) = ({D}, {B}, {H}), got {tuple(h0.shape)}"
+            )
+    if D == 1:
+        out, h_n = fused_indrnn(pre, weight_hh, bias, None if h0 is None else h0[0],
+                                recurrent_max_abs=recurrent_max_abs,
+                                recurrent_min_abs=recurrent_min_abs, mask=mask,
+                                batch_first=batch_first)
+        return out, h_n.unsqueeze(0)
+    # Dtypes, devices, mask and clip bounds are checked on the forward direction's slices.
+    r_max, r_min = _validate(pre[..., :H], weight_hh[:H], None if bias is None else bias[:H],
+                             None if h0 is None else h0[0], mask, recurrent_max_abs,
+                             recurrent_min_abs, False, batch_first)
+    return _bidirectional_forward(pre, weight_hh, bias, h0, mask, r_max, r_min, batch_first)
+
+
+def indrnn_layer(
+    x: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias: Tensor | None = None,
+    h0: Tensor | None = None,
+    *,
+    recurrent_max_abs: float | None = None,
+    recurrent_min_abs: float = 0.0,
+    mask: Tensor | None = None,
+    batch_first: bool = False,
+    bidirectional: bool = False,
+    norm: Callable[[Tensor], Tensor] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """One IndRNN layer: h_t = relu(norm(W x_t) + b + clip(u) * h_{t-1}), both directions.
+
+    ``W x`` is ONE GEMM (``F.linear``, no bias) over all steps and both directions; the bias
+    is added inside the recurrence kernel.
+
+    Args:
+        x: (T, B, I), or (B, T, I) with ``batch_first``.
+        weight_ih: (D*H, I): the forward direction's rows first, then the backward direction's.
+        weight_hh: (D*H,). bias: (D*H,) or None. h0: (D, B, H) or None.
+        recurrent_max_abs, recurrent_min_abs, mask, batch_first, bidirectional: as in
+            :func:`indrnn_recurrence`.
+        norm: optional function applied to the (T, B, D*H) pre-activations before the
+            recurrence (e.g. ``lambda p: batch_norm_over_steps(p, mask, ...)``).
+
+    Returns:
+        ``(output, h_n)``: output (T, B, D*H) or (B, T, D*H); h_n (D, B, H) float32.
+
+    Example:
+        >>> import torch
+        >>> from indrnn_triton.functional import indrnn_layer
+        >>> x = torch.randn(10, 3, 8)
+        >>> w_ih, u = torch.randn(2 * 16, 8) * 0.2, torch.rand(2 * 16)
+        >>> out, h_n = indrnn_layer(x, w_ih, u, bidirectional=True)
+        >>> out.shape, h_n.shape
+        (torch.Size([10, 3, 32]), torch.Size([2, 3, 16]))
+    """
+    if not isinstance(x, Tensor) or x.dim() != 3:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x must be a 3-dimensional tensor (T, B, I), got {shape}")
+    if not isinstance(weight_ih, Tensor) or weight_ih.dim() != 2:
+        raise ValueError("weight_ih must be a 2-dimensional tensor (D*H, I)")
+    if weight_ih.shape[1] != x.shape[-1]:
+        raise ValueError(
+            f"weight_ih must have shape (D*H, I) with I = {x.shape[-1]} (x's last dimension), "
+            f"got {tuple(weight_ih.shape)}"
+        )
+    if isinstance(weight_hh, Tensor) and weight_hh.shape[:1] != weight_ih.shape[:1]:
+        raise ValueError(
+            f"weight_hh must have shape (D*H,) = ({weight_ih.shape[0]},) to match weight_ih "
+            f"{tuple(weight_ih.shape)}, got {tuple(weight_hh.shape)}"
+        )
+    pre = F.linear(x, weight_ih)
+    if norm is not None:
+        pre = norm(pre)
+    return indrnn_recurrence(pre, weight_hh, bias, h0, recurrent_max_abs=recurrent_max_abs,
+                             recurrent_min_abs=recurrent_min_abs, mask=mask,
+                             batch_first=batch_first, bidirectional=bidirectional)
+
+
+def batch_norm_over_steps(
+    x: Tensor,
+    mask: Tensor | None,
+    weight: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    *,
+    training: bool,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Batch normalisation of (T, B, F) or (B, T, F) features over the two leading dimensions.
+
+    In training (or without running statistics) the mean and biased variance are taken over
+    the real steps only (``mask`` nonzero, same two leading dimensions as ``x``; None = all
+    steps), in float32 at least; padding never enters them. The running statistics, when
+    given, are updated in place as ``torch.nn.BatchNorm1d`` does (unbiased variance, weight
+    ``momentum``) and used in eval mode. ``weight`` scales the normalised features (no shift:
+    the IndRNN layer's bias, added right after, is the shift). Padding positions are
+    normalised too (their values are ignored by the recurrence).
+    """
+    if training or running_mean is None:
+        acc = torch.promote_types(x.dtype, torch.float32)
+        if mask is None:
+            n = x.new_tensor(x.shape[0] * x.shape[1], dtype=acc)
+            mean = x.sum((0, 1), dtype=acc) / n
+            var = (x - mean).square().sum((0, 1)) / n
+        else:
+            m = (mask != 0).unsqueeze(-1)
+            n = m.sum(dtype=acc).clamp(min=1)
+            mean = torch.where(m, x, 0).sum((0, 1), dtype=acc) / n
+            var = torch.where(m, (x - mean).square(), 0).sum((0, 1)) / n
+        if training and running_mean is not None:
+            with torch.no_grad():
+                running_mean.lerp_(mean.to(running_mean.dtype), momentum)
+                unbiased = var * (n / (n - 1).clamp(min=1))
+                running_var.lerp_(unbiased.to(running_var.dtype), momentum)
+    else:
+        mean, var = running_mean, running_var
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight
+    return ((x - mean) * scale).to(x.dtype)
+
+
+def dropout_over_time(x: Tensor, p: float, training: bool, batch_first: bool = False) -> Tensor:
+    """Dropout of (T, B, F) (or (B, T, F)) features with ONE mask per sequence for all steps.
+
+    As in the IndRNN papers: a feature dropped for a sequence stays dropped at every step. The
+    kept features are scaled by 1 / (1 - p). Identity when not training or p == 0.
+    """
+    if not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:
+        raise ValueError(f"p must be a probability in [0, 1), got {p!r}")
+    if not training or p == 0.0:
+        return x
+    shape = (x.shape[0], 1, x.shape[2]) if batch_first else (1, x.shape[1], x.shape[2])
+    keep = torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(1.0 - p)
+    return x * keep.div_(1.0 - p)

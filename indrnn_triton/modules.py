@@ -1,0 +1,525 @@
+"""``IndRNN`` and ``IndRNNCell``: ``torch.nn.RNN``-style modules on the fused IndRNN recurrence."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from .functional import batch_norm_over_steps, dropout_over_time, indrnn_recurrence
+from .op import _check_real, fused_indrnn
+from .reference import clip_recurrent_weight
+
+_NORMS = (None, "batch", "layer")
+_INPUT_INITS = ("kaiming_uniform", "xavier_uniform", "rnn_uniform")
+
+InitRange = tuple[float, float]
+
+
+# ----------------------------------------------------------------------------------------------
+# Argument checks shared by both modules.
+# ----------------------------------------------------------------------------------------------
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def _bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
+def _clip_bounds(recurrent_max_abs, recurrent_min_abs) -> tuple[float | None, float]:
+    r_max = _check_real("recurrent_max_abs", recurrent_max_abs, allow_none=True)
+    if r_max is not None and r_max <= 0:
+        raise ValueError(f"recurrent_max_abs must be > 0 (or None for no clip), got {r_max}")
+    r_min = _check_real("recurrent_min_abs", recurrent_min_abs, allow_none=False)
+    if r_min < 0:
+        raise ValueError(f"recurrent_min_abs must be >= 0, got {r_min}")
+    if r_max is not None and r_min > r_max:
+        raise ValueError(f"recurrent_min_abs ({r_min}) must not exceed recurrent_max_abs ({r_max})")
+    return r_max, r_min
+
+
+def _init_range(name: str, value, default: InitRange) -> InitRange:
+    if value is None:
+        return default
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"{name} must be a (low, high) pair or None, got {value!r}")
+    low = _check_real(f"{name}[0]", value[0], allow_none=False)
+    high = _check_real(f"{name}[1]", value[1], allow_none=False)
+    if low > high:
+        raise ValueError(f"{name} must have low <= high, got ({low}, {high})")
+    return low, high
+
+
+def _input_init(value) -> str | Callable[[Tensor], object]:
+    if callable(value) or value in _INPUT_INITS:
+        return value
+    raise ValueError(
+        f"input_weight_init must be one of {_INPUT_INITS} or a callable, got {value!r}"
+    )
+
+
+def _init_input_weight_(weight: Tensor, scheme, hidden_size: int) -> None:
+    if callable(scheme):
+        scheme(weight)
+    elif scheme == "kaiming_uniform":
+        # The IndRNN authors' choice for every input-to-hidden ("fc") weight.
+        nn.init.kaiming_uniform_(weight, a=8, mode="fan_in")
+    elif scheme == "xavier_uniform":
+        nn.init.xavier_uniform_(weight)
+    else:  # "rnn_uniform": torch.nn.RNN's U(-1/sqrt(H), 1/sqrt(H))
+        bound = 1.0 / math.sqrt(hidden_size)
+        nn.init.uniform_(weight, -bound, bound)
+
+
+def _check_state(name: str, h: Tensor, want: tuple[int, ...], layout: str, device) -> None:
+    if not isinstance(h, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(h).__name__}")
+    if tuple(h.shape) != want:
+        raise ValueError(f"{name} must have shape {layout} = {want}, got {tuple(h.shape)}")
+    if not h.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point tensor, got {h.dtype}")
+    if h.device != device:
+        raise ValueError(f"{name} is on {h.device} but the input is on {device}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Normalisation of the pre-activations, over real steps only.
+# ----------------------------------------------------------------------------------------------
+
+
+class _StepBatchNorm(nn.Module):
+    """Batch norm of (T, B, F) pre-activations; statistics over real (unmasked) steps only."""
+
+    def __init__(self, num_features: int, momentum: float, eps: float, device, dtype):
+        super().__init__()
+        factory = dict(device=device, dtype=dtype)
+        self.momentum, self.eps = momentum, eps
+        self.weight = nn.Parameter(torch.ones(num_features, **factory))
+        self.register_buffer("running_mean", torch.zeros(num_features, **factory))
+        self.register_buffer("running_var", torch.ones(num_features, **factory))
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        return batch_norm_over_steps(x, mask, self.weight, self.running_mean, self.running_var,
+                                     training=self.training, momentum=self.momentum,
+                                     eps=self.eps)
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+        self.running_mean.zero_()
+        self.running_var.fill_(1.0)
+
+
+class _StepLayerNorm(nn.Module):
+    """Layer norm of each step's D*H pre-activations (padding needs no special care)."""
+
+    def __init__(self, num_features: int, momentum: float, eps: float, device, dtype):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_features, device=device, dtype=dtype))
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        return F.layer_norm(x, self.weight.shape, self.weight, None, self.eps)
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+
+
+_NORM_CLASSES = {"batch": _StepBatchNorm, "layer": _StepLayerNorm}
+
+
+# ----------------------------------------------------------------------------------------------
+# The modules.
+# ----------------------------------------------------------------------------------------------
+
+
+class IndRNN(nn.Module):
+    r"""A multi-layer IndRNN, ``h_t = relu(W x_t + b + clip(u) ⊙ h_{t-1})``, on the fused op.
+
+    Used like ``torch.nn.RNN``::
+
+        rnn = IndRNN(32, 128, num_layers=2, batch_first=True, bidirectional=True,
+                     recurrent_max_abs=2 ** (1 / T), norm="batch")
+        output, h_n = rnn(x)              # x: (B, T, 32), or a PackedSequence
+        output, h_n = rnn(x, mask=mask)   # mask: (B, T), False = padding
+
+    Layer k computes ``pre_k = W_k x_k`` with ONE GEMM (``F.linear``, no bias) for all steps
+    and both directions, optionally normalises it (``norm``), then runs the fused recurrence
+    (bias added in the kernel; the state stays float32 across all steps). A bidirectional
+    layer's recurrence reads the two halves of the GEMM output in place and writes the two
+    halves of one output buffer (see :func:`indrnn_triton.functional.indrnn_recurrence`): no
+    flip, no concatenation of (T, B, H) tensors, forwards or backwards.
+
+    Args:
+        input_size: features I of the input.
+        hidden_size: hidden units H per direction.
+        num_layers: stacked layers; layer k > 0 takes the D*H outputs of layer k-1.
+        bias: a per-unit bias (added in the kernel). With ``norm`` it is the only shift
+            (the norms have a scale, no shift).
+        batch_first: input, output and mask are (B, T, ...) instead of (T, B, ...). h_n and hx
+            stay (num_layers*D, B, H), as in ``torch.nn.RNN``.
+        dropout: probability of dropping features of each layer's output before the next layer
+            (not after the last), in training only, with ONE mask per sequence shared by all
+            time steps (the papers' choice).
+        bidirectional: D = 2: a second direction runs from T-1 down to 0; the output holds the
+            forward direction's H features, then the backward direction's.
+        recurrent_max_abs: r: every recurrent weight is clipped to [-r, r] inside the kernel
+            (the papers use r = 2 ** (1 / T), or MAG ** (1 / T)); None for no clip.
+            :meth:`constrain_` clamps the parameters themselves.
+        recurrent_min_abs: m: |u| is raised to at least m inside the kernel (0 stays 0).
+        norm: None, ``"batch"`` or ``"layer"``: normalise each layer's pre-activations ``W x``
+            before the recurrence (the authors' default placement, "BN before" the recurrent
+            ReLU). ``"batch"``: statistics per feature over the real steps of the batch only
+            (never padding), running statistics (momentum ``norm_momentum``) in eval mode.
+            ``"layer"``: over the D*H features of each step. Scale parameter, no shift.
+        residual: the Deep IndRNN paper's pre-activation residual network (the authors'
+            ``ResidualNet``: ``fc0``, blocks of ``[norm, recurrence, dropout, fc] x 2`` plus an
+            identity shortcut, then a last ``norm, recurrence``). In this layer-wise form the
+            shortcut adds pre-activations two layers apart: for even k >= 2,
+            ``pre_k = W_k x_k + pre_{k-2}`` (in the same GEMM, by ``addmm``), where
+            ``pre_{k-2}`` is taken before its norm. num_layers must therefore be odd and >= 3
+            (1 + 2 per residual block, e.g. 11 = 5 blocks); all pre-activations have D*H
+            features, so any input_size works.
+        device, dtype: factory arguments of the parameters.
+
+    Keyword-only initialisation options (each overridable; defaults follow the authors' code):
+        recurrent_init: (low, high) for the recurrent weights, uniform. Default (0, r) with
+            r = recurrent_max_abs, or (0, 1) without a clip.
+        last_layer_recurrent_init: (low, high) for the LAST layer's recurrent weights, or
+            ``"near_one"`` for (1/r, r) (needs recurrent_max_abs >= 1): weights near 1 keep
+            information over the whole sequence, which is what made T = 5000 adding-problem
+            runs converge. Default: same as ``recurrent_init``.
+        input_weight_init: ``"kaiming_uniform"`` (default: ``kaiming_uniform_(a=8,
+            mode="fan_in")``, the authors' choice, a deliberately small range),
+            ``"xavier_uniform"``, ``"rnn_uniform"`` (U(-1/sqrt(H), 1/sqrt(H)) as nn.RNN), or a
+            callable applied in place to each ``weight_ih_l{k}``.
+        Biases start at 0, norm scales at 1.
+        norm_momentum, norm_eps: of the batch / layer norm.
+
+    Parameters (per layer k, both directions stacked, forward direction first):
+        ``weight_ih_l{k}`` (D*H, I_k) with I_0 = input_size, I_k = D*H;
+        ``weight_hh_l{k}`` (D*H,); ``bias_l{k}`` (D*H,) (None without ``bias``);
+        ``norms[k].weight`` (D*H,) and, for batch norm, ``norms[k].running_mean`` /
+        ``running_var``.
+
+    Inputs: ``x, hx=None, mask=None``
+        x: (T, B, input_size), (B, T, input_size) with ``batch_first``, or a PackedSequence
+            (then the output is a PackedSequence too; pass no mask).
+        hx: (num_layers*D, B, H) initial states in any float dtype (index k*D + d for layer k,
+            direction d), or None for zeros.
+        mask: (T, B), or (B, T) with ``batch_first``; bool or integers, nonzero = real step.
+            On padding the state is carried (as in the op), so left and right padding both
+            work and h_n is the state after each sequence's last real step (first, for the
+            backward direction). Output values at padding positions are not meaningful.
+
+    Outputs: ``output, h_n``
+        output: (T, B, D*H) / (B, T, D*H) in the input's dtype (or the autocast dtype).
+        h_n: (num_layers*D, B, H) float32 (float64 for float64 inputs).
+
+    Copies of (T, B, ·) tensors: none in the recurrence. Each layer allocates its GEMM output
+    and its recurrence output (the one saved for backward); ``norm`` adds its own output (and
+    a batch norm's statistics pass), ``dropout`` in training its masked copy, a PackedSequence
+    input one pad copy of the input and one pack copy of the output.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        recurrent_max_abs: float | None = None,
+        recurrent_min_abs: float = 0.0,
+        norm: str | None = None,
+        residual: bool = False,
+        device=None,
+        dtype=None,
+        *,
+        recurrent_init: InitRange | None = None,
+        last_layer_recurrent_init: InitRange | str | None = None,
+        input_weight_init: str | Callable[[Tensor], object] = "kaiming_uniform",
+        norm_momentum: float = 0.1,
+        norm_eps: float = 1e-5,
+    ):
+        super().__init__()
+        self.input_size = _positive_int("input_size", input_size)
+        self.hidden_size = _positive_int("hidden_size", hidden_size)
+        self.num_layers = _positive_int("num_layers", num_layers)
+        self.bias = _bool("bias", bias)
+        self.batch_first = _bool("batch_first", batch_first)
+        self.bidirectional = _bool("bidirectional", bidirectional)
+        self.residual = _bool("residual", residual)
+        dropout = _check_real("dropout", dropout, allow_none=False)
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be a probability in [0, 1), got {dropout}")
+        self.dropout = dropout
+        self.recurrent_max_abs, self.recurrent_min_abs = _clip_bounds(recurrent_max_abs,
+                                                                      recurrent_min_abs)
+        if norm not in _NORMS:
+            raise ValueError(f"norm must be None, 'batch' or 'layer', got {norm!r}")
+        self.norm = norm
+        if self.residual and (self.num_layers < 3 or self.num_layers % 2 == 0):
+            raise ValueError(
+                "residual=True needs an odd num_layers >= 3 (one input layer, then residual "
+                f"blocks of 2 layers), got num_layers={self.num_layers}"
+            )
+        r = 1.0 if self.recurrent_max_abs is None else self.recurrent_max_abs
+        self.recurrent_init = _init_range("recurrent_init", recurrent_init, (0.0, r))
+        if last_layer_recurrent_init == "near_one":
+            if self.recurrent_max_abs is None or self.recurrent_max_abs < 1.0:
+                raise ValueError(
+                    "last_layer_recurrent_init='near_one' draws from [1/r, r] with "
+                    f"r = recurrent_max_abs, which must be >= 1, got {self.recurrent_max_abs}"
+                )
+            last_layer_recurrent_init = (1.0 / r, r)
+        self.last_layer_recurrent_init = _init_range(
+            "last_layer_recurrent_init", last_layer_recurrent_init, self.recurrent_init
+        )
+        self.input_weight_init = _input_init(input_weight_init)
+        norm_momentum = _check_real("norm_momentum", norm_momentum, allow_none=False)
+        norm_eps = _check_real("norm_eps", norm_eps, allow_none=False)
+        if not 0.0 <= norm_momentum <= 1.0 or norm_eps <= 0:
+            raise ValueError(
+                f"norm_momentum must be in [0, 1] and norm_eps > 0, got {norm_momentum}, "
+                f"{norm_eps}"
+            )
+
+        factory = dict(device=device, dtype=dtype)
+        D = self.num_directions
+        DH = D * self.hidden_size
+        for k in range(self.num_layers):
+            fan_in = self.input_size if k == 0 else DH
+            self.register_parameter(f"weight_ih_l{k}",
+                                    nn.Parameter(torch.empty(DH, fan_in, **factory)))
+            self.register_parameter(f"weight_hh_l{k}", nn.Parameter(torch.empty(DH, **factory)))
+            self.register_parameter(
+                f"bias_l{k}", nn.Parameter(torch.empty(DH, **factory)) if self.bias else None
+            )
+        self.norms = None
+        if norm is not None:
+            self.norms = nn.ModuleList(
+                _NORM_CLASSES[norm](DH, norm_momentum, norm_eps, device, dtype)
+                for _ in range(self.num_layers)
+            )
+        self.reset_parameters()
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def reset_parameters(self) -> None:
+        """(Re)initialise every parameter as described in the class docstring."""
+        with torch.no_grad():
+            for k in range(self.num_layers):
+                _init_input_weight_(getattr(self, f"weight_ih_l{k}"), self.input_weight_init,
+                                    self.hidden_size)
+                last = k == self.num_layers - 1
+                low, high = self.last_layer_recurrent_init if last else self.recurrent_init
+                nn.init.uniform_(getattr(self, f"weight_hh_l{k}"), low, high)
+                if self.bias:
+                    nn.init.zeros_(getattr(self, f"bias_l{k}"))
+            for norm in self.norms or ():
+                norm.reset_parameters()
+
+    @torch.no_grad()
+    def constrain_(self) -> IndRNN:
+        """Clamp every recurrent weight in place to the configured clip range; returns self.
+
+        The authors' style: call it after each optimizer step to keep the parameters
+        themselves bounded (the kernel clips the weights it uses either way).
+        """
+        for k in range(self.num_layers):
+            _constrain_(getattr(self, f"weight_hh_l{k}"), self.recurrent_max_abs,
+                        self.recurrent_min_abs)
+        return self
+
+    def _check_inputs(self, x: Tensor, hx: Tensor | None, mask: Tensor | None) -> None:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a torch.Tensor or a PackedSequence, got {type(x).__name__}")
+        layout = "(B, T, input_size)" if self.batch_first else "(T, B, input_size)"
+        if x.dim() != 3 or x.shape[-1] != self.input_size:
+            raise ValueError(
+                f"x must have shape {layout} with input_size = {self.input_size}, "
+                f"got {tuple(x.shape)}"
+            )
+        T, B = (x.shape[1], x.shape[0]) if self.batch_first else x.shape[:2]
+        if hx is not None:
+            want = (self.num_layers * self.num_directions, B, self.hidden_size)
+            _check_state("hx", hx, want, "(num_layers*D, B, H)", x.device)
+        if mask is not None:
+            if not isinstance(mask, Tensor):
+                raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
+            want, name = ((B, T), "(B, T)") if self.batch_first else ((T, B), "(T, B)")
+            if tuple(mask.shape) != want:
+                raise ValueError(f"mask must have shape {name} = {want}, got {tuple(mask.shape)}")
+            if mask.dtype.is_floating_point or mask.dtype.is_complex:
+                raise TypeError(f"mask must be bool or an integer dtype, got {mask.dtype}")
+
+    def _padded_from_packed(self, x: PackedSequence) -> tuple[Tensor, Tensor, Tensor]:
+        padded, lengths = pad_packed_sequence(x, batch_first=self.batch_first)
+        lengths = lengths.to(padded.device)
+        steps = torch.arange(padded.shape[1 if self.batch_first else 0], device=padded.device)
+        mask = steps[None, :] < lengths[:, None]  # (B, T)
+        return padded, lengths, mask if self.batch_first else mask.t()
+
+    def _packed_from_padded(self, out: Tensor, lengths: Tensor, x: PackedSequence):
+        # Put the batch in the input's sorted order, so the packed data lines up with the input's
+        # batch_sizes and the input's sorted / unsorted indices apply to the output unchanged.
+        if x.sorted_indices is not None:
+            out = out.index_select(0 if self.batch_first else 1, x.sorted_indices)
+            lengths = lengths.index_select(0, x.sorted_indices)
+        data = pack_padded_sequence(out, lengths.cpu(), batch_first=self.batch_first).data
+        return PackedSequence(data, x.batch_sizes, x.sorted_indices, x.unsorted_indices)
+
+    def forward(
+        self, x: Tensor | PackedSequence, hx: Tensor | None = None, mask: Tensor | None = None
+    ) -> tuple[Tensor | PackedSequence, Tensor]:
+        packed = x if isinstance(x, PackedSequence) else None
+        if packed is not None:
+            if mask is not None:
+                raise ValueError("mask must be None for a PackedSequence input (its lengths "
+                                 "give the padding)")
+            x, lengths, mask = self._padded_from_packed(packed)
+        self._check_inputs(x, hx, mask)
+        D, L = self.num_directions, self.num_layers
+        h_ns = []
+        layer_in, stream = x, None
+        for k in range(L):
+            if k > 0:
+                layer_in = dropout_over_time(layer_in, self.dropout, self.training,
+                                             self.batch_first)
+            weight_ih = getattr(self, f"weight_ih_l{k}")
+            if self.residual and k >= 2 and k % 2 == 0:
+                # The shortcut is added by the GEMM itself: pre = pre_{k-2} + x W^T.
+                pre = torch.addmm(stream.flatten(0, 1), layer_in.flatten(0, 1),
+                                  weight_ih.t()).view(stream.shape)
+            else:
+                pre = F.linear(layer_in, weight_ih)
+            if self.residual and k % 2 == 0:
+                stream = pre
+            if self.norms is not None:
+                pre = self.norms[k](pre, mask)
+            layer_in, h_n = indrnn_recurrence(
+                pre, getattr(self, f"weight_hh_l{k}"), getattr(self, f"bias_l{k}"),
+                None if hx is None else hx[k * D:(k + 1) * D],
+                recurrent_max_abs=self.recurrent_max_abs,
+                recurrent_min_abs=self.recurrent_min_abs, mask=mask,
+                batch_first=self.batch_first, bidirectional=self.bidirectional,
+            )
+            h_ns.append(h_n)
+        h_n = torch.cat(h_ns) if L > 1 else h_ns[0]
+        if packed is not None:
+            return self._packed_from_padded(layer_in, lengths, packed), h_n
+        return layer_in, h_n
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        for name, default in (("num_layers", 1), ("bias", True), ("batch_first", False),
+                              ("dropout", 0.0), ("bidirectional", False),
+                              ("recurrent_max_abs", None), ("recurrent_min_abs", 0.0),
+                              ("norm", None), ("residual", False)):
+            value = getattr(self, name)
+            if value != default:
+                s += f", {name}={value!r}"
+        return s
+
+
+class IndRNNCell(nn.Module):
+    """One IndRNN step, ``h = relu(W x_t + b + clip(u) ⊙ h)``: one direction of one layer.
+
+    Same maths, options and initialisation as a unidirectional single-layer :class:`IndRNN`
+    (``recurrent_init`` default (0, r), ``input_weight_init`` default the authors'
+    ``kaiming_uniform_(a=8)``). Parameters: ``weight_ih`` (H, I), ``weight_hh`` (H,), ``bias``
+    (H,). For whole sequences use :class:`IndRNN`: it runs all steps in one kernel.
+
+    ``h = cell(x_t, h)``: x_t (B, input_size); h (B, H) in any float dtype, or None for zeros.
+    Returns the new state (B, H) in float32 (float64 for float64 inputs): the state is kept in
+    float32 between steps, as inside the fused kernel.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        recurrent_max_abs: float | None = None,
+        recurrent_min_abs: float = 0.0,
+        device=None,
+        dtype=None,
+        *,
+        recurrent_init: InitRange | None = None,
+        input_weight_init: str | Callable[[Tensor], object] = "kaiming_uniform",
+    ):
+        super().__init__()
+        self.input_size = _positive_int("input_size", input_size)
+        self.hidden_size = _positive_int("hidden_size", hidden_size)
+        self.recurrent_max_abs, self.recurrent_min_abs = _clip_bounds(recurrent_max_abs,
+                                                                      recurrent_min_abs)
+        r = 1.0 if self.recurrent_max_abs is None else self.recurrent_max_abs
+        self.recurrent_init = _init_range("recurrent_init", recurrent_init, (0.0, r))
+        self.input_weight_init = _input_init(input_weight_init)
+        factory = dict(device=device, dtype=dtype)
+        self.weight_ih = nn.Parameter(torch.empty(self.hidden_size, self.input_size, **factory))
+        self.weight_hh = nn.Parameter(torch.empty(self.hidden_size, **factory))
+        self.bias = (nn.Parameter(torch.empty(self.hidden_size, **factory))
+                     if _bool("bias", bias) else None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            _init_input_weight_(self.weight_ih, self.input_weight_init, self.hidden_size)
+            nn.init.uniform_(self.weight_hh, *self.recurrent_init)
+            if self.bias is not None:
+                nn.init.zeros_(self.bias)
+
+    @torch.no_grad()
+    def constrain_(self) -> IndRNNCell:
+        """Clamp the recurrent weights in place to the configured clip range; returns self."""
+        _constrain_(self.weight_hh, self.recurrent_max_abs, self.recurrent_min_abs)
+        return self
+
+    def forward(self, x: Tensor, h: Tensor | None = None) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 2 or x.shape[1] != self.input_size:
+            raise ValueError(
+                f"x must have shape (B, input_size) with input_size = {self.input_size}, "
+                f"got {tuple(x.shape)}"
+            )
+        if h is not None:
+            _check_state("h", h, (x.shape[0], self.hidden_size), "(B, H)", x.device)
+        pre = F.linear(x, self.weight_ih).unsqueeze(0)
+        _, h_n = fused_indrnn(pre, self.weight_hh, self.bias, h,
+                              recurrent_max_abs=self.recurrent_max_abs,
+                              recurrent_min_abs=self.recurrent_min_abs)
+        return h_n
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.bias is None:
+            s += ", bias=False"
+        if self.recurrent_max_abs is not None:
+            s += f", recurrent_max_abs={self.recurrent_max_abs!r}"
+        if self.recurrent_min_abs:
+            s += f", recurrent_min_abs={self.recurrent_min_abs!r}"
+        return s
+
+
+def _constrain_(weight_hh: Tensor, r_max: float | None, r_min: float) -> None:
+    weight_hh.copy_(clip_recurrent_weight(weight_hh, r_max, r_min))

@@ -1,0 +1,601 @@
+"""IndRNN / IndRNNCell / functional: parity with a plain PyTorch model, padding, streaming, errors.
+
+The plain model (``reference_forward``) is built from :func:`indrnn_reference` (a Python loop per
+direction), ``torch.cat`` of the directions, and batch norm written with boolean indexing, so it
+shares no code with the module's fused path. Parity runs in float64, gradients included.
+"""
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from indrnn_triton import IndRNN, IndRNNCell, indrnn_reference
+from indrnn_triton.functional import dropout_over_time, indrnn_layer, indrnn_recurrence
+
+F64 = dict(dtype=torch.float64)
+
+
+# ----------------------------------------------------------------------------------------------
+# The plain PyTorch model.
+# ----------------------------------------------------------------------------------------------
+
+
+def reference_forward(rnn: IndRNN, x, hx=None, mask=None):
+    """What ``rnn(x, hx, mask)`` computes, in plain PyTorch (dropout: eval mode only)."""
+    assert not (rnn.training and rnn.dropout > 0)
+    bf = rnn.batch_first
+    inp = x.transpose(0, 1) if bf else x
+    m = None if mask is None else (mask.t() if bf else mask) != 0
+    D, H = rnn.num_directions, rnn.hidden_size
+    h_ns, stream = [], None
+    for k in range(rnn.num_layers):
+        pre = inp @ getattr(rnn, f"weight_ih_l{k}").t()
+        if rnn.residual and k % 2 == 0:
+            if k >= 2:
+                pre = pre + stream
+            stream = pre
+        if rnn.norm == "batch":
+            bn = rnn.norms[k]
+            if rnn.training:
+                real = pre[m] if m is not None else pre.reshape(-1, pre.shape[-1])
+                mean, var = real.mean(0), real.var(0, unbiased=False)
+            else:
+                mean, var = bn.running_mean, bn.running_var
+            pre = (pre - mean) / torch.sqrt(var + bn.eps) * bn.weight
+        elif rnn.norm == "layer":
+            ln = rnn.norms[k]
+            mean = pre.mean(-1, keepdim=True)
+            var = pre.var(-1, unbiased=False, keepdim=True)
+            pre = (pre - mean) / torch.sqrt(var + ln.eps) * ln.weight
+        u, b = getattr(rnn, f"weight_hh_l{k}"), getattr(rnn, f"bias_l{k}")
+        outs = []
+        for d in range(D):
+            s = slice(d * H, (d + 1) * H)
+            o, h = indrnn_reference(
+                pre[..., s], u[s], None if b is None else b[s],
+                None if hx is None else hx[k * D + d],
+                recurrent_max_abs=rnn.recurrent_max_abs,
+                recurrent_min_abs=rnn.recurrent_min_abs, mask=m, reverse=d == 1,
+            )
+            outs.append(o)
+            h_ns.append(h)
+        inp = torch.cat(outs, -1)
+    return (inp.transpose(0, 1) if bf else inp), torch.stack(h_ns)
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers.
+# ----------------------------------------------------------------------------------------------
+
+
+def randomise_(rnn, weight_hh_range=(-0.2, 1.1)):
+    """Parameters (and running statistics) drawn so every code path sees non-trivial values."""
+    with torch.no_grad():
+        for name, p in rnn.named_parameters():
+            if "weight_hh" in name:
+                p.uniform_(*weight_hh_range)
+            elif "weight_ih" in name:
+                p.normal_(0, 0.6)
+            elif "norms" in name:
+                p.uniform_(0.5, 1.5)
+            else:
+                p.normal_(0, 0.3)
+        for name, buf in rnn.named_buffers():
+            if "running_mean" in name:
+                buf.normal_(0, 0.5)
+            elif "running_var" in name:
+                buf.uniform_(0.5, 2.0)
+    return rnn
+
+
+def padding_mask(lengths, T, *, left=False, batch_first=False, dtype=torch.bool):
+    """(T, B) (or (B, T)) mask with the given lengths, padding at the end (or the start)."""
+    t = torch.arange(T)[:, None]
+    L = torch.tensor(lengths)[None, :]
+    mask = (t >= T - L) if left else (t < L)
+    mask = mask.t() if batch_first else mask
+    return mask.to(dtype)
+
+
+def check_parity(rnn, x, hx=None, mask=None, atol=1e-10):
+    """Outputs, h_n and the gradients of every parameter, x and hx agree with the plain model."""
+    leaves = [x] + ([hx] if hx is not None else []) + list(rnn.parameters())
+    for t in leaves:
+        t.requires_grad_(True)
+    out, h_n = rnn(x, hx, mask=mask)
+    rnn_ref_state = {k: v.clone() for k, v in rnn.named_buffers()}
+    ref_out, ref_h_n = reference_forward(rnn, x, hx, mask)
+    assert out.shape == ref_out.shape and h_n.shape == ref_h_n.shape
+    assert h_n.dtype == torch.float64
+    torch.testing.assert_close(out, ref_out, atol=atol, rtol=1e-9)
+    torch.testing.assert_close(h_n, ref_h_n, atol=atol, rtol=1e-9)
+    g_out, g_h = torch.randn_like(out), torch.randn_like(h_n)
+    grads = torch.autograd.grad((out * g_out).sum() + (h_n * g_h).sum(), leaves)
+    ref_grads = torch.autograd.grad((ref_out * g_out).sum() + (ref_h_n * g_h).sum(), leaves)
+    names = ["x"] + (["hx"] if hx is not None else []) + [n for n, _ in rnn.named_parameters()]
+    for name, g, r in zip(names, grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, atol=atol, rtol=1e-9, msg=lambda s, n=name: f"{n}: {s}")
+    assert any(g.abs().sum() > 0 for g in grads)
+    return rnn_ref_state
+
+
+T, B, IN, H = 7, 4, 5, 6
+
+
+def make_input(batch_first=False, T=T, B=B, IN=IN):
+    return torch.randn((B, T, IN) if batch_first else (T, B, IN), **F64)
+
+
+# ----------------------------------------------------------------------------------------------
+# Parity.
+# ----------------------------------------------------------------------------------------------
+
+PARITY_CASES = {
+    "one_layer": (dict(), dict()),
+    "two_layers_batch_first_hx": (dict(num_layers=2, batch_first=True), dict(hx=True)),
+    "bidirectional_right_padding": (dict(num_layers=2, bidirectional=True), dict(mask="right")),
+    "bidirectional_left_padding_batch_first_hx": (
+        dict(num_layers=2, bidirectional=True, batch_first=True), dict(mask="left", hx=True)
+    ),
+    "clip_max_and_min": (
+        dict(num_layers=2, recurrent_max_abs=0.9, recurrent_min_abs=0.3), dict(clip=True)
+    ),
+    "bidirectional_clip_int_mask": (
+        dict(bidirectional=True, recurrent_max_abs=0.8, recurrent_min_abs=0.1),
+        dict(clip=True, mask="right", mask_dtype=torch.int32),
+    ),
+    "no_bias_layer_norm": (dict(num_layers=2, bias=False, norm="layer"), dict()),
+    "batch_norm_train_mask": (
+        dict(num_layers=2, norm="batch", bidirectional=True), dict(mask="right")
+    ),
+    "batch_norm_eval": (dict(num_layers=2, norm="batch"), dict(eval=True, mask="left")),
+    "residual_batch_norm_mask": (
+        dict(num_layers=3, residual=True, norm="batch", bidirectional=True), dict(mask="left")
+    ),
+    "residual_layer_norm_batch_first_hx": (
+        dict(num_layers=5, residual=True, norm="layer", batch_first=True), dict(hx=True)
+    ),
+    "residual_no_norm": (dict(num_layers=3, residual=True), dict(mask="right")),
+    "dropout_eval": (
+        dict(num_layers=3, dropout=0.5, bidirectional=True), dict(eval=True, mask="right")
+    ),
+}
+
+
+def run_parity_case(module_kwargs, opts, T=T, B=B, IN=IN, H=H):
+    rnn = IndRNN(IN, H, **module_kwargs, **F64)
+    randomise_(rnn, (-1.5, 1.5) if opts.get("clip") else (-0.2, 1.1))
+    if opts.get("eval"):
+        rnn.eval()
+    bf = rnn.batch_first
+    x = make_input(bf, T, B, IN)
+    hx = torch.randn(rnn.num_layers * rnn.num_directions, B, H, **F64) if opts.get("hx") else None
+    mask = None
+    if "mask" in opts:
+        lengths = [T, 1, T - 2, 3][:B]
+        mask = padding_mask(lengths, T, left=opts["mask"] == "left", batch_first=bf,
+                            dtype=opts.get("mask_dtype", torch.bool))
+    check_parity(rnn, x, hx, mask)
+
+
+@pytest.mark.parametrize("case", list(PARITY_CASES))
+def test_parity_with_plain_model(case):
+    run_parity_case(*PARITY_CASES[case])
+
+
+@pytest.mark.parametrize(
+    "case", ["bidirectional_left_padding_batch_first_hx", "residual_batch_norm_mask",
+             "bidirectional_clip_int_mask"]
+)
+def test_parity_with_plain_model_both_backends(case, backend):
+    # Tiny shapes: the Triton kernels run through the interpreter here.
+    run_parity_case(*PARITY_CASES[case], T=4, B=3, IN=3, H=3)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_packed_sequence_matches_padded_reference(batch_first):
+    rnn = randomise_(IndRNN(IN, H, num_layers=2, bidirectional=True, batch_first=batch_first,
+                            norm="batch", **F64))
+    lengths = [3, T, 1, 5]
+    x = make_input(batch_first)
+    mask = padding_mask(lengths, T, batch_first=batch_first)
+    x = x * mask.unsqueeze(-1)
+    packed = pack_padded_sequence(x, torch.tensor(lengths), batch_first=batch_first,
+                                  enforce_sorted=False)
+    hx = torch.randn(4, B, H, **F64)
+    out, h_n = rnn(packed, hx)
+    assert isinstance(out, torch.nn.utils.rnn.PackedSequence)
+    assert torch.equal(out.batch_sizes, packed.batch_sizes)
+    assert torch.equal(out.sorted_indices, packed.sorted_indices)
+    assert torch.equal(out.unsorted_indices, packed.unsorted_indices)
+    ref_out, ref_h_n = reference_forward(rnn, x, hx, mask)
+    ref_packed = pack_padded_sequence(ref_out, torch.tensor(lengths), batch_first=batch_first,
+                                      enforce_sorted=False)
+    torch.testing.assert_close(out.data, ref_packed.data, atol=1e-10, rtol=1e-9)
+    torch.testing.assert_close(h_n, ref_h_n, atol=1e-10, rtol=1e-9)
+    grad = torch.randn_like(out.data)
+    params = list(rnn.parameters())
+    got = torch.autograd.grad((out.data * grad).sum(), params)
+    want = torch.autograd.grad((ref_packed.data * grad).sum(), params)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, atol=1e-10, rtol=1e-9)
+
+
+def test_packed_sequence_sorted_input():
+    rnn = randomise_(IndRNN(IN, H, bidirectional=True, **F64))
+    lengths = [T, 4, 2, 2]
+    x = make_input() * padding_mask(lengths, T).unsqueeze(-1)
+    packed = pack_padded_sequence(x, torch.tensor(lengths))
+    out, h_n = rnn(packed)
+    assert out.sorted_indices is None
+    ref_out, ref_h_n = reference_forward(rnn, x, None, padding_mask(lengths, T))
+    torch.testing.assert_close(out.data, pack_padded_sequence(ref_out, torch.tensor(lengths)).data)
+    torch.testing.assert_close(h_n, ref_h_n)
+
+
+def test_functional_layer_matches_reference():
+    x = make_input().requires_grad_()
+    w_ih = torch.randn(2 * H, IN, **F64, requires_grad=True)
+    u = torch.empty(2 * H, **F64).uniform_(-0.5, 1.2).requires_grad_()
+    b = torch.randn(2 * H, **F64, requires_grad=True)
+    h0 = torch.randn(2, B, H, **F64, requires_grad=True)
+    mask = padding_mask([T, 2, 5, 1], T, left=True)
+    out, h_n = indrnn_layer(x, w_ih, u, b, h0, recurrent_max_abs=1.0, mask=mask,
+                            bidirectional=True)
+    pre = x @ w_ih.t()
+    ref = [indrnn_reference(pre[..., d * H:(d + 1) * H], u[d * H:(d + 1) * H],
+                            b[d * H:(d + 1) * H], h0[d], recurrent_max_abs=1.0, mask=mask,
+                            reverse=d == 1) for d in range(2)]
+    ref_out = torch.cat([r[0] for r in ref], -1)
+    ref_h_n = torch.stack([r[1] for r in ref])
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(h_n, ref_h_n)
+    g = torch.randn_like(out)
+    leaves = [x, w_ih, u, b, h0]
+    got = torch.autograd.grad((out * g).sum() + h_n.sum(), leaves)
+    want = torch.autograd.grad((ref_out * g).sum() + ref_h_n.sum(), leaves)
+    for a, w in zip(got, want, strict=True):
+        torch.testing.assert_close(a, w)
+
+
+# ----------------------------------------------------------------------------------------------
+# Padding, streaming, the cell.
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("left", [False, True], ids=["right_padding", "left_padding"])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_padded_batch_equals_each_sequence_alone(left, batch_first):
+    rnn = randomise_(IndRNN(IN, H, num_layers=2, bidirectional=True, norm="layer",
+                            batch_first=batch_first, recurrent_max_abs=1.2, **F64))
+    lengths = [T, 3, 1, 5]
+    x = make_input(batch_first)
+    mask = padding_mask(lengths, T, left=left, batch_first=batch_first)
+    out, h_n = rnn(x, mask=mask)
+    time_dim = 1 if batch_first else 0
+    for i, n in enumerate(lengths):
+        real = torch.arange(T - n, T) if left else torch.arange(n)
+        x_i = x.select(1 - time_dim, i).index_select(0, real).unsqueeze(1 - time_dim)
+        out_i, h_i = rnn(x_i)
+        got = out.select(1 - time_dim, i).index_select(0, real)
+        torch.testing.assert_close(got, out_i.squeeze(1 - time_dim), atol=1e-12, rtol=1e-10)
+        torch.testing.assert_close(h_n[:, i], h_i[:, 0], atol=1e-12, rtol=1e-10)
+
+
+def test_batch_statistics_ignore_padding():
+    rnn = randomise_(IndRNN(IN, H, num_layers=2, norm="batch", bidirectional=True, **F64))
+    mask = padding_mask([T, 2, 4, 1], T)
+    x = make_input()
+    garbage = torch.where(mask.unsqueeze(-1), x, torch.full_like(x, 1e3))
+    out, h_n = rnn(x, mask=mask)
+    out_g, h_n_g = rnn(garbage, mask=mask)
+    torch.testing.assert_close(out_g[mask], out[mask])
+    torch.testing.assert_close(h_n_g, h_n)
+
+
+def test_batch_norm_running_statistics_over_real_steps():
+    rnn = randomise_(IndRNN(IN, H, norm="batch", **F64))
+    bn = rnn.norms[0]
+    bn.running_mean.zero_()
+    bn.running_var.fill_(1.0)
+    mask = padding_mask([T, 2, 4, 1], T)
+    x = make_input()
+    rnn(x, mask=mask)
+    real = (x @ rnn.weight_ih_l0.t())[mask].detach()
+    torch.testing.assert_close(bn.running_mean, 0.1 * real.mean(0))
+    torch.testing.assert_close(bn.running_var, 0.9 + 0.1 * real.var(0, unbiased=True))
+
+
+def test_streaming_two_halves_equals_one_run():
+    rnn = randomise_(IndRNN(IN, H, num_layers=2, recurrent_max_abs=1.1, **F64))
+    x = make_input(T=9)
+    out, h_n = rnn(x)
+    out_a, h_a = rnn(x[:4])
+    out_b, h_b = rnn(x[4:], h_a)
+    torch.testing.assert_close(torch.cat([out_a, out_b]), out, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(h_b, h_n, atol=1e-12, rtol=1e-10)
+
+
+def test_cell_stepped_over_time_equals_one_layer():
+    rnn = randomise_(IndRNN(IN, H, recurrent_max_abs=0.9, recurrent_min_abs=0.1, **F64),
+                     (-1.5, 1.5))
+    cell = IndRNNCell(IN, H, recurrent_max_abs=0.9, recurrent_min_abs=0.1, **F64)
+    with torch.no_grad():
+        cell.weight_ih.copy_(rnn.weight_ih_l0)
+        cell.weight_hh.copy_(rnn.weight_hh_l0)
+        cell.bias.copy_(rnn.bias_l0)
+    x = make_input()
+    h0 = torch.randn(B, H, **F64)
+    out, h_n = rnn(x, h0.unsqueeze(0))
+    h, steps = h0, []
+    for t in range(T):
+        h = cell(x[t], h)
+        steps.append(h)
+    torch.testing.assert_close(torch.stack(steps), out, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(h, h_n[0], atol=1e-12, rtol=1e-10)
+    g = torch.randn_like(out)
+    want = torch.autograd.grad((out * g).sum(), [rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_l0])
+    got = torch.autograd.grad((torch.stack(steps) * g).sum(), list(cell.parameters()))
+    for a, w in zip(got, want, strict=True):
+        torch.testing.assert_close(a, w, atol=1e-12, rtol=1e-10)
+
+
+def test_cell_without_state_starts_from_zeros():
+    cell = randomise_(IndRNNCell(IN, H, **F64))
+    x = torch.randn(B, IN, **F64)
+    torch.testing.assert_close(cell(x), cell(x, torch.zeros(B, H, **F64)))
+    torch.testing.assert_close(cell(x), torch.relu(x @ cell.weight_ih.t() + cell.bias))
+
+
+# ----------------------------------------------------------------------------------------------
+# Dropout, initialisation, constrain_.
+# ----------------------------------------------------------------------------------------------
+
+
+def test_dropout_mask_is_shared_over_time_and_only_in_training():
+    # With u = 0 each step is independent; a constant input then gives identical steps in every
+    # layer exactly when the dropout mask is the same at every step.
+    rnn = randomise_(IndRNN(IN, 32, num_layers=3, dropout=0.5, **F64))
+    with torch.no_grad():
+        for k in range(3):
+            getattr(rnn, f"weight_hh_l{k}").zero_()
+    x = torch.randn(1, B, IN, **F64).expand(T, B, IN)
+    out_train, _ = rnn(x)
+    torch.testing.assert_close(out_train, out_train[:1].expand_as(out_train), atol=0, rtol=0)
+    rnn.eval()
+    out_eval, _ = rnn(x)
+    assert not torch.allclose(out_train, out_eval)
+    torch.testing.assert_close(out_eval, reference_forward(rnn, x)[0])
+
+
+def test_dropout_over_time_values():
+    x = torch.rand(5, 8, 64, **F64) + 0.5
+    y = dropout_over_time(x, 0.25, training=True)
+    kept = y != 0
+    assert torch.equal(kept, kept[:1].expand_as(kept))
+    torch.testing.assert_close(y[kept], x[kept] / 0.75)
+    assert 0.55 < kept.double().mean() < 0.95
+    y_bf = dropout_over_time(x, 0.25, training=True, batch_first=True)
+    assert torch.equal(y_bf != 0, (y_bf != 0)[:, :1].expand_as(y_bf))
+    assert dropout_over_time(x, 0.25, training=False) is x
+
+
+def test_default_initialisation():
+    r = 2 ** (1 / 16)
+    rnn = IndRNN(IN, 64, num_layers=3, recurrent_max_abs=r, last_layer_recurrent_init="near_one")
+    for k in range(2):
+        u = getattr(rnn, f"weight_hh_l{k}")
+        assert u.min() >= 0 and u.max() <= r and u.max() > 0.5 * r
+    last = rnn.weight_hh_l2
+    assert last.min() >= 1 / r and last.max() <= r
+    assert torch.all(rnn.bias_l0 == 0)
+    bound = (2 / (1 + 8 ** 2)) ** 0.5 * (3 / IN) ** 0.5  # kaiming_uniform_(a=8), fan_in = IN
+    assert rnn.weight_ih_l0.abs().max() <= bound and rnn.weight_ih_l0.abs().max() > 0.5 * bound
+    unclipped = IndRNN(IN, 64)
+    assert unclipped.weight_hh_l0.min() >= 0 and unclipped.weight_hh_l0.max() <= 1
+
+
+def test_initialisation_overrides():
+    rnn = IndRNN(IN, 16, num_layers=2, recurrent_init=(0.5, 0.6),
+                 last_layer_recurrent_init=(0.9, 0.95), input_weight_init=torch.nn.init.ones_)
+    assert rnn.weight_hh_l0.min() >= 0.5 and rnn.weight_hh_l0.max() <= 0.6
+    assert rnn.weight_hh_l1.min() >= 0.9 and rnn.weight_hh_l1.max() <= 0.95
+    assert torch.all(rnn.weight_ih_l1 == 1)
+    cell = IndRNNCell(IN, 16, recurrent_init=(0.2, 0.3), input_weight_init="rnn_uniform")
+    assert cell.weight_hh.min() >= 0.2 and cell.weight_hh.max() <= 0.3
+    assert cell.weight_ih.abs().max() <= 16 ** -0.5
+
+
+def test_constrain_clamps_recurrent_weights_in_place():
+    rnn = IndRNN(IN, H, num_layers=2, bidirectional=True, recurrent_max_abs=0.8,
+                 recurrent_min_abs=0.2)
+    with torch.no_grad():
+        rnn.weight_hh_l1.copy_(torch.linspace(-2, 2, 2 * H))
+    before = rnn.weight_hh_l1.clone()
+    assert rnn.constrain_() is rnn
+    u = rnn.weight_hh_l1
+    assert u.abs().max() <= 0.8 and u.abs().min() >= 0.2
+    torch.testing.assert_close(u, torch.sign(before) * before.abs().clamp(0.2, 0.8))
+    cell = IndRNNCell(IN, H, recurrent_max_abs=0.5)
+    with torch.no_grad():
+        cell.weight_hh.fill_(3.0)
+    cell.constrain_()
+    assert torch.all(cell.weight_hh == 0.5)
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.compile, autocast, and the absence of (T, B, H) copies.
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph():
+    rnn = randomise_(IndRNN(IN, H, num_layers=3, bidirectional=True, residual=True, norm="batch",
+                            recurrent_max_abs=1.1))
+    x = torch.randn(T, B, IN)
+    mask = padding_mask([T, 2, 5, 3], T)
+    compiled = torch.compile(rnn, fullgraph=True)
+    out_c, h_c = compiled(x, mask=mask)
+    out, h_n = rnn(x, mask=mask)
+    torch.testing.assert_close(out_c, out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h_c, h_n, atol=1e-5, rtol=1e-5)
+    params = list(rnn.parameters())
+    g = torch.randn_like(out)
+    got = torch.autograd.grad((out_c * g).sum() + h_c.sum(), params)
+    want = torch.autograd.grad((out * g).sum() + h_n.sum(), params)
+    for a, w in zip(got, want, strict=True):
+        torch.testing.assert_close(a, w, atol=1e-4, rtol=1e-4)
+
+
+def test_autocast_bfloat16():
+    rnn = randomise_(IndRNN(IN, H, num_layers=2, bidirectional=True, norm="layer",
+                            recurrent_max_abs=1.0))
+    x = torch.randn(T, B, IN)
+    mask = padding_mask([T, 2, 5, 3], T)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        out, h_n = rnn(x, mask=mask)
+    assert out.dtype == torch.bfloat16 and h_n.dtype == torch.float32
+    ref_out, ref_h_n = rnn(x, mask=mask)
+    scale = ref_out.abs().max().item()
+    torch.testing.assert_close(out.float(), ref_out, atol=3e-2 * scale, rtol=3e-2)
+    torch.testing.assert_close(h_n, ref_h_n, atol=3e-2 * scale, rtol=3e-2)
+    out.float().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in rnn.parameters())
+
+
+class _LargeOutputs(TorchDispatchMode):
+    """Records the ops that produce a new (not aliasing) tensor of at least ``numel`` elements."""
+
+    def __init__(self, numel):
+        super().__init__()
+        self.numel, self.ops = numel, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        inputs = {a.untyped_storage().data_ptr() for a in torch.utils._pytree.tree_leaves(args)
+                  if isinstance(a, torch.Tensor)}
+        for r in torch.utils._pytree.tree_leaves(result):
+            if (isinstance(r, torch.Tensor) and r.numel() >= self.numel
+                    and r.untyped_storage().data_ptr() not in inputs):
+                self.ops.append(func.__name__.split(".")[0])
+        return result
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_bidirectional_layer_makes_no_time_sized_copies(batch_first):
+    rnn = IndRNN(IN, H, bidirectional=True, batch_first=batch_first)
+    x = torch.randn((B, T, IN) if batch_first else (T, B, IN), requires_grad=True)
+    mask = padding_mask([T, 2, 5, 3], T, batch_first=batch_first)
+    numel = T * B * min(IN, H)
+    with _LargeOutputs(numel) as mode:
+        out, h_n = rnn(x, mask=mask)
+    forward_ops = sorted(mode.ops)
+    grad = torch.ones_like(out)
+    with _LargeOutputs(numel) as mode:
+        out.backward(grad)
+    # Forward: the GEMM (T, B, 2H) and the recurrence's output. Backward: the recurrence's
+    # gradient of pre (T, B, 2H) and the GEMM's gradient of x; nothing is flipped or
+    # concatenated, and no gradient is scattered into a zero-filled buffer.
+    assert forward_ops == ["indrnn_bidirectional_forward", "mm"]
+    assert sorted(mode.ops) == ["indrnn_bidirectional_backward", "mm"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Errors.
+# ----------------------------------------------------------------------------------------------
+
+
+def _rnn(**kw):
+    return IndRNN(IN, H, **kw)
+
+
+CONSTRUCTOR_ERRORS = [
+    (dict(input_size=0), ValueError, "input_size must be >= 1"),
+    (dict(hidden_size=2.5), TypeError, "hidden_size must be an int"),
+    (dict(num_layers=0), ValueError, "num_layers must be >= 1"),
+    (dict(bias=1), TypeError, "bias must be a bool"),
+    (dict(dropout=1.0), ValueError, r"dropout must be a probability in \[0, 1\)"),
+    (dict(dropout="0.1"), TypeError, "dropout must be a real number"),
+    (dict(norm="group"), ValueError, "norm must be None, 'batch' or 'layer', got 'group'"),
+    (dict(residual=True, num_layers=2), ValueError, "residual=True needs an odd num_layers >= 3"),
+    (dict(residual=True), ValueError, "residual=True needs an odd num_layers >= 3"),
+    (dict(recurrent_max_abs=0.0), ValueError, "recurrent_max_abs must be > 0"),
+    (dict(recurrent_min_abs=-1.0), ValueError, "recurrent_min_abs must be >= 0"),
+    (dict(recurrent_max_abs=0.5, recurrent_min_abs=0.6), ValueError, "must not exceed"),
+    (dict(recurrent_init=(1.0, 0.0)), ValueError, "recurrent_init must have low <= high"),
+    (dict(recurrent_init=0.5), TypeError, r"recurrent_init must be a \(low, high\) pair"),
+    (dict(last_layer_recurrent_init="near_one"), ValueError, "recurrent_max_abs, which must"),
+    (dict(input_weight_init="orthogonal"), ValueError, "input_weight_init must be one of"),
+    (dict(norm="batch", norm_eps=0.0), ValueError, "norm_eps > 0"),
+]
+
+
+@pytest.mark.parametrize("kwargs,exc,match", CONSTRUCTOR_ERRORS,
+                         ids=[next(iter(c[0])) + str(i) for i, c in enumerate(CONSTRUCTOR_ERRORS)])
+def test_constructor_errors(kwargs, exc, match):
+    kw = dict(input_size=IN, hidden_size=H) | kwargs
+    with pytest.raises(exc, match=match):
+        IndRNN(**kw)
+
+
+FORWARD_ERRORS = [
+    (dict(), dict(x=torch.randn(T, B, IN + 1)), ValueError,
+     r"x must have shape \(T, B, input_size\) with input_size = 5, got \(7, 4, 6\)"),
+    (dict(batch_first=True), dict(x=torch.randn(B, IN)), ValueError,
+     r"x must have shape \(B, T, input_size\)"),
+    (dict(), dict(x=[1.0]), TypeError, "x must be a torch.Tensor or a PackedSequence"),
+    (dict(num_layers=2, bidirectional=True), dict(hx=torch.zeros(2, B, H)), ValueError,
+     r"hx must have shape \(num_layers\*D, B, H\) = \(4, 4, 6\), got \(2, 4, 6\)"),
+    (dict(), dict(hx=torch.zeros(1, B, H, dtype=torch.int64)), TypeError,
+     "hx must be a floating-point tensor"),
+    (dict(), dict(mask=torch.ones(B, T, dtype=torch.bool)), ValueError,
+     r"mask must have shape \(T, B\) = \(7, 4\), got \(4, 7\)"),
+    (dict(batch_first=True), dict(mask=torch.ones(T, B, dtype=torch.bool)), ValueError,
+     r"mask must have shape \(B, T\) = \(4, 7\), got \(7, 4\)"),
+    (dict(), dict(mask=torch.ones(T, B)), TypeError, "mask must be bool or an integer dtype"),
+]
+
+
+@pytest.mark.parametrize("module_kwargs,call,exc,match", FORWARD_ERRORS,
+                         ids=[f"case{i}" for i in range(len(FORWARD_ERRORS))])
+def test_forward_errors(module_kwargs, call, exc, match):
+    rnn = _rnn(**module_kwargs)
+    bf = module_kwargs.get("batch_first", False)
+    call = dict(x=torch.randn((B, T, IN) if bf else (T, B, IN))) | call
+    with pytest.raises(exc, match=match):
+        rnn(**call)
+
+
+def test_packed_input_with_mask_is_an_error():
+    packed = pack_padded_sequence(torch.randn(T, B, IN), torch.tensor([T, 3, 2, 1]))
+    with pytest.raises(ValueError, match="mask must be None for a PackedSequence"):
+        _rnn()(packed, mask=torch.ones(T, B, dtype=torch.bool))
+
+
+def test_cell_errors():
+    cell = IndRNNCell(IN, H)
+    with pytest.raises(ValueError, match=r"x must have shape \(B, input_size\) with input_size"):
+        cell(torch.randn(B, IN + 1))
+    with pytest.raises(ValueError, match=r"h must have shape \(B, H\) = \(4, 6\), got \(4, 5\)"):
+        cell(torch.randn(B, IN), torch.zeros(B, H - 1))
+    with pytest.raises(ValueError, match="recurrent_max_abs must be > 0"):
+        IndRNNCell(IN, H, recurrent_max_abs=-1.0)
+
+
+def test_functional_errors():
+    x = torch.randn(T, B, IN)
+    with pytest.raises(ValueError, match=r"weight_ih must have shape \(D\*H, I\) with I = 5"):
+        indrnn_layer(x, torch.randn(H, IN + 1), torch.rand(H))
+    with pytest.raises(ValueError, match=r"weight_hh must have shape \(D\*H,\) = \(12,\)"):
+        indrnn_layer(x, torch.randn(2 * H, IN), torch.rand(H), bidirectional=True)
+    with pytest.raises(ValueError, match=r"h0 must have shape \(D, B, H\) = \(2, 4, 6\)"):
+        indrnn_recurrence(torch.randn(T, B, 2 * H), torch.rand(2 * H),
+                          h0=torch.zeros(B, H), bidirectional=True)
+    with pytest.raises(ValueError, match="pre's last dimension must be 2\\*H"):
+        indrnn_recurrence(torch.randn(T, B, 5), torch.rand(5), bidirectional=True)
+    with pytest.raises(ValueError, match=r"mask must have shape \(T, B\)"):
+        indrnn_recurrence(torch.randn(T, B, 2 * H), torch.rand(2 * H),
+                          mask=torch.ones(T, B + 1, dtype=torch.bool), bidirectional=True)
+    with pytest.raises(ValueError, match=r"p must be a probability in \[0, 1\)"):
+        dropout_over_time(x, 1.5, training=True)

@@ -127,8 +127,9 @@ def run_case(B, T, H, dtype, device, preset, methods) -> list[dict]:
     dt = DTYPES[dtype]
     torch.manual_seed(0)
     pre = torch.randn(T, B, H, dtype=dt, device=device, requires_grad=True)
-    u = torch.rand(H, dtype=dt, device=device, requires_grad=True)
-    b = (0.1 * torch.randn(H, dtype=dt, device=device)).requires_grad_()
+    # Parameters stay float32, as in mixed-precision training (autocast casts only the GEMM).
+    u = torch.rand(H, device=device, requires_grad=True)
+    b = (0.1 * torch.randn(H, device=device)).requires_grad_()
     g = torch.randn(T, B, H, dtype=dt, device=device)
     n_bytes = T * B * H * pre.element_size()
     base = dict(dtype=dtype, B=B, T=T, H=H, BxH=B * H)
@@ -197,17 +198,16 @@ def main(argv=None) -> int:
 
     cases = [(B, T, H, d) for (B, T, H) in grid_shapes(preset) for d in args.dtypes]
     rows: list[dict] = []
+    env = environment(device)
     for B, T, H, d in progress(cases, "bench_op"):
         rows += run_case(B, T, H, d, device, preset, args.methods)
-
-    env = environment(device)
-    notes = target_lines(rows) or ["(the T=1000, B=32, H=256 float32 target case was not run)"]
-    md = write_results(out, "bench_op", rows, COLUMNS, env, notes=[
-        *notes,
-        "GB/s from the minimum bytes (fwd 2, bwd 3, fwdbwd 5 (T, B, H) tensors); copy_frac = "
-        "that over the same run's copy_ GB/s; fused_speedup = this row's time / fused time; "
-        "saved_MB = bytes autograd keeps for backward; peak_MB = CUDA peak (GPU only).",
-    ])
+        # Rewritten after every case, so a run cut short by a time limit keeps what it measured.
+        md = write_results(out, "bench_op", rows, COLUMNS, env, notes=[
+            *(target_lines(rows) or ["(the T=1000, B=32, H=256 float32 case was not run)"]),
+            "GB/s from the minimum bytes (fwd 2, bwd 3, fwdbwd 5 (T, B, H) tensors); copy_frac "
+            "= that over the same run's copy_ GB/s; fused_speedup = this row's time / fused "
+            "time; saved_MB = bytes autograd keeps for backward; peak_MB = CUDA peak (GPU only).",
+        ])
     if not args.no_plots:
         plot_sweeps(rows, out, "bench_op", preset, ys=["ms", "GB/s"], panels="mode",
                     series=["method", "dtype"], title=f"fused IndRNN op, {env['device']}")

@@ -14,6 +14,7 @@ import numbers
 import torch
 from torch import Tensor
 
+from . import _alloc
 from .cpu import cpu_backward, cpu_forward
 
 try:
@@ -51,8 +52,8 @@ def _backend(device: torch.device, use_triton: bool):
 def _forward_impl(pre, weight_hh, bias, h0, mask, r_max, r_min, reverse, batch_first, use_triton):
     x = _tbh(pre, batch_first)
     T, B, H = x.shape
-    out = torch.empty(pre.shape, dtype=pre.dtype, device=pre.device)
-    h_n = torch.empty(B, H, dtype=_acc_dtype(pre.dtype), device=pre.device)
+    out = _alloc.empty(pre.shape, dtype=pre.dtype, device=pre.device)
+    h_n = _alloc.empty(B, H, dtype=_acc_dtype(pre.dtype), device=pre.device)
     if T == 0 or B == 0 or H == 0:
         h_n.copy_(h0) if h0 is not None else h_n.zero_()
         return out, h_n
@@ -67,8 +68,8 @@ def _backward_impl(grad_out, grad_hn, out, weight_hh, h0, mask, r_max, r_min, re
     o = _tbh(out, batch_first)
     T, B, H = o.shape
     acc = _acc_dtype(out.dtype)
-    grad_pre = torch.empty_like(out)
-    grad_h0 = torch.empty(B, H, dtype=acc, device=out.device)
+    grad_pre = _alloc.empty(out.shape, dtype=out.dtype, device=out.device)
+    grad_h0 = _alloc.empty(B, H, dtype=acc, device=out.device)
     if T == 0 or B == 0 or H == 0:
         grad_h0.copy_(grad_hn) if grad_hn is not None else grad_h0.zero_()
         grad_pre.zero_()
@@ -199,6 +200,9 @@ def _check_real(name: str, value, *, allow_none: bool) -> float | None:
 
 def _validate(pre, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_min_abs, reverse,
               batch_first):
+    for name, flag in (("reverse", reverse), ("batch_first", batch_first)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {flag!r}")
     _check_float_tensor("pre", pre, 3)
     layout = "(B, T, H)" if batch_first else "(T, B, H)"
     T, B, H = _tbh(pre, batch_first).shape
@@ -242,9 +246,6 @@ def _validate(pre, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_min_a
         raise ValueError(
             f"recurrent_min_abs ({r_min}) must not exceed recurrent_max_abs ({r_max})"
         )
-    for name, flag in (("reverse", reverse), ("batch_first", batch_first)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be a bool, got {flag!r}")
     return r_max, r_min
 
 

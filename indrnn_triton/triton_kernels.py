@@ -18,20 +18,25 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from . import _alloc
+
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 def _configs() -> list[triton.Config]:
     if INTERPRET:
-        # The interpreter costs per program and per step, not per element: one small-ish tile
-        # keeps tests quick while still splitting B and H into several partial blocks.
-        return [triton.Config({"BLOCK_B": 2, "BLOCK_H": 64}, num_warps=1)]
+        # The interpreter costs per program and per step, not per element: a small tile that
+        # still splits B and H into several partial blocks, and a chunk that leaves a tail.
+        return [triton.Config({"BLOCK_B": 2, "BLOCK_H": 64, "CHUNK": 4}, num_warps=1)]
+    # (BLOCK_B, BLOCK_H, num_warps, CHUNK): 4 or 8 elements per thread (one 16-byte vector for
+    # fp32 or bf16), and CHUNK steps of loads in flight per program.
+    tiles = [
+        (1, 128, 1, 8), (1, 128, 1, 16), (1, 256, 1, 8), (1, 256, 2, 8), (1, 256, 2, 16),
+        (1, 512, 2, 8), (1, 512, 4, 8), (1, 512, 4, 16), (1, 1024, 4, 8), (2, 128, 2, 8),
+        (2, 256, 4, 8), (4, 128, 4, 8),
+    ]
     return [
-        triton.Config({"BLOCK_B": bb, "BLOCK_H": bh}, num_warps=w, num_stages=s)
-        for bb, bh, w in [
-            (1, 128, 1), (1, 256, 1), (1, 256, 2), (1, 512, 2), (1, 512, 4), (1, 1024, 4),
-            (2, 128, 1), (2, 256, 2), (2, 512, 4), (4, 128, 2), (4, 256, 4), (8, 128, 4),
-        ]
-        for s in (2, 3)
+        triton.Config({"BLOCK_B": bb, "BLOCK_H": bh, "CHUNK": c}, num_warps=w, num_stages=1)
+        for bb, bh, w, c in tiles
     ]
 
 
@@ -67,6 +72,12 @@ def _clip(b_u, r_max, r_min, CLIP_MAX: tl.constexpr, CLIP_MIN: tl.constexpr):
     return b_u, b_keep
 
 
+@triton.jit
+def _i64(x):
+    """x as an int64 scalar tensor (x may be a specialised constant, e.g. a stride of 1)."""
+    return x * tl.full([], 1, tl.int64)
+
+
 @triton.heuristics({**_HEURISTICS, "HAS_BIAS": lambda a: a["p_b"] is not None})
 @triton.autotune(configs=_configs(), key=["H"], prune_configs_by={"early_config_prune": _prune})
 @triton.jit(do_not_specialize=["T"])
@@ -74,7 +85,7 @@ def _indrnn_fwd_kernel(
     p_pre,  # pre-activations W x, (T, B, H) through strides s_pre_*
     p_u,  # recurrent weights u, (H,)
     p_b,  # bias, (H,) or None
-    p_h0,  # initial state, (B, H) contiguous or None
+    p_h0,  # initial state, (B, H) contiguous, or None
     p_mask,  # step mask, (T, B) through strides s_m_*, nonzero = real step; or None
     p_out,  # output h, (T, B, H) through strides s_out_*, same dtype as pre
     p_hn,  # final state, (B, H) contiguous, accumulation dtype
@@ -95,6 +106,7 @@ def _indrnn_fwd_kernel(
     ACC_F64: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
+    CHUNK: tl.constexpr,
 ):
     ACC = tl.float64 if ACC_F64 else tl.float32
     i_b = tl.program_id(0)
@@ -116,31 +128,44 @@ def _indrnn_fwd_kernel(
     else:
         b_h = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
 
-    # Walk time through pointers advanced by one stride per step (64-bit pointer arithmetic, so
-    # no t * stride product can overflow); REVERSE starts at T-1 and steps backwards.
+    # Time is walked through pointers that move one (signed, int64) stride per step, starting at
+    # t = T-1 for REVERSE, so no t * stride product can overflow and memory is never flipped.
     if REVERSE:
-        t0 = (T - 1).to(tl.int64)
-        dt = -1
+        t0 = _i64(T - 1)
+        d_x = -_i64(s_pre_t)
+        d_o = -_i64(s_out_t)
+        d_m = -_i64(s_m_t)
     else:
-        t0 = (T * 0).to(tl.int64)
-        dt = 1
+        t0 = _i64(0)
+        d_x = _i64(s_pre_t)
+        d_o = _i64(s_out_t)
+        d_m = _i64(s_m_t)
     p_x = p_pre + t0 * s_pre_t + o_b[:, None] * s_pre_b + o_h[None, :] * s_pre_h
     p_o = p_out + t0 * s_out_t + o_b[:, None] * s_out_b + o_h[None, :] * s_out_h
     if HAS_MASK:
         p_m = p_mask + t0 * s_m_t + o_b * s_m_b
-    # The loads of coming steps do not depend on the state, so the loop is software-pipelined.
-    for _ in tl.range(0, T):
-        b_x = tl.load(p_x, mask=m_bh, other=0).to(ACC)
-        b_new = tl.maximum(b_x + b_bias[None, :] + b_u[None, :] * b_h, 0.0)
+    for i in range(0, T, CHUNK):
+        # The inputs do not depend on the state: issue the loads of CHUNK steps at once so
+        # they are in flight together, then run the dependent chain over them.
+        xs = ()
+        ms = ()
+        for j in tl.static_range(CHUNK):
+            valid = (o_b * 0 + i + j) < T
+            xs = xs + (tl.load(p_x + j * d_x, mask=m_bh & valid[:, None], other=0),)
+            if HAS_MASK:
+                ms = ms + (tl.load(p_m + j * d_m, mask=m_b & valid, other=0) != 0,)
+        for j in tl.static_range(CHUNK):
+            valid = (o_b * 0 + i + j) < T
+            b_new = tl.maximum(xs[j].to(ACC) + b_bias[None, :] + b_u[None, :] * b_h, 0.0)
+            if HAS_MASK:
+                valid = valid & ms[j]
+            b_h = tl.where(valid[:, None], b_new, b_h)
+            tl.store(p_o + j * d_o, b_h.to(p_out.dtype.element_ty),
+                     mask=m_bh & ((o_b * 0 + i + j) < T)[:, None])
+        p_x += CHUNK * d_x
+        p_o += CHUNK * d_o
         if HAS_MASK:
-            b_m = tl.load(p_m, mask=m_b, other=0) != 0
-            b_h = tl.where(b_m[:, None], b_new, b_h)
-            p_m += dt * s_m_t
-        else:
-            b_h = b_new
-        tl.store(p_o, b_h.to(p_out.dtype.element_ty), mask=m_bh)
-        p_x += dt * s_pre_t
-        p_o += dt * s_out_t
+            p_m += CHUNK * d_m
     tl.store(p_hn + o_b[:, None] * H + o_h[None, :], b_h.to(p_hn.dtype.element_ty), mask=m_bh)
 
 
@@ -155,7 +180,7 @@ def _indrnn_fwd_kernel(
 @triton.jit(do_not_specialize=["T"])
 def _indrnn_bwd_kernel(
     p_out,  # forward output h, (T, B, H) through strides s_out_*
-    p_h0,  # initial state, (B, H) contiguous or None
+    p_h0,  # initial state, (B, H) contiguous, or None
     p_u,  # recurrent weights u, (H,)
     p_mask,  # step mask, (T, B) through strides s_m_*, or None
     p_dout,  # gradient of the output, (T, B, H) through strides s_do_*, or None
@@ -182,6 +207,7 @@ def _indrnn_bwd_kernel(
     ACC_F64: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
+    CHUNK: tl.constexpr,
 ):
     ACC = tl.float64 if ACC_F64 else tl.float32
     i_b = tl.program_id(0)
@@ -199,7 +225,7 @@ def _indrnn_bwd_kernel(
         b_h0 = tl.load(p_h0 + o_state, mask=m_bh, other=0).to(ACC)
     else:
         b_h0 = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
-    # b_c: gradient reaching the state after the step being processed (dL/dh_n to start).
+    # b_c: the gradient reaching the state after the step being processed (dL/dh_n to start).
     if HAS_DHN:
         b_c = tl.load(p_dhn + o_state, mask=m_bh, other=0).to(ACC)
     else:
@@ -207,15 +233,20 @@ def _indrnn_bwd_kernel(
     b_du = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
     b_db = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
 
-    # Walk the forward processing order backwards: step j = T-1 .. 0. The state before step j
-    # is the output of step j-1 (h0 for j = 0); it is kept for the next iteration, where it is
-    # the current output, so each output element is read once. Pointers move one stride a step.
+    # Walk the forward processing order backwards, k = 0 .. T-1 being step T-1-k. The state
+    # before a step is the output of the step before it (h0 for the first step); it is kept for
+    # the next iteration, where it is the current output, so each output element is read once.
+    # Pointers move one signed int64 stride per step, backwards through processing order.
     if REVERSE:
-        t_last = (T * 0).to(tl.int64)
-        dt = -1
+        t_last = _i64(0)
+        d_o = _i64(s_out_t)
+        d_g = _i64(s_do_t)
+        d_m = _i64(s_m_t)
     else:
-        t_last = (T - 1).to(tl.int64)
-        dt = 1
+        t_last = _i64(T - 1)
+        d_o = -_i64(s_out_t)
+        d_g = -_i64(s_do_t)
+        d_m = -_i64(s_m_t)
     o_out = o_b[:, None] * s_out_b + o_h[None, :] * s_out_h
     p_h = p_out + t_last * s_out_t + o_out
     p_dx = p_dpre + t_last * s_out_t + o_out
@@ -224,28 +255,43 @@ def _indrnn_bwd_kernel(
     if HAS_MASK:
         p_m = p_mask + t_last * s_m_t + o_b * s_m_b
     b_h = tl.load(p_h, mask=m_bh, other=0).to(ACC)
-    for k in tl.range(0, T):
-        has_prev = (tl.zeros([BLOCK_B, BLOCK_H], tl.int32) + k) < T - 1
-        p_h -= dt * s_out_t
-        b_prev = tl.load(p_h, mask=m_bh & has_prev, other=0).to(ACC)
-        b_prev = tl.where(has_prev, b_prev, b_h0)
+    for i in range(0, T, CHUNK):
+        # Issue the CHUNK steps' loads together (they do not depend on the carried gradient).
+        hs = ()
+        gs = ()
+        ms = ()
+        for j in tl.static_range(CHUNK):
+            valid = (o_b * 0 + i + j) < T
+            has_prev = (o_b * 0 + i + j) < T - 1
+            hs = hs + (tl.load(p_h + (j + 1) * d_o, mask=m_bh & has_prev[:, None], other=0),)
+            if HAS_DOUT:
+                gs = gs + (tl.load(p_g + j * d_g, mask=m_bh & valid[:, None], other=0),)
+            if HAS_MASK:
+                ms = ms + (tl.load(p_m + j * d_m, mask=m_b & valid, other=0) != 0,)
+        for j in tl.static_range(CHUNK):
+            valid = (o_b * 0 + i + j) < T
+            has_prev = (o_b * 0 + i + j) < T - 1
+            b_prev = tl.where(has_prev[:, None], hs[j].to(ACC), b_h0)
+            b_g = b_c
+            if HAS_DOUT:
+                b_g += gs[j].to(ACC)
+            if HAS_MASK:
+                # A padding step is the identity on the state: its gradient passes through.
+                b_d = tl.where((b_h > 0) & (valid & ms[j])[:, None], b_g, 0.0)
+                b_c = tl.where((valid & ms[j])[:, None], b_u[None, :] * b_d, b_g)
+            else:
+                b_d = tl.where((b_h > 0) & valid[:, None], b_g, 0.0)
+                b_c = tl.where(valid[:, None], b_u[None, :] * b_d, b_g)
+            tl.store(p_dx + j * d_o, b_d.to(p_dpre.dtype.element_ty), mask=m_bh & valid[:, None])
+            b_du += b_d * b_prev
+            b_db += b_d
+            b_h = b_prev
+        p_h += CHUNK * d_o
+        p_dx += CHUNK * d_o
         if HAS_DOUT:
-            b_c += tl.load(p_g, mask=m_bh, other=0).to(ACC)
-            p_g -= dt * s_do_t
-        b_d = tl.where(b_h > 0, b_c, 0.0)
+            p_g += CHUNK * d_g
         if HAS_MASK:
-            # A padding step is the identity on the state: its gradient passes straight through.
-            b_m = tl.load(p_m, mask=m_b, other=0) != 0
-            b_d = tl.where(b_m[:, None], b_d, 0.0)
-            b_c = tl.where(b_m[:, None], b_u[None, :] * b_d, b_c)
-            p_m -= dt * s_m_t
-        else:
-            b_c = b_u[None, :] * b_d
-        tl.store(p_dx, b_d.to(p_dpre.dtype.element_ty), mask=m_bh)
-        p_dx -= dt * s_out_t
-        b_du += b_d * b_prev
-        b_db += b_d
-        b_h = b_prev
+            p_m += CHUNK * d_m
     tl.store(p_dh0 + o_state, b_c.to(p_dh0.dtype.element_ty), mask=m_bh)
     # Per-row partials (every element written by exactly one program, whatever the tile), summed
     # over B by the caller with torch.sum: deterministic, no atomics.
@@ -314,8 +360,8 @@ def triton_backward(
     """Launch the backward kernel; fills grad_pre and grad_h0, returns (du, db) in fp32/fp64."""
     T, B, H = out.shape
     mask, s_m_t, s_m_b = _mask_arg(mask)
-    du = torch.empty_like(grad_h0)
-    db = torch.empty_like(grad_h0)
+    du = _alloc.empty(B, H, dtype=grad_h0.dtype, device=grad_h0.device)
+    db = _alloc.empty(B, H, dtype=grad_h0.dtype, device=grad_h0.device)
     s_do = grad_out.stride() if grad_out is not None else (0, 0, 0)
     _indrnn_bwd_kernel[_grid(B, H)](
         out, None if h0 is None else h0.contiguous(), weight_hh, mask,

@@ -1,0 +1,354 @@
+"""The fused op against the float64 reference: forward, h_n and all four gradients.
+
+Every test that takes the ``backend`` fixture runs twice: on the torch CPU path and on the Triton
+kernels through Triton's interpreter. All output buffers are filled with NaN before the kernels
+run (see ``poison``), so an element a kernel never writes fails the comparison.
+"""
+
+import itertools
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import indrnn_triton._alloc as alloc
+from indrnn_triton import fused_indrnn, indrnn_reference
+from indrnn_triton.op import _forward_op
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# Relative error (max |a - b| / max |b|) allowed per dtype, forward and gradients.
+TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
+SHAPES = [(1, 1, 1), (7, 3, 5), (33, 3, 130), (7, 1, 130)]  # (T, B, H): H not a block multiple
+
+
+@pytest.fixture(autouse=True)
+def poison(monkeypatch):
+    """Fill every buffer the op allocates with NaN, so unwritten elements fail the checks."""
+
+    def nan_empty(*args, **kwargs):
+        t = torch.empty(*args, **kwargs)
+        return t.fill_(math.nan) if t.dtype.is_floating_point else t
+
+    monkeypatch.setattr(alloc, "empty", nan_empty)
+
+
+def make_mask(kind, T, B, batch_first, dtype=torch.bool):
+    """Right or left padding with per-sequence lengths in [0, T] (length 0 included), or random."""
+    if kind is None:
+        return None
+    if kind == "random":
+        m = torch.rand(T, B) < 0.7
+    else:
+        lengths = torch.randint(0, T + 1, (B,))
+        lengths[0] = T
+        if B > 1:
+            lengths[-1] = 0 if T > 1 else T
+        steps = torch.arange(T)[:, None]
+        m = steps < lengths[None, :] if kind == "right" else steps >= (T - lengths)[None, :]
+    m = m.to(dtype)
+    return m.T.contiguous() if batch_first else m
+
+
+def make_inputs(T, B, H, dtype, *, h0, bias, batch_first, clip):
+    shape = (B, T, H) if batch_first else (T, B, H)
+    pre = torch.randn(shape).to(dtype)
+    # Some weights outside the clip range, some below the minimum, both signs.
+    u = (torch.rand(H) * 2.4 - 1.2).to(dtype)
+    b = (torch.randn(H) * 0.1).to(dtype) if bias else None
+    h = torch.rand(B, H).to(dtype) if h0 else None
+    kw = {}
+    if clip in ("max", "both"):
+        kw["recurrent_max_abs"] = 0.9
+    if clip == "both":
+        kw["recurrent_min_abs"] = 0.2
+    return pre, u, b, h, kw
+
+
+def rel_err(a, b):
+    a, b = a.double(), b.double()
+    scale = b.abs().max().clamp_min(1e-6)
+    return ((a - b).abs().max() / scale).item()
+
+
+def check_against_reference(pre, u, b, h0, *, mask=None, **kw):
+    dtype = pre.dtype
+    leaves = [t.clone().requires_grad_() if t is not None else None for t in (pre, u, b, h0)]
+    out, h_n = fused_indrnn(*leaves, mask=mask, **kw)
+    assert out.dtype == dtype and out.shape == pre.shape and out.is_contiguous()
+    assert h_n.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+
+    ref_leaves = [t.detach().double().requires_grad_() if t is not None else None for t in leaves]
+    ref_out, ref_hn = indrnn_reference(*ref_leaves, mask=mask, **kw)
+    tol = TOL[dtype]
+    assert rel_err(out, ref_out) < tol, "output"
+    assert rel_err(h_n, ref_hn) < tol, "h_n"
+
+    g_out = torch.randn_like(ref_out)
+    g_hn = torch.randn_like(ref_hn)
+    (out.double() * g_out).sum().add((h_n.double() * g_hn).sum()).backward()
+    (ref_out * g_out).sum().add((ref_hn * g_hn).sum()).backward()
+    for name, got, want in zip(("pre", "weight_hh", "bias", "h0"), leaves, ref_leaves):
+        if got is None:
+            continue
+        assert got.grad is not None and got.grad.dtype == got.dtype, name
+        assert torch.isfinite(got.grad).all(), name
+        assert rel_err(got.grad, want.grad) < tol, f"grad of {name}"
+
+
+# Flag combinations: every value of every flag appears, including the pairs that interact
+# (mask with reverse, mask with batch_first, clipping with h0).
+FLAGS = [
+    dict(h0=False, bias=False, mask=None, reverse=False, batch_first=False, clip=None),
+    dict(h0=True, bias=True, mask=None, reverse=False, batch_first=False, clip="max"),
+    dict(h0=True, bias=True, mask="right", reverse=False, batch_first=True, clip="both"),
+    dict(h0=False, bias=True, mask="left", reverse=True, batch_first=False, clip="max"),
+    dict(h0=True, bias=False, mask="random", reverse=True, batch_first=True, clip=None),
+    dict(h0=True, bias=True, mask="right", reverse=True, batch_first=False, clip="both"),
+]
+
+
+@pytest.mark.parametrize("flags", FLAGS, ids=lambda f: "-".join(f"{k}={v}" for k, v in f.items()))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}-B{}-H{}".format(*s))
+def test_matches_reference(backend, shape, dtype, flags):
+    T, B, H = shape
+    pre, u, b, h0, kw = make_inputs(T, B, H, dtype, h0=flags["h0"], bias=flags["bias"],
+                                    batch_first=flags["batch_first"], clip=flags["clip"])
+    mask = make_mask(flags["mask"], T, B, flags["batch_first"])
+    check_against_reference(pre, u, b, h0, mask=mask, reverse=flags["reverse"],
+                            batch_first=flags["batch_first"], **kw)
+
+
+@pytest.mark.parametrize(
+    "h0,bias,mask,reverse,batch_first,clip",
+    list(itertools.product([False, True], [False, True], [None, "right", "left", "random"],
+                           [False, True], [False, True], [None, "max", "both"])),
+)
+def test_every_flag_combination_float64(h0, bias, mask, reverse, batch_first, clip):
+    """The full product of flags on the CPU path, in float64 (tight tolerance)."""
+    T, B, H = 6, 3, 4
+    pre, u, b, h, kw = make_inputs(T, B, H, torch.float64, h0=h0, bias=bias,
+                                   batch_first=batch_first, clip=clip)
+    m = make_mask(mask, T, B, batch_first)
+    check_against_reference(pre, u, b, h, mask=m, reverse=reverse, batch_first=batch_first, **kw)
+
+
+@pytest.mark.parametrize("mask_dtype", [torch.uint8, torch.int32, torch.int64])
+def test_integer_mask_equals_bool_mask(backend, mask_dtype):
+    T, B, H = 9, 3, 5
+    pre, u, b, h0, _ = make_inputs(T, B, H, torch.float32, h0=True, bias=True,
+                                   batch_first=False, clip=None)
+    m = make_mask("left", T, B, False)
+    want = fused_indrnn(pre, u, b, h0, mask=m)
+    got = fused_indrnn(pre, u, b, h0, mask=m.to(mask_dtype))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_padding_carries_state_and_h_n_is_last_real_step(backend):
+    """Right-padded sequences: h_n equals the state after each sequence's last real step."""
+    T, B, H = 8, 3, 5
+    pre, u, b, _, _ = make_inputs(T, B, H, torch.float32, h0=False, bias=True,
+                                  batch_first=False, clip=None)
+    lengths = [8, 5, 1]
+    mask = torch.arange(T)[:, None] < torch.tensor(lengths)[None, :]
+    out, h_n = fused_indrnn(pre, u, b, mask=mask)
+    for i, n in enumerate(lengths):
+        alone, alone_hn = fused_indrnn(pre[:n, i : i + 1], u, b)
+        torch.testing.assert_close(out[:n, i : i + 1], alone)
+        torch.testing.assert_close(h_n[i], alone_hn[0])
+        # Padding repeats the carried state.
+        torch.testing.assert_close(out[n:, i], alone[-1, 0].expand(T - n, H))
+
+
+def test_strided_inputs_are_read_in_place(backend):
+    """Non-contiguous pre (a slice of a wider GEMM output, or a transposed tensor) and mask."""
+    T, B, H = 7, 3, 5
+    wide = torch.randn(T, B, 2 * H)
+    u, b = torch.rand(H), torch.randn(H)
+    mask = make_mask("random", B, T, False).T  # (T, B) view of a (B, T) tensor
+    for pre in (wide[..., H:], torch.randn(B, T, H).transpose(0, 1), wide[..., ::2]):
+        assert not pre.is_contiguous()
+        check_against_reference(pre, u, b, None, mask=mask, recurrent_max_abs=0.9)
+
+
+def test_gradcheck_float64(backend):
+    T, B, H = 4, 2, 3
+    pre, u, b, h0, kw = make_inputs(T, B, H, torch.float64, h0=True, bias=True,
+                                    batch_first=False, clip="both")
+    # Keep weights away from the clip boundaries, where the derivative jumps.
+    u = torch.tensor([0.5, -0.95, 0.1], dtype=torch.float64)
+    mask = make_mask("random", T, B, False)
+    args = [t.requires_grad_() for t in (pre, u, b, h0)]
+    assert torch.autograd.gradcheck(
+        lambda *a: fused_indrnn(*a, mask=mask, reverse=True, **kw), args
+    )
+
+
+def test_backward_is_deterministic(backend):
+    T, B, H = 9, 3, 70
+    pre, u, b, h0, kw = make_inputs(T, B, H, torch.float32, h0=True, bias=True,
+                                    batch_first=False, clip="max")
+    grads = []
+    for _ in range(2):
+        leaves = [t.clone().requires_grad_() for t in (pre, u, b, h0)]
+        out, h_n = fused_indrnn(*leaves, **kw)
+        (out.sin().sum() + h_n.cos().sum()).backward()
+        grads.append([t.grad for t in leaves])
+    for g1, g2 in zip(*grads):
+        assert torch.equal(g1, g2)
+
+
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_empty_sequence(backend, with_h0):
+    B, H = 3, 4
+    pre = torch.randn(0, B, H, requires_grad=True)
+    u = torch.rand(H, requires_grad=True)
+    h0 = torch.rand(B, H, requires_grad=True) if with_h0 else None
+    out, h_n = fused_indrnn(pre, u, None, h0)
+    assert out.shape == (0, B, H)
+    torch.testing.assert_close(h_n, h0 if with_h0 else torch.zeros(B, H), rtol=0, atol=0)
+    h_n.sum().backward()
+    assert torch.equal(u.grad, torch.zeros(H))
+    if with_h0:
+        assert torch.equal(h0.grad, torch.ones(B, H))
+
+
+def test_long_sequence_with_paper_clip_stays_finite():
+    """T = 100000 with |u| <= 2^(1/T), the papers' bound: no overflow over the whole sequence."""
+    T, B, H = 100_000, 2, 8
+    r = 2 ** (1 / T)
+    pre = torch.rand(T, B, H, requires_grad=True)
+    u = torch.full((H,), 1.5, requires_grad=True)  # clipped to r
+    out, h_n = fused_indrnn(pre, u, recurrent_max_abs=r)
+    assert torch.isfinite(out).all() and torch.isfinite(h_n).all()
+    # With u = r ~ 1 and positive inputs the state grows about linearly, not exponentially.
+    assert h_n.max() < 2 * T
+    out.sum().backward()
+    assert torch.isfinite(pre.grad).all()
+    assert torch.equal(u.grad, torch.zeros(H))  # every weight was clipped
+
+
+def test_h_n_keeps_float32_state_for_low_precision():
+    """h_n is the fp32 kernel state, not the rounded output."""
+    T, B, H = 5, 2, 3
+    pre = torch.randn(T, B, H) + 10
+    u = torch.full((H,), 0.999)
+    out, h_n = fused_indrnn(pre.bfloat16(), u)
+    assert h_n.dtype == torch.float32
+    ref_out, ref_hn = fused_indrnn(pre.bfloat16().float(), u)
+    torch.testing.assert_close(h_n, ref_hn)
+    assert not torch.equal(h_n, out[-1].float())
+
+
+def test_opcheck(backend):
+    T, B, H = 5, 3, 4
+    pre, u, b, h0, _ = make_inputs(T, B, H, torch.float32, h0=True, bias=True,
+                                   batch_first=False, clip=None)
+    mask = make_mask("random", T, B, False)
+    for args in [
+        (pre, u, b, h0, mask, 0.9, 0.1, True, False),
+        (pre.transpose(0, 1).contiguous(), u, None, None, None, None, 0.0, False, True),
+    ]:
+        args = tuple(a.requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point()
+                     else a for a in args)
+        torch.library.opcheck(_forward_op, args)
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    T, B, H = 6, 3, 5
+    pre, u, b, h0, _ = make_inputs(T, B, H, torch.float32, h0=True, bias=True,
+                                   batch_first=True, clip=None)
+    mask = make_mask("left", T, B, True)
+
+    def f(pre, u, b, h0):
+        out, h_n = fused_indrnn(pre, u, b, h0, mask=mask, batch_first=True,
+                                recurrent_max_abs=0.9)
+        return out.square().sum() + h_n.sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="inductor")
+    leaves_e = [t.clone().requires_grad_() for t in (pre, u, b, h0)]
+    leaves_c = [t.clone().requires_grad_() for t in (pre, u, b, h0)]
+    loss_e, loss_c = f(*leaves_e), compiled(*leaves_c)
+    torch.testing.assert_close(loss_c, loss_e)
+    loss_e.backward()
+    loss_c.backward()
+    for a, c in zip(leaves_e, leaves_c):
+        torch.testing.assert_close(c.grad, a.grad)
+
+
+@pytest.mark.parametrize("interpret", ["1", "0"])
+def test_triton_interpret_env_selects_the_kernels(interpret):
+    """TRITON_INTERPRET=1 before import sends CPU tensors through the Triton kernels."""
+    code = (
+        "import torch, indrnn_triton.op as op\n"
+        "from indrnn_triton import fused_indrnn, indrnn_reference\n"
+        "x, u = torch.randn(5, 2, 3), torch.rand(3)\n"
+        "torch.testing.assert_close(fused_indrnn(x, u)[0], indrnn_reference(x, u)[0])\n"
+        "print(op.cpu_uses_triton)\n"
+    )
+    env = {**os.environ, "TRITON_INTERPRET": interpret}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(__file__)), timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == str(interpret == "1")
+
+
+# ---------------------------------------------------------------------------- bad input
+
+T_, B_, H_ = 4, 2, 3
+
+
+def _good():
+    return dict(pre=torch.randn(T_, B_, H_), weight_hh=torch.rand(H_), bias=torch.rand(H_),
+                h0=torch.rand(B_, H_))
+
+
+@pytest.mark.parametrize(
+    "change,exc,match",
+    [
+        (dict(pre=torch.randn(T_, B_)), ValueError, "pre must have 3 dimensions"),
+        (dict(pre=[[1.0]]), TypeError, "pre must be a torch.Tensor"),
+        (dict(pre=torch.randint(0, 3, (T_, B_, H_))), TypeError, "pre must be float32"),
+        (dict(pre=torch.randn(T_, B_, H_, dtype=torch.complex64)), TypeError, "pre must be"),
+        (dict(weight_hh=torch.rand(H_ + 1)), ValueError, r"weight_hh must have shape \(H,\)"),
+        (dict(weight_hh=torch.rand(H_, H_)), ValueError, "weight_hh must have 1 dimensions"),
+        (dict(weight_hh=torch.ones(H_, dtype=torch.int64)), TypeError, "weight_hh must be"),
+        (dict(bias=torch.rand(H_ + 2)), ValueError, r"bias must have shape \(H,\)"),
+        (dict(bias=torch.rand(1, H_)), ValueError, "bias must have 1 dimensions"),
+        (dict(h0=torch.rand(B_ + 1, H_)), ValueError, r"h0 must have shape \(B, H\)"),
+        (dict(h0=torch.rand(B_, H_ + 1)), ValueError, r"h0 must have shape \(B, H\)"),
+        (dict(h0=torch.rand(B_)), ValueError, "h0 must have 2 dimensions"),
+        (dict(mask=torch.ones(B_, T_, dtype=torch.bool)), ValueError, r"mask must have shape"),
+        (dict(mask=torch.ones(T_, B_, 1, dtype=torch.bool)), ValueError, r"mask must have shape"),
+        (dict(mask=torch.ones(T_, B_)), TypeError, "mask must be bool or an integer"),
+        (dict(mask=torch.ones(T_, B_, dtype=torch.bool, device="meta")), ValueError,
+         "mask is on meta"),
+        (dict(weight_hh=torch.rand(H_, device="meta")), ValueError, "weight_hh is on meta"),
+        (dict(recurrent_max_abs=0.0), ValueError, "recurrent_max_abs must be > 0"),
+        (dict(recurrent_max_abs=-1.0), ValueError, "recurrent_max_abs must be > 0"),
+        (dict(recurrent_max_abs=math.inf), ValueError, "recurrent_max_abs must be finite"),
+        (dict(recurrent_max_abs=math.nan), ValueError, "recurrent_max_abs must be finite"),
+        (dict(recurrent_max_abs="2"), TypeError, "recurrent_max_abs must be a real number"),
+        (dict(recurrent_min_abs=-0.1), ValueError, "recurrent_min_abs must be >= 0"),
+        (dict(recurrent_min_abs=None), TypeError, "recurrent_min_abs must be a real number"),
+        (dict(recurrent_min_abs=2.0, recurrent_max_abs=1.0), ValueError,
+         r"recurrent_min_abs \(2.0\) must not exceed recurrent_max_abs \(1.0\)"),
+        (dict(reverse=1), TypeError, "reverse must be a bool"),
+        (dict(batch_first="yes"), TypeError, "batch_first must be a bool"),
+    ],
+)
+def test_bad_input_raises_clear_error(change, exc, match):
+    args = {**_good(), **change}
+    kwargs = {k: args.pop(k) for k in list(args) if k not in ("pre", "weight_hh", "bias", "h0")}
+    with pytest.raises(exc, match=match):
+        fused_indrnn(args["pre"], args["weight_hh"], args["bias"], args["h0"], **kwargs)
+
+
+def test_batch_first_mask_shape_is_checked():
+    pre = torch.randn(B_, T_, H_)
+    with pytest.raises(ValueError, match=r"mask must have shape \(B, T\) = \(2, 4\)"):
+        fused_indrnn(pre, torch.rand(H_), mask=torch.ones(T_, B_, dtype=torch.bool),
+                     batch_first=True)

@@ -6,8 +6,10 @@ autotune config and flag set, specialised exactly as a launch on contiguous (T, 
 would specialise it (16-byte aligned pointers, unit inner strides folded to constants). For each
 compiled kernel it reports:
 
-- registers, local memory (where ptxas puts spilled registers), stack and static shared memory,
-  from the cubin through Triton's bundled ``cuobjdump --dump-resource-usage``;
+- registers, stack frame, local memory and static shared memory, from the cubin through Triton's
+  bundled ``cuobjdump --dump-resource-usage``;
+- register spill stores and loads (bytes), from ``ptxas -v`` run on the PTX with the ptxas and
+  flags Triton uses (spills go to the stack frame, which the cubin does not break down);
 - the dynamic shared memory the launch requests (Triton's metadata);
 - every global load and store in the PTX with its width in bits (``ld.global.v4.b32`` = 128), so
   a reader sees whether the (T, B, H) streams are vectorised, and the shared-memory traffic and
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import subprocess
@@ -188,11 +191,17 @@ def _global_widths(ptx: str) -> dict:
 
 def _loop_bodies(ptx: str) -> str:
     """PTX text of the innermost loops: from each loop header label to its back branch."""
-    bodies = []
-    for m in re.finditer(r"^(\$L__\w+):\s*//.*Loop Header", ptx, re.MULTILINE):
-        end = ptx.find(f"bra.uni \t{m.group(1)};", m.end())
-        end = ptx.find(f"bra \t{m.group(1)};", m.end()) if end < 0 else end
-        bodies.append(ptx[m.end():end] if end > 0 else "")
+    lines, bodies = ptx.splitlines(), []
+    for i, line in enumerate(lines):
+        m = re.match(r"(\$L__\w+):", line)
+        if not m:
+            continue
+        notes = [line] + [x for x in lines[i + 1:i + 4] if x.strip().startswith("//")]
+        if not any("Loop Header" in x for x in notes):
+            continue
+        back = re.compile(rf"\bbra(?:\.uni)?\s+{re.escape(m.group(1))};")
+        end = next((j for j in range(i + 1, len(lines)) if back.search(lines[j])), i)
+        bodies += lines[i + 1:end + 1]
     return "\n".join(bodies)
 
 
@@ -214,7 +223,7 @@ def ptx_memory_ops(ptx: str) -> dict:
 
 
 def cubin_resources(cubin: bytes) -> dict:
-    """REG, LOCAL, STACK, SHARED of the cubin's one function, from cuobjdump."""
+    """REG, STACK, LOCAL, SHARED of the cubin's one function, from cuobjdump."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
@@ -227,10 +236,40 @@ def cubin_resources(cubin: bytes) -> dict:
         raise RuntimeError(f"no resource usage in cuobjdump output:\n{text}")
     return dict(
         registers=int(fields["REG"]),
-        spill_bytes=int(fields.get("LOCAL", 0)),
         stack_bytes=int(fields.get("STACK", 0)),
+        local_bytes=int(fields.get("LOCAL", 0)),
         shared_static=int(fields.get("SHARED", 0)),
     )
+
+
+def _ptxas(arch: int) -> str:
+    """The ptxas Triton itself uses for ``arch``."""
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        return get_ptxas(arch).path
+    except (ImportError, AttributeError):
+        return str(tool_dir() / "ptxas")
+
+
+def ptxas_spills(ptx: str, arch: int) -> dict:
+    """Spill stores/loads in bytes from ``ptxas -v`` on the PTX, with Triton's ptxas and flags
+    (spills live in the stack frame, so the cubin's LOCAL figure does not show them)."""
+    gpu = re.search(r"^\.target\s+(\w+)", ptx, re.MULTILINE).group(1)
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / "k.ptx"
+        src.write_text(ptx)
+        log = subprocess.run(
+            [_ptxas(arch), "-lineinfo", "-v", "--regAllocOptLevel=2", f"--gpu-name={gpu}",
+             str(src), "-o", str(Path(d) / "k.o")],
+            check=True, capture_output=True, text=True,
+        ).stderr
+    m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    regs = re.search(r"Used (\d+) registers", log)
+    if not (m and regs):
+        raise RuntimeError(f"no spill or register figures in ptxas -v output:\n{log}")
+    return dict(spill_store_bytes=int(m.group(1)), spill_load_bytes=int(m.group(2)),
+                ptxas_registers=int(regs.group(1)))
 
 
 def compile_one(kernel: str, arch: int, dtype: str, flags: str, config: dict) -> dict:
@@ -254,16 +293,19 @@ def compile_one(kernel: str, arch: int, dtype: str, flags: str, config: dict) ->
     )
     return dict(
         kernel=kernel, arch=f"sm_{arch}", dtype=dtype, flags=flags,
-        **config["kwargs"], num_warps=config["num_warps"], num_stages=config["num_stages"],
+        config=" ".join(f"{k}={v}" for k, v in config["kwargs"].items()), **config["kwargs"],
+        num_warps=config["num_warps"], num_stages=config["num_stages"],
         **cubin_resources(compiled.asm["cubin"]),
+        **ptxas_spills(compiled.asm["ptx"], arch),
         shared_dynamic=int(compiled.metadata.shared),
         **ptx_memory_ops(compiled.asm["ptx"]),
     )
 
 
 def kernel_configs(kernel: str, which: str = "all") -> list[dict]:
-    """The autotune configs of a kernel as plain dicts; ``representative``: the largest tile,
-    the tallest (most batch rows) and the smallest, each with its deepest pipeline."""
+    """The autotune configs of a kernel as plain dicts. ``representative``: the largest tile, the
+    tallest (most batch rows), the smallest, and the deepest (most steps in flight: the product
+    of the other integer parameters, e.g. CHUNK, and num_stages), which needs most registers."""
     if which not in CONFIG_SETS:
         raise ValueError(f"which must be one of {CONFIG_SETS}, got {which!r}")
     _, _, configs = _unwrap(_kernels()[kernel][0])
@@ -273,21 +315,21 @@ def kernel_configs(kernel: str, which: str = "all") -> list[dict]:
     ]
     if which == "all":
         return rows
-    size = lambda r: (r["kwargs"]["BLOCK_B"] * r["kwargs"]["BLOCK_H"], r["num_warps"])
-    deepest = lambda pick: max(
-        (r for r in rows if r["kwargs"] == pick["kwargs"] and r["num_warps"] == pick["num_warps"]),
-        key=lambda r: r["num_stages"],
-    )
+
+    def size(r):
+        return r["kwargs"]["BLOCK_B"] * r["kwargs"]["BLOCK_H"]
+
+    def depth(r):
+        other = [v for k, v in r["kwargs"].items() if k not in ("BLOCK_B", "BLOCK_H")]
+        return math.prod(v for v in other if isinstance(v, int)) * r["num_stages"]
+
     picks = [
-        max(rows, key=size),
-        max(rows, key=lambda r: (r["kwargs"]["BLOCK_B"], size(r))),
-        min(rows, key=size),
+        max(rows, key=lambda r: (size(r), depth(r), r["num_warps"])),
+        max(rows, key=lambda r: (r["kwargs"]["BLOCK_B"], size(r), depth(r))),
+        min(rows, key=lambda r: (size(r), -depth(r))),
+        max(rows, key=lambda r: (depth(r), size(r))),
     ]
-    unique = []
-    for r in map(deepest, picks):
-        if r not in unique:
-            unique.append(r)
-    return unique
+    return [r for i, r in enumerate(picks) if r not in picks[:i]]
 
 
 def report(
@@ -338,14 +380,15 @@ def _widths(counts: dict) -> str:
 
 def format_table(rows: list[dict]) -> str:
     """Markdown table, one row per compiled variant."""
-    head = ["kernel", "arch", "dtype", "flags", "BLOCK_B×H", "warps", "stages", "regs",
-            "spill B", "smem B", "global loads", "global stores", "loop loads", "loop stores",
+    head = ["kernel", "arch", "dtype", "flags", "config", "warps", "stages", "regs",
+            "spill st/ld B", "smem B", "global loads", "global stores", "loop loads", "loop stores",
             "loop smem ops/barriers"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [
-            r["kernel"], r["arch"], r["dtype"], r["flags"], f"{r['BLOCK_B']}×{r['BLOCK_H']}",
-            r["num_warps"], r["num_stages"], r["registers"], r["spill_bytes"],
+            r["kernel"], r["arch"], r["dtype"], r["flags"], r["config"],
+            r["num_warps"], r["num_stages"], r["registers"],
+            f"{r['spill_store_bytes']}/{r['spill_load_bytes']}",
             max(r["shared_dynamic"], r["shared_static"]), _widths(r["ld_global"]),
             _widths(r["st_global"]), _widths(r["loop_ld_global"]), _widths(r["loop_st_global"]),
             f"{r['loop_shared_ops']}/{r['loop_barriers']}",
@@ -367,8 +410,8 @@ def summary(rows: list[dict]) -> str:
             sts = sorted({b for r in sel for b in r["loop_st_global"]})
             out.append(
                 f"{k} {a}: {len(sel)} variants, registers {min(regs)}-{max(regs)}, "
-                f"max spill {max(r['spill_bytes'] for r in sel)} B, time-loop global load widths "
-                f"{lds} bits, store widths {sts} bits, time-loop barriers up to "
+                f"max spill stores {max(r['spill_store_bytes'] for r in sel)} B, time-loop global "
+                f"load widths {lds} bits, store widths {sts} bits, time-loop barriers up to "
                 f"{max(r['loop_barriers'] for r in sel)}"
             )
     return "\n".join(out)

@@ -37,12 +37,20 @@ def test_kernels_compile_for_sm80_sm90_without_spills(tmp_path):
                 sel = [r for r in rows
                        if (r["kernel"], r["arch"], r["dtype"]) == (kernel, arch, dtype)]
                 assert {r["flags"] for r in sel} == {"plain", "all"}, (kernel, arch, dtype)
-                for r in sel:
-                    assert r["registers"] > 0, r
-                    assert r["spill_bytes"] == 0, f"register spill: {r}"
-                    # The (T, B, H) streams move whole 64-bit or wider vectors in the time loop.
-                    assert max(map(int, r["loop_ld_global"])) >= 64, r
-                    assert max(map(int, r["loop_st_global"])) >= 64, r
+    for r in rows:
+        assert r["registers"] > 0, r
+        # The spill figures come from rerunning ptxas: it must have built the same binary.
+        assert r["ptxas_registers"] == r["registers"], r
+        # The (T, B, H) streams move 64-bit or wider vectors in the time loop.
+        assert max(map(int, r["loop_ld_global"])) >= 64, r
+        assert max(map(int, r["loop_st_global"])) >= 64, r
+    spilling = [
+        f"{r['kernel']} {r['arch']} {r['dtype']} flags={r['flags']} {r['config']} "
+        f"warps={r['num_warps']}: {r['registers']} registers, {r['spill_store_bytes']} B spill "
+        f"stores, {r['spill_load_bytes']} B spill loads"
+        for r in rows if r["spill_store_bytes"] or r["spill_load_bytes"]
+    ]
+    assert not spilling, "register spills:\n" + "\n".join(spilling)
 
 
 def test_report_refuses_interpreter_mode():

@@ -1,0 +1,166 @@
+"""The Triton kernels on a CUDA GPU against the float64 reference (run by benchmarks/gpu_check.sh).
+
+Run with TRITON_INTERPRET=0 exported (tests/conftest.py otherwise sets it to 1 and the kernels
+would be interpreted). Compiles are kept few: every test pins the autotuner to one config, except
+the config sweep, which runs each config once.
+"""
+
+import math
+
+import pytest
+import torch
+
+import indrnn_triton.op as op
+from indrnn_triton import fused_indrnn, indrnn_reference
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    pytest.mark.skipif(
+        op.triton_kernels is not None and op.triton_kernels.INTERPRET,
+        reason="TRITON_INTERPRET=1 interprets the kernels: export TRITON_INTERPRET=0",
+    ),
+]
+tk = op.triton_kernels
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+TOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 3e-2}
+FLAGS = {
+    "plain": {},
+    "h0": dict(h0=True),
+    "no_bias": dict(bias=False),
+    "mask_right": dict(mask="right"),
+    "mask_left": dict(mask="left"),
+    "reverse": dict(reverse=True),
+    "clip": dict(clip=True),
+    "batch_first": dict(batch_first=True),
+    "all": dict(h0=True, mask="right", reverse=True, clip=True, batch_first=True),
+}
+
+
+def _pin(monkeypatch, config):
+    """Make both kernels' autotuners use ``config`` only (no tuning run, one compile)."""
+    for kernel in (tk._indrnn_fwd_kernel, tk._indrnn_bwd_kernel):
+        tuner = kernel.fn
+        monkeypatch.setattr(tuner, "configs", [config])
+        monkeypatch.setattr(tuner, "cache", {})
+
+
+@pytest.fixture
+def pinned(monkeypatch):
+    import triton
+
+    _pin(monkeypatch, triton.Config({"BLOCK_B": 2, "BLOCK_H": 128}, num_warps=2, num_stages=2))
+
+
+def _mask(kind, T, B, device):
+    lengths = torch.randint(1, T + 1, (B,), device=device)
+    lengths[0] = T
+    steps = torch.arange(T, device=device)[:, None]
+    return steps < lengths if kind == "right" else steps >= T - lengths
+
+
+def _rel_err(a, b):
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-6)).item()
+
+
+def _check(dtype, T, B, H, f, *, grad=True, dev="cuda"):
+    g = torch.Generator(device=dev).manual_seed(0)
+    bf = f.get("batch_first", False)
+    shape = (B, T, H) if bf else (T, B, H)
+    pre = torch.randn(shape, device=dev, generator=g).to(dtype).requires_grad_()
+    u = (torch.rand(H, device=dev, generator=g) * 2.4 - 1.2).requires_grad_()
+    bias = (0.1 * torch.randn(H, device=dev, generator=g)).requires_grad_() \
+        if f.get("bias", True) else None
+    h0 = torch.rand(B, H, device=dev, generator=g).requires_grad_() if f.get("h0") else None
+    mask = None
+    if f.get("mask"):
+        mask = _mask(f["mask"], T, B, dev)
+        mask = mask.T.contiguous() if bf else mask
+    kw = dict(mask=mask, reverse=f.get("reverse", False), batch_first=bf,
+              recurrent_max_abs=1.0 if f.get("clip") else None,
+              recurrent_min_abs=0.1 if f.get("clip") else 0.0)
+    out, h_n = fused_indrnn(pre, u, bias, h0, **kw)
+    leaves = [t for t in (pre, u, bias, h0) if t is not None]
+    ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    it = iter(ref_leaves)
+    r_pre, r_u = next(it), next(it)
+    r_bias = next(it) if bias is not None else None
+    r_h0 = next(it) if h0 is not None else None
+    ref_out, ref_hn = indrnn_reference(r_pre, r_u, r_bias, r_h0, **kw)
+    assert out.dtype == dtype and h_n.dtype == torch.float32
+    assert torch.isfinite(out).all() and torch.isfinite(h_n).all()
+    tol = TOL[dtype]
+    assert _rel_err(out, ref_out) < tol
+    assert _rel_err(h_n, ref_hn) < tol
+    if not grad:
+        return
+    g_out = torch.randn(out.shape, device=dev, generator=g)
+    g_hn = torch.randn(h_n.shape, device=dev, generator=g)
+    grads = torch.autograd.grad((out.float() * g_out).sum() + (h_n * g_hn).sum(), leaves)
+    ref_grads = torch.autograd.grad(
+        (ref_out * g_out.double()).sum() + (ref_hn * g_hn.double()).sum(), ref_leaves)
+    for name, a, b in zip(("pre", "weight_hh", "bias", "h0"), grads, ref_grads, strict=False):
+        assert torch.isfinite(a).all(), name
+        assert _rel_err(a, b) < (tol if a.numel() < 4096 else 2 * tol), name
+
+
+@pytest.mark.parametrize("flags", list(FLAGS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_kernels_match_reference(pinned, dtype, flags):
+    _check(dtype, 33, 3, 130, FLAGS[flags])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_several_tiles_and_long_sequence(pinned, dtype):
+    _check(dtype, 300, 17, 1030, FLAGS["all"])
+
+
+def test_every_autotune_config(monkeypatch):
+    """Each config of the real (non-interpreter) list, with every flag on, in float32."""
+    for config in tk._configs():
+        _pin(monkeypatch, config)
+        _check(torch.float32, 7, 5, 300, FLAGS["all"])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_nan_poisoned_outputs_are_all_written(pinned, dtype):
+    """Fill every output buffer with NaN, launch the kernels directly, compare."""
+    T, B, H = 21, 5, 200
+    pre = torch.randn(T, B, H, device="cuda").to(dtype)
+    u, bias = torch.rand(H, device="cuda"), torch.randn(H, device="cuda")
+    h0 = torch.rand(B, H, device="cuda")
+    out = torch.full_like(pre, math.nan)
+    h_n = torch.full((B, H), math.nan, device="cuda")
+    tk.triton_forward(pre, u, bias, h0, None, None, 0.0, False, out, h_n)
+    ref_out, ref_hn = indrnn_reference(pre.double(), u.double(), bias.double(), h0.double())
+    assert _rel_err(out, ref_out) < TOL[dtype] and _rel_err(h_n, ref_hn) < TOL[dtype]
+    g = torch.randn(T, B, H, device="cuda").to(dtype)
+    grad_pre = torch.full_like(pre, math.nan)
+    grad_h0 = torch.full((B, H), math.nan, device="cuda")
+    du, db = tk.triton_backward(g, None, out, u, h0, None, None, 0.0, False, grad_pre, grad_h0)
+    for t in (grad_pre, grad_h0, du, db):
+        assert not t.isnan().any()
+
+
+def test_int64_offsets_over_2_pow_31_elements(pinned):
+    """T*B*H > 2^31 elements (bf16, 4.8 GB a tensor): rows at the far end of memory must be
+    right, which needs 64-bit offsets. Rows are independent, so a slice is checked."""
+    T, B, H = 9, 16384, 16400
+    assert T * B * H > 2**31
+    free, _ = torch.cuda.mem_get_info()
+    if free < 40 * 2**30:
+        pytest.skip(f"needs 40 GiB of free GPU memory, {free / 2**30:.0f} GiB free")
+    pre = torch.randn(T, B, H, device="cuda", dtype=torch.bfloat16).requires_grad_()
+    u = torch.rand(H, device="cuda", requires_grad=True)
+    out, h_n = fused_indrnn(pre, u)
+    g = torch.ones_like(out)
+    (grad_pre,) = torch.autograd.grad(out, (pre,), g)
+    rows = slice(B - 3, B)
+    ref_pre = pre.detach()[:, rows].double().requires_grad_()
+    ref_out, ref_hn = indrnn_reference(ref_pre, u.detach().double())
+    (ref_grad,) = torch.autograd.grad(ref_out, (ref_pre,), g[:, rows].double())
+    tol = TOL[torch.bfloat16]
+    assert _rel_err(out[:, rows], ref_out) < tol
+    assert _rel_err(h_n[rows], ref_hn) < tol
+    assert _rel_err(grad_pre[:, rows], ref_grad) < tol
+    assert torch.isfinite(grad_pre[-1]).all()

@@ -49,18 +49,19 @@ MIN_ELEMS = {"fwd": 2, "bwd": 3, "fwdbwd": 5, "copy": 2}
 TARGET_CASE = dict(T=1000, B=32, H=256, dtype="float32", mode="fwdbwd")
 
 # Grids: a sweep over T at a fixed B x H, and a sweep over B x H at a fixed T. Naive loops are
-# capped: naive_index at T^2 B H elements of gradient materialisation, both at a largest T.
+# capped (largest T and B x H; naive_index also at T^2 B H elements of gradient materialisation)
+# to keep a run within minutes.
 PRESETS = {
     "quick": dict(
         T_sweep=(100, 300, 1000, 3000), BH=(32, 256), T=1000,
         BH_sweep=((8, 128), (32, 256), (64, 512)), extra=(), budget_s=0.5,
-        naive_max_T=3000, naive_index_max_work=1000 * 1000 * 32 * 256,
+        naive_max_T=3000, naive_max_BH=64 * 512, naive_index_max_work=1000 * 1000 * 32 * 256,
     ),
     "gpu": dict(
         T_sweep=(256, 1024, 4096), BH=(64, 1024), T=1024,
         BH_sweep=((16, 1024), (64, 512), (64, 1024), (128, 1024), (256, 1024)),
-        extra=((64, 2048, 1024), (32, 1000, 256)), budget_s=0.2,
-        naive_max_T=1024, naive_index_max_work=1024 * 1024 * 64 * 1024,
+        extra=((64, 2048, 1024), (32, 1000, 256)), budget_s=0.1,
+        naive_max_T=1024, naive_max_BH=64 * 1024, naive_index_max_work=1024 * 1024 * 64 * 1024,
     ),
 }
 
@@ -97,6 +98,8 @@ def skip_reason(method: str, B: int, T: int, H: int, preset: dict) -> str | None
         return None
     if T > preset["naive_max_T"]:
         return f"T > {preset['naive_max_T']}"
+    if B * H > preset["naive_max_BH"]:
+        return f"B x H > {preset['naive_max_BH']}"
     if method == "naive_index" and T * T * B * H > preset["naive_index_max_work"]:
         return "T^2 B H over the naive_index cap"
     return None

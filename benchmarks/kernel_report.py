@@ -425,18 +425,19 @@ def main(argv=None) -> int:
     p.add_argument("--configs", default="all", choices=CONFIG_SETS)
     p.add_argument("--jobs", type=int, default=1, help="compile in this many processes")
     p.add_argument("--json", type=Path, help="also write the rows as JSON to this path")
+    p.add_argument("--md", type=Path, help="also write the table and summary to this path")
     args = p.parse_args(argv)
     try:
         rows = report(args.archs, args.dtypes, args.flags, args.configs, args.jobs, progress=True)
     except RuntimeError as e:
         print(f"kernel_report: {e}", file=sys.stderr)
         return 2
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=1))
-    print(format_table(rows))
-    print()
-    print(summary(rows))
+    text = f"{format_table(rows)}\n\n{summary(rows)}\n"
+    for path, content in ((args.json, json.dumps(rows, indent=1)), (args.md, text)):
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(content)
+    print(text, end="")
     return 0
 
 

@@ -112,6 +112,9 @@ def main(argv=None) -> int:
              for d in args.dtypes]
     rows: list[dict] = []
     env = environment(device)
+    for L in args.layers:  # first-call costs (imports, op registration) land outside the figures
+        for d in args.dtypes:
+            run_case(16, 4, grid["BH"][1], L, d, device, 0.01, models)
     for B, T, H, L, d in progress(cases, "bench_layer"):
         rows += run_case(B, T, H, L, d, device, grid["budget_s"], models)
         # Rewritten after every case, so a run cut short by a time limit keeps what it measured.

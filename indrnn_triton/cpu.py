@@ -26,7 +26,7 @@ def _step_masks(mask: Tensor | None, dtype: torch.dtype) -> list[Tensor] | None:
     return None if mask is None else (mask != 0).to(dtype).unsqueeze(-1).unbind(0)
 
 
-def cpu_forward(
+def _forward_one(
     x: Tensor,
     weight_hh: Tensor,
     bias: Tensor | None,
@@ -64,7 +64,7 @@ def cpu_forward(
     h_n.copy_(h)
 
 
-def cpu_backward(
+def _backward_one(
     grad_out: Tensor | None,
     grad_hn: Tensor | None,
     out: Tensor,
@@ -117,3 +117,43 @@ def cpu_backward(
             gps[t].copy_(d)
     grad_h0.copy_(c)
     return du.sum(0) * keep.to(acc), db.sum(0)
+
+
+def _split(t: Tensor | None, D: int) -> list[Tensor | None]:
+    """The D direction slices of a (..., D*H) tensor: strided views, never copies."""
+    if t is None:
+        return [None] * D
+    H = t.shape[-1] // D
+    return [t[..., d * H:(d + 1) * H] for d in range(D)]
+
+
+def _states(t: Tensor | None, D: int) -> list[Tensor | None]:
+    """D (B, H) states of a (B, H) or (D, B, H) tensor."""
+    return [None] * D if t is None else list(t.view(D, *t.shape[-2:]).unbind(0))
+
+
+def cpu_forward(x, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_min_abs, reverse,
+                out, h_n, D):
+    """Fill ``out`` (T, B, D*H view) and ``h_n`` (D states) in place; direction 1 runs
+    backwards in time. Same contract as ``triton_kernels.triton_forward``."""
+    for d, (x_d, u_d, b_d, h0_d, o_d, hn_d) in enumerate(zip(
+        _split(x, D), _split(weight_hh, D), _split(bias, D), _states(h0, D), _split(out, D),
+        _states(h_n, D),
+    )):
+        _forward_one(x_d, u_d, b_d, h0_d, mask, recurrent_max_abs, recurrent_min_abs,
+                     reverse or d == 1, o_d, hn_d)
+
+
+def cpu_backward(grad_out, grad_hn, out, weight_hh, h0, mask, recurrent_max_abs,
+                 recurrent_min_abs, reverse, grad_pre, grad_h0, D):
+    """Fill ``grad_pre`` and ``grad_h0`` in place and return (du, db), each (D*H,). Same
+    contract as ``triton_kernels.triton_backward``."""
+    parts = [
+        _backward_one(g_d, ghn_d, o_d, u_d, h0_d, mask, recurrent_max_abs, recurrent_min_abs,
+                      reverse or d == 1, gp_d, gh0_d)
+        for d, (g_d, ghn_d, o_d, u_d, h0_d, gp_d, gh0_d) in enumerate(zip(
+            _split(grad_out, D), _states(grad_hn, D), _split(out, D), _split(weight_hh, D),
+            _states(h0, D), _split(grad_pre, D), _states(grad_h0, D),
+        ))
+    ]
+    return torch.cat([du for du, _ in parts]), torch.cat([db for _, db in parts])

@@ -3,7 +3,7 @@
 - :func:`indrnn_recurrence` runs the fused recurrence over the pre-activations of one layer, one
   or two directions. Two directions run on the two strided halves of one (T, B, 2H) GEMM output
   and write the two halves of one preallocated (T, B, 2H) output: no flip, no concatenation, no
-  copy of a (T, B, H) tensor, forwards or backwards (see ``_bidirectional_forward`` below).
+  copy of a (T, B, H) tensor, forwards or backwards (the op's two-direction form).
 - :func:`indrnn_layer` is one whole layer: one GEMM for all steps and both directions, an
   optional normalisation of the pre-activations, then the recurrence (bias added in the kernel).
 - :func:`batch_norm_over_steps` is batch normalisation whose statistics cover real steps only.
@@ -19,167 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import op as _op
-from .op import _acc_dtype, _backend, _tbh, _validate, fused_indrnn
-
-# ----------------------------------------------------------------------------------------------
-# Two directions in one custom op.
-#
-# ``fused_indrnn`` allocates its own output, so two calls would leave two (T, B, H) outputs to be
-# concatenated (and their two (T, B, H) input gradients to be scattered into one (T, B, 2H)
-# gradient of the GEMM output). This op instead runs the same backends (CPU loop or Triton
-# kernels, both of which address every (T, B, H) operand through its strides) once per direction
-# on strided views: forward reads pre[..., :H] / pre[..., H:] and writes out[..., :H] /
-# out[..., H:] of one (T, B, 2H) buffer; backward writes the two halves of one (T, B, 2H)
-# gradient of pre, which is exactly the gradient the GEMM's backward consumes.
-# ----------------------------------------------------------------------------------------------
-
-
-def _halves(t: Tensor | None, H: int) -> tuple[Tensor | None, Tensor | None]:
-    """The forward and backward direction slices of a (..., 2H) tensor (or of None)."""
-    if t is None:
-        return None, None
-    return t[..., :H], t[..., H:]
-
-
-def _bidirectional_forward_impl(pre, weight_hh, bias, h0, mask, r_max, r_min, batch_first,
-                                use_triton):
-    x = _tbh(pre, batch_first)
-    T, B, H2 = x.shape
-    H = H2 // 2
-    out = torch.empty(pre.shape, dtype=pre.dtype, device=pre.device)
-    h_n = torch.empty(2, B, H, dtype=_acc_dtype(pre.dtype), device=pre.device)
-    if T == 0 or B == 0 or H == 0:
-        h_n.copy_(h0) if h0 is not None else h_n.zero_()
-        return out, h_n
-    forward, _ = _backend(pre.device, use_triton)
-    m = None if mask is None else _tbh(mask, batch_first)
-    outs, us, bs = _halves(_tbh(out, batch_first), H), _halves(weight_hh, H), _halves(bias, H)
-    for d, pre_d in enumerate(_halves(x, H)):
-        forward(pre_d, us[d], bs[d], None if h0 is None else h0[d], m, r_max, r_min, d == 1,
-                outs[d], h_n[d])
-    return out, h_n
-
-
-def _bidirectional_backward_impl(grad_out, grad_hn, out, weight_hh, h0, mask, r_max, r_min,
-                                 batch_first, use_triton):
-    o = _tbh(out, batch_first)
-    T, B, H2 = o.shape
-    H = H2 // 2
-    acc = _acc_dtype(out.dtype)
-    # The Triton backward writes grad_pre through the output's strides: same layout as ``out``.
-    grad_pre = torch.empty_like(out)
-    grad_h0 = torch.empty(2, B, H, dtype=acc, device=out.device)
-    du = torch.zeros(H2, dtype=acc, device=out.device)
-    db = torch.zeros(H2, dtype=acc, device=out.device)
-    if T == 0 or B == 0 or H == 0:
-        grad_h0.copy_(grad_hn) if grad_hn is not None else grad_h0.zero_()
-        grad_pre.zero_()
-        return grad_pre, du, db, grad_h0
-    _, backward = _backend(out.device, use_triton)
-    m = None if mask is None else _tbh(mask, batch_first)
-    gs = _halves(None if grad_out is None else _tbh(grad_out, batch_first), H)
-    gps, us = _halves(_tbh(grad_pre, batch_first), H), _halves(weight_hh, H)
-    for d, o_d in enumerate(_halves(o, H)):
-        du_d, db_d = backward(gs[d], None if grad_hn is None else grad_hn[d], o_d, us[d],
-                              None if h0 is None else h0[d], m, r_max, r_min, d == 1, gps[d],
-                              grad_h0[d])
-        du[d * H:(d + 1) * H] = du_d
-        db[d * H:(d + 1) * H] = db_d
-    return grad_pre, du, db, grad_h0
-
-
-@torch.library.custom_op("indrnn_triton::indrnn_bidirectional_forward", mutates_args=())
-def _bidirectional_forward(
-    pre: Tensor,
-    weight_hh: Tensor,
-    bias: Tensor | None,
-    h0: Tensor | None,
-    mask: Tensor | None,
-    recurrent_max_abs: float | None,
-    recurrent_min_abs: float,
-    batch_first: bool,
-) -> tuple[Tensor, Tensor]:
-    return _bidirectional_forward_impl(pre, weight_hh, bias, h0, mask, recurrent_max_abs,
-                                       recurrent_min_abs, batch_first, _op.cpu_uses_triton)
-
-
-@_bidirectional_forward.register_kernel("cuda")
-def _bidirectional_forward_cuda(pre, weight_hh, bias, h0, mask, recurrent_max_abs,
-                                recurrent_min_abs, batch_first):
-    return _bidirectional_forward_impl(pre, weight_hh, bias, h0, mask, recurrent_max_abs,
-                                       recurrent_min_abs, batch_first, True)
-
-
-@_bidirectional_forward.register_fake
-def _bidirectional_forward_fake(pre, weight_hh, bias, h0, mask, recurrent_max_abs,
-                                recurrent_min_abs, batch_first):
-    B, H2 = _tbh(pre, batch_first).shape[1:]
-    return torch.empty_like(pre, memory_format=torch.contiguous_format), pre.new_empty(
-        2, B, H2 // 2, dtype=_acc_dtype(pre.dtype)
-    )
-
-
-@torch.library.custom_op("indrnn_triton::indrnn_bidirectional_backward", mutates_args=())
-def _bidirectional_backward(
-    grad_out: Tensor | None,
-    grad_hn: Tensor | None,
-    out: Tensor,
-    weight_hh: Tensor,
-    h0: Tensor | None,
-    mask: Tensor | None,
-    recurrent_max_abs: float | None,
-    recurrent_min_abs: float,
-    batch_first: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _bidirectional_backward_impl(grad_out, grad_hn, out, weight_hh, h0, mask,
-                                        recurrent_max_abs, recurrent_min_abs, batch_first,
-                                        _op.cpu_uses_triton)
-
-
-@_bidirectional_backward.register_kernel("cuda")
-def _bidirectional_backward_cuda(grad_out, grad_hn, out, weight_hh, h0, mask, recurrent_max_abs,
-                                 recurrent_min_abs, batch_first):
-    return _bidirectional_backward_impl(grad_out, grad_hn, out, weight_hh, h0, mask,
-                                        recurrent_max_abs, recurrent_min_abs, batch_first, True)
-
-
-@_bidirectional_backward.register_fake
-def _bidirectional_backward_fake(grad_out, grad_hn, out, weight_hh, h0, mask, recurrent_max_abs,
-                                 recurrent_min_abs, batch_first):
-    B, H2 = _tbh(out, batch_first).shape[1:]
-    acc = _acc_dtype(out.dtype)
-    return (
-        torch.empty_like(out, memory_format=torch.contiguous_format),
-        out.new_empty(H2, dtype=acc),
-        out.new_empty(H2, dtype=acc),
-        out.new_empty(2, B, H2 // 2, dtype=acc),
-    )
-
-
-def _bidirectional_setup_context(ctx, inputs, output):
-    pre, weight_hh, bias, h0, mask, r_max, r_min, batch_first = inputs
-    ctx.save_for_backward(output[0], weight_hh, h0, mask)
-    ctx.flags = (r_max, r_min, batch_first)
-    ctx.bias_dtype = None if bias is None else bias.dtype
-
-
-def _bidirectional_grad(ctx, grad_out, grad_hn):
-    out, weight_hh, h0, mask = ctx.saved_tensors
-    grad_pre, du, db, dh0 = _bidirectional_backward(grad_out, grad_hn, out, weight_hh, h0, mask,
-                                                    *ctx.flags)
-    return (
-        grad_pre,
-        du.to(weight_hh.dtype),
-        None if ctx.bias_dtype is None else db.to(ctx.bias_dtype),
-        None if h0 is None else dh0.to(h0.dtype),
-        None, None, None, None,
-    )
-
-
-_bidirectional_forward.register_autograd(_bidirectional_grad,
-                                         setup_context=_bidirectional_setup_context)
-
+from .op import _forward_op, _tbh, _validate, fused_indrnn
 
 # ----------------------------------------------------------------------------------------------
 # Public functions.
@@ -254,7 +94,7 @@ def indrnn_recurrence(
     r_max, r_min = _validate(pre[..., :H], weight_hh[:H], None if bias is None else bias[:H],
                              None if h0 is None else h0[0], mask, recurrent_max_abs,
                              recurrent_min_abs, False, batch_first)
-    return _bidirectional_forward(pre, weight_hh, bias, h0, mask, r_max, r_min, batch_first)
+    return _forward_op(pre, weight_hh, bias, h0, mask, r_max, r_min, False, batch_first, True)
 
 
 def indrnn_layer(
@@ -341,24 +181,22 @@ def batch_norm_over_steps(
     the IndRNN layer's bias, added right after, is the shift). Padding positions are
     normalised too (their values are ignored by the recurrence).
     """
-    if training or running_mean is None:
-        acc = torch.promote_types(x.dtype, torch.float32)
-        if mask is None:
-            n = x.new_tensor(x.shape[0] * x.shape[1], dtype=acc)
-            mean = x.sum((0, 1), dtype=acc) / n
-            var = (x - mean).square().sum((0, 1)) / n
-        else:
-            m = (mask != 0).unsqueeze(-1)
-            n = m.sum(dtype=acc).clamp(min=1)
-            mean = torch.where(m, x, 0).sum((0, 1), dtype=acc) / n
-            var = torch.where(m, (x - mean).square(), 0).sum((0, 1)) / n
-        if training and running_mean is not None:
-            with torch.no_grad():
-                running_mean.lerp_(mean.to(running_mean.dtype), momentum)
-                unbiased = var * (n / (n - 1).clamp(min=1))
-                running_var.lerp_(unbiased.to(running_var.dtype), momentum)
-    else:
-        mean, var = running_mean, running_var
+    use_batch = training or running_mean is None
+    if mask is None or not use_batch:
+        # Every step is real, or the running statistics are used: torch's fused batch norm.
+        flat = F.batch_norm(x.flatten(0, 1), running_mean, running_var, weight, None, use_batch,
+                            momentum, eps)
+        return flat.view(x.shape)
+    acc = torch.promote_types(x.dtype, torch.float32)
+    m = (mask != 0).unsqueeze(-1)
+    n = m.sum(dtype=acc).clamp(min=1)
+    mean = torch.where(m, x, 0).sum((0, 1), dtype=acc) / n
+    var = torch.where(m, (x - mean).square(), 0).sum((0, 1)) / n
+    if running_mean is not None:
+        with torch.no_grad():
+            running_mean.lerp_(mean.to(running_mean.dtype), momentum)
+            unbiased = var * (n / (n - 1).clamp(min=1))
+            running_var.lerp_(unbiased.to(running_var.dtype), momentum)
     scale = torch.rsqrt(var + eps)
     if weight is not None:
         scale = scale * weight

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -269,6 +270,11 @@ class IndRNN(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be a probability in [0, 1), got {dropout}")
         self.dropout = dropout
+        if dropout > 0 and self.num_layers == 1:
+            warnings.warn(
+                f"dropout={dropout} has no effect with num_layers=1: it applies between layers",
+                stacklevel=2,
+            )
         self.recurrent_max_abs, self.recurrent_min_abs = _clip_bounds(recurrent_max_abs,
                                                                       recurrent_min_abs)
         if norm not in _NORMS:

@@ -49,40 +49,52 @@ def _backend(device: torch.device, use_triton: bool):
     return triton_kernels.triton_forward, triton_kernels.triton_backward
 
 
-def _forward_impl(pre, weight_hh, bias, h0, mask, r_max, r_min, reverse, batch_first, use_triton):
+def _state_shape(B: int, H: int, D: int) -> tuple[int, ...]:
+    return (2, B, H) if D == 2 else (B, H)
+
+
+def _forward_impl(pre, weight_hh, bias, h0, mask, r_max, r_min, reverse, batch_first,
+                  bidirectional, use_triton):
+    D = 2 if bidirectional else 1
     x = _tbh(pre, batch_first)
-    T, B, H = x.shape
+    T, B, H = x.shape[0], x.shape[1], x.shape[2] // D
     out = _alloc.empty(pre.shape, dtype=pre.dtype, device=pre.device)
-    h_n = _alloc.empty(B, H, dtype=_acc_dtype(pre.dtype), device=pre.device)
+    h_n = _alloc.empty(_state_shape(B, H, D), dtype=_acc_dtype(pre.dtype), device=pre.device)
     if T == 0 or B == 0 or H == 0:
         h_n.copy_(h0) if h0 is not None else h_n.zero_()
         return out, h_n
     forward, _ = _backend(pre.device, use_triton)
     m = None if mask is None else _tbh(mask, batch_first)
-    forward(x, weight_hh, bias, h0, m, r_max, r_min, reverse, _tbh(out, batch_first), h_n)
+    # Each direction reads and writes its own strided half: no flip, no concatenation.
+    forward(x, weight_hh, bias, h0, m, r_max, r_min, reverse, _tbh(out, batch_first), h_n, D)
     return out, h_n
 
 
 def _backward_impl(grad_out, grad_hn, out, weight_hh, h0, mask, r_max, r_min, reverse,
-                   batch_first, use_triton):
+                   batch_first, bidirectional, use_triton):
+    D = 2 if bidirectional else 1
     o = _tbh(out, batch_first)
-    T, B, H = o.shape
+    T, B, H = o.shape[0], o.shape[1], o.shape[2] // D
     acc = _acc_dtype(out.dtype)
     grad_pre = _alloc.empty(out.shape, dtype=out.dtype, device=out.device)
-    grad_h0 = _alloc.empty(B, H, dtype=acc, device=out.device)
+    grad_h0 = _alloc.empty(_state_shape(B, H, D), dtype=acc, device=out.device)
     if T == 0 or B == 0 or H == 0:
         grad_h0.copy_(grad_hn) if grad_hn is not None else grad_h0.zero_()
         grad_pre.zero_()
-        zeros = torch.zeros(H, dtype=acc, device=out.device)
+        zeros = torch.zeros(D * H, dtype=acc, device=out.device)
         return grad_pre, zeros, zeros.clone(), grad_h0
     _, backward = _backend(out.device, use_triton)
     g = None if grad_out is None else _tbh(grad_out, batch_first)
     m = None if mask is None else _tbh(mask, batch_first)
     du, db = backward(g, grad_hn, o, weight_hh, h0, m, r_max, r_min, reverse,
-                      _tbh(grad_pre, batch_first), grad_h0)
+                      _tbh(grad_pre, batch_first), grad_h0, D)
     return grad_pre, du, db, grad_h0
 
 
+# The custom ops cover one direction, or two (``bidirectional``: pre (T, B, 2H), the second half
+# running from T-1 down to 0, h0/h_n (2, B, H)) so that a bidirectional layer writes both halves
+# of one output and one input gradient. ``fused_indrnn`` exposes the one-direction form;
+# ``functional.indrnn_recurrence`` the two-direction one.
 @torch.library.custom_op("indrnn_triton::indrnn_forward", mutates_args=())
 def _forward_op(
     pre: Tensor,
@@ -94,24 +106,24 @@ def _forward_op(
     recurrent_min_abs: float,
     reverse: bool,
     batch_first: bool,
+    bidirectional: bool,
 ) -> tuple[Tensor, Tensor]:
     return _forward_impl(pre, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_min_abs,
-                         reverse, batch_first, use_triton=cpu_uses_triton)
+                         reverse, batch_first, bidirectional, use_triton=cpu_uses_triton)
 
 
 @_forward_op.register_kernel("cuda")
-def _forward_cuda(pre, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_min_abs, reverse,
-                  batch_first):
-    return _forward_impl(pre, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_min_abs,
-                         reverse, batch_first, use_triton=True)
+def _forward_cuda(*args):
+    return _forward_impl(*args, use_triton=True)
 
 
 @_forward_op.register_fake
 def _forward_fake(pre, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_min_abs, reverse,
-                  batch_first):
-    B, H = _tbh(pre, batch_first).shape[1:]
+                  batch_first, bidirectional):
+    D = 2 if bidirectional else 1
+    T, B, DH = _tbh(pre, batch_first).shape
     return torch.empty_like(pre, memory_format=torch.contiguous_format), pre.new_empty(
-        B, H, dtype=_acc_dtype(pre.dtype)
+        _state_shape(B, DH // D, D), dtype=_acc_dtype(pre.dtype)
     )
 
 
@@ -127,37 +139,38 @@ def _backward_op(
     recurrent_min_abs: float,
     reverse: bool,
     batch_first: bool,
+    bidirectional: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return _backward_impl(grad_out, grad_hn, out, weight_hh, h0, mask, recurrent_max_abs,
-                          recurrent_min_abs, reverse, batch_first, use_triton=cpu_uses_triton)
+                          recurrent_min_abs, reverse, batch_first, bidirectional,
+                          use_triton=cpu_uses_triton)
 
 
 @_backward_op.register_kernel("cuda")
-def _backward_cuda(grad_out, grad_hn, out, weight_hh, h0, mask, recurrent_max_abs,
-                   recurrent_min_abs, reverse, batch_first):
-    return _backward_impl(grad_out, grad_hn, out, weight_hh, h0, mask, recurrent_max_abs,
-                          recurrent_min_abs, reverse, batch_first, use_triton=True)
+def _backward_cuda(*args):
+    return _backward_impl(*args, use_triton=True)
 
 
 @_backward_op.register_fake
 def _backward_fake(grad_out, grad_hn, out, weight_hh, h0, mask, recurrent_max_abs,
-                   recurrent_min_abs, reverse, batch_first):
-    B, H = _tbh(out, batch_first).shape[1:]
+                   recurrent_min_abs, reverse, batch_first, bidirectional):
+    D = 2 if bidirectional else 1
+    T, B, DH = _tbh(out, batch_first).shape
     acc = _acc_dtype(out.dtype)
     return (
         torch.empty_like(out, memory_format=torch.contiguous_format),
-        out.new_empty(H, dtype=acc),
-        out.new_empty(H, dtype=acc),
-        out.new_empty(B, H, dtype=acc),
+        out.new_empty(DH, dtype=acc),
+        out.new_empty(DH, dtype=acc),
+        out.new_empty(_state_shape(B, DH // D, D), dtype=acc),
     )
 
 
 def _setup_context(ctx, inputs, output):
-    pre, weight_hh, bias, h0, mask, r_max, r_min, reverse, batch_first = inputs
+    pre, weight_hh, bias, h0, mask, r_max, r_min, reverse, batch_first, bidirectional = inputs
     out, _ = output
     # The ReLU derivative is [h > 0], so the output and h0 are all the activations kept.
     ctx.save_for_backward(out, weight_hh, h0, mask)
-    ctx.flags = (r_max, r_min, reverse, batch_first)
+    ctx.flags = (r_max, r_min, reverse, batch_first, bidirectional)
     ctx.bias_dtype = None if bias is None else bias.dtype
 
 
@@ -169,7 +182,7 @@ def _backward(ctx, grad_out, grad_hn):
         du.to(weight_hh.dtype),
         None if ctx.bias_dtype is None else db.to(ctx.bias_dtype),
         None if h0 is None else dh0.to(h0.dtype),
-        None, None, None, None, None,
+        None, None, None, None, None, None,
     )
 
 
@@ -302,4 +315,5 @@ def fused_indrnn(
     """
     r_max, r_min = _validate(pre, weight_hh, bias, h0, mask, recurrent_max_abs,
                              recurrent_min_abs, reverse, batch_first)
-    return _forward_op(pre, weight_hh, bias, h0, mask, r_max, r_min, reverse, batch_first)
+    return _forward_op(pre, weight_hh, bias, h0, mask, r_max, r_min, reverse, batch_first,
+                       False)

@@ -22,22 +22,28 @@ from . import _alloc
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-def _configs() -> list[triton.Config]:
+def _configs(backward: bool) -> list[triton.Config]:
     if INTERPRET:
         # The interpreter costs per program and per step, not per element: a small tile that
         # still splits B and H into several partial blocks, and a chunk that leaves a tail.
         return [triton.Config({"BLOCK_B": 2, "BLOCK_H": 64, "CHUNK": 4}, num_warps=1)]
     # (BLOCK_B, BLOCK_H, num_warps, CHUNK): 4 or 8 elements per thread (one 16-byte vector for
     # fp32 or bf16), and CHUNK steps of loads in flight per program.
+    # (1, 256, 2, 8) and (1, 512, 4, 8) are left out: ptxas spills 8 bytes of the masked forward
+    # for sm_80 at those shapes (benchmarks/kernel_report.py shows registers and spills).
     tiles = [
-        (1, 128, 1, 8), (1, 128, 1, 16), (1, 256, 1, 8), (1, 256, 2, 8), (1, 256, 2, 16),
-        (1, 512, 2, 8), (1, 512, 4, 8), (1, 512, 4, 16), (1, 1024, 4, 8), (2, 128, 2, 8),
-        (2, 256, 4, 8), (4, 128, 4, 8),
+        (1, 128, 1, 8), (1, 128, 1, 16), (1, 256, 1, 8), (1, 256, 2, 16), (1, 512, 2, 8),
+        (1, 512, 4, 16), (1, 1024, 4, 8), (2, 128, 2, 8), (2, 256, 4, 8), (4, 128, 4, 8),
     ]
-    return [
-        triton.Config({"BLOCK_B": bb, "BLOCK_H": bh, "CHUNK": c}, num_warps=w, num_stages=1)
-        for bb, bh, w, c in tiles
-    ]
+    configs = []
+    for bb, bh, w, chunk in tiles:
+        # The backward keeps two tiles per step in flight (output and its gradient): with 8
+        # elements per thread, 8 steps of those spill on sm_80, so it prefetches 4.
+        if backward and bb * bh // (32 * w) > 4:
+            chunk = 4
+        meta = {"BLOCK_B": bb, "BLOCK_H": bh, "CHUNK": chunk}
+        configs.append(triton.Config(meta, num_warps=w, num_stages=1))
+    return configs
 
 
 def _prune(configs, named_args, **kwargs):
@@ -46,6 +52,9 @@ def _prune(configs, named_args, **kwargs):
     limit = max(128, triton.next_power_of_2(H))
     kept = [c for c in configs if c.kwargs["BLOCK_H"] <= limit]
     return kept or configs[:1]
+
+
+_PRUNE = {"early_config_prune": _prune}
 
 
 _HEURISTICS = {
@@ -79,7 +88,7 @@ def _i64(x):
 
 
 @triton.heuristics({**_HEURISTICS, "HAS_BIAS": lambda a: a["p_b"] is not None})
-@triton.autotune(configs=_configs(), key=["H"], prune_configs_by={"early_config_prune": _prune})
+@triton.autotune(configs=_configs(backward=False), key=["H"], prune_configs_by=_PRUNE)
 @triton.jit(do_not_specialize=["T"])
 def _indrnn_fwd_kernel(
     p_pre,  # pre-activations W x, (T, B, H) through strides s_pre_*
@@ -111,37 +120,40 @@ def _indrnn_fwd_kernel(
     ACC = tl.float64 if ACC_F64 else tl.float32
     i_b = tl.program_id(0)
     i_h = tl.program_id(1)
+    i_d = tl.program_id(2)  # direction; 1 = the second half of a bidirectional layer
     o_b = (i_b * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
     o_h = (i_h * BLOCK_H + tl.arange(0, BLOCK_H)).to(tl.int64)
     m_b = o_b < B
     m_h = o_h < H
+    o_f = _i64(i_d) * H + o_h  # feature index along the D*H axis of pre, out, u and bias
+    o_s = _i64(i_d) * B * H  # start of this direction's (B, H) state
+    # The second direction, or REVERSE, walks time from T-1 down to 0.
+    if REVERSE:
+        rev = 1 - _i64(i_d)
+    else:
+        rev = _i64(i_d)
     m_bh = m_b[:, None] & m_h[None, :]
 
-    b_u = tl.load(p_u + o_h, mask=m_h, other=0).to(ACC)
+    b_u = tl.load(p_u + o_f, mask=m_h, other=0).to(ACC)
     b_u, _ = _clip(b_u, r_max, r_min, CLIP_MAX, CLIP_MIN)
     if HAS_BIAS:
-        b_bias = tl.load(p_b + o_h, mask=m_h, other=0).to(ACC)
+        b_bias = tl.load(p_b + o_f, mask=m_h, other=0).to(ACC)
     else:
         b_bias = tl.zeros([BLOCK_H], dtype=ACC)
     if HAS_H0:
-        b_h = tl.load(p_h0 + o_b[:, None] * H + o_h[None, :], mask=m_bh, other=0).to(ACC)
+        b_h = tl.load(p_h0 + o_s + o_b[:, None] * H + o_h[None, :], mask=m_bh, other=0).to(ACC)
     else:
         b_h = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
 
     # Time is walked through pointers that move one (signed, int64) stride per step, starting at
-    # t = T-1 for REVERSE, so no t * stride product can overflow and memory is never flipped.
-    if REVERSE:
-        t0 = _i64(T - 1)
-        d_x = -_i64(s_pre_t)
-        d_o = -_i64(s_out_t)
-        d_m = -_i64(s_m_t)
-    else:
-        t0 = _i64(0)
-        d_x = _i64(s_pre_t)
-        d_o = _i64(s_out_t)
-        d_m = _i64(s_m_t)
-    p_x = p_pre + t0 * s_pre_t + o_b[:, None] * s_pre_b + o_h[None, :] * s_pre_h
-    p_o = p_out + t0 * s_out_t + o_b[:, None] * s_out_b + o_h[None, :] * s_out_h
+    # t = T-1 when reversed, so no t * stride product can overflow and memory is never flipped.
+    t0 = rev * (T - 1)
+    sgn = 1 - 2 * rev
+    d_x = sgn * s_pre_t
+    d_o = sgn * s_out_t
+    d_m = sgn * s_m_t
+    p_x = p_pre + t0 * s_pre_t + o_b[:, None] * s_pre_b + o_f[None, :] * s_pre_h
+    p_o = p_out + t0 * s_out_t + o_b[:, None] * s_out_b + o_f[None, :] * s_out_h
     if HAS_MASK:
         p_m = p_mask + t0 * s_m_t + o_b * s_m_b
     for i in range(0, T, CHUNK):
@@ -166,7 +178,8 @@ def _indrnn_fwd_kernel(
         p_o += CHUNK * d_o
         if HAS_MASK:
             p_m += CHUNK * d_m
-    tl.store(p_hn + o_b[:, None] * H + o_h[None, :], b_h.to(p_hn.dtype.element_ty), mask=m_bh)
+    o_state = o_s + o_b[:, None] * H + o_h[None, :]
+    tl.store(p_hn + o_state, b_h.to(p_hn.dtype.element_ty), mask=m_bh)
 
 
 @triton.heuristics(
@@ -176,7 +189,7 @@ def _indrnn_fwd_kernel(
         "HAS_DHN": lambda a: a["p_dhn"] is not None,
     }
 )
-@triton.autotune(configs=_configs(), key=["H"], prune_configs_by={"early_config_prune": _prune})
+@triton.autotune(configs=_configs(backward=True), key=["H"], prune_configs_by=_PRUNE)
 @triton.jit(do_not_specialize=["T"])
 def _indrnn_bwd_kernel(
     p_out,  # forward output h, (T, B, H) through strides s_out_*
@@ -212,14 +225,22 @@ def _indrnn_bwd_kernel(
     ACC = tl.float64 if ACC_F64 else tl.float32
     i_b = tl.program_id(0)
     i_h = tl.program_id(1)
+    i_d = tl.program_id(2)  # direction; 1 = the second half of a bidirectional layer
     o_b = (i_b * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
     o_h = (i_h * BLOCK_H + tl.arange(0, BLOCK_H)).to(tl.int64)
     m_b = o_b < B
     m_h = o_h < H
+    o_f = _i64(i_d) * H + o_h  # feature index along the D*H axis of pre, out, u and bias
+    o_s = _i64(i_d) * B * H  # start of this direction's (B, H) state
+    # The second direction, or REVERSE, walks time from T-1 down to 0.
+    if REVERSE:
+        rev = 1 - _i64(i_d)
+    else:
+        rev = _i64(i_d)
     m_bh = m_b[:, None] & m_h[None, :]
-    o_state = o_b[:, None] * H + o_h[None, :]
+    o_state = o_s + o_b[:, None] * H + o_h[None, :]
 
-    b_u = tl.load(p_u + o_h, mask=m_h, other=0).to(ACC)
+    b_u = tl.load(p_u + o_f, mask=m_h, other=0).to(ACC)
     b_u, b_keep = _clip(b_u, r_max, r_min, CLIP_MAX, CLIP_MIN)
     if HAS_H0:
         b_h0 = tl.load(p_h0 + o_state, mask=m_bh, other=0).to(ACC)
@@ -237,21 +258,16 @@ def _indrnn_bwd_kernel(
     # before a step is the output of the step before it (h0 for the first step); it is kept for
     # the next iteration, where it is the current output, so each output element is read once.
     # Pointers move one signed int64 stride per step, backwards through processing order.
-    if REVERSE:
-        t_last = _i64(0)
-        d_o = _i64(s_out_t)
-        d_g = _i64(s_do_t)
-        d_m = _i64(s_m_t)
-    else:
-        t_last = _i64(T - 1)
-        d_o = -_i64(s_out_t)
-        d_g = -_i64(s_do_t)
-        d_m = -_i64(s_m_t)
-    o_out = o_b[:, None] * s_out_b + o_h[None, :] * s_out_h
+    t_last = (1 - rev) * (T - 1)
+    sgn = 2 * rev - 1
+    d_o = sgn * s_out_t
+    d_g = sgn * s_do_t
+    d_m = sgn * s_m_t
+    o_out = o_b[:, None] * s_out_b + o_f[None, :] * s_out_h
     p_h = p_out + t_last * s_out_t + o_out
     p_dx = p_dpre + t_last * s_out_t + o_out
     if HAS_DOUT:
-        p_g = p_dout + t_last * s_do_t + o_b[:, None] * s_do_b + o_h[None, :] * s_do_h
+        p_g = p_dout + t_last * s_do_t + o_b[:, None] * s_do_b + o_f[None, :] * s_do_h
     if HAS_MASK:
         p_m = p_mask + t_last * s_m_t + o_b * s_m_b
     b_h = tl.load(p_h, mask=m_bh, other=0).to(ACC)
@@ -308,8 +324,8 @@ def _clip_args(recurrent_max_abs: float | None, recurrent_min_abs: float) -> dic
     )
 
 
-def _grid(B: int, H: int):
-    return lambda meta: (triton.cdiv(B, meta["BLOCK_B"]), triton.cdiv(H, meta["BLOCK_H"]))
+def _grid(B: int, H: int, D: int):
+    return lambda meta: (triton.cdiv(B, meta["BLOCK_B"]), triton.cdiv(H, meta["BLOCK_H"]), D)
 
 
 def _mask_arg(mask: Tensor | None) -> tuple[Tensor | None, int, int]:
@@ -319,6 +335,10 @@ def _mask_arg(mask: Tensor | None) -> tuple[Tensor | None, int, int]:
     if mask.dtype == torch.bool:
         mask = mask.view(torch.uint8)
     return mask, mask.stride(0), mask.stride(1)
+
+
+def _state(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.contiguous()
 
 
 def triton_forward(
@@ -332,12 +352,17 @@ def triton_forward(
     reverse: bool,
     out: Tensor,
     h_n: Tensor,
+    D: int,
 ) -> None:
-    """Launch the forward kernel. ``x``, ``out``: (T, B, H) views; ``mask``: (T, B) view."""
-    T, B, H = x.shape
+    """Launch the forward kernel over D directions at once (a third grid axis).
+
+    ``x``, ``out``: (T, B, D*H) views; ``weight_hh``, ``bias``: (D*H,); ``h0``, ``h_n``: D
+    contiguous (B, H) states; ``mask``: (T, B) view. Direction 1 runs from T-1 down to 0.
+    """
+    T, B, H = x.shape[0], x.shape[1], x.shape[2] // D
     mask, s_m_t, s_m_b = _mask_arg(mask)
-    _indrnn_fwd_kernel[_grid(B, H)](
-        x, weight_hh, bias, None if h0 is None else h0.contiguous(), mask, out, h_n,
+    _indrnn_fwd_kernel[_grid(B, H, D)](
+        x, weight_hh, bias, _state(h0), mask, out, h_n,
         T, B, H,
         *x.stride(), *out.stride(), s_m_t, s_m_b,
         REVERSE=reverse, **_clip_args(recurrent_max_abs, recurrent_min_abs),
@@ -356,19 +381,20 @@ def triton_backward(
     reverse: bool,
     grad_pre: Tensor,
     grad_h0: Tensor,
+    D: int,
 ) -> tuple[Tensor, Tensor]:
-    """Launch the backward kernel; fills grad_pre and grad_h0, returns (du, db) in fp32/fp64."""
-    T, B, H = out.shape
+    """Launch the backward kernel over D directions; fills grad_pre and grad_h0 and returns
+    (du, db), each (D*H,) in the accumulation dtype."""
+    T, B, H = out.shape[0], out.shape[1], out.shape[2] // D
     mask, s_m_t, s_m_b = _mask_arg(mask)
-    du = _alloc.empty(B, H, dtype=grad_h0.dtype, device=grad_h0.device)
-    db = _alloc.empty(B, H, dtype=grad_h0.dtype, device=grad_h0.device)
+    du = _alloc.empty(D, B, H, dtype=grad_h0.dtype, device=grad_h0.device)
+    db = _alloc.empty(D, B, H, dtype=grad_h0.dtype, device=grad_h0.device)
     s_do = grad_out.stride() if grad_out is not None else (0, 0, 0)
-    _indrnn_bwd_kernel[_grid(B, H)](
-        out, None if h0 is None else h0.contiguous(), weight_hh, mask,
-        grad_out, None if grad_hn is None else grad_hn.contiguous(),
+    _indrnn_bwd_kernel[_grid(B, H, D)](
+        out, _state(h0), weight_hh, mask, grad_out, _state(grad_hn),
         grad_pre, grad_h0, du, db,
         T, B, H,
         *out.stride(), *s_do, s_m_t, s_m_b,
         REVERSE=reverse, **_clip_args(recurrent_max_abs, recurrent_min_abs),
     )
-    return du.sum(0), db.sum(0)
+    return du.sum(1).flatten(), db.sum(1).flatten()

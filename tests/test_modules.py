@@ -7,11 +7,13 @@ shares no code with the module's fused path. Parity runs in float64, gradients i
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from indrnn_triton import IndRNN, IndRNNCell, indrnn_reference
 from indrnn_triton.functional import dropout_over_time, indrnn_layer, indrnn_recurrence
+from indrnn_triton.op import _forward_op
 
 F64 = dict(dtype=torch.float64)
 
@@ -149,7 +151,9 @@ PARITY_CASES = {
     "batch_norm_train_mask": (
         dict(num_layers=2, norm="batch", bidirectional=True), dict(mask="right")
     ),
+    "batch_norm_train_batch_first": (dict(num_layers=2, norm="batch", batch_first=True), dict()),
     "batch_norm_eval": (dict(num_layers=2, norm="batch"), dict(eval=True, mask="left")),
+    "batch_norm_eval_no_mask": (dict(norm="batch", bidirectional=True), dict(eval=True)),
     "residual_batch_norm_mask": (
         dict(num_layers=3, residual=True, norm="batch", bidirectional=True), dict(mask="left")
     ),
@@ -182,6 +186,14 @@ def run_parity_case(module_kwargs, opts, T=T, B=B, IN=IN, H=H):
 @pytest.mark.parametrize("case", list(PARITY_CASES))
 def test_parity_with_plain_model(case):
     run_parity_case(*PARITY_CASES[case])
+
+
+@pytest.mark.parametrize("T_,B_", [(1, 1), (1, 3), (9, 1), (2, 2)])
+def test_parity_awkward_shapes(T_, B_):
+    opts = dict(hx=True)
+    run_parity_case(dict(num_layers=3, bidirectional=True, residual=True, norm="layer"), opts,
+                    T=T_, B=B_, IN=1, H=1)
+    run_parity_case(dict(num_layers=2, bidirectional=True, batch_first=True), opts, T=T_, B=B_)
 
 
 @pytest.mark.parametrize(
@@ -294,14 +306,15 @@ def test_batch_statistics_ignore_padding():
     torch.testing.assert_close(h_n_g, h_n)
 
 
-def test_batch_norm_running_statistics_over_real_steps():
+@pytest.mark.parametrize("masked", [True, False])
+def test_batch_norm_running_statistics_over_real_steps(masked):
     rnn = randomise_(IndRNN(IN, H, norm="batch", **F64))
     bn = rnn.norms[0]
     bn.running_mean.zero_()
     bn.running_var.fill_(1.0)
-    mask = padding_mask([T, 2, 4, 1], T)
+    mask = padding_mask([T, 2, 4, 1] if masked else [T] * B, T)
     x = make_input()
-    rnn(x, mask=mask)
+    rnn(x, mask=mask if masked else None)
     real = (x @ rnn.weight_ih_l0.t())[mask].detach()
     torch.testing.assert_close(bn.running_mean, 0.1 * real.mean(0))
     torch.testing.assert_close(bn.running_var, 0.9 + 0.1 * real.var(0, unbiased=True))
@@ -448,11 +461,13 @@ def test_torch_compile_fullgraph():
         torch.testing.assert_close(a, w, atol=1e-4, rtol=1e-4)
 
 
-def test_autocast_bfloat16():
-    rnn = randomise_(IndRNN(IN, H, num_layers=2, bidirectional=True, norm="layer",
-                            recurrent_max_abs=1.0))
+@pytest.mark.parametrize("masked", [True, False])
+@pytest.mark.parametrize("options", [dict(num_layers=2, norm="layer"),
+                                     dict(num_layers=3, norm="batch", residual=True)])
+def test_autocast_bfloat16(options, masked):
+    rnn = randomise_(IndRNN(IN, H, bidirectional=True, recurrent_max_abs=1.0, **options))
     x = torch.randn(T, B, IN)
-    mask = padding_mask([T, 2, 5, 3], T)
+    mask = padding_mask([T, 2, 5, 3], T) if masked else None
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
         out, h_n = rnn(x, mask=mask)
     assert out.dtype == torch.bfloat16 and h_n.dtype == torch.float32
@@ -462,6 +477,24 @@ def test_autocast_bfloat16():
     torch.testing.assert_close(h_n, ref_h_n, atol=3e-2 * scale, rtol=3e-2)
     out.float().sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in rnn.parameters())
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_bidirectional_op_registration(batch_first):
+    # Schema, autograd registration, fake tensor and AOT dispatch of the private two-direction
+    # op, on a strided (non-contiguous) pre, with and without the optional inputs.
+    pre = torch.randn(5, 3, 8, **F64)
+    pre = pre.transpose(0, 1) if batch_first else pre
+    u = torch.empty(8, **F64).uniform_(-1, 1.2)
+    b, h0 = torch.randn(8, **F64), torch.randn(2, 3, 4, **F64)
+    mask = padding_mask([5, 2, 3], 5, batch_first=batch_first)
+    for args in [(pre, u, b, h0, mask, 1.0, 0.1, False, batch_first, True),
+                 (pre, u, None, None, None, None, 0.0, False, batch_first, True)]:
+        args = [a.requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point()
+                else a for a in args]
+        torch.library.opcheck(_forward_op, args)
+        assert torch.autograd.gradcheck(lambda *t, a=args: _forward_op(
+            *t, *a[len(t):]), [t for t in args[:4] if t is not None])
 
 
 class _LargeOutputs(TorchDispatchMode):
@@ -497,8 +530,8 @@ def test_bidirectional_layer_makes_no_time_sized_copies(batch_first):
     # Forward: the GEMM (T, B, 2H) and the recurrence's output. Backward: the recurrence's
     # gradient of pre (T, B, 2H) and the GEMM's gradient of x; nothing is flipped or
     # concatenated, and no gradient is scattered into a zero-filled buffer.
-    assert forward_ops == ["indrnn_bidirectional_forward", "mm"]
-    assert sorted(mode.ops) == ["indrnn_bidirectional_backward", "mm"]
+    assert forward_ops == ["indrnn_forward", "mm"]
+    assert sorted(mode.ops) == ["indrnn_backward", "mm"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -599,3 +632,39 @@ def test_functional_errors():
                           mask=torch.ones(T, B + 1, dtype=torch.bool), bidirectional=True)
     with pytest.raises(ValueError, match=r"p must be a probability in \[0, 1\)"):
         dropout_over_time(x, 1.5, training=True)
+
+
+def test_dropout_with_one_layer_warns():
+    with pytest.warns(UserWarning, match="dropout=0.2 has no effect with num_layers=1"):
+        IndRNN(IN, H, dropout=0.2)
+
+
+def test_training_steps_follow_the_plain_model():
+    # Liger-style convergence check: a few optimizer steps (with constrain_ after each, the
+    # authors' style) give the same losses and weights as training the plain model.
+    torch.manual_seed(1)
+    kwargs = dict(num_layers=3, bidirectional=True, residual=True, norm="batch",
+                  recurrent_max_abs=2 ** (1 / T), last_layer_recurrent_init="near_one", **F64)
+    rnn, plain = IndRNN(IN, H, **kwargs), IndRNN(IN, H, **kwargs)
+    plain.load_state_dict(rnn.state_dict())
+    head = torch.randn(2 * H, 1, **F64) * 0.1
+    x = make_input()
+    mask = padding_mask([T, 3, 5, 6], T, left=True)
+    target = torch.randn(B, 1, **F64)
+    losses = {}
+    for name, model, forward in (("fused", rnn, lambda: rnn(x, mask=mask)),
+                                 ("plain", plain, lambda: reference_forward(plain, x, None, mask))):
+        opt = torch.optim.Adam(model.parameters(), lr=0.05)
+        losses[name] = []
+        for _ in range(6):
+            out, _ = forward()
+            loss = F.mse_loss(out[-1] @ head, target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            model.constrain_()
+            losses[name].append(loss.item())
+    torch.testing.assert_close(losses["fused"], losses["plain"], atol=1e-9, rtol=1e-9)
+    assert losses["fused"][-1] < 0.5 * losses["fused"][0]
+    for (name, p), q in zip(rnn.named_parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(p, q, atol=1e-9, rtol=1e-9, msg=name)

@@ -249,8 +249,8 @@ def test_opcheck(backend):
                                    batch_first=False, clip=None)
     mask = make_mask("random", T, B, False)
     for args in [
-        (pre, u, b, h0, mask, 0.9, 0.1, True, False),
-        (pre.transpose(0, 1).contiguous(), u, None, None, None, None, 0.0, False, True),
+        (pre, u, b, h0, mask, 0.9, 0.1, True, False, False),
+        (pre.transpose(0, 1).contiguous(), u, None, None, None, None, 0.0, False, True, False),
     ]:
         args = tuple(a.requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point()
                      else a for a in args)
@@ -352,3 +352,34 @@ def test_batch_first_mask_shape_is_checked():
     with pytest.raises(ValueError, match=r"mask must have shape \(B, T\) = \(2, 4\)"):
         fused_indrnn(pre, torch.rand(H_), mask=torch.ones(T_, B_, dtype=torch.bool),
                      batch_first=True)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_two_directions_in_one_launch(backend, batch_first):
+    """The op's two-direction form (one kernel launch, a direction grid axis) equals the
+    reference run forwards on the first half of the features and backwards on the second."""
+    T, B, H = 7, 3, 70  # two H blocks per direction in the interpreter
+    pre = torch.randn((B, T, 2 * H) if batch_first else (T, B, 2 * H), dtype=torch.float64)
+    u = torch.rand(2 * H, dtype=torch.float64) * 2.4 - 1.2
+    b = torch.randn(2 * H, dtype=torch.float64)
+    h0 = torch.rand(2, B, H, dtype=torch.float64)
+    mask = make_mask("left", T, B, batch_first)
+    leaves = [t.clone().requires_grad_() for t in (pre, u, b, h0)]
+    out, h_n = _forward_op(*leaves, mask, 0.9, 0.1, False, batch_first, True)
+    assert out.shape == pre.shape and h_n.shape == (2, B, H)
+    ref_leaves = [t.clone().requires_grad_() for t in (pre, u, b, h0)]
+    p, w, bb, h = ref_leaves
+    refs = [
+        indrnn_reference(p[..., d * H:(d + 1) * H], w[d * H:(d + 1) * H],
+                         bb[d * H:(d + 1) * H], h[d], mask=mask, reverse=d == 1,
+                         batch_first=batch_first, recurrent_max_abs=0.9, recurrent_min_abs=0.1)
+        for d in range(2)
+    ]
+    ref_out = torch.cat([r[0] for r in refs], dim=-1)
+    ref_hn = torch.stack([r[1] for r in refs])
+    assert rel_err(out, ref_out) < 1e-10 and rel_err(h_n, ref_hn) < 1e-10
+    g_out, g_hn = torch.randn_like(out), torch.randn_like(h_n)
+    ((out * g_out).sum() + (h_n * g_hn).sum()).backward()
+    ((ref_out * g_out).sum() + (ref_hn * g_hn).sum()).backward()
+    for got, want in zip(leaves, ref_leaves):
+        assert rel_err(got.grad, want.grad) < 1e-10

@@ -25,6 +25,8 @@ cannot be compiled.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
 import os
@@ -252,6 +254,15 @@ def _ptxas(arch: int) -> str:
         return str(tool_dir() / "ptxas")
 
 
+def _parse_ptxas_log(log: str) -> dict | None:
+    m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    regs = re.search(r"Used (\d+) registers", log)
+    if not (m and regs):
+        return None
+    return dict(spill_store_bytes=int(m.group(1)), spill_load_bytes=int(m.group(2)),
+                ptxas_registers=int(regs.group(1)))
+
+
 def ptxas_spills(ptx: str, arch: int) -> dict:
     """Spill stores/loads in bytes from ``ptxas -v`` on the PTX, with Triton's ptxas and flags
     (spills live in the stack frame, so the cubin's LOCAL figure does not show them)."""
@@ -264,17 +275,33 @@ def ptxas_spills(ptx: str, arch: int) -> dict:
              str(src), "-o", str(Path(d) / "k.o")],
             check=True, capture_output=True, text=True,
         ).stderr
-    m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
-    regs = re.search(r"Used (\d+) registers", log)
-    if not (m and regs):
+    parsed = _parse_ptxas_log(log)
+    if parsed is None:
         raise RuntimeError(f"no spill or register figures in ptxas -v output:\n{log}")
-    return dict(spill_store_bytes=int(m.group(1)), spill_load_bytes=int(m.group(2)),
-                ptxas_registers=int(regs.group(1)))
+    return parsed
+
+
+def _compile_with_ptxas_log(src, target, options):
+    """triton.compile, also returning the ptxas -v log Triton prints when TRITON_DUMP_PTXAS_LOG
+    is set ("" when the cubin came from Triton's cache or this Triton has no such switch)."""
+    import triton
+
+    saved = os.environ.get("TRITON_DUMP_PTXAS_LOG")
+    os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"  # not part of Triton's cache key
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(log):
+            compiled = triton.compile(src, target=target, options=options)
+    finally:
+        if saved is None:
+            del os.environ["TRITON_DUMP_PTXAS_LOG"]
+        else:
+            os.environ["TRITON_DUMP_PTXAS_LOG"] = saved
+    return compiled, log.getvalue()
 
 
 def compile_one(kernel: str, arch: int, dtype: str, flags: str, config: dict) -> dict:
     """Compile one kernel variant and return its report row."""
-    import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
@@ -286,17 +313,18 @@ def compile_one(kernel: str, arch: int, dtype: str, flags: str, config: dict) ->
     for name, rule in heuristics.items():
         args[name] = rule(args)
     signature, constexprs, attrs = _specialise(fn, args)
-    compiled = triton.compile(
+    compiled, log = _compile_with_ptxas_log(
         ASTSource(fn, signature, constexprs, attrs),
-        target=GPUTarget("cuda", arch, 32),
-        options=dict(num_warps=config["num_warps"], num_stages=config["num_stages"]),
+        GPUTarget("cuda", arch, 32),
+        dict(num_warps=config["num_warps"], num_stages=config["num_stages"]),
     )
+    spills = _parse_ptxas_log(log) or ptxas_spills(compiled.asm["ptx"], arch)
     return dict(
         kernel=kernel, arch=f"sm_{arch}", dtype=dtype, flags=flags,
         config=" ".join(f"{k}={v}" for k, v in config["kwargs"].items()), **config["kwargs"],
         num_warps=config["num_warps"], num_stages=config["num_stages"],
         **cubin_resources(compiled.asm["cubin"]),
-        **ptxas_spills(compiled.asm["ptx"], arch),
+        **spills,
         shared_dynamic=int(compiled.metadata.shared),
         **ptx_memory_ops(compiled.asm["ptx"]),
     )
@@ -304,8 +332,8 @@ def compile_one(kernel: str, arch: int, dtype: str, flags: str, config: dict) ->
 
 def kernel_configs(kernel: str, which: str = "all") -> list[dict]:
     """The autotune configs of a kernel as plain dicts. ``representative``: the largest tile, the
-    tallest (most batch rows), the smallest, and the deepest (most steps in flight: the product
-    of the other integer parameters, e.g. CHUNK, and num_stages), which needs most registers."""
+    tallest (most batch rows) and the deepest (most steps in flight: the product of the other
+    integer parameters, e.g. CHUNK, and num_stages), the ones that need most registers."""
     if which not in CONFIG_SETS:
         raise ValueError(f"which must be one of {CONFIG_SETS}, got {which!r}")
     _, _, configs = _unwrap(_kernels()[kernel][0])
@@ -326,7 +354,6 @@ def kernel_configs(kernel: str, which: str = "all") -> list[dict]:
     picks = [
         max(rows, key=lambda r: (size(r), depth(r), r["num_warps"])),
         max(rows, key=lambda r: (r["kwargs"]["BLOCK_B"], size(r), depth(r))),
-        min(rows, key=lambda r: (size(r), -depth(r))),
         max(rows, key=lambda r: (depth(r), size(r))),
     ]
     return [r for i, r in enumerate(picks) if r not in picks[:i]]

@@ -71,7 +71,7 @@ def run_case(B, T, H, layers, dtype, device, budget_s, models) -> list[dict]:
         rows.append(dict(
             dtype=dtype, layers=layers, B=B, T=T, H=H, BxH=B * H, model=name, ms=ms,
             indrnn_speedup=None if base_ms is None or name == "indrnn" else ms / base_ms,
-            saved_MB=saved / 2**20, peak_MB=None if peak is None else peak / 2**20,
+            saved_MB=saved / 2**20, peak_MB=peak / 2**20,
         ))
     return rows
 
@@ -121,7 +121,8 @@ def main(argv=None) -> int:
         md = write_results(out, "bench_layer", rows, COLUMNS, env, notes=[
             "indrnn_speedup = the model's time / IndRNN's time, same run and configuration; "
             "forward + backward to the input and all parameters; saved_MB = bytes autograd "
-            "keeps for backward; peak_MB = CUDA peak (GPU only).",
+            "keeps for backward; peak_MB = peak allocated during the call (CUDA allocator; on "
+            "CPU, op outputs counted by a dispatch mode).",
             "\n".join(f"- {line}" for line in headline(rows)),
         ])
     if not args.no_plots:

@@ -12,8 +12,8 @@ For each (B, T, H), dtype and mode (``fwd``, ``bwd``, ``fwdbwd``) it times, in o
 Achieved GB/s count the minimum bytes: forward reads pre and writes the output (2 T B H
 elements), backward reads the output and its gradient and writes pre's gradient (3 T B H),
 fwdbwd both (5 T B H). ``copy frac`` is that figure over the copy's GB/s (2 T B H elements moved).
-Memory: ``saved MB`` are the bytes autograd keeps for backward; ``peak MB`` (GPU only) the peak
-allocation during the call above what was allocated before it.
+Memory: ``saved MB`` are the bytes autograd keeps for backward; ``peak MB`` the peak allocated
+during the call above what was allocated before it (see :func:`benchmarks.common.peak_bytes`).
 
     PYTHONPATH=. python benchmarks/bench_op.py                 # quick grid on CPU, full on GPU
     PYTHONPATH=. python benchmarks/bench_op.py --preset gpu --out /tmp/results
@@ -159,7 +159,7 @@ def run_case(B, T, H, dtype, device, preset, methods) -> list[dict]:
                 copy_frac=gbs / copy_gbs,
                 fused_speedup=None if fused_ms is None else ms / fused_ms,
                 saved_MB=None if saved is None else saved / 2**20,
-                peak_MB=None if peak is None else peak / 2**20,
+                peak_MB=peak / 2**20,
             ))
             del fn
     return rows
@@ -211,7 +211,8 @@ def main(argv=None) -> int:
             *(target_lines(rows) or ["(the T=1000, B=32, H=256 float32 case was not run)"]),
             "GB/s from the minimum bytes (fwd 2, bwd 3, fwdbwd 5 (T, B, H) tensors); copy_frac "
             "= that over the same run's copy_ GB/s; fused_speedup = this row's time / fused "
-            "time; saved_MB = bytes autograd keeps for backward; peak_MB = CUDA peak (GPU only).",
+            "time; saved_MB = bytes autograd keeps for backward; peak_MB = peak allocated "
+            "during the call (CUDA allocator; on CPU, op outputs counted by a dispatch mode).",
         ])
     if not args.no_plots:
         plot_sweeps(rows, out, "bench_op", preset, ys=["ms", "GB/s"], panels="mode",

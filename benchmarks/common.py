@@ -1,10 +1,10 @@
 """Shared timing, memory and result-writing code for the benchmark scripts.
 
 Timing: ``triton.testing.do_bench`` (median) on a GPU; on CPU the median of repeated
-wall-clock runs after one warm-up call. Memory: the bytes autograd keeps for backward (every
-device, from ``saved_tensors_hooks``) and, on a GPU, the peak of ``torch.cuda.max_memory_allocated``
-above what was allocated before the call. Results go to ``benchmarks/results/<device>/`` as JSON,
-a markdown table and PNG plots.
+wall-clock runs after one warm-up call. Memory: the bytes autograd keeps for backward (from
+``saved_tensors_hooks``) and the peak allocated during a call above what was allocated before it
+(CUDA allocator statistics; on CPU a TorchDispatchMode count of op outputs). Results go to
+``benchmarks/results/<device>/`` as JSON, a markdown table and PNG plots.
 """
 
 from __future__ import annotations
@@ -103,11 +103,19 @@ def saved_bytes(fn: Callable[[], object]) -> int:
     return sum(storages.values())
 
 
-def peak_bytes(fn: Callable[[], object], device: torch.device) -> int | None:
-    """Peak CUDA memory allocated during ``fn()`` above what was allocated before; None on CPU
-    (torch's CPU allocator keeps no statistics)."""
+def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
+    """Peak tensor memory allocated during ``fn()`` above what was allocated before it.
+
+    CUDA: the caching allocator's statistics. CPU (whose allocator keeps none): every tensor an
+    op returns is counted until its storage is freed, by bench_memory's TorchDispatchMode; a
+    custom op counts as its outputs (the fused op's (B, H) scratch is not seen).
+    """
     if device.type != "cuda":
-        return None
+        from benchmarks.bench_memory import TensorMemory
+
+        with TensorMemory() as mode:
+            fn()
+        return mode.peak
     sync(device)
     torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device)

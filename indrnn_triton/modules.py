@@ -212,7 +212,7 @@ class IndRNN(nn.Module):
         mask: (T, B), or (B, T) with ``batch_first``; bool or integers, nonzero = real step.
             On padding the state is carried (as in the op), so left and right padding both
             work and h_n is the state after each sequence's last real step (first, for the
-            backward direction). Output values at padding positions are not meaningful.
+            backward direction). At padding positions the output repeats the carried state.
 
     Outputs: ``output, h_n``
         output: (T, B, D*H) / (B, T, D*H) in the input's dtype (or the autocast dtype).

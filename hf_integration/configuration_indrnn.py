@@ -1,0 +1,208 @@
+"""IndRNN model configuration."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+from transformers import PreTrainedConfig
+
+_NORMS = (None, "batch", "layer")
+_POOLINGS = ("last", "mean")
+_INPUT_WEIGHT_INITS = ("kaiming_uniform", "xavier_uniform", "rnn_uniform")
+
+
+class IndRNNConfig(PreTrainedConfig):
+    r"""
+    Configuration of the IndRNN models (`IndRNNModel` and its heads): a stack of IndRNN layers
+    (Li et al., 2018: h_t = relu(W x_t + b + u * h_{t-1}), one recurrent weight per unit) over
+    token embeddings or continuous input features.
+
+    Args:
+        vocab_size (`int`, defaults to 256):
+            Number of token ids (token inputs). Ignored when `input_size` is set.
+        input_size (`int`, *optional*):
+            Number of continuous input features per step, e.g. 2 for the adding problem. When set,
+            the model has no embedding table and reads `inputs_embeds` of shape
+            (batch, time, input_size).
+        embedding_size (`int`, *optional*):
+            Size of the token embeddings; defaults to `hidden_size`.
+        hidden_size (`int`, defaults to 128):
+            Units per IndRNN layer and direction.
+        num_hidden_layers (`int`, defaults to 2):
+            Number of stacked IndRNN layers.
+        bidirectional (`bool`, defaults to `False`):
+            Run every layer in both directions (not for the causal LM).
+        dropout (`float`, defaults to 0.0):
+            Dropout between IndRNN layers and before the heads.
+        recurrent_max_abs (`float`, *optional*):
+            Clip |u| to this bound inside the kernel; the papers use 2 ** (1 / T).
+        recurrent_min_abs (`float`, defaults to 0.0):
+            Raise |u| to at least this value.
+        norm (`str`, *optional*):
+            Normalisation after every layer: `None`, `"batch"` or `"layer"`.
+        residual (`bool`, defaults to `False`):
+            The Deep IndRNN paper's residual network; needs an odd `num_hidden_layers` >= 3
+            (an input layer, then blocks of two layers).
+        classifier_pooling (`str`, defaults to `"last"`):
+            How `IndRNNForSequenceClassification` pools a sequence: `"last"` takes the output at
+            each sequence's last real step (and, for bidirectional models, the backward direction
+            at the first real step); `"mean"` averages the outputs over the real steps.
+        initializer_range (`float`, defaults to 0.02):
+            Standard deviation of the normal initialisation of the head weights.
+        embedding_init_std (`float`, defaults to 1.0):
+            Standard deviation of the normal initialisation of the token embeddings (torch's
+            default; the IndRNN input weights start deliberately small).
+        recurrent_init (`list[float]`, *optional*):
+            (low, high) of the uniform initialisation of the recurrent weights; default
+            (0, recurrent_max_abs), or (0, 1) without a clip.
+        last_layer_recurrent_init (`list[float]` or `str`, *optional*):
+            (low, high) for the last layer's recurrent weights, or `"near_one"` for
+            (1 / recurrent_max_abs, recurrent_max_abs), which helps very long sequences.
+        input_weight_init (`str`, defaults to `"kaiming_uniform"`):
+            Initialisation of the IndRNN input weights: `"kaiming_uniform"` (the authors'),
+            `"xavier_uniform"` or `"rnn_uniform"`.
+        use_cache (`bool`, defaults to `True`):
+            Return the recurrent states for fast generation.
+        tie_word_embeddings (`bool`, defaults to `False`):
+            Share the causal LM's output weights with the token embeddings (needs
+            `embedding_size == hidden_size`).
+
+    Example:
+
+    ```python
+    >>> import hf_integration
+    >>> from transformers import AutoConfig, AutoModelForSequenceClassification
+    >>> config = AutoConfig.for_model("indrnn", input_size=2, hidden_size=16, num_labels=1)
+    >>> model = AutoModelForSequenceClassification.from_config(config)
+    ```
+    """
+
+    model_type = "indrnn"
+
+    vocab_size: int = 256
+    input_size: int | None = None
+    embedding_size: int | None = None
+    hidden_size: int = 128
+    num_hidden_layers: int = 2
+    bidirectional: bool = False
+    dropout: float = 0.0
+    recurrent_max_abs: float | None = None
+    recurrent_min_abs: float = 0.0
+    norm: str | None = None
+    residual: bool = False
+    classifier_pooling: str = "last"
+    initializer_range: float = 0.02
+    embedding_init_std: float = 1.0
+    recurrent_init: list[float] | None = None
+    last_layer_recurrent_init: list[float] | str | None = None
+    input_weight_init: str = "kaiming_uniform"
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    use_cache: bool = True
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        if self.embedding_size is None:
+            self.embedding_size = self.hidden_size
+        super().__post_init__(**kwargs)
+        self._validate_indrnn()
+
+    @property
+    def layer_types(self) -> list[str]:
+        # Every layer keeps one recurrent state and no keys/values: the generation cache is a
+        # DynamicCache of "linear_attention" layers built from this list.
+        return ["linear_attention"] * self.num_hidden_layers
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def _validate_indrnn(self) -> None:
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "embedding_size"):
+            _check_positive_int(name, getattr(self, name))
+        if self.input_size is not None:
+            _check_positive_int("input_size", self.input_size)
+        for name in ("bidirectional", "residual", "use_cache", "tie_word_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        dropout = _check_real("dropout", self.dropout)
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if self.recurrent_max_abs is not None:
+            r_max = _check_real("recurrent_max_abs", self.recurrent_max_abs)
+            if r_max <= 0:
+                raise ValueError(
+                    f"recurrent_max_abs must be > 0 (or None for no clip), got {r_max}"
+                )
+        r_min = _check_real("recurrent_min_abs", self.recurrent_min_abs)
+        if r_min < 0:
+            raise ValueError(f"recurrent_min_abs must be >= 0, got {r_min}")
+        if self.recurrent_max_abs is not None and r_min > self.recurrent_max_abs:
+            raise ValueError(
+                f"recurrent_min_abs ({r_min}) must not exceed recurrent_max_abs "
+                f"({self.recurrent_max_abs})"
+            )
+        if self.residual and (self.num_hidden_layers < 3 or self.num_hidden_layers % 2 == 0):
+            raise ValueError(
+                "residual=True needs an odd num_hidden_layers >= 3 (an input layer, then "
+                f"residual blocks of 2 layers), got num_hidden_layers={self.num_hidden_layers}"
+            )
+        if self.norm not in _NORMS:
+            raise ValueError(f"norm must be one of {_NORMS}, got {self.norm!r}")
+        if self.classifier_pooling not in _POOLINGS:
+            raise ValueError(
+                f"classifier_pooling must be one of {_POOLINGS}, got {self.classifier_pooling!r}"
+            )
+        for name in ("initializer_range", "embedding_init_std"):
+            if _check_real(name, getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.input_weight_init not in _INPUT_WEIGHT_INITS:
+            raise ValueError(
+                f"input_weight_init must be one of {_INPUT_WEIGHT_INITS}, got "
+                f"{self.input_weight_init!r}"
+            )
+        if self.recurrent_init is not None:
+            self.recurrent_init = _check_range("recurrent_init", self.recurrent_init)
+        if self.last_layer_recurrent_init == "near_one":
+            if self.recurrent_max_abs is None or self.recurrent_max_abs < 1:
+                raise ValueError(
+                    "last_layer_recurrent_init='near_one' draws from [1/r, r] with r = "
+                    f"recurrent_max_abs, which must be >= 1, got {self.recurrent_max_abs}"
+                )
+        elif self.last_layer_recurrent_init is not None:
+            self.last_layer_recurrent_init = _check_range(
+                "last_layer_recurrent_init", self.last_layer_recurrent_init
+            )
+        if self.tie_word_embeddings and self.input_size is None:
+            if self.embedding_size != self.hidden_size:
+                raise ValueError(
+                    "tie_word_embeddings=True needs embedding_size == hidden_size, got "
+                    f"embedding_size={self.embedding_size}, hidden_size={self.hidden_size}"
+                )
+
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _check_range(name: str, value) -> list[float]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ValueError(f"{name} must be a pair [low, high], got {value!r}")
+    low, high = (_check_real(name, v) for v in value)
+    if low > high:
+        raise ValueError(f"{name} must have low <= high, got {value!r}")
+    return [low, high]
+
+
+def _check_real(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
+
+
+__all__ = ["IndRNNConfig"]

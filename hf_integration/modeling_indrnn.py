@@ -1,0 +1,543 @@
+"""IndRNN models for Hugging Face transformers: the base model and its heads.
+
+This file is also saved next to the weights by ``save_pretrained`` and loaded from there with
+``trust_remote_code=True``, so it imports only transformers, torch, ``indrnn_triton`` and its
+sibling ``configuration_indrnn``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache, LinearAttentionCacheLayerMixin
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+
+from indrnn_triton import IndRNN
+
+from .configuration_indrnn import IndRNNConfig
+
+# transformers renamed the cache argument and output field from `past_key_values` to `cache`
+# (5.2x); the models accept both names and fill whichever field this version's outputs have.
+_CACHE_FIELD = (
+    "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+)
+
+# Every Auto class the models support, written into config.json by save_pretrained so that the
+# folder loads with trust_remote_code=True in a process that never imported hf_integration.
+AUTO_MAP = {
+    "AutoConfig": "configuration_indrnn.IndRNNConfig",
+    "AutoModel": "modeling_indrnn.IndRNNModel",
+    "AutoModelForSequenceClassification": "modeling_indrnn.IndRNNForSequenceClassification",
+    "AutoModelForTokenClassification": "modeling_indrnn.IndRNNForTokenClassification",
+    "AutoModelForCausalLM": "modeling_indrnn.IndRNNForCausalLM",
+}
+
+
+class IndRNNCache(DynamicCache):
+    """The generation cache: one float32 recurrent state per IndRNN layer, in the
+    "linear_attention" layers that `DynamicCache` builds from `config.layer_types`.
+
+    It also counts the steps it has absorbed, because generate() asks the cache for its length
+    and a cache of linear-attention layers alone cannot answer that in transformers 5.1x.
+    """
+
+    def __init__(self, config: IndRNNConfig):
+        super().__init__(config=config)
+        self.seen_steps = 0
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen_steps
+
+    def reset(self):
+        super().reset()
+        self.seen_steps = 0
+
+
+class IndRNNPreTrainedModel(PreTrainedModel):
+    config_class = IndRNNConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    _no_split_modules = ["IndRNN"]
+    supports_gradient_checkpointing = True
+    # The state of a recurrent model cannot be rolled back token by token.
+    _is_stateful = True
+    # The losses are means over the batch; the Trainer must not expect `num_items_in_batch`.
+    accepts_loss_kwargs = False
+
+    def _init_weights(self, module):
+        # The IndRNN layers keep the papers' initialisation done by indrnn_triton.IndRNN; only the
+        # embeddings and the heads are initialised here.
+        if isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=self.config.embedding_init_std)
+        elif isinstance(module, nn.Linear) and getattr(module, "_indrnn_head", False):
+            init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        self.config.auto_map = {**AUTO_MAP, **(getattr(self.config, "auto_map", None) or {})}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+def _head(in_features: int, out_features: int, bias: bool = True) -> nn.Linear:
+    linear = nn.Linear(in_features, out_features, bias=bias)
+    linear._indrnn_head = True
+    return linear
+
+
+def _pair(value):
+    """JSON stores the (low, high) init ranges as lists; IndRNN takes tuples."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _cache_argument(cache, past_key_values):
+    return cache if cache is not None else past_key_values
+
+
+class IndRNNModel(IndRNNPreTrainedModel):
+    """Token embeddings (or continuous input features) through a stack of IndRNN layers."""
+
+    def __init__(self, config: IndRNNConfig):
+        super().__init__(config)
+        if config.input_size is None:
+            self.embeddings = nn.Embedding(config.vocab_size, config.embedding_size)
+            rnn_input_size = config.embedding_size
+        else:
+            self.embeddings = None
+            rnn_input_size = config.input_size
+        self.rnn = IndRNN(
+            rnn_input_size,
+            config.hidden_size,
+            num_layers=config.num_hidden_layers,
+            batch_first=True,
+            dropout=config.dropout,
+            bidirectional=config.bidirectional,
+            recurrent_max_abs=config.recurrent_max_abs,
+            recurrent_min_abs=config.recurrent_min_abs,
+            norm=config.norm,
+            residual=config.residual,
+            recurrent_init=_pair(config.recurrent_init),
+            last_layer_recurrent_init=_pair(config.last_layer_recurrent_init),
+            input_weight_init=config.input_weight_init,
+        )
+        self.rnn_input_size = rnn_input_size
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings
+
+    def set_input_embeddings(self, new_embeddings):
+        self.embeddings = new_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> tuple | BaseModelOutputWithPast:
+        r"""
+        Args:
+            input_ids: (batch, time) token ids; or give `inputs_embeds`.
+            attention_mask: (batch, time), 1 for real steps and 0 for padding (left or right):
+                the state passes padded steps unchanged. During cached generation it may be
+                longer than `input_ids`; its last `time` columns are used.
+            inputs_embeds: (batch, time, embedding_size) embeddings, or (batch, time,
+                input_size) features when the config has `input_size`.
+            cache: an `IndRNNCache(model.config)` (or a `DynamicCache(config=model.config)`)
+                holding one float32 recurrent state per layer; read as the initial state and
+                updated in place when `use_cache`. Created here when `use_cache` and None.
+            use_cache: update and return the cache (default: when a cache is given, else
+                `config.use_cache` outside training for unidirectional models).
+            output_hidden_states: also return `hidden_states` = (the IndRNN stack's input,
+                its output); the layers run inside one fused `IndRNN` module.
+            past_key_values: the name `cache` had before transformers 5.2x.
+        """
+        cache = _cache_argument(cache, past_key_values)
+        output_hidden_states = (
+            output_hidden_states
+            if output_hidden_states is not None
+            else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        if use_cache is None:
+            use_cache = cache is not None or (
+                self.config.use_cache and not self.training and not self.config.bidirectional
+            )
+        if checkpointing:
+            use_cache = False  # the recomputation in backward would update the cache again
+        if self.config.bidirectional and (use_cache or cache is not None):
+            raise ValueError(
+                "cache and use_cache=True continue a sequence step by step, which needs "
+                "bidirectional=False (the backward direction reads the whole sequence)"
+            )
+
+        inputs_embeds = self._embed(input_ids, inputs_embeds)
+        batch_size, seq_len = inputs_embeds.shape[:2]
+        mask = _step_mask(attention_mask, batch_size, seq_len)
+        if use_cache and cache is None:
+            cache = IndRNNCache(self.config)
+        hx = None if cache is None else self._read_states(cache, batch_size)
+
+        if checkpointing:
+            hidden_states, h_n = self._gradient_checkpointing_func(
+                self.rnn.__call__, inputs_embeds, hx, mask
+            )
+        else:
+            hidden_states, h_n = self.rnn(inputs_embeds, hx=hx, mask=mask)
+        if use_cache:
+            self._write_states(cache, h_n)
+            if isinstance(cache, IndRNNCache):
+                cache.seen_steps += seq_len
+
+        output = BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            hidden_states=(inputs_embeds, hidden_states) if output_hidden_states else None,
+            **{_CACHE_FIELD: cache if use_cache else None},
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _embed(self, input_ids, inputs_embeds) -> torch.Tensor:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if input_ids is not None:
+            if self.embeddings is None:
+                raise ValueError(
+                    f"input_ids needs a token model, but this config has input_size="
+                    f"{self.config.input_size}: pass inputs_embeds of shape (batch, time, "
+                    f"{self.config.input_size}) instead"
+                )
+            if input_ids.dim() != 2:
+                raise ValueError(
+                    f"input_ids must have shape (batch, time), got {tuple(input_ids.shape)}"
+                )
+            return self.embeddings(input_ids)
+        if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.rnn_input_size:
+            raise ValueError(
+                f"inputs_embeds must have shape (batch, time, {self.rnn_input_size}), got "
+                f"{tuple(inputs_embeds.shape)}"
+            )
+        return inputs_embeds
+
+    def _cache_layers(self, cache: Cache) -> list:
+        layers = getattr(cache, "layers", [])
+        if len(layers) != self.config.num_hidden_layers or not all(
+            isinstance(layer, LinearAttentionCacheLayerMixin) for layer in layers
+        ):
+            raise ValueError(
+                "cache must hold one recurrent-state layer per IndRNN layer: build it with "
+                "IndRNNCache(model.config)"
+            )
+        return layers
+
+    def _read_states(self, cache: Cache, batch_size: int) -> torch.Tensor | None:
+        """The cached states as the IndRNN's hx, (layers * directions, batch, hidden), or None."""
+        layers = self._cache_layers(cache)
+        if not all(layer.has_previous_state[0] for layer in layers):
+            return None
+        states = torch.cat([layer.recurrent_states[0] for layer in layers], dim=1)
+        if states.shape[0] != batch_size:
+            raise ValueError(
+                f"cache holds states for batch size {states.shape[0]}, but the input has "
+                f"batch size {batch_size}"
+            )
+        return states.transpose(0, 1).contiguous()
+
+    def _write_states(self, cache: Cache, h_n: torch.Tensor) -> None:
+        # Stored batch-first, (batch, directions, hidden) per layer, so that the cache's beam
+        # reordering (index_select on dim 0) applies; kept in the float32 the kernel returns.
+        directions = self.config.num_directions
+        states = h_n.transpose(0, 1)
+        for idx, layer in enumerate(self._cache_layers(cache)):
+            layer.update_recurrent_state(states[:, idx * directions : (idx + 1) * directions], 0)
+            # LinearAttentionLayer only sets this flag from update_conv_state; without it the
+            # next step would start again from zeros.
+            layer.has_previous_state[0] = True
+
+
+def _step_mask(attention_mask, batch_size: int, seq_len: int) -> torch.Tensor | None:
+    if attention_mask is None:
+        return None
+    if (
+        attention_mask.dim() != 2
+        or attention_mask.shape[0] != batch_size
+        or attention_mask.shape[1] < seq_len
+    ):
+        raise ValueError(
+            f"attention_mask must have shape (batch, time) = ({batch_size}, {seq_len}) (or be "
+            f"longer in time during cached generation), got {tuple(attention_mask.shape)}"
+        )
+    return attention_mask[:, attention_mask.shape[1] - seq_len :].bool()
+
+
+class IndRNNForSequenceClassification(IndRNNPreTrainedModel):
+    """IndRNN with a linear head on one vector per sequence (`config.classifier_pooling`).
+
+    `config.problem_type` chooses the loss: "regression" (MSE), "single_label_classification"
+    (cross-entropy) or "multi_label_classification" (BCE with logits); when unset it is
+    inferred from `num_labels` and the labels' dtype, as in transformers' own models.
+    """
+
+    def __init__(self, config: IndRNNConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = IndRNNModel(config)
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = _head(config.hidden_size * config.num_directions, config.num_labels)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, new_embeddings):
+        self.model.set_input_embeddings(new_embeddings)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> tuple | SequenceClassifierOutput:
+        r"""
+        labels: (batch,) class ids, (batch, num_labels) multi-hot targets, or (batch,) /
+            (batch, num_labels) regression targets.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.model(
+            input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            use_cache=False,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        pooled = self._pool(outputs.last_hidden_state, attention_mask)
+        logits = self.classifier(self.dropout(pooled))
+        loss = None if labels is None else self._loss(logits, labels)
+        output = SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _pool(self, hidden_states: torch.Tensor, attention_mask) -> torch.Tensor:
+        batch_size, seq_len = hidden_states.shape[:2]
+        mask = _step_mask(attention_mask, batch_size, seq_len)
+        if self.config.classifier_pooling == "mean":
+            if mask is None:
+                return hidden_states.mean(1)
+            weights = mask.unsqueeze(-1).to(hidden_states.dtype)
+            return (hidden_states * weights).sum(1) / weights.sum(1).clamp(min=1)
+        steps = torch.arange(seq_len, device=hidden_states.device).expand(batch_size, seq_len)
+        if mask is None:
+            last = torch.full((batch_size,), seq_len - 1, device=hidden_states.device)
+            first = torch.zeros_like(last)
+        else:
+            last = torch.where(mask, steps, -1).amax(1).clamp(min=0)
+            first = torch.where(mask, steps, seq_len).amin(1).clamp(max=seq_len - 1)
+        rows = torch.arange(batch_size, device=hidden_states.device)
+        hidden = self.config.hidden_size
+        forward = hidden_states[rows, last, :hidden]
+        if not self.config.bidirectional:
+            return forward
+        # The backward direction has read the whole sequence at its first real step.
+        return torch.cat([forward, hidden_states[rows, first, hidden:]], dim=-1)
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.config.problem_type is None:
+            if self.num_labels == 1:
+                self.config.problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                self.config.problem_type = "single_label_classification"
+            else:
+                self.config.problem_type = "multi_label_classification"
+        logits = logits.float()
+        if self.config.problem_type == "regression":
+            if self.num_labels == 1:
+                return nn.functional.mse_loss(logits.squeeze(-1), labels.float().view(-1))
+            return nn.functional.mse_loss(logits, labels.float())
+        if self.config.problem_type == "single_label_classification":
+            return nn.functional.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+        if self.config.problem_type == "multi_label_classification":
+            return nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
+        raise ValueError(
+            "problem_type must be 'regression', 'single_label_classification' or "
+            f"'multi_label_classification', got {self.config.problem_type!r}"
+        )
+
+
+class IndRNNForTokenClassification(IndRNNPreTrainedModel):
+    """IndRNN with a linear head on every step (tagging); labels -100 are ignored."""
+
+    def __init__(self, config: IndRNNConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = IndRNNModel(config)
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = _head(config.hidden_size * config.num_directions, config.num_labels)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, new_embeddings):
+        self.model.set_input_embeddings(new_embeddings)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> tuple | TokenClassifierOutput:
+        r"""
+        labels: (batch, time) class ids; -100 marks steps without a label (e.g. padding).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.model(
+            input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            use_cache=False,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        logits = self.classifier(self.dropout(outputs.last_hidden_state))
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(
+                logits.float().view(-1, self.num_labels), labels.view(-1), ignore_index=-100
+            )
+        output = TokenClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
+    """IndRNN language model; `generate()` carries one float32 recurrent state per layer."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embeddings.weight"}
+
+    def __init__(self, config: IndRNNConfig):
+        if config.bidirectional:
+            raise ValueError("IndRNNForCausalLM needs bidirectional=False, got True")
+        if config.input_size is not None:
+            raise ValueError(
+                f"IndRNNForCausalLM needs token inputs: input_size must be None, got "
+                f"{config.input_size}"
+            )
+        super().__init__(config)
+        self.model = IndRNNModel(config)
+        self.dropout = nn.Dropout(config.dropout)
+        self.lm_head = _head(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, new_embeddings):
+        self.model.set_input_embeddings(new_embeddings)
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        # generate() must not build its own DynamicCache: forward creates an IndRNNCache.
+        return False
+
+    def prepare_inputs_for_generation(
+        self, input_ids, attention_mask=None, inputs_embeds=None, **kwargs
+    ):
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
+        )
+        # The recurrence takes the plain (batch, time) mask, never the per-layer-type masks some
+        # transformers versions build for attention layers.
+        if attention_mask is not None:
+            model_inputs["attention_mask"] = attention_mask
+        return model_inputs
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> tuple | CausalLMOutputWithPast:
+        r"""
+        labels: (batch, time) token ids, shifted inside the model (labels = input_ids works);
+            -100 marks positions without a target.
+        logits_to_keep: compute logits for the last this-many steps only (0: all steps).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.model(
+            input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            cache=_cache_argument(cache, past_key_values),
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        hidden_states = outputs.last_hidden_state
+        if isinstance(logits_to_keep, int):
+            hidden_states = hidden_states[:, -logits_to_keep:] if logits_to_keep else hidden_states
+        else:
+            hidden_states = hidden_states[:, logits_to_keep]
+        logits = self.lm_head(self.dropout(hidden_states))
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(
+                logits[:, :-1].float().reshape(-1, self.config.vocab_size),
+                labels[:, 1:].reshape(-1),
+                ignore_index=-100,
+            )
+        output = CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            **{_CACHE_FIELD: getattr(outputs, _CACHE_FIELD)},
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "IndRNNCache",
+    "IndRNNPreTrainedModel",
+    "IndRNNModel",
+    "IndRNNForSequenceClassification",
+    "IndRNNForTokenClassification",
+    "IndRNNForCausalLM",
+]

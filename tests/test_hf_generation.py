@@ -1,0 +1,151 @@
+"""generate() with the recurrent-state cache, and the text pipelines."""
+
+import pytest
+import torch
+from hf_helpers import VOCAB, cache_of, padded_batch, random_tokens, tiny_model
+from transformers import ByT5Tokenizer, DynamicCache, pipeline
+
+from hf_integration import IndRNNCache, IndRNNForCausalLM, IndRNNForSequenceClassification
+
+NEW = 6
+
+
+def _generate(model, ids, **kwargs):
+    kwargs.setdefault("do_sample", False)
+    return model.generate(ids, max_new_tokens=NEW, pad_token_id=0, **kwargs)
+
+
+@pytest.mark.parametrize("make_cache", [IndRNNCache, lambda config: DynamicCache(config=config)])
+def test_cached_forward_equals_full_prefix(make_cache):
+    model = tiny_model(IndRNNForCausalLM)
+    ids = torch.randint(3, VOCAB, (2, 9))
+    full = model(input_ids=ids).logits
+    cache = make_cache(model.config)
+    first = model(input_ids=ids[:, :5], cache=cache, use_cache=True)
+    assert cache_of(first) is cache
+    logits = [first.logits]
+    for t in range(5, 9):
+        logits.append(model(input_ids=ids[:, t : t + 1], cache=cache, use_cache=True).logits)
+    torch.testing.assert_close(torch.cat(logits, 1), full)
+    if isinstance(cache, IndRNNCache):
+        assert cache.get_seq_length() == 9
+
+
+def test_default_cache_is_created_and_continues():
+    model = tiny_model(IndRNNForCausalLM)
+    ids = torch.randint(3, VOCAB, (2, 7))
+    first = model(input_ids=ids[:, :4])
+    assert isinstance(cache_of(first), IndRNNCache)
+    second = model(input_ids=ids[:, 4:], cache=cache_of(first))
+    torch.testing.assert_close(second.logits, model(input_ids=ids).logits[:, 4:])
+    assert cache_of(model(input_ids=ids, use_cache=False)) is None
+    model.train()  # no cache by default in training, but a given cache is used and updated
+    assert cache_of(model(input_ids=ids)) is None
+    cache = IndRNNCache(model.config)
+    with torch.no_grad():
+        model(input_ids=ids[:, :4], cache=cache)
+        torch.testing.assert_close(model(input_ids=ids[:, 4:], cache=cache).logits,
+                                   model(input_ids=ids).logits[:, 4:])
+
+
+def test_greedy_equals_recomputing_the_prefix():
+    model = tiny_model(IndRNNForCausalLM)
+    ids = torch.randint(3, VOCAB, (3, 5))
+    cached = _generate(model, ids)
+    assert cached.shape == (3, 5 + NEW)
+    assert torch.equal(cached, _generate(model, ids, use_cache=False))
+    manual = ids
+    for _ in range(NEW):
+        next_token = model(input_ids=manual, use_cache=False).logits[:, -1].argmax(-1)
+        manual = torch.cat([manual, next_token[:, None]], 1)
+    assert torch.equal(cached, manual)
+    assert len(set(cached[:, 5:].flatten().tolist())) > 1  # not a degenerate constant output
+
+
+def test_beam_search_equals_recomputing_the_prefix():
+    model = tiny_model(IndRNNForCausalLM)
+    ids = torch.randint(3, VOCAB, (2, 4))
+    kwargs = dict(num_beams=3, num_return_sequences=3, output_scores=True,
+                  return_dict_in_generate=True)
+    cached = _generate(model, ids, **kwargs)
+    recomputed = _generate(model, ids, use_cache=False, **kwargs)
+    assert torch.equal(cached.sequences, recomputed.sequences)
+    torch.testing.assert_close(cached.sequences_scores, recomputed.sequences_scores)
+
+
+def test_left_padded_batch_generates_like_each_prompt_alone():
+    model = tiny_model(IndRNNForCausalLM)
+    prompts = random_tokens([3, 7, 5])
+    ids, mask = padded_batch(prompts, "left")
+    batched = _generate(model, ids, attention_mask=mask)
+    for i, prompt in enumerate(prompts):
+        alone = _generate(model, prompt[None])
+        assert torch.equal(batched[i, ids.shape[1]:], alone[0, len(prompt):])
+
+
+def test_each_new_token_is_one_step():
+    """Constant per-token cost: after the prompt, every forward sees exactly one new token."""
+    model = tiny_model(IndRNNForCausalLM)
+    lengths, states = [], []
+
+    def record(module, args, kwargs):
+        lengths.append(kwargs["inputs_embeds"].shape[1] if args == () else args[0].shape[1])
+
+    model.model.register_forward_pre_hook(record, with_kwargs=True)
+    model.model.rnn.register_forward_pre_hook(lambda m, args, kwargs: states.append(kwargs["hx"]),
+                                              with_kwargs=True)
+    _generate(model, torch.randint(3, VOCAB, (2, 10)))
+    assert lengths == [10] + [1] * (NEW - 1)
+    assert states[0] is None
+    assert all(s is not None and s.shape == (2, 2, 12) for s in states[1:])
+
+
+def test_cached_state_stays_float32_in_bfloat16():
+    model = tiny_model(IndRNNForCausalLM).to(torch.bfloat16)
+    ids = torch.randint(3, VOCAB, (2, 6))
+    out = model(input_ids=ids, use_cache=True)
+    cache = cache_of(out)
+    assert out.logits.dtype == torch.bfloat16
+    for layer in cache.layers:
+        assert layer.recurrent_states[0].dtype == torch.float32
+        assert layer.recurrent_states[0].shape == (2, 1, 12)
+    generated = _generate(model, ids)
+    assert generated.shape == (2, 6 + NEW)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return ByT5Tokenizer()
+
+
+def test_text_generation_pipeline(tokenizer):
+    model = tiny_model(IndRNNForCausalLM, eos_token_id=tokenizer.eos_token_id)
+    generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
+    text = generator("hello", max_new_tokens=5, do_sample=False)[0]["generated_text"]
+    assert text.startswith("hello")
+    ids = tokenizer("hello", add_special_tokens=False, return_tensors="pt").input_ids
+    expected = model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert text == tokenizer.decode(expected[0], skip_special_tokens=True)
+
+
+def test_text_classification_pipeline(tokenizer):
+    model = tiny_model(IndRNNForSequenceClassification,
+                       id2label={0: "neg", 1: "pos", 2: "mixed"})
+    classifier = pipeline("text-classification", model=model, tokenizer=tokenizer)
+    results = classifier(["good", "a longer sentence"])
+    batch = tokenizer(["good", "a longer sentence"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        probs = model(**batch).logits.softmax(-1)
+    assert len(results) == 2
+    for result, p in zip(results, probs, strict=True):
+        assert result["label"] == model.config.id2label[int(p.argmax())]
+        assert result["score"] == pytest.approx(float(p.max()), rel=1e-5)
+
+
+def test_generate_from_inputs_embeds():
+    model = tiny_model(IndRNNForCausalLM)
+    ids = torch.randint(3, VOCAB, (2, 5))
+    from_ids = _generate(model, ids)
+    from_embeds = model.generate(inputs_embeds=model.get_input_embeddings()(ids),
+                                 max_new_tokens=NEW, do_sample=False, pad_token_id=0)
+    assert torch.equal(from_embeds[:, -NEW:], from_ids[:, -NEW:])

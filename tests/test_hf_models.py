@@ -1,0 +1,336 @@
+"""The IndRNN models: outputs, padding, losses, save/load, checkpointing, torch.compile."""
+
+import pytest
+import torch
+from hf_helpers import HEADS, VOCAB, cache_of, head_logits, padded_batch, random_tokens, tiny_model
+from transformers import AutoModel, AutoModelForSequenceClassification
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+
+import hf_integration
+from hf_integration import (
+    IndRNNForCausalLM,
+    IndRNNForSequenceClassification,
+    IndRNNForTokenClassification,
+    IndRNNModel,
+)
+
+OUTPUT_CLASSES = {
+    IndRNNModel: BaseModelOutputWithPast,
+    IndRNNForSequenceClassification: SequenceClassifierOutput,
+    IndRNNForTokenClassification: TokenClassifierOutput,
+    IndRNNForCausalLM: CausalLMOutputWithPast,
+}
+BIDIRECTIONAL_HEADS = [IndRNNModel, IndRNNForSequenceClassification, IndRNNForTokenClassification]
+
+
+@pytest.mark.parametrize("cls", list(OUTPUT_CLASSES))
+def test_output_class_shapes_and_tuple(cls):
+    model = tiny_model(cls)
+    ids = torch.randint(3, VOCAB, (2, 7))
+    out = model(input_ids=ids, output_hidden_states=True)
+    assert isinstance(out, OUTPUT_CLASSES[cls])
+    logits = head_logits(model, input_ids=ids)
+    want = {
+        IndRNNModel: (2, 7, 12),
+        IndRNNForSequenceClassification: (2, 3),
+        IndRNNForTokenClassification: (2, 7, 3),
+        IndRNNForCausalLM: (2, 7, VOCAB),
+    }[cls]
+    assert tuple(logits.shape) == want
+    assert len(out.hidden_states) == 2
+    assert out.hidden_states[0].shape == (2, 7, 12)  # the embeddings
+    assert torch.equal(out.hidden_states[-1], model(input_ids=ids, output_hidden_states=True)
+                       .hidden_states[-1])
+    as_tuple = model(input_ids=ids, return_dict=False)
+    assert isinstance(as_tuple, tuple)
+    assert torch.equal(as_tuple[0], logits)
+
+
+@pytest.mark.parametrize("cls", list(OUTPUT_CLASSES))
+def test_inputs_embeds_equal_input_ids(cls):
+    model = tiny_model(cls)
+    ids = torch.randint(3, VOCAB, (2, 6))
+    embeds = model.get_input_embeddings()(ids)
+    torch.testing.assert_close(
+        head_logits(model, inputs_embeds=embeds), head_logits(model, input_ids=ids)
+    )
+
+
+def test_continuous_inputs_model():
+    model = tiny_model(IndRNNForSequenceClassification, input_size=2, num_labels=1)
+    assert model.get_input_embeddings() is None
+    x = torch.randn(4, 9, 2)
+    out = model(inputs_embeds=x, labels=torch.randn(4))
+    assert out.logits.shape == (4, 1) and out.loss.ndim == 0
+    with pytest.raises(ValueError, match="input_ids"):
+        model(input_ids=torch.zeros(4, 9, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"inputs_embeds must have shape \(batch, time, 2\)"):
+        model(inputs_embeds=torch.randn(4, 9, 3))
+
+
+def test_input_errors_name_the_argument():
+    model = tiny_model(IndRNNModel)
+    ids = torch.randint(3, VOCAB, (2, 5))
+    with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):
+        model(input_ids=ids, inputs_embeds=model.embeddings(ids))
+    with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):
+        model()
+    with pytest.raises(ValueError, match="attention_mask must have shape"):
+        model(input_ids=ids, attention_mask=torch.ones(2, 4))
+    with pytest.raises(ValueError, match="bidirectional=False"):
+        IndRNNForCausalLM(tiny_model(IndRNNModel, bidirectional=True).config)
+    with pytest.raises(ValueError, match="cache"):
+        model(input_ids=ids, cache=object(), use_cache=True)
+    bidirectional = tiny_model(IndRNNModel, bidirectional=True)
+    assert cache_of(bidirectional(input_ids=ids)) is None
+    with pytest.raises(ValueError, match="bidirectional=False"):
+        bidirectional(input_ids=ids, use_cache=True)
+
+
+def _check_padding(cls, side, **overrides):
+    model = tiny_model(cls, **overrides)
+    seqs = random_tokens([5, 9, 2, 7])
+    ids, mask = padded_batch(seqs, side)
+    batched = head_logits(model, input_ids=ids, attention_mask=mask)
+    for i, seq in enumerate(seqs):
+        alone = head_logits(model, input_ids=seq[None])[0]
+        if cls is IndRNNForSequenceClassification:
+            torch.testing.assert_close(batched[i], alone)
+        else:
+            real = mask[i].bool()
+            torch.testing.assert_close(batched[i][real], alone)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("cls", list(OUTPUT_CLASSES))
+def test_padded_batch_equals_each_sequence_alone(cls, side):
+    _check_padding(cls, side)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("cls", BIDIRECTIONAL_HEADS)
+def test_padded_batch_bidirectional(cls, side):
+    _check_padding(cls, side, bidirectional=True)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_batch_mean_pooling(side):
+    _check_padding(IndRNNForSequenceClassification, side, classifier_pooling="mean",
+                   bidirectional=True)
+
+
+def test_last_pooling_reads_last_and_first_real_steps():
+    model = tiny_model(IndRNNForSequenceClassification, bidirectional=True)
+    ids, mask = padded_batch(random_tokens([3, 6]), "right")
+    hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    pooled = torch.cat([hidden[0, 2, :12], hidden[0, 0, 12:]])
+    torch.testing.assert_close(
+        model(input_ids=ids, attention_mask=mask).logits[0], model.classifier(pooled)
+    )
+
+
+def test_sequence_classification_losses():
+    ids = torch.randint(3, VOCAB, (4, 6))
+    single = tiny_model(IndRNNForSequenceClassification, num_labels=3)
+    labels = torch.tensor([0, 2, 1, 2])
+    out = single(input_ids=ids, labels=labels)
+    assert single.config.problem_type == "single_label_classification"
+    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(out.logits, labels))
+
+    multi = tiny_model(IndRNNForSequenceClassification, num_labels=3)
+    targets = torch.tensor([[1.0, 0, 1], [0, 0, 1], [1, 1, 1], [0, 0, 0]])
+    out = multi(input_ids=ids, labels=targets)
+    assert multi.config.problem_type == "multi_label_classification"
+    torch.testing.assert_close(
+        out.loss, torch.nn.functional.binary_cross_entropy_with_logits(out.logits, targets)
+    )
+
+    regression = tiny_model(IndRNNForSequenceClassification, num_labels=1)
+    values = torch.randn(4)
+    out = regression(input_ids=ids, labels=values)
+    assert regression.config.problem_type == "regression"
+    torch.testing.assert_close(out.loss, torch.nn.functional.mse_loss(out.logits[:, 0], values))
+
+
+def test_token_classification_and_lm_losses_ignore_minus_100():
+    ids = torch.randint(3, VOCAB, (2, 6))
+    tagger = tiny_model(IndRNNForTokenClassification)
+    labels = torch.randint(0, 3, (2, 6))
+    labels[0, 4:] = -100
+    out = tagger(input_ids=ids, labels=labels)
+    keep = labels != -100
+    torch.testing.assert_close(
+        out.loss, torch.nn.functional.cross_entropy(out.logits[keep], labels[keep])
+    )
+
+    lm = tiny_model(IndRNNForCausalLM)
+    out = lm(input_ids=ids, labels=ids)
+    torch.testing.assert_close(
+        out.loss,
+        torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, VOCAB),
+                                          ids[:, 1:].reshape(-1)),
+    )
+
+
+@pytest.mark.parametrize("auto_name", list(HEADS))
+def test_save_load_round_trip_is_bitwise(auto_name, tmp_path):
+    import transformers
+
+    model = tiny_model(HEADS[auto_name], bidirectional=auto_name != "AutoModelForCausalLM")
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    loaded = getattr(transformers, auto_name).from_pretrained(tmp_path).eval()
+    assert type(loaded) is type(model)
+    ids, mask = padded_batch(random_tokens([4, 8]), "left")
+    assert torch.equal(
+        head_logits(loaded, input_ids=ids, attention_mask=mask),
+        head_logits(model, input_ids=ids, attention_mask=mask),
+    )
+
+
+def test_saved_folder_has_code_and_full_auto_map(tmp_path):
+    import json
+
+    tiny_model(IndRNNForTokenClassification).save_pretrained(tmp_path)
+    auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
+    assert set(auto_map) == {"AutoConfig", *HEADS}
+    assert auto_map["AutoConfig"] == "configuration_indrnn.IndRNNConfig"
+    for name in ("configuration_indrnn.py", "modeling_indrnn.py"):
+        assert (tmp_path / name).exists()
+
+
+def test_base_model_loads_into_head(tmp_path):
+    base = tiny_model(IndRNNModel)
+    base.save_pretrained(tmp_path)
+    head = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    weight = head.classifier.weight  # not in the checkpoint: initialised by _init_weights
+    assert torch.isfinite(weight).all() and 0.1 < weight.std() < 1.0  # initializer_range 0.5
+    assert torch.equal(head.classifier.bias, torch.zeros(3))
+    ids = torch.randint(3, VOCAB, (2, 5))
+    assert torch.equal(head.model(input_ids=ids).last_hidden_state,
+                       base(input_ids=ids).last_hidden_state)
+    assert isinstance(AutoModel.from_config(base.config), IndRNNModel)
+
+
+def test_tied_word_embeddings(tmp_path):
+    lm = tiny_model(IndRNNForCausalLM, tie_word_embeddings=True)
+    assert lm.lm_head.weight is lm.model.embeddings.weight
+    lm.save_pretrained(tmp_path)
+    loaded = IndRNNForCausalLM.from_pretrained(tmp_path).eval()
+    assert loaded.lm_head.weight is loaded.model.embeddings.weight
+    ids = torch.randint(3, VOCAB, (2, 5))
+    assert torch.equal(loaded(input_ids=ids).logits, lm(input_ids=ids).logits)
+    untied = tiny_model(IndRNNForCausalLM)
+    assert untied.lm_head.weight is not untied.model.embeddings.weight
+
+
+@pytest.mark.parametrize("case", ["sequence_classification", "causal_lm", "continuous"])
+def test_gradient_checkpointing_same_gradients(case):
+    ids, mask = padded_batch(random_tokens([6, 9, 4]), "right")
+    if case == "causal_lm":
+        model = tiny_model(IndRNNForCausalLM)
+        inputs = {"input_ids": ids, "labels": ids}
+    elif case == "continuous":
+        model = tiny_model(IndRNNForSequenceClassification, input_size=3, num_labels=1)
+        inputs = {"inputs_embeds": torch.randn(3, 9, 3), "labels": torch.randn(3)}
+    else:
+        model = tiny_model(IndRNNForSequenceClassification)
+        inputs = {"input_ids": ids, "labels": torch.tensor([0, 1, 2])}
+    model.train()
+
+    def grads():
+        model.zero_grad()
+        model(attention_mask=mask, **inputs).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    calls = []
+    model.model.rnn.register_forward_pre_hook(lambda *args: calls.append(1))
+    plain = grads()
+    assert len(calls) == 1
+    model.gradient_checkpointing_enable()
+    assert model.model.gradient_checkpointing
+    checkpointed = grads()
+    assert len(calls) == 3  # forward, then the recomputation in backward
+    assert plain.keys() == checkpointed.keys()
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], msg=name)
+
+
+def test_torch_compile_matches_eager():
+    model = tiny_model(IndRNNForSequenceClassification, bidirectional=True)
+    compiled = torch.compile(model)
+    ids, mask = padded_batch(random_tokens([5, 8]), "left")
+    labels = torch.tensor([1, 2])
+    eager = model(input_ids=ids, attention_mask=mask, labels=labels)
+    out = compiled(input_ids=ids, attention_mask=mask, labels=labels)
+    torch.testing.assert_close(out.logits, eager.logits)
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_registration_on_import():
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTokenClassification
+
+    config = AutoConfig.for_model("indrnn", vocab_size=VOCAB, hidden_size=8)
+    assert isinstance(AutoModelForCausalLM.from_config(config), IndRNNForCausalLM)
+    assert isinstance(AutoModelForTokenClassification.from_config(config),
+                      IndRNNForTokenClassification)
+    assert hf_integration.IndRNNForCausalLM._auto_class == "AutoModelForCausalLM"
+
+
+DEEP_OPTIONS = [
+    {"norm": "batch", "dropout": 0.1},
+    {"norm": "layer", "residual": True, "num_hidden_layers": 3},
+    {"norm": "batch", "bidirectional": True, "residual": True, "num_hidden_layers": 3},
+]
+
+
+@pytest.mark.parametrize("options", DEEP_OPTIONS)
+def test_norm_residual_options_pad_and_round_trip(options, tmp_path):
+    cls = IndRNNForTokenClassification
+    model = tiny_model(cls, **options)
+    model.train()
+    ids = torch.randint(3, VOCAB, (4, 6))
+    model(input_ids=ids, labels=ids % 3).loss.backward()  # updates batch-norm statistics
+    model.eval()
+    model.save_pretrained(tmp_path)
+    loaded = cls.from_pretrained(tmp_path).eval()
+    ids, mask = padded_batch(random_tokens([3, 8, 5]), "left")
+    assert torch.equal(head_logits(loaded, input_ids=ids, attention_mask=mask),
+                       head_logits(model, input_ids=ids, attention_mask=mask))
+    for side in ("left", "right"):
+        batch_ids, batch_mask = padded_batch(random_tokens([3, 8, 5]), side)
+        batched = head_logits(model, input_ids=batch_ids, attention_mask=batch_mask)
+        for i in range(3):
+            real = batch_mask[i].bool()
+            torch.testing.assert_close(batched[i][real],
+                                       head_logits(model, input_ids=batch_ids[i, real][None])[0])
+
+
+def test_init_options_reach_the_layers():
+    model = tiny_model(IndRNNModel, recurrent_max_abs=1.5, recurrent_init=[0.2, 0.3],
+                       last_layer_recurrent_init="near_one")
+    first, last = model.rnn.weight_hh_l0, model.rnn.weight_hh_l1
+    assert 0.2 <= first.min() and first.max() <= 0.3
+    assert 1 / 1.5 <= last.min() and last.max() <= 1.5
+
+
+def test_both_kernel_paths_pad_and_continue(backend):
+    """The models on the Triton kernels (interpreted on CPU) and on the torch CPU path."""
+    classifier = tiny_model(IndRNNForSequenceClassification, bidirectional=True, hidden_size=4)
+    seqs = random_tokens([2, 4])
+    ids, mask = padded_batch(seqs, "left")
+    batched = classifier(input_ids=ids, attention_mask=mask).logits
+    for i, seq in enumerate(seqs):
+        torch.testing.assert_close(batched[i], classifier(input_ids=seq[None]).logits[0])
+
+    lm = tiny_model(IndRNNForCausalLM, hidden_size=4)
+    ids = torch.randint(3, VOCAB, (2, 4))
+    first = lm(input_ids=ids[:, :3])
+    last = lm(input_ids=ids[:, 3:], cache=cache_of(first)).logits
+    torch.testing.assert_close(last, lm(input_ids=ids).logits[:, 3:])

@@ -1,0 +1,77 @@
+"""A saved folder loads with trust_remote_code=True where hf_integration cannot be imported."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from hf_helpers import HEADS, padded_batch, random_tokens, tiny_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+LOADER = r"""
+import importlib.util, json, sys
+from pathlib import Path
+import torch, transformers
+
+assert importlib.util.find_spec("hf_integration") is None, "hf_integration must not be importable"
+root = Path(sys.argv[1])
+inputs = torch.load(root / "inputs.pt")
+for name in json.loads((root / "heads.json").read_text()):
+    model = getattr(transformers, name).from_pretrained(root / name, trust_remote_code=True).eval()
+    assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+    with torch.no_grad():
+        out = model(**inputs)
+    logits = out.last_hidden_state if name == "AutoModel" else out.logits
+    torch.save(logits, root / f"{name}.remote.pt")
+    if name == "AutoModelForCausalLM":
+        generated = model.generate(inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                   max_new_tokens=4, do_sample=False, pad_token_id=0)
+        torch.save(generated, root / "generated.remote.pt")
+        model.save_pretrained(root / "resaved")  # what push_to_hub would upload again
+"""
+
+
+def test_trust_remote_code_in_fresh_process(tmp_path):
+    ids, mask = padded_batch(random_tokens([4, 7]), "left")
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    torch.save(inputs, tmp_path / "inputs.pt")
+    (tmp_path / "heads.json").write_text(json.dumps(list(HEADS)))
+    local = {}
+    for name, cls in HEADS.items():
+        model = tiny_model(cls, bidirectional=name != "AutoModelForCausalLM")
+        model.save_pretrained(tmp_path / name)
+        with torch.no_grad():
+            out = model(**inputs)
+        local[name] = out.last_hidden_state if name == "AutoModel" else out.logits
+        if name == "AutoModelForCausalLM":
+            generated = model.generate(ids, attention_mask=mask, max_new_tokens=4,
+                                       do_sample=False, pad_token_id=0)
+
+    # indrnn_triton (pip-installed in real use) is importable; hf_integration is not.
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "indrnn_triton").symlink_to(REPO / "indrnn_triton")
+    (tmp_path / "load.py").write_text(LOADER)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "PYTHONPATH": str(site),
+        "HF_HOME": str(tmp_path / "hf_home"),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    result = subprocess.run(
+        [sys.executable, str(tmp_path / "load.py"), str(tmp_path)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    for name in HEADS:
+        assert torch.equal(torch.load(tmp_path / f"{name}.remote.pt"), local[name]), name
+    assert torch.equal(torch.load(tmp_path / "generated.remote.pt"), generated)
+    resaved = json.loads((tmp_path / "resaved" / "config.json").read_text())
+    assert set(resaved["auto_map"]) == {"AutoConfig", *HEADS}
+    assert (tmp_path / "resaved" / "modeling_indrnn.py").exists()

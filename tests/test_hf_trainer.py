@@ -1,0 +1,128 @@
+"""Fine-tuning every head with Trainer on a datasets.Dataset, and DDP through torchrun on CPU."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset
+from hf_helpers import head_logits, tiny_model
+from transformers import Trainer, TrainingArguments
+
+from hf_integration import (
+    IndRNNForCausalLM,
+    IndRNNForSequenceClassification,
+    IndRNNForTokenClassification,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+N, T = 64, 8
+
+
+def _token_ids(generator):
+    # Three distinct tokens, so that a few steps can learn the labels below.
+    return torch.randint(3, 6, (N, T), generator=generator)
+
+
+def _sequence_data(g):
+    ids = _token_ids(g)
+    return {"input_ids": ids.tolist(), "labels": (ids[:, -1] % 3).tolist()}
+
+
+def _adding_data(g):
+    """The adding problem in small: target = sum of the two marked values."""
+    values = torch.rand(N, T, generator=g)
+    markers = torch.zeros(N, T)
+    for row in range(N):
+        markers[row, torch.randperm(T, generator=g)[:2]] = 1.0
+    features = torch.stack([values, markers], -1)
+    return {"inputs_embeds": features.tolist(), "labels": (values * markers).sum(1).tolist()}
+
+
+def _token_data(g):
+    ids = _token_ids(g)
+    return {"input_ids": ids.tolist(), "labels": (ids % 3).tolist()}
+
+
+def _lm_data(g):
+    start = torch.randint(3, 6, (N, 1), generator=g)
+    ids = 3 + (start + torch.arange(T)) % 4  # cycles through 4 tokens
+    return {"input_ids": ids.tolist(), "labels": ids.tolist(), "attention_mask": [[1] * T] * N}
+
+
+CASES = {
+    "sequence_classification": (IndRNNForSequenceClassification, {}, _sequence_data),
+    "regression_continuous": (
+        IndRNNForSequenceClassification, {"input_size": 2, "num_labels": 1}, _adding_data
+    ),
+    "token_classification": (IndRNNForTokenClassification, {"bidirectional": True}, _token_data),
+    "causal_lm": (IndRNNForCausalLM, {}, _lm_data),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_trainer_fine_tunes_every_head(case, tmp_path):
+    cls, overrides, make_data = CASES[case]
+    model = tiny_model(cls, initializer_range=0.02, **overrides)  # the default head init
+    data = Dataset.from_dict(make_data(torch.Generator().manual_seed(0)))
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        max_steps=40,
+        per_device_train_batch_size=16,
+        per_device_eval_batch_size=32,
+        learning_rate=1e-2,
+        logging_steps=10,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        gradient_checkpointing=case == "token_classification",  # the Trainer's own switch
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=data, eval_dataset=data)
+    before = trainer.evaluate()["eval_loss"]
+    trainer.train()
+    assert model.model.gradient_checkpointing == args.gradient_checkpointing
+    after = trainer.evaluate()["eval_loss"]
+    assert after < 0.8 * before, (before, after)
+
+    trainer.save_model(str(tmp_path / "saved"))
+    loaded = cls.from_pretrained(tmp_path / "saved")
+    batch = {k: torch.tensor(v) for k, v in data[:4].items() if k != "labels"}
+    model.eval()
+    assert torch.equal(head_logits(loaded.eval(), **batch), head_logits(model, **batch))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_on_cpu(tmp_path):
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]),
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+        "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
+        str(REPO / "tests" / "hf_ddp_train.py"), str(tmp_path),
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    report = json.loads((tmp_path / "ddp_report.json").read_text())
+    assert report["world_size"] == 2
+    assert report["backend"] == "gloo"
+    assert report["wrapped_in_ddp"]
+    assert report["optimizer_steps_checked"] == report["max_steps"] > 0
+    assert report["ranks_saw_different_batches"]
+    assert report["max_grad_difference_across_ranks"] == 0.0
+    assert report["max_param_difference_across_ranks"] == 0.0
+    assert report["params_changed"]

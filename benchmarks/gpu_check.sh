@@ -45,7 +45,7 @@ cat "$OUT_DIR/environment.txt"
 
 # 1. Resource report for every config (compiled in parallel; it also fills Triton's cache with
 #    the kernels the autotuner will launch below, the same cache keys).
-step kernel_report 75 "$PY" benchmarks/kernel_report.py --jobs 12 \
+step kernel_report 90 "$PY" benchmarks/kernel_report.py --jobs 12 \
     --json "$OUT_DIR/kernel_report.json" --md "$OUT_DIR/kernel_report.md"
 
 # 2. CUDA tests: kernels vs the float64 reference, every dtype and flag, NaN-poisoned buffers,
@@ -58,7 +58,7 @@ step test_cuda 140 "$PY" -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprov
 step bench_op 140 "$PY" benchmarks/bench_op.py --preset gpu --threads 0 --out "$OUT_DIR"
 
 # 4. The layer: IndRNN vs cuDNN nn.RNN(relu), GRU, LSTM, 1 and 2 layers, T 256..4096.
-step bench_layer 100 "$PY" benchmarks/bench_layer.py --threads 0 --out "$OUT_DIR"
+step bench_layer 90 "$PY" benchmarks/bench_layer.py --threads 0 --out "$OUT_DIR"
 
 echo "total $((SECONDS - START))s" | tee -a "$OUT_DIR/summary.txt"
 cat "$OUT_DIR/summary.txt"

@@ -50,10 +50,14 @@ T, B, H = 1024, 64, 1024
 
 # Flag sets: "plain" is the common training call (bias, no h0, no mask, forwards, no clip; autograd
 # hands the backward a zero gradient for the unused h_n, hence dhn); "all" switches every
-# optional feature on. Parameters (u, bias) and h0 are float32 as in mixed-precision training.
+# optional feature of one direction on; "bidir" is "all" for a bidirectional launch (one kernel
+# holding both directions' bodies). Parameters (u, bias) and h0 are float32 as in mixed-precision
+# training.
+_ALL = dict(h0=True, mask=True, reverse=True, clip=True, dhn=True)
 FLAG_SETS = {
-    "plain": dict(h0=False, mask=False, reverse=False, clip=False, dhn=True),
-    "all": dict(h0=True, mask=True, reverse=True, clip=True, dhn=True),
+    "plain": dict(h0=False, mask=False, reverse=False, clip=False, dhn=True, bidir=False),
+    "all": dict(_ALL, bidir=False),
+    "bidir": dict(_ALL, bidir=True),
 }
 
 _TRITON_TYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "uint8": "u8"}
@@ -105,7 +109,7 @@ def _common_args(f: dict) -> dict:
         T=T, B=B, H=H,
         s_m_t=B if f["mask"] else 0, s_m_b=1 if f["mask"] else 0,
         r_max=1.0 if f["clip"] else 0.0, r_min=0.1 if f["clip"] else 0.0,
-        CLIP_MAX=f["clip"], CLIP_MIN=f["clip"], REVERSE=f["reverse"],
+        CLIP_MAX=f["clip"], CLIP_MIN=f["clip"], REVERSE=f["reverse"], BIDIR=f["bidir"],
         p_h0=Ptr("float32") if f["h0"] else None,
         p_mask=Ptr("uint8") if f["mask"] else None,
         p_u=Ptr("float32"),
@@ -150,6 +154,9 @@ def _specialise(fn, args: dict):
     signature, constexprs, attrs = {}, {}, {}
     divisible = [["tt.divisibility", 16]]
     for i, p in enumerate(fn.params):
+        if p.name not in args:
+            raise RuntimeError(f"kernel_report builds no value for {fn.__name__}'s argument "
+                               f"{p.name!r}: add it to _fwd_args/_bwd_args")
         v = args[p.name]
         if p.is_constexpr or v is None or isinstance(v, bool):
             signature[p.name], constexprs[p.name], attrs[(i,)] = "constexpr", v, []

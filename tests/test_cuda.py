@@ -14,6 +14,7 @@ import torch
 import indrnn_triton._alloc as alloc
 import indrnn_triton.op as op
 from indrnn_triton import fused_indrnn, indrnn_reference
+from indrnn_triton.functional import indrnn_recurrence
 
 pytestmark = [
     pytest.mark.cuda,
@@ -48,19 +49,23 @@ def _nan_poison(monkeypatch):
     monkeypatch.setattr(alloc, "empty", nan_empty)
 
 
-def _pin(monkeypatch, config):
-    """Make both kernels' autotuners use ``config`` only (no tuning run, one compile)."""
-    for kernel in (tk._indrnn_fwd_kernel, tk._indrnn_bwd_kernel):
-        tuner = kernel.fn
+def _tuners():
+    """The autotuners of the forward and backward kernels (under their heuristics wrappers)."""
+    return tk._indrnn_fwd_kernel.fn, tk._indrnn_bwd_kernel.fn
+
+
+def _pin(monkeypatch, fwd_config, bwd_config=None):
+    """Make the autotuners use one config each (no tuning run, one compile per variant)."""
+    for tuner, config in zip(_tuners(), (fwd_config, bwd_config or fwd_config), strict=True):
         monkeypatch.setattr(tuner, "configs", [config])
         monkeypatch.setattr(tuner, "cache", {})
 
 
 @pytest.fixture
 def pinned(monkeypatch):
-    import triton
-
-    _pin(monkeypatch, triton.Config({"BLOCK_B": 2, "BLOCK_H": 128}, num_warps=2, num_stages=2))
+    """One small config of each kernel's own list: several B and H blocks on awkward shapes."""
+    _pin(monkeypatch, *(min(t.configs, key=lambda c: (c.kwargs["BLOCK_H"], -c.kwargs["BLOCK_B"]))
+                        for t in _tuners()))
 
 
 def _mask(kind, T, B, device):
@@ -126,10 +131,40 @@ def test_several_tiles_and_long_sequence(pinned, dtype):
     _check(dtype, 300, 17, 1030, FLAGS["all"])
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_bidirectional_launch_matches_two_references(pinned, dtype):
+    """Both directions in one launch: the second half of the features runs from T-1 to 0."""
+    T, B, H = 33, 3, 130
+    g = torch.Generator(device="cuda").manual_seed(0)
+    pre = torch.randn(T, B, 2 * H, device="cuda", generator=g).to(dtype).requires_grad_()
+    u = (torch.rand(2 * H, device="cuda", generator=g) * 2.4 - 1.2).requires_grad_()
+    bias = (0.1 * torch.randn(2 * H, device="cuda", generator=g)).requires_grad_()
+    h0 = torch.rand(2, B, H, device="cuda", generator=g).requires_grad_()
+    mask = _mask("right", T, B, "cuda")
+    kw = dict(recurrent_max_abs=1.0, recurrent_min_abs=0.1, mask=mask)
+    out, h_n = indrnn_recurrence(pre, u, bias, h0, bidirectional=True, **kw)
+    leaves = (pre, u, bias, h0)
+    refs = [t.detach().double().requires_grad_() for t in leaves]
+    halves = [indrnn_reference(refs[0][..., d * H:(d + 1) * H], refs[1][d * H:(d + 1) * H],
+                               refs[2][d * H:(d + 1) * H], refs[3][d], reverse=d == 1, **kw)
+              for d in (0, 1)]
+    ref_out = torch.cat([o for o, _ in halves], -1)
+    ref_hn = torch.stack([h for _, h in halves])
+    tol = TOL[dtype]
+    assert _rel_err(out, ref_out) < tol and _rel_err(h_n, ref_hn) < tol
+    g_out = torch.randn(out.shape, device="cuda", generator=g)
+    grads = torch.autograd.grad((out.float() * g_out).sum() + h_n.sum(), leaves)
+    ref_grads = torch.autograd.grad((ref_out * g_out.double()).sum() + ref_hn.sum(), refs)
+    for name, a, b in zip(("pre", "weight_hh", "bias", "h0"), grads, ref_grads, strict=True):
+        assert _rel_err(a, b) < tol, name
+
+
 def test_every_autotune_config(monkeypatch):
-    """Each config of the real (non-interpreter) list, with every flag on, in float32."""
-    for config in tk._configs():
-        _pin(monkeypatch, config)
+    """Each config of the real (non-interpreter) lists, with every flag on, in float32."""
+    fwd, bwd = (list(t.configs) for t in _tuners())
+    assert len(fwd) == len(bwd)
+    for fwd_config, bwd_config in zip(fwd, bwd, strict=True):
+        _pin(monkeypatch, fwd_config, bwd_config)
         _check(torch.float32, 7, 5, 300, FLAGS["all"])
 
 

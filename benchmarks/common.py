@@ -89,6 +89,27 @@ def bench(fn: Callable[[], object], device: torch.device, *, min_reps: int = 5,
     return 1e3 * statistics.median(times)
 
 
+def bench_interleaved(fns: dict[str, Callable[[], object]], device: torch.device,
+                      rounds: int) -> dict[str, float]:
+    """Median milliseconds of each function, timed in alternation: ``rounds`` rounds of one call
+    of each (a :func:`bench` each on a GPU), so load that comes and goes on a shared machine
+    falls on all of them alike. One untimed warm-up call each first."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            if device.type == "cuda":
+                times[name].append(bench(fn, device, budget_s=0.05))
+                continue
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(1e3 * (time.perf_counter() - t0))
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def saved_bytes(fn: Callable[[], object]) -> int:
     """Bytes of the distinct storages autograd saves for backward while ``fn()`` runs."""
     storages: dict[int, int] = {}

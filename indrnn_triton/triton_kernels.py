@@ -22,25 +22,22 @@ from . import _alloc
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-def _configs(backward: bool) -> list[triton.Config]:
+def _configs() -> list[triton.Config]:
     if INTERPRET:
         # The interpreter costs per program and per step, not per element: a small tile that
         # still splits B and H into several partial blocks, and a chunk that leaves a tail.
         return [triton.Config({"BLOCK_B": 2, "BLOCK_H": 64, "CHUNK": 4}, num_warps=1)]
-    # (BLOCK_B, BLOCK_H, num_warps, CHUNK): 4 or 8 elements per thread (one 16-byte vector for
-    # fp32 or bf16), and CHUNK steps of loads in flight per program.
-    # (1, 256, 2, 8) and (1, 512, 4, 8) are left out, and tiles of 8 elements per thread
-    # prefetch 4 steps: otherwise ptxas spills the masked kernels for sm_80
-    # (benchmarks/kernel_report.py prints registers and spills of every config).
+    # (BLOCK_B, BLOCK_H, num_warps, CHUNK): 4 elements per thread (a 16-byte vector of fp32, 8
+    # bytes of 16-bit types) or 8 (16 bytes of 16-bit types), and CHUNK steps of loads in
+    # flight per program. Shapes where ptxas spills for sm_80 are left out or prefetch fewer
+    # steps: 8 elements per thread prefetch 4, and nothing prefetches 16 (float16 spills).
+    # benchmarks/kernel_report.py prints registers, spills and load widths of every config.
     tiles = [
-        (1, 128, 1, 8), (1, 128, 1, 16), (1, 256, 1, 4), (1, 256, 2, 16), (1, 512, 2, 4),
-        (1, 512, 4, 16), (1, 1024, 4, 4), (2, 128, 2, 8), (2, 256, 4, 8), (4, 128, 4, 8),
+        (1, 128, 1, 8), (1, 256, 1, 4), (1, 256, 4, 8), (1, 512, 2, 4), (1, 1024, 4, 4),
+        (2, 128, 2, 8), (2, 256, 4, 8), (4, 128, 4, 8), (1, 512, 8, 8),
     ]
     configs = []
     for bb, bh, w, chunk in tiles:
-        # The backward keeps two tiles per step in flight (output and its gradient).
-        if backward:
-            chunk = min(chunk, 8)
         meta = {"BLOCK_B": bb, "BLOCK_H": bh, "CHUNK": chunk}
         configs.append(triton.Config(meta, num_warps=w, num_stages=1))
     return configs
@@ -303,7 +300,7 @@ def _indrnn_bwd_body(
 
 
 @triton.heuristics({**_HEURISTICS, "HAS_BIAS": lambda a: a["p_b"] is not None})
-@triton.autotune(configs=_configs(backward=False), key=["H"], prune_configs_by=_PRUNE)
+@triton.autotune(configs=_configs(), key=["H"], prune_configs_by=_PRUNE)
 @triton.jit(do_not_specialize=["T"])
 def _indrnn_fwd_kernel(
     p_pre,  # pre-activations W x, (T, B, H) through strides s_pre_*
@@ -357,7 +354,7 @@ def _indrnn_fwd_kernel(
         "HAS_DHN": lambda a: a["p_dhn"] is not None,
     }
 )
-@triton.autotune(configs=_configs(backward=True), key=["H"], prune_configs_by=_PRUNE)
+@triton.autotune(configs=_configs(), key=["H"], prune_configs_by=_PRUNE)
 @triton.jit(do_not_specialize=["T"])
 def _indrnn_bwd_kernel(
     p_out,  # forward output h, (T, B, H) through strides s_out_*

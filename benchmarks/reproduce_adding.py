@@ -1,0 +1,178 @@
+"""Reproduce the IndRNN paper's adding-problem experiment (Li et al., CVPR 2018, figure 2).
+
+The paper's settings: 2 IndRNN layers x 128 units, Adam with lr 2e-4 (constant), batch 50, MSE,
+|u| <= 2^(1/T), for T = 100, 500, 1000 and 5000; IndRNN converges at all four lengths (the
+baseline of always predicting 1 has MSE ~ 0.167). A well-known TensorFlow reproduction failed at
+T = 5000 until the last layer's recurrent weights were initialised near 1, uniformly in
+[2^(-1/T), 2^(1/T)]: ``--near-one-from`` turns that on from a given length (default 1000).
+
+Every length is one ``indrnn-train adding`` run (hf_integration.train: Trainer, save, reload);
+this script collects the test-MSE curves into one PNG like the paper's figure 2, plus a JSON and
+a markdown table of the numbers.
+
+    python benchmarks/reproduce_adding.py --lengths 100 500 --max-steps 4000 6000 \\
+        --out benchmarks/results/cpu                                   # what ran on 2 CPU cores
+    python benchmarks/reproduce_adding.py --out benchmarks/results/gpu  # all four, on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from hf_integration import train  # noqa: E402
+from hf_integration.data import ADDING_BASELINE_MSE  # noqa: E402
+
+PAPER_LENGTHS = (100, 500, 1000, 5000)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--lengths", type=int, nargs="+", default=list(PAPER_LENGTHS),
+                   help="sequence lengths T to train")
+    p.add_argument("--max-steps", type=int, nargs="+", default=[20000],
+                   help="training steps: one value for every length, or one per length")
+    p.add_argument("--eval-steps", type=int, default=100, help="test-MSE interval (steps)")
+    p.add_argument("--test-size", type=int, default=1000, help="test sequences per length")
+    p.add_argument("--learning-rate", type=float, default=2e-4, help="Adam lr (paper: 2e-4)")
+    p.add_argument("--batch-size", type=int, default=50, help="batch size (paper: 50)")
+    p.add_argument("--near-one-from", type=int, default=1000,
+                   help="initialise the last layer's recurrent weights in [2^(-1/T), 2^(1/T)] "
+                   "for T >= this (0: always; a huge value: never)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cpu-threads", type=int, default=1, help="torch threads on the CPU")
+    p.add_argument("--out", default="benchmarks/results/cpu",
+                   help="folder for adding_curves.png, adding_results.json and adding_results.md")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the lengths already in OUT/adding_results.json and train only the "
+                   "others (a long series can run in parts); off: start a new series")
+    p.add_argument("--keep-models", action="store_true",
+                   help="keep each length's saved model under OUT/models/ (off: deleted)")
+    args = p.parse_args(argv)
+    if len(args.max_steps) not in (1, len(args.lengths)):
+        p.error(f"--max-steps takes 1 value or one per length ({len(args.lengths)}), "
+                f"got {len(args.max_steps)}")
+    if min(args.lengths) < 2:
+        p.error(f"--lengths must all be >= 2, got {args.lengths}")
+    return args
+
+
+def train_one(args, seq_len: int, max_steps: int) -> dict:
+    out_dir = os.path.join(args.out, "models", f"adding_T{seq_len}")
+    argv = [
+        "adding", "--seq-len", str(seq_len), "--max-steps", str(max_steps),
+        "--learning-rate", str(args.learning_rate), "--lr-scheduler", "constant",
+        "--batch-size", str(args.batch_size), "--eval-steps", str(args.eval_steps),
+        "--test-size", str(args.test_size), "--seed", str(args.seed),
+        "--cpu-threads", str(args.cpu_threads), "--output-dir", out_dir, "--no-progress",
+    ]
+    if seq_len >= args.near_one_from:
+        argv.append("--last-layer-init-near-one")
+    start = time.perf_counter()
+    results = train.run(train.parse_args(argv))
+    with open(os.path.join(out_dir, "log_history.json")) as f:
+        history = json.load(f)
+    if not args.keep_models:
+        shutil.rmtree(out_dir)
+    # One point per step: the final evaluate() repeats the last step's evaluation.
+    curve = sorted({e["step"]: e["eval_loss"] for e in history if "eval_loss" in e}.items())
+    first_below = next((s for s, mse in curve if mse <= 0.01), None)
+    return {
+        "seq_len": seq_len,
+        "steps": results["steps"],
+        "final_test_mse": results["final_metric"],
+        "reloaded_test_mse": results["reloaded_metric"],
+        "best_test_mse": min(mse for _, mse in curve),
+        "first_step_test_mse_below_0.01": first_below,
+        "baseline_mse": results["baseline"],
+        "train_seconds": results["train_seconds"],
+        "total_seconds": time.perf_counter() - start,
+        "device": results["device"],
+        "kernel_path": results["kernel_path"],
+        "last_layer_init_near_one": seq_len >= args.near_one_from,
+        "command": "indrnn-train " + " ".join(argv),
+        "curve": curve,
+    }
+
+
+def plot(runs: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for run in runs:
+        steps, mse = zip(*run["curve"], strict=True)
+        ax.plot(steps, mse, label=f"IndRNN T={run['seq_len']}")
+    ax.axhline(ADDING_BASELINE_MSE, color="gray", linestyle="--", label="baseline (predict 1)")
+    ax.set_yscale("log")
+    ax.set_xlabel("training step (batch 50)")
+    ax.set_ylabel("test MSE")
+    device = runs[0]["device"].split(" (")[0]
+    ax.set_title(f"Adding problem, 2 x 128 IndRNN, Adam 2e-4, batch 50, on {device}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def table(runs: list[dict]) -> str:
+    lines = [
+        "# Adding problem, the IndRNN paper's settings",
+        "",
+        "2 IndRNN layers x 128, Adam lr 2e-4 (constant), batch 50, MSE, |u| <= 2^(1/T), no "
+        "gradient clipping, new training sequences every step, 1000 test sequences. The last "
+        "layer's recurrent weights start in [2^(-1/T), 2^(1/T)] where the column says so. "
+        "Train time is the Trainer's, on the machine named (shared machines run slower).",
+        "",
+        "| T | steps | final test MSE | best | first step <= 0.01 | baseline | train time "
+        "| device | last layer near 1 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        lines.append(
+            f"| {r['seq_len']} | {r['steps']} | {r['final_test_mse']:.4g} | "
+            f"{r['best_test_mse']:.4g} | {r['first_step_test_mse_below_0.01'] or 'not reached'} | "
+            f"{r['baseline_mse']:.3f} | {r['train_seconds']:.0f} s | {r['device']} | "
+            f"{'yes' if r['last_layer_init_near_one'] else 'no'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    steps = args.max_steps * len(args.lengths) if len(args.max_steps) == 1 else args.max_steps
+    results_json = os.path.join(args.out, "adding_results.json")
+    runs = []
+    if args.resume and os.path.exists(results_json):
+        with open(results_json) as f:
+            runs = json.load(f)
+    done = {r["seq_len"] for r in runs}
+    for seq_len, max_steps in zip(args.lengths, steps, strict=True):
+        if seq_len in done:
+            continue
+        runs.append(train_one(args, seq_len, max_steps))
+        runs.sort(key=lambda r: r["seq_len"])
+        # Write after every length, so a long run that is stopped keeps what it finished.
+        with open(results_json, "w") as f:
+            json.dump(runs, f, indent=1)
+        with open(os.path.join(args.out, "adding_results.md"), "w") as f:
+            f.write(table(runs))
+        plot(runs, os.path.join(args.out, "adding_curves.png"))
+    if not args.keep_models:
+        shutil.rmtree(os.path.join(args.out, "models"), ignore_errors=True)
+    print(table(runs))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""Data builders for the IndRNN papers' tasks, as ``datasets.Dataset`` objects.
+
+- :func:`adding_problem`: the adding problem (Hochreiter & Schmidhuber; IndRNN paper section 4.1)
+  generated from a seed.
+- :func:`load_mnist`: sequential MNIST, one pixel per step (T = 784), optionally permuted with a
+  fixed-seed permutation (pMNIST), from the Hub (``ylecun/mnist``) or a local copy in its schema.
+- :func:`load_text`: byte-level language modelling on a text file (vocabulary of 256 bytes).
+
+Every builder returns a :class:`TaskData` whose datasets yield the model's keyword arguments
+(``inputs_embeds`` or ``input_ids``, and ``labels``) as torch tensors, ready for ``Trainer``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import datasets
+import numpy as np
+import torch
+
+MNIST_HUB_ID = "ylecun/mnist"
+MNIST_SEQ_LEN = 28 * 28
+ADDING_BASELINE_MSE = 1 / 6  # variance of the sum of two U(0, 1) values: predict 1 always
+_PARQUET_SUFFIXES = (".parquet", ".arrow")
+
+
+@dataclass
+class TaskData:
+    """Train and evaluation splits of one task, with what the model needs to know about them."""
+
+    train: datasets.Dataset
+    test: datasets.Dataset
+    seq_len: int
+    input_size: int | None = None  # continuous features per step; None for token inputs
+    vocab_size: int | None = None
+    num_labels: int | None = None
+
+
+def adding_problem(num_samples: int, seq_len: int, seed: int) -> datasets.Dataset:
+    """The adding problem as a ``datasets.Dataset`` of ``num_samples`` sequences of ``seq_len``.
+
+    Each step has two channels: a value drawn from U(0, 1) and a marker that is 1 at exactly two
+    steps (one in the first half of the sequence, one in the second half) and 0 elsewhere. The
+    target is the sum of the two marked values. Predicting 1 always gives an MSE of 1/6 ~ 0.167.
+
+    Rows read as ``inputs_embeds`` (seq_len, 2) float32 and ``labels`` float32 torch tensors.
+    The dataset stores only each row's index: a row is drawn when it is read, from a generator
+    seeded with (``seed``, index), so the same seed always gives the same data and memory does
+    not grow with ``num_samples x seq_len`` (200000 sequences of T = 5000 would take 8 GB).
+    """
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be >= 2 (one marker in each half), got {seq_len}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    ds = datasets.Dataset.from_dict({"index": np.arange(num_samples, dtype=np.int64)})
+    return ds.with_transform(_adding_rows(seq_len, seed))
+
+
+def _adding_rows(seq_len: int, seed: int):
+    half = seq_len // 2
+
+    def transform(batch):
+        n = len(batch["index"])
+        x = np.zeros((n, seq_len, 2), dtype=np.float32)
+        labels = np.empty(n, dtype=np.float32)
+        for row, index in enumerate(batch["index"]):
+            rng = np.random.default_rng([seed, int(index)])
+            x[row, :, 0] = rng.random(seq_len, dtype=np.float32)
+            first, second = rng.integers(0, half), rng.integers(half, seq_len)
+            x[row, [first, second], 1] = 1.0
+            labels[row] = x[row, first, 0] + x[row, second, 0]
+        return {"inputs_embeds": torch.from_numpy(x), "labels": torch.from_numpy(labels)}
+
+    return transform
+
+
+def adding_task(seq_len: int, train_size: int, test_size: int, seed: int) -> TaskData:
+    """Train and test sets of the adding problem, drawn from independent seeds."""
+    # The test set takes its own seed stream so that changing train_size never changes it.
+    train = adding_problem(train_size, seq_len, seed)
+    test = adding_problem(test_size, seq_len, seed + 1_000_003)
+    return TaskData(train=train, test=test, seq_len=seq_len, input_size=2, num_labels=1)
+
+
+def pixel_permutation(seed: int, length: int = MNIST_SEQ_LEN) -> np.ndarray:
+    """The fixed pixel order of permuted MNIST for a seed."""
+    return np.random.default_rng(seed).permutation(length)
+
+
+def _load_local(path: str) -> datasets.Dataset | datasets.DatasetDict:
+    """A dataset saved with ``save_to_disk``, a folder of parquet/arrow files, or one such file."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--data {path!r} does not exist")
+    if os.path.isdir(path):
+        saved = ("dataset_dict.json", "dataset_info.json", "state.json")
+        if any(os.path.exists(os.path.join(path, name)) for name in saved):
+            return datasets.load_from_disk(path)
+        files = sorted(
+            os.path.join(root, name)
+            for root, _, names in os.walk(path)
+            for name in names
+            if name.endswith(_PARQUET_SUFFIXES)
+        )
+        if not files:
+            raise ValueError(
+                f"--data {path!r}: no save_to_disk dataset and no .parquet/.arrow files in it"
+            )
+        by_split: dict[str, list[str]] = {}
+        for f in files:
+            split = "test" if "test" in os.path.basename(f) else "train"
+            by_split.setdefault(split, []).append(f)
+        builder = "parquet" if files[0].endswith(".parquet") else "arrow"
+        return datasets.load_dataset(builder, data_files=by_split)
+    if path.endswith(_PARQUET_SUFFIXES):
+        builder = "parquet" if path.endswith(".parquet") else "arrow"
+        return datasets.load_dataset(builder, data_files=path, split="train")
+    raise ValueError(
+        f"--data {path!r}: expected a save_to_disk folder, a folder of .parquet/.arrow files, "
+        "or a .parquet/.arrow file"
+    )
+
+
+def _train_test(
+    loaded: datasets.Dataset | datasets.DatasetDict, test_fraction: float, seed: int
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    if isinstance(loaded, datasets.DatasetDict):
+        if "train" in loaded and "test" in loaded:
+            return loaded["train"], loaded["test"]
+        if len(loaded) != 1:
+            raise ValueError(
+                f"expected 'train' and 'test' splits (or a single split), got {list(loaded)}"
+            )
+        loaded = next(iter(loaded.values()))
+    split = loaded.train_test_split(test_size=test_fraction, seed=seed)
+    return split["train"], split["test"]
+
+
+def _pixels_transform(permutation: np.ndarray | None):
+    def transform(batch):
+        pixels = np.stack([np.asarray(img, dtype=np.uint8).reshape(-1) for img in batch["image"]])
+        if pixels.shape[1] != MNIST_SEQ_LEN:
+            raise ValueError(
+                f"MNIST images must be 28x28 (784 pixels), got {pixels.shape[1]} pixels"
+            )
+        if permutation is not None:
+            pixels = pixels[:, permutation]
+        x = torch.from_numpy(pixels.astype(np.float32) / 255.0).unsqueeze(-1)
+        return {"inputs_embeds": x, "labels": torch.as_tensor(batch["label"], dtype=torch.long)}
+
+    return transform
+
+
+def load_mnist(
+    data: str | None = None,
+    permute: bool = False,
+    permutation_seed: int = 0,
+    test_fraction: float = 1 / 7,
+    seed: int = 0,
+) -> TaskData:
+    """Sequential (or permuted) MNIST: each image as 784 steps of one pixel in [0, 1].
+
+    Args:
+        data: None to load ``ylecun/mnist`` with ``datasets.load_dataset`` (needs the Hub or its
+            cache), or a local copy in the Hub schema (columns ``image``: a 28x28 PIL image, and
+            ``label``: int): a ``save_to_disk`` folder, a folder of parquet/arrow files (files
+            with "test" in their name form the test split), or a single parquet/arrow file.
+        permute: apply the fixed pixel permutation of :func:`pixel_permutation` (pMNIST).
+        permutation_seed: seed of that permutation.
+        test_fraction: when the data has no "test" split, the fraction held out for testing.
+        seed: seed of that hold-out split.
+
+    The datasets decode images lazily (``with_transform``) into ``inputs_embeds`` (784, 1)
+    float32 and ``labels`` int64.
+    """
+    loaded = datasets.load_dataset(MNIST_HUB_ID) if data is None else _load_local(data)
+    source = MNIST_HUB_ID if data is None else f"--data {data!r}"
+    splits = loaded.items() if isinstance(loaded, datasets.DatasetDict) else [("", loaded)]
+    for name, split in splits:
+        missing = {"image", "label"} - set(split.column_names)
+        if missing:
+            raise ValueError(
+                f"{source} {name + ' split ' if name else ''}needs columns 'image' and 'label' "
+                f"(the {MNIST_HUB_ID} schema); missing {sorted(missing)}, found "
+                f"{split.column_names}"
+            )
+    train, test = _train_test(loaded, test_fraction, seed)
+    transform = _pixels_transform(pixel_permutation(permutation_seed) if permute else None)
+    train = train.select_columns(["image", "label"]).with_transform(transform)
+    test = test.select_columns(["image", "label"]).with_transform(transform)
+    return TaskData(
+        train=train, test=test, seq_len=MNIST_SEQ_LEN, input_size=1, num_labels=10
+    )
+
+
+def _byte_chunks(data: bytes, seq_len: int) -> datasets.Dataset:
+    """Non-overlapping windows of ``seq_len`` bytes; the model shifts the labels itself."""
+    n = len(data) // seq_len
+    ids = np.frombuffer(data[: n * seq_len], dtype=np.uint8).astype(np.int64)
+    ids = ids.reshape(n, seq_len)
+    features = datasets.Features(
+        {
+            "input_ids": datasets.Sequence(datasets.Value("int64"), length=seq_len),
+            "labels": datasets.Sequence(datasets.Value("int64"), length=seq_len),
+        }
+    )
+    ds = datasets.Dataset.from_dict({"input_ids": ids, "labels": ids}, features=features)
+    return ds.with_format("torch")
+
+
+def load_text(path: str, seq_len: int, test_fraction: float = 0.1) -> TaskData:
+    """Byte-level language modelling on a UTF-8 text file, read with the ``datasets`` text loader.
+
+    The file's bytes are split in order: the first ``1 - test_fraction`` for training, the rest
+    for evaluation, each cut into non-overlapping windows of ``seq_len`` bytes (``input_ids`` ==
+    ``labels``, int64 in [0, 256)). The evaluation loss in nats per byte divided by ln 2 is the
+    bits per character.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--data {path!r} is not a file")
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    docs = datasets.load_dataset("text", data_files=path, sample_by="document", split="train")
+    data = "".join(docs["text"]).encode("utf-8")
+    n_test = math.ceil(len(data) * test_fraction)
+    train_bytes, test_bytes = data[: len(data) - n_test], data[len(data) - n_test :]
+    if len(test_bytes) < seq_len or len(train_bytes) < seq_len:
+        raise ValueError(
+            f"--data {path!r} has {len(data)} bytes: too short for windows of seq_len={seq_len} "
+            f"in both the train ({len(train_bytes)} bytes) and test ({len(test_bytes)} bytes) "
+            "parts; use a longer file or a smaller --seq-len"
+        )
+    return TaskData(
+        train=_byte_chunks(train_bytes, seq_len),
+        test=_byte_chunks(test_bytes, seq_len),
+        seq_len=seq_len,
+        vocab_size=256,
+    )

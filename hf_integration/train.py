@@ -1,0 +1,633 @@
+"""``indrnn-train``: train an IndRNN on the papers' tasks with the Hugging Face ``Trainer``.
+
+    indrnn-train adding                     # the quick start: adding problem, T = 100, on CPU
+    indrnn-train adding --seq-len 500 --learning-rate 2e-4 --max-steps 20000
+    indrnn-train pmnist --data ./mnist      # a local copy of ylecun/mnist (save_to_disk/parquet)
+    indrnn-train text --data input.txt      # byte-level LM, reports bits per character
+    torchrun --nproc_per_node=2 -m hf_integration.train adding   # data parallel (CPU or GPU)
+
+It trains, evaluates, writes the model (``save_pretrained``, loadable with
+``trust_remote_code=True``), a model card, ``metrics.json`` and ``learning_curve.png`` to
+``--output-dir``, reloads the saved model with ``AutoModel*.from_pretrained``, evaluates it
+again, and prints a summary. Run ``indrnn-train --help`` for every option and its default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import textwrap
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+TASKS = ("adding", "mnist", "pmnist", "text")
+
+
+@dataclass(frozen=True)
+class TaskDefaults:
+    seq_len: int | None
+    hidden_size: int
+    num_layers: int
+    norm: str | None
+    dropout: float
+    learning_rate: float
+    batch_size: int
+    max_steps: int
+    eval_steps: int
+    lr_scheduler: str
+    max_grad_norm: float
+    note: str
+
+
+# The papers' settings, except where `note` says otherwise (the adding quick start is tuned to
+# finish on 2 CPU cores in a few minutes; the paper's own settings are one flag away).
+DEFAULTS = {
+    "adding": TaskDefaults(
+        seq_len=100, hidden_size=128, num_layers=2, norm=None, dropout=0.0,
+        learning_rate=2e-3, batch_size=50, max_steps=2000, eval_steps=100,
+        lr_scheduler="linear", max_grad_norm=0.0,
+        note="IndRNN paper: 2 layers x 128, batch 50, MSE, |u| <= 2^(1/T); the paper's Adam lr "
+        "is 2e-4 held constant, the default here is 2e-3 decayed linearly over 2000 steps so "
+        "that T = 100 converges in minutes on 2 CPU cores (paper: --learning-rate 2e-4 "
+        "--lr-scheduler constant)",
+    ),
+    "mnist": TaskDefaults(
+        seq_len=784, hidden_size=128, num_layers=6, norm="batch", dropout=0.1,
+        learning_rate=2e-4, batch_size=32, max_steps=100_000, eval_steps=2000,
+        lr_scheduler="constant", max_grad_norm=0.0,
+        note="IndRNN paper: 6 layers x 128, batch norm after every layer, dropout 0.1, Adam 2e-4, "
+        "batch 32, |u| <= 2^(1/784); the paper also divides the lr by 10 on plateaus",
+    ),
+    "pmnist": TaskDefaults(
+        seq_len=784, hidden_size=128, num_layers=6, norm="batch", dropout=0.1,
+        learning_rate=2e-4, batch_size=32, max_steps=100_000, eval_steps=2000,
+        lr_scheduler="constant", max_grad_norm=0.0,
+        note="as mnist, with the pixels in a fixed random order (--permutation-seed)",
+    ),
+    "text": TaskDefaults(
+        seq_len=50, hidden_size=2000, num_layers=6, norm="batch", dropout=0.25,
+        learning_rate=2e-4, batch_size=128, max_steps=50_000, eval_steps=1000,
+        lr_scheduler="constant", max_grad_norm=0.0,
+        note="Deep IndRNN paper, char-level PTB: 6 layers x 2000, T = 50, batch norm, Adam 2e-4",
+    ),
+}
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return value
+
+
+def _optional_float(text: str) -> float | None:
+    return None if text.lower() == "none" else float(text)
+
+
+def _defaults_help() -> str:
+    lines = ["per-task defaults (any flag overrides them):"]
+    for task, d in DEFAULTS.items():
+        lines.append(
+            f"  {task:7s} T={d.seq_len or 'from data'} layers={d.num_layers} "
+            f"hidden={d.hidden_size} norm={d.norm} dropout={d.dropout} lr={d.learning_rate} "
+            f"({d.lr_scheduler}) batch={d.batch_size} steps={d.max_steps}"
+        )
+        lines.append(textwrap.fill(d.note, width=96, break_on_hyphens=False,
+                                   initial_indent=" " * 10,
+                                   subsequent_indent=" " * 10))
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="indrnn-train",
+        description="Train an IndRNN (indrnn-triton) on the papers' tasks with transformers' "
+        "Trainer; save, reload and evaluate it.",
+        epilog=_defaults_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("task", nargs="?", default="adding", choices=TASKS,
+                   help="adding (default): the adding problem; mnist / pmnist: sequential / "
+                   "permuted MNIST, one pixel per step; text: byte-level LM on --data")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=None,
+                   help="mnist/pmnist: a local copy of ylecun/mnist (save_to_disk folder, "
+                   "parquet/arrow folder or file; default: load it from the Hub); text: the "
+                   "UTF-8 text file (required)")
+    g.add_argument("--seq-len", "-T", type=int, default=None,
+                   help="sequence length T (adding default 100, text default 50; MNIST is 784)")
+    g.add_argument("--train-size", type=_positive_int, default=None,
+                   help="adding: training sequences (default batch-size x max-steps x "
+                   "processes: every step sees new sequences, as in the paper)")
+    g.add_argument("--test-size", type=_positive_int, default=None,
+                   help="adding: test sequences generated (default 1000); other tasks: evaluate "
+                   "on at most this many test examples (default: all)")
+    g.add_argument("--permutation-seed", type=int, default=0,
+                   help="pmnist: seed of the fixed pixel permutation (default 0)")
+    g.add_argument("--test-fraction", type=float, default=0.1,
+                   help="text (and MNIST data without a test split): fraction held out for "
+                   "testing (default 0.1)")
+    m = p.add_argument_group("model")
+    m.add_argument("--hidden-size", type=_positive_int, default=None,
+                   help="units per layer (default: per task, below)")
+    m.add_argument("--num-layers", type=_positive_int, default=None,
+                   help="IndRNN layers (default: per task, below)")
+    m.add_argument("--norm", choices=("none", "batch", "layer"), default=None,
+                   help="normalisation after every layer (default: per task, below)")
+    m.add_argument("--dropout", type=float, default=None,
+                   help="dropout between layers (default: per task, below)")
+    m.add_argument("--residual", action="store_true",
+                   help="residual IndRNN (needs an odd --num-layers >= 3)")
+    m.add_argument("--bidirectional", action="store_true",
+                   help="bidirectional layers (classification tasks only)")
+    m.add_argument("--recurrent-max-abs", type=_optional_float, default=None,
+                   help="clip |u| to this bound ('none' for no clip; default 2^(1/T))")
+    m.add_argument("--recurrent-min-abs", type=float, default=0.0,
+                   help="raise |u| to at least this value (default 0)")
+    m.add_argument("--last-layer-init-near-one", action="store_true",
+                   help="initialise the last layer's recurrent weights uniformly in "
+                   "[2^(-1/T), 2^(1/T)] (helps the adding problem at T = 5000)")
+    t = p.add_argument_group("training")
+    t.add_argument("--learning-rate", "--lr", type=float, default=None,
+                   help="Adam learning rate (default: per task, below)")
+    t.add_argument("--lr-scheduler", choices=("constant", "linear", "cosine"), default=None,
+                   help="learning-rate schedule (Trainer's lr_scheduler_type; default: per task, "
+                   "below)")
+    t.add_argument("--warmup-steps", type=int, default=0, help="lr warmup steps (default 0)")
+    t.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="training batch size per device (default: per task, below)")
+    t.add_argument("--eval-batch-size", type=_positive_int, default=None,
+                   help="evaluation batch size per device (default 10 x --batch-size)")
+    t.add_argument("--max-steps", type=_positive_int, default=None,
+                   help="optimizer steps (default: per task, below)")
+    t.add_argument("--eval-steps", type=_positive_int, default=None,
+                   help="evaluate on the test set every this many steps, for the learning curve "
+                   "(default: per task: adding 100, mnist 2000, text 1000)")
+    t.add_argument("--logging-steps", type=_positive_int, default=None,
+                   help="log the training loss every this many steps (default eval-steps / 4)")
+    t.add_argument("--max-grad-norm", type=float, default=None,
+                   help="clip the gradient norm (default 0 = no clipping, as in the papers)")
+    t.add_argument("--seed", type=_nonnegative_int, default=0,
+                   help="seed of the model init and the data (default 0)")
+    t.add_argument("--cpu", action="store_true",
+                   help="train on the CPU even when CUDA is available (set automatically "
+                   "under torchrun without CUDA, so that the Trainer runs DDP with gloo)")
+    t.add_argument("--cpu-threads", type=_positive_int, default=1,
+                   help="torch threads when training on the CPU (default 1: the CPU path runs "
+                   "many small ops per time step; on 2 busy cores 2 threads trained the adding "
+                   "model 3x slower; raise it for large batches or hidden sizes)")
+    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    o = p.add_argument_group("output")
+    o.add_argument("--output-dir", default=None,
+                   help="where the model, card, metrics and curve go (default out/indrnn-TASK)")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse ``argv`` and fill the task's defaults; errors exit with code 2 and a message."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.command = " ".join(["indrnn-train", *(sys.argv[1:] if argv is None else argv)])
+    d = DEFAULTS[args.task]
+    if args.task in ("mnist", "pmnist"):
+        if args.seq_len not in (None, 784):
+            parser.error(f"--seq-len is fixed at 784 for {args.task} (one pixel per step), "
+                         f"got {args.seq_len}")
+    if args.task == "text" and args.data is None:
+        parser.error("the text task needs --data PATH, a UTF-8 text file to model")
+    if args.task == "adding" and args.data is not None:
+        parser.error("--data is not used by the adding task (its data is generated)")
+    for name in ("seq_len", "hidden_size", "num_layers", "dropout", "learning_rate",
+                 "batch_size", "max_steps", "eval_steps", "lr_scheduler", "max_grad_norm"):
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(d, name))
+    if args.norm is None:
+        args.norm = d.norm
+    elif args.norm == "none":
+        args.norm = None
+    if args.seq_len < 2:
+        parser.error(f"--seq-len must be >= 2, got {args.seq_len}")
+    if not 0.0 <= args.dropout < 1.0:
+        parser.error(f"--dropout must be in [0, 1), got {args.dropout}")
+    if args.learning_rate <= 0:
+        parser.error(f"--learning-rate must be > 0, got {args.learning_rate}")
+    if args.max_grad_norm < 0:
+        parser.error(f"--max-grad-norm must be >= 0, got {args.max_grad_norm}")
+    if args.warmup_steps < 0:
+        parser.error(f"--warmup-steps must be >= 0, got {args.warmup_steps}")
+    if not 0.0 < args.test_fraction < 1.0:
+        parser.error(f"--test-fraction must be in (0, 1), got {args.test_fraction}")
+    if args.bidirectional and args.task == "text":
+        parser.error("--bidirectional is not possible for the text task (a causal LM)")
+    if args.residual and (args.num_layers < 3 or args.num_layers % 2 == 0):
+        parser.error(f"--residual needs an odd --num-layers >= 3, got {args.num_layers}")
+    if args.recurrent_max_abs is None and "--recurrent-max-abs" not in _flags(argv):
+        args.recurrent_max_abs = 2 ** (1 / args.seq_len)
+    if args.recurrent_max_abs is not None and args.recurrent_max_abs <= 0:
+        parser.error(f"--recurrent-max-abs must be > 0 or 'none', got {args.recurrent_max_abs}")
+    if args.last_layer_init_near_one and (args.recurrent_max_abs or 0) < 1:
+        parser.error("--last-layer-init-near-one needs --recurrent-max-abs >= 1")
+    if args.logging_steps is None:
+        args.logging_steps = max(1, args.eval_steps // 4)
+    if args.eval_batch_size is None:
+        args.eval_batch_size = 10 * args.batch_size
+    if args.train_size is None:  # every step sees new sequences, on every process
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        args.train_size = args.batch_size * args.max_steps * world_size
+    if args.output_dir is None:
+        args.output_dir = os.path.join("out", f"indrnn-{args.task}")
+    return args
+
+
+def _flags(argv) -> list[str]:
+    argv = sys.argv[1:] if argv is None else argv
+    return [a.split("=", 1)[0] for a in argv]
+
+
+def build_task(args):
+    """The task's data (hf_integration.data.TaskData); data errors name the flag."""
+    from . import data
+
+    if args.task == "adding":
+        return data.adding_task(args.seq_len, args.train_size, args.test_size or 1000, args.seed)
+    if args.task in ("mnist", "pmnist"):
+        task = data.load_mnist(args.data, permute=args.task == "pmnist",
+                               permutation_seed=args.permutation_seed,
+                               test_fraction=args.test_fraction, seed=args.seed)
+    else:
+        task = data.load_text(args.data, args.seq_len, test_fraction=args.test_fraction)
+    if args.test_size is not None and args.test_size < len(task.test):
+        task.test = task.test.select(range(args.test_size))
+    return task
+
+
+def build_config(args, task):
+    from .configuration_indrnn import IndRNNConfig
+
+    kwargs = dict(
+        hidden_size=args.hidden_size,
+        num_hidden_layers=args.num_layers,
+        bidirectional=args.bidirectional,
+        dropout=args.dropout,
+        recurrent_max_abs=args.recurrent_max_abs,
+        recurrent_min_abs=args.recurrent_min_abs,
+        norm=args.norm,
+        residual=args.residual,
+    )
+    if args.last_layer_init_near_one:
+        kwargs["last_layer_recurrent_init"] = "near_one"
+    if task.input_size is not None:
+        kwargs["input_size"] = task.input_size
+    else:
+        kwargs["vocab_size"] = task.vocab_size
+    if task.num_labels is not None:
+        kwargs["num_labels"] = task.num_labels
+        kwargs["problem_type"] = (
+            "regression" if task.num_labels == 1 else "single_label_classification"
+        )
+    return IndRNNConfig(**kwargs)
+
+
+def auto_class(task_name: str):
+    """The Auto class of the task's head ("indrnn" is registered by importing hf_integration,
+    the package this module lives in)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    return AutoModelForCausalLM if task_name == "text" else AutoModelForSequenceClassification
+
+
+def kernel_path(device: torch.device) -> str:
+    """Which implementation of the fused op runs for tensors on ``device``."""
+    from indrnn_triton import op
+
+    if device.type == "cuda":
+        return "Triton (CUDA kernels)"
+    if op.cpu_uses_triton:
+        return "Triton (interpreter, TRITON_INTERPRET=1)"
+    return "CPU (torch path, indrnn_triton.cpu)"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    threads = torch.get_num_threads()
+    return f"cpu ({platform.processor() or platform.machine()}, {threads} torch thread(s))"
+
+
+@dataclass(frozen=True)
+class Metric:
+    """How a task's result is read from ``Trainer.evaluate()`` and compared."""
+
+    name: str
+    lower_is_better: bool = True
+
+    def value(self, task_name: str, eval_metrics: dict) -> float:
+        if task_name == "adding":
+            return eval_metrics["eval_loss"]
+        if task_name == "text":
+            return eval_metrics["eval_loss"] / math.log(2)
+        return 100.0 * (1.0 - eval_metrics["eval_accuracy"])
+
+
+METRICS = {
+    "adding": Metric("test MSE"),
+    "mnist": Metric("test error %"),
+    "pmnist": Metric("test error %"),
+    "text": Metric("test bits per character"),
+}
+
+
+def baseline(args, task) -> tuple[float, str]:
+    """The trivial predictor's score on the test set, and what it is."""
+    if args.task == "adding":
+        labels = task.test[:]["labels"].numpy()
+        return float(np.mean((labels - 1.0) ** 2)), "always predict 1; 1/6 = 0.167 expected"
+    if args.task == "text":
+        train = _column(task.train, "input_ids").ravel()
+        test = _column(task.test, "input_ids").ravel()
+        p = (np.bincount(train, minlength=256) + 1) / (train.size + 256)
+        return float(-np.mean(np.log2(p[test]))), "byte frequencies of the training text"
+    labels = _column(task.test, "label")
+    majority = np.bincount(labels).argmax()
+    return float(100.0 * np.mean(labels != majority)), "always predict the commonest digit"
+
+
+def _column(dataset, name: str) -> np.ndarray:
+    """One column as a numpy array, without running the dataset's transform."""
+    return dataset.with_format(None).select_columns([name]).with_format("numpy")[:][name]
+
+
+def _accuracy(eval_pred) -> dict:
+    predictions, labels = eval_pred
+    return {"accuracy": float(np.mean(np.asarray(predictions) == np.asarray(labels)))}
+
+
+def _argmax_logits(logits, labels):
+    return logits.argmax(-1)
+
+
+def use_cpu(args, environ=os.environ) -> bool:
+    """Train on the CPU: asked for, or under torchrun (WORLD_SIZE > 1) without CUDA.
+
+    The Trainer only builds a gloo process group on CPU when ``use_cpu`` is set; without it every
+    torchrun process would train a model of its own.
+    """
+    distributed = int(environ.get("WORLD_SIZE", "1")) > 1
+    return args.cpu or (distributed and not torch.cuda.is_available())
+
+
+def training_arguments(args):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=args.output_dir,
+        max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.eval_batch_size,
+        learning_rate=args.learning_rate,
+        lr_scheduler_type=args.lr_scheduler,
+        warmup_steps=args.warmup_steps,
+        weight_decay=0.0,
+        optim="adamw_torch",  # with weight_decay 0 this is Adam, as in the papers
+        max_grad_norm=args.max_grad_norm,
+        eval_strategy="steps",
+        eval_steps=args.eval_steps,
+        logging_steps=args.logging_steps,
+        save_strategy="no",
+        report_to="none",
+        seed=args.seed,
+        data_seed=args.seed,
+        use_cpu=use_cpu(args),
+        disable_tqdm=args.no_progress,
+        remove_unused_columns=False,
+        dataloader_pin_memory=torch.cuda.is_available() and not use_cpu(args),
+        ddp_find_unused_parameters=False,
+    )
+
+
+def plot_learning_curve(log_history: list[dict], args, metric: Metric, base: float, path: str):
+    """Training loss and test metric against steps, with the baseline, in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    # The training loss is on the metric's scale for adding (MSE) and text (nats -> bits); the
+    # classification curves show the test error only.
+    scale = {"adding": 1.0, "text": 1 / math.log(2)}.get(args.task)
+    train = [] if scale is None else [
+        (e["step"], e["loss"] * scale) for e in log_history if "loss" in e
+    ]
+    evals = [(e["step"], metric.value(args.task, e)) for e in log_history if "eval_loss" in e]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train", alpha=0.6)
+    if evals:
+        ax.plot(*zip(*evals, strict=True), label="test", marker=".")
+    ax.axhline(base, color="gray", linestyle="--", label=f"baseline ({base:.3g})")
+    if args.task == "adding":
+        ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(metric.name.removeprefix("test ") if train else metric.name)
+    ax.set_title(f"IndRNN {args.num_layers}x{args.hidden_size}, {args.task}, T={args.seq_len}")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def model_card(args, results: dict) -> str:
+    d = DEFAULTS[args.task]
+    cls = auto_class(args.task).__name__
+    metric = results["metric"]
+    lines = [
+        "---",
+        "library_name: transformers",
+        "tags:",
+        "- indrnn",
+        "- indrnn-triton",
+        "- recurrent-neural-network",
+        f"- {args.task}",
+        "---",
+        "",
+        f"# IndRNN on the {args.task} task",
+        "",
+        f"An IndRNN ({args.num_layers} layers x {args.hidden_size} units) trained with "
+        f"`indrnn-train` (indrnn-triton: a fused IndRNN for PyTorch) on the {args.task} task "
+        f"(T = {args.seq_len}).",
+        "",
+        "## Results",
+        "",
+        f"| {metric} | baseline ({results['baseline_name']}) | steps | wall time |",
+        "|---|---|---|---|",
+        f"| {results['final_metric']:.4g} | {results['baseline']:.4g} | {results['steps']} | "
+        f"{results['train_seconds']:.0f} s train on {results['device']} |",
+        "",
+        "## Training",
+        "",
+        "```",
+        results["command"],
+        "```",
+        "",
+        f"Kernel path: {results['kernel_path']}. Settings: "
+        + ", ".join(f"{k}={v}" for k, v in results["settings"].items())
+        + ".",
+        "",
+        f"Defaults for this task: {d.note}.",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "# with the project installed (pip install indrnn-triton):",
+        "import hf_integration",
+        f"from transformers import {cls}",
+        f'model = {cls}.from_pretrained("{args.output_dir}")',
+        "# or without importing it (the code is saved with the weights):",
+        f'model = {cls}.from_pretrained("{args.output_dir}", trust_remote_code=True)',
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def summary(results: dict) -> str:
+    r = results
+    better = "beats" if r["final_metric"] < r["baseline"] else "does NOT beat"
+    rows = [
+        ("task", f"{r['task']}  (T = {r['seq_len']})"),
+        ("model", r["model"]),
+        ("device", r["device"]),
+        ("kernel path", r["kernel_path"]),
+        ("steps", f"{r['steps']}  (batch {r['batch_size']} x {r['world_size']} process(es))"),
+        ("wall time", f"{r['train_seconds']:.1f} s training, {r['total_seconds']:.1f} s in all"),
+        (r["metric"], f"{r['final_metric']:.4g}  ({better} the baseline {r['baseline']:.4g}: "
+                      f"{r['baseline_name']})"),
+        ("reloaded", f"{r['reloaded_metric']:.4g}  (AutoModel*.from_pretrained, "
+                     "trust_remote_code=True)"),
+        ("saved to", r["output_dir"]),
+    ]
+    width = max(len(k) for k, _ in rows)
+    bar = "=" * 72
+    body = "\n".join(f"  {k:<{width}} : {v}" for k, v in rows)
+    return f"{bar}\n  indrnn-train summary\n{bar}\n{body}\n{bar}"
+
+
+def run(args) -> dict:
+    """Train, evaluate, save, reload, re-evaluate; return the results (also in metrics.json)."""
+    start = time.perf_counter()
+    import transformers
+    from transformers import Trainer, default_data_collator
+
+    if use_cpu(args) or not torch.cuda.is_available():
+        torch.set_num_threads(args.cpu_threads)
+    transformers.set_seed(args.seed)
+    task = build_task(args)
+    config = build_config(args, task)
+    cls = auto_class(args.task)
+    model = cls.from_config(config)
+    metric = METRICS[args.task]
+    classify = args.task in ("mnist", "pmnist")
+    trainer_kwargs = dict(
+        train_dataset=task.train,
+        eval_dataset=task.test,
+        data_collator=default_data_collator,
+        compute_metrics=_accuracy if classify else None,
+        preprocess_logits_for_metrics=_argmax_logits if classify else None,
+    )
+    targs = training_arguments(args)
+    trainer = Trainer(model=model, args=targs, **trainer_kwargs)
+    train_out = trainer.train()
+    final = trainer.evaluate()
+    device = trainer.args.device
+    if trainer.is_world_process_zero():
+        os.makedirs(args.output_dir, exist_ok=True)
+    trainer.save_model(args.output_dir)
+    trainer.accelerator.wait_for_everyone()
+
+    reloaded = cls.from_pretrained(args.output_dir, trust_remote_code=True)
+    re_trainer = Trainer(model=reloaded, args=targs, **trainer_kwargs)
+    re_final = re_trainer.evaluate()
+
+    base, base_name = baseline(args, task)
+    results = {
+        "task": args.task,
+        "seq_len": args.seq_len,
+        "model": f"{type(model).__name__}: {args.num_layers} x {args.hidden_size}"
+        + (f", norm={args.norm}" if args.norm else "")
+        + (", residual" if args.residual else "")
+        + (", bidirectional" if args.bidirectional else "")
+        + f", {sum(p.numel() for p in model.parameters()):,} parameters",
+        "device": device_name(device),
+        "kernel_path": kernel_path(device),
+        "world_size": trainer.args.world_size,
+        "steps": trainer.state.global_step,
+        "batch_size": args.batch_size,
+        "train_seconds": train_out.metrics["train_runtime"],
+        "metric": metric.name,
+        "final_metric": metric.value(args.task, final),
+        "reloaded_metric": metric.value(args.task, re_final),
+        "baseline": base,
+        "baseline_name": base_name,
+        "eval": final,
+        "eval_reloaded": re_final,
+        "train": train_out.metrics,
+        "settings": {
+            k: getattr(args, k)
+            for k in ("seq_len", "hidden_size", "num_layers", "norm", "dropout", "residual",
+                      "bidirectional", "recurrent_max_abs", "recurrent_min_abs",
+                      "last_layer_init_near_one", "learning_rate", "lr_scheduler",
+                      "warmup_steps", "batch_size", "max_steps", "max_grad_norm",
+                      "train_size", "seed")
+        },
+        "command": args.command,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "output_dir": args.output_dir,
+    }
+    results["total_seconds"] = time.perf_counter() - start
+    if trainer.is_world_process_zero():
+        try:
+            plot_learning_curve(trainer.state.log_history, args, metric, base,
+                                os.path.join(args.output_dir, "learning_curve.png"))
+        except ImportError as err:  # a dependency, but machines without pip access may lack it
+            print(f"indrnn-train: no learning_curve.png ({err}; pip install matplotlib)",
+                  file=sys.stderr)
+        with open(os.path.join(args.output_dir, "README.md"), "w") as f:
+            f.write(model_card(args, results))
+        with open(os.path.join(args.output_dir, "log_history.json"), "w") as f:
+            json.dump(trainer.state.log_history, f, indent=1)
+        with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:
+            json.dump(results, f, indent=2, default=str)
+        print(summary(results), flush=True)
+    return results
+
+
+def main(argv=None) -> int:
+    """Entry point of ``indrnn-train`` and ``python -m hf_integration.train``."""
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (FileNotFoundError, ValueError) as err:
+        if "--data" in str(err):  # a data problem the user can fix: no traceback
+            print(f"indrnn-train: error: {err}", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

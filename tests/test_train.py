@@ -1,0 +1,435 @@
+"""indrnn-train: the data builders, the CLI end to end on tiny settings, and its argument errors."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModelForSequenceClassification
+
+from hf_integration import data, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------------- adding problem
+
+
+def test_adding_problem_shapes_dtypes_and_targets():
+    n, T = 64, 17
+    ds = data.adding_problem(n, T, seed=3)
+    assert len(ds) == n and set(ds[0]) == {"inputs_embeds", "labels"}
+    batch = ds[:]
+    x, y = batch["inputs_embeds"], batch["labels"]
+    assert x.shape == (n, T, 2) and x.dtype == torch.float32
+    assert y.shape == (n,) and y.dtype == torch.float32
+    values, markers = x[..., 0], x[..., 1]
+    assert ((values >= 0) & (values < 1)).all()
+    assert set(markers.unique().tolist()) == {0.0, 1.0}
+    for i in range(n):  # recompute every target from the two channels, one row at a time
+        marked = [t for t in range(T) if markers[i, t] == 1.0]
+        assert len(marked) == 2
+        assert marked[0] < T // 2 <= marked[1], marked
+        assert y[i].item() == pytest.approx(values[i, marked[0]].item()
+                                            + values[i, marked[1]].item(), abs=1e-6)
+
+
+def test_adding_problem_positions_cover_both_halves():
+    T = 10
+    x = data.adding_problem(2000, T, seed=0)[:]["inputs_embeds"]
+    positions = x[..., 1].nonzero()[:, 1]
+    assert set(positions.tolist()) == set(range(T))
+
+
+def test_adding_problem_seeds():
+    a = data.adding_problem(8, 12, seed=5)[:]
+    b = data.adding_problem(8, 12, seed=5)[:]
+    c = data.adding_problem(8, 12, seed=6)[:]
+    assert torch.equal(a["inputs_embeds"], b["inputs_embeds"])
+    assert torch.equal(a["labels"], b["labels"])
+    assert not torch.equal(a["inputs_embeds"], c["inputs_embeds"])
+
+
+def test_adding_rows_do_not_depend_on_how_they_are_read():
+    ds = data.adding_problem(10, 9, seed=2)
+    whole = ds[:]["inputs_embeds"]
+    assert torch.equal(ds[7]["inputs_embeds"], whole[7])
+    assert torch.equal(ds.__getitems__([7, 3])[1]["inputs_embeds"], whole[3])
+    assert torch.equal(data.adding_problem(4, 9, seed=2)[:]["inputs_embeds"], whole[:4])
+    assert not torch.equal(whole[0], whole[1])
+
+
+def test_adding_problem_of_long_sequences_stores_only_indices():
+    ds = data.adding_problem(200_000, 5000, seed=0)  # 8 GB if it were stored
+    assert ds.data.nbytes < 4_000_000
+    assert ds[199_999]["inputs_embeds"].shape == (5000, 2)
+
+
+def test_adding_task_test_set_is_independent_of_train_size():
+    small = data.adding_task(seq_len=9, train_size=10, test_size=20, seed=1)
+    large = data.adding_task(seq_len=9, train_size=30, test_size=20, seed=1)
+    assert torch.equal(small.test[:]["inputs_embeds"], large.test[:]["inputs_embeds"])
+    assert not torch.equal(small.train[:]["inputs_embeds"], small.test[:10]["inputs_embeds"])
+    assert (small.input_size, small.num_labels, small.seq_len) == (2, 1, 9)
+
+
+def test_adding_baseline_is_about_one_sixth():
+    y = data.adding_problem(20000, 4, seed=0)[:]["labels"].double()
+    assert ((y - 1) ** 2).mean().item() == pytest.approx(data.ADDING_BASELINE_MSE, abs=0.005)
+
+
+@pytest.mark.parametrize("seq_len", [0, 1])
+def test_adding_problem_rejects_short_sequences(seq_len):
+    with pytest.raises(ValueError, match="seq_len must be >= 2"):
+        data.adding_problem(4, seq_len, seed=0)
+
+
+def test_adding_problem_rejects_a_negative_seed():
+    with pytest.raises(ValueError, match="seed must be >= 0, got -1"):
+        data.adding_problem(4, 5, seed=-1)
+
+
+# ---------------------------------------------------------------------------- MNIST
+
+
+def _mnist_split(n: int, seed: int) -> datasets.Dataset:
+    rng = np.random.default_rng(seed)
+    images = [Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)) for _ in range(n)]
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=10)}
+    )
+    labels = [int(v) for v in rng.integers(0, 10, n)]
+    return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+
+
+@pytest.fixture(scope="module")
+def mnist_dir(tmp_path_factory):
+    """A tiny copy of ylecun/mnist in its schema (image: 28x28 PIL, label), via save_to_disk."""
+    path = tmp_path_factory.mktemp("mnist") / "mnist"
+    datasets.DatasetDict({"train": _mnist_split(12, 0), "test": _mnist_split(6, 1)}).save_to_disk(
+        str(path)
+    )
+    return path
+
+
+def _pixels(split: datasets.Dataset) -> np.ndarray:
+    return np.stack([np.asarray(img, dtype=np.float32).reshape(-1) / 255 for img in split["image"]])
+
+
+def test_mnist_from_save_to_disk(mnist_dir):
+    task = data.load_mnist(str(mnist_dir))
+    assert (len(task.train), len(task.test)) == (12, 6)
+    assert (task.seq_len, task.input_size, task.num_labels) == (784, 1, 10)
+    batch = task.test[:]
+    assert batch["inputs_embeds"].shape == (6, 784, 1)
+    assert batch["inputs_embeds"].dtype == torch.float32
+    assert batch["labels"].dtype == torch.int64
+    raw = datasets.load_from_disk(str(mnist_dir))["test"]
+    expected = _pixels(raw)  # row-major pixel order, scaled to [0, 1]
+    np.testing.assert_allclose(batch["inputs_embeds"][..., 0].numpy(), expected, rtol=0, atol=0)
+    assert batch["labels"].tolist() == raw["label"][:]
+
+
+def test_pmnist_applies_a_fixed_permutation(mnist_dir):
+    perm = data.pixel_permutation(7)
+    assert sorted(perm.tolist()) == list(range(784))
+    assert not np.array_equal(perm, np.arange(784))
+    assert np.array_equal(perm, data.pixel_permutation(7))
+    assert not np.array_equal(perm, data.pixel_permutation(8))
+    plain = data.load_mnist(str(mnist_dir)).train[:4]["inputs_embeds"]
+    permuted = data.load_mnist(str(mnist_dir), permute=True, permutation_seed=7).train[:4]
+    assert torch.equal(permuted["inputs_embeds"], plain[:, torch.from_numpy(perm)])
+
+
+def test_mnist_from_parquet_files(tmp_path, mnist_dir):
+    saved = datasets.load_from_disk(str(mnist_dir))
+    saved["train"].to_parquet(str(tmp_path / "train-00000.parquet"))
+    saved["test"].to_parquet(str(tmp_path / "test-00000.parquet"))
+    task = data.load_mnist(str(tmp_path))
+    assert (len(task.train), len(task.test)) == (12, 6)
+    np.testing.assert_array_equal(task.test[:]["inputs_embeds"][..., 0].numpy(),
+                                  _pixels(saved["test"]))
+    single = data.load_mnist(str(tmp_path / "train-00000.parquet"), test_fraction=0.25)
+    assert (len(single.train), len(single.test)) == (9, 3)
+
+
+def test_mnist_rejects_wrong_schema(tmp_path):
+    datasets.Dataset.from_dict({"pixels": [[0] * 784], "label": [1]}).save_to_disk(
+        str(tmp_path / "bad")
+    )
+    with pytest.raises(ValueError, match="columns 'image' and 'label'"):
+        data.load_mnist(str(tmp_path / "bad"), test_fraction=0.5)
+
+
+def test_mnist_missing_path_names_data_flag(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--data"):
+        data.load_mnist(str(tmp_path / "nowhere"))
+
+
+# ---------------------------------------------------------------------------- text
+
+TEXT = "the quick brown fox jumps over the lazy dog.\nsphinx of black quartz, judge my vow!\n" * 6
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return path
+
+
+def test_text_windows_are_the_file_bytes(text_file):
+    T = 16
+    task = data.load_text(str(text_file), seq_len=T, test_fraction=0.25)
+    raw = TEXT.encode("utf-8")
+    n_test = int(np.ceil(len(raw) * 0.25))
+    train_bytes, test_bytes = raw[: len(raw) - n_test], raw[len(raw) - n_test:]
+    batch = task.train[:]
+    assert batch["input_ids"].dtype == torch.int64
+    assert batch["input_ids"].shape == (len(train_bytes) // T, T)
+    assert torch.equal(batch["input_ids"], batch["labels"])
+    train_ids = batch["input_ids"]
+    assert bytes(train_ids.flatten().tolist()) == train_bytes[: len(train_ids) * T]
+    test_ids = task.test[:]["input_ids"]
+    assert bytes(test_ids.flatten().tolist()) == test_bytes[: len(test_ids) * T]
+    assert (task.vocab_size, task.seq_len) == (256, T)
+
+
+def test_text_too_short_names_data_flag(text_file):
+    with pytest.raises(ValueError, match="--data .* too short"):
+        data.load_text(str(text_file), seq_len=10_000)
+
+
+# ---------------------------------------------------------------------------- CLI arguments
+
+
+def _exit_message(capsys, argv) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exc:
+        train.parse_args(argv)
+    return exc.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["sudoku"], "invalid choice: 'sudoku'"),
+        (["text"], "the text task needs --data"),
+        (["adding", "--seq-len", "1"], "--seq-len must be >= 2, got 1"),
+        (["adding", "-T", "0"], "--seq-len must be >= 2, got 0"),
+        (["mnist", "--seq-len", "100"], "--seq-len is fixed at 784"),
+        (["adding", "--dropout", "1.5"], "--dropout must be in [0, 1)"),
+        (["adding", "--batch-size", "0"], "--batch-size: must be a positive integer"),
+        (["adding", "--residual", "--num-layers", "2"], "--residual needs an odd"),
+        (["text", "--data", "x.txt", "--bidirectional"], "--bidirectional is not possible"),
+        (["adding", "--data", "x"], "--data is not used by the adding task"),
+        (["adding", "--seed", "-3"], "--seed: must be an integer >= 0, got -3"),
+    ],
+)
+def test_bad_arguments_exit_with_a_message(capsys, argv, message):
+    code, err = _exit_message(capsys, argv)
+    assert code == 2
+    assert message in err
+
+
+def test_defaults_follow_the_task_and_flags_override():
+    args = train.parse_args([])
+    d = train.DEFAULTS["adding"]
+    assert args.task == "adding"
+    assert (args.seq_len, args.num_layers, args.hidden_size) == (d.seq_len, 2, 128)
+    assert args.recurrent_max_abs == pytest.approx(2 ** (1 / d.seq_len))
+    assert args.train_size == d.batch_size * d.max_steps  # new sequences at every step
+    args = train.parse_args(["pmnist", "--hidden-size", "64", "--recurrent-max-abs", "none"])
+    assert (args.seq_len, args.num_layers, args.norm, args.dropout) == (784, 6, "batch", 0.1)
+    assert args.hidden_size == 64 and args.recurrent_max_abs is None
+    args = train.parse_args(["adding", "-T", "500", "--norm", "layer"])
+    assert args.recurrent_max_abs == pytest.approx(2 ** (1 / 500)) and args.norm == "layer"
+
+
+def test_help_lists_every_flag_and_the_defaults(capsys):
+    with pytest.raises(SystemExit) as exc:
+        train.parse_args(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--data", "--seq-len", "--hidden-size", "--num-layers", "--norm", "--dropout",
+                 "--recurrent-max-abs", "--last-layer-init-near-one", "--learning-rate",
+                 "--lr-scheduler", "--batch-size", "--max-steps", "--eval-steps",
+                 "--max-grad-norm", "--seed", "--cpu", "--output-dir"):
+        assert flag in out
+    d = train.DEFAULTS["adding"]
+    assert f"adding  T={d.seq_len}" in out and f"lr={d.learning_rate}" in out
+    assert "paper" in out
+
+
+@pytest.mark.parametrize(
+    ("environ", "cuda", "expected"),
+    [({}, False, False), ({"WORLD_SIZE": "2"}, False, True), ({"WORLD_SIZE": "2"}, True, False),
+     ({"WORLD_SIZE": "1"}, False, False)],
+)
+def test_use_cpu_under_torchrun_without_cuda(monkeypatch, environ, cuda, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert train.use_cpu(train.parse_args([]), environ) is expected
+    assert train.use_cpu(train.parse_args(["--cpu"]), environ) is True
+
+
+# ---------------------------------------------------------------------------- CLI end to end
+
+TINY = ["--hidden-size", "8", "--max-steps", "6", "--eval-steps", "3", "--batch-size", "4",
+        "--no-progress"]
+
+
+def _check_outputs(out: Path, stdout: str, task: str, metric: str) -> dict:
+    for name in ("config.json", "model.safetensors", "modeling_indrnn.py",
+                 "configuration_indrnn.py", "README.md", "metrics.json", "learning_curve.png"):
+        assert (out / name).is_file(), name
+    assert (out / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == task and metrics["steps"] == 6 and metrics["metric"] == metric
+    assert metrics["kernel_path"].startswith("CPU")
+    assert np.isfinite(metrics["final_metric"])
+    # The reloaded model (trust_remote_code) gives the same evaluation.
+    assert metrics["reloaded_metric"] == pytest.approx(metrics["final_metric"], rel=1e-5)
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "indrnn"
+    assert "AutoModelForSequenceClassification" in config["auto_map"]
+    card = (out / "README.md").read_text()
+    assert "library_name: transformers" in card and "trust_remote_code=True" in card
+    assert "indrnn-train summary" in stdout
+    for label in ("task", "device", "kernel path", "steps", "wall time", metric, "reloaded"):
+        assert f"  {label} " in stdout, label
+    return metrics
+
+
+def test_cli_adding_end_to_end(tmp_path, capsys):
+    out = tmp_path / "adding"
+    assert train.main(["adding", "-T", "10", "--test-size", "40", *TINY,
+                       "--output-dir", str(out)]) == 0
+    metrics = _check_outputs(out, capsys.readouterr().out, "adding", "test MSE")
+    assert metrics["seq_len"] == 10
+    assert metrics["settings"]["recurrent_max_abs"] == pytest.approx(2 ** 0.1)
+    assert metrics["baseline"] == pytest.approx(data.ADDING_BASELINE_MSE, abs=0.08)
+    # The saved folder loads the way the Hub serves it and predicts the test targets' scale.
+    model = AutoModelForSequenceClassification.from_pretrained(out, trust_remote_code=True)
+    x = data.adding_task(10, 4, 40, seed=0).test[:8]["inputs_embeds"]
+    with torch.no_grad():
+        assert model(inputs_embeds=x).logits.shape == (8, 1)
+    log = json.loads((out / "log_history.json").read_text())
+    assert [e["step"] for e in log if "eval_loss" in e][:2] == [3, 6]
+
+
+def test_cli_pmnist_end_to_end_on_local_data(tmp_path, capsys, mnist_dir):
+    out = tmp_path / "pmnist"
+    assert train.main(["pmnist", "--data", str(mnist_dir), "--num-layers", "2", *TINY,
+                       "--output-dir", str(out)]) == 0
+    metrics = _check_outputs(out, capsys.readouterr().out, "pmnist", "test error %")
+    assert metrics["seq_len"] == 784 and metrics["settings"]["norm"] == "batch"
+    assert 0 <= metrics["final_metric"] <= 100
+
+
+def test_cli_text_end_to_end(tmp_path, capsys, text_file):
+    out = tmp_path / "text"
+    assert train.main(["text", "--data", str(text_file), "-T", "12", "--num-layers", "2",
+                       "--norm", "none", *TINY, "--output-dir", str(out)]) == 0
+    metrics = _check_outputs(out, capsys.readouterr().out, "text", "test bits per character")
+    config = json.loads((out / "config.json").read_text())
+    assert config["vocab_size"] == 256 and "AutoModelForCausalLM" in config["auto_map"]
+    # bits per character = the evaluation loss (nats per byte) / ln 2
+    assert metrics["final_metric"] == pytest.approx(metrics["eval"]["eval_loss"] / np.log(2))
+    assert 0 < metrics["baseline"] < 8
+
+
+def test_cli_missing_data_file_exits_with_a_message(tmp_path, capsys):
+    code = train.main(["text", "--data", str(tmp_path / "missing.txt"), "--no-progress",
+                       "--output-dir", str(tmp_path / "o")])
+    assert code == 2
+    assert "--data" in capsys.readouterr().err
+
+
+def test_console_entry_point_exit_code():
+    """`python -m hf_integration.train` (what indrnn-train runs) fails cleanly on a bad task."""
+    result = subprocess.run([sys.executable, "-m", "hf_integration.train", "sudoku"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "invalid choice: 'sudoku'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_cli_under_torchrun_on_cpu_runs_ddp(tmp_path):
+    """Two processes on a CPU-only machine: the CLI sets use_cpu, so the Trainer runs DDP."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+           "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+               "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "hf_integration.train",
+               "adding", "-T", "8", "--test-size", "40", *TINY, "--output-dir", str(out)]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["steps"] == 6
+    assert metrics["reloaded_metric"] == pytest.approx(metrics["final_metric"], rel=1e-5)
+    assert result.stdout.count("indrnn-train summary") == 1  # printed by rank 0 only
+    assert "(batch 4 x 2 process(es))" in result.stdout
+
+
+def _load_script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_reproduce_adding_tiny_series_and_resume(tmp_path, capsys):
+    script = _load_script("reproduce_adding")
+    common = ["--max-steps", "4", "--eval-steps", "2", "--test-size", "20", "--batch-size", "8",
+              "--near-one-from", "6", "--out", str(tmp_path)]
+    script.main(["--lengths", "4", *common])
+    script.main(["--lengths", "4", "6", "--resume", *common])
+    runs = json.loads((tmp_path / "adding_results.json").read_text())
+    assert [r["seq_len"] for r in runs] == [4, 6]
+    assert [r["last_layer_init_near_one"] for r in runs] == [False, True]
+    assert all(r["steps"] == 4 and [s for s, _ in r["curve"]] == [2, 4] for r in runs)
+    assert "--learning-rate 0.0002 --lr-scheduler constant" in runs[0]["command"]
+    assert (tmp_path / "adding_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| 6 | 4 |" in (tmp_path / "adding_results.md").read_text()
+    assert not (tmp_path / "models").exists()
+
+
+def test_reproduce_mnist_recipe_builds_the_paper_arguments(monkeypatch, mnist_dir, tmp_path):
+    script = _load_script("reproduce_mnist")
+    seen = []
+    monkeypatch.setattr(script.train, "run", lambda args: seen.append(args) or {
+        "final_metric": 50.0, "steps": args.max_steps, "train_seconds": 1.0, "device": "cpu"})
+    script.main(["--tasks", "pmnist", "--data", str(mnist_dir), "--max-steps", "3",
+                 "--out", str(tmp_path)])
+    (args,) = seen
+    assert (args.task, args.num_layers, args.hidden_size, args.norm) == ("pmnist", 6, 128, "batch")
+    assert (args.dropout, args.learning_rate, args.batch_size, args.seq_len) == (0.1, 2e-4, 32, 784)
+    assert args.recurrent_max_abs == pytest.approx(2 ** (1 / 784))
+    assert json.loads((tmp_path / "mnist_results.json").read_text())[0]["paper_error_%"] == 4.0
+
+
+def test_cli_without_matplotlib_still_saves_everything_else(tmp_path, capsys, monkeypatch):
+    def no_matplotlib(*args, **kwargs):
+        raise ImportError("No module named 'matplotlib'")
+
+    monkeypatch.setattr(train, "plot_learning_curve", no_matplotlib)
+    out = tmp_path / "adding"
+    assert train.main(["adding", "-T", "6", "--test-size", "20", *TINY,
+                       "--output-dir", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "no learning_curve.png" in captured.err and "pip install matplotlib" in captured.err
+    assert not (out / "learning_curve.png").exists()
+    assert (out / "metrics.json").is_file() and "indrnn-train summary" in captured.out

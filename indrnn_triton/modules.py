@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .functional import batch_norm_over_steps, dropout_over_time, indrnn_recurrence
-from .op import _check_real, fused_indrnn
+from .op import _check_real, check_clip, fused_indrnn
 from .reference import clip_recurrent_weight
 
 _NORMS = (None, "batch", "layer")
@@ -39,18 +39,6 @@ def _bool(name: str, value) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {value!r}")
     return value
-
-
-def _clip_bounds(recurrent_max_abs, recurrent_min_abs) -> tuple[float | None, float]:
-    r_max = _check_real("recurrent_max_abs", recurrent_max_abs, allow_none=True)
-    if r_max is not None and r_max <= 0:
-        raise ValueError(f"recurrent_max_abs must be > 0 (or None for no clip), got {r_max}")
-    r_min = _check_real("recurrent_min_abs", recurrent_min_abs, allow_none=False)
-    if r_min < 0:
-        raise ValueError(f"recurrent_min_abs must be >= 0, got {r_min}")
-    if r_max is not None and r_min > r_max:
-        raise ValueError(f"recurrent_min_abs ({r_min}) must not exceed recurrent_max_abs ({r_max})")
-    return r_max, r_min
 
 
 def _init_range(name: str, value, default: InitRange) -> InitRange:
@@ -224,7 +212,7 @@ class IndRNN(nn.Module):
         mask: (T, B), or (B, T) with ``batch_first``; bool or integers, nonzero = real step.
             On padding the state is carried (as in the op), so left and right padding both
             work and h_n is the state after each sequence's last real step (first, for the
-            backward direction). Output values at padding positions are not meaningful.
+            backward direction). At padding positions the output repeats the carried state.
 
     Outputs: ``output, h_n``
         output: (T, B, D*H) / (B, T, D*H) in the input's dtype (or the autocast dtype).
@@ -275,7 +263,7 @@ class IndRNN(nn.Module):
                 f"dropout={dropout} has no effect with num_layers=1: it applies between layers",
                 stacklevel=2,
             )
-        self.recurrent_max_abs, self.recurrent_min_abs = _clip_bounds(recurrent_max_abs,
+        self.recurrent_max_abs, self.recurrent_min_abs = check_clip(recurrent_max_abs,
                                                                       recurrent_min_abs)
         if norm not in _NORMS:
             raise ValueError(f"norm must be None, 'batch' or 'layer', got {norm!r}")
@@ -475,7 +463,7 @@ class IndRNNCell(nn.Module):
         super().__init__()
         self.input_size = _positive_int("input_size", input_size)
         self.hidden_size = _positive_int("hidden_size", hidden_size)
-        self.recurrent_max_abs, self.recurrent_min_abs = _clip_bounds(recurrent_max_abs,
+        self.recurrent_max_abs, self.recurrent_min_abs = check_clip(recurrent_max_abs,
                                                                       recurrent_min_abs)
         r = 1.0 if self.recurrent_max_abs is None else self.recurrent_max_abs
         self.recurrent_init = _init_range("recurrent_init", recurrent_init, (0.0, r))

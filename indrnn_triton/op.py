@@ -211,6 +211,21 @@ def _check_real(name: str, value, *, allow_none: bool) -> float | None:
     return value
 
 
+def check_clip(recurrent_max_abs, recurrent_min_abs) -> tuple[float | None, float]:
+    """Validate the clip bounds (r > 0 finite or None; 0 <= m <= r); return them as floats."""
+    r_max = _check_real("recurrent_max_abs", recurrent_max_abs, allow_none=True)
+    if r_max is not None and r_max <= 0:
+        raise ValueError(f"recurrent_max_abs must be > 0 (or None for no clip), got {r_max}")
+    r_min = _check_real("recurrent_min_abs", recurrent_min_abs, allow_none=False)
+    if r_min < 0:
+        raise ValueError(f"recurrent_min_abs must be >= 0, got {r_min}")
+    if r_max is not None and r_min > r_max:
+        raise ValueError(
+            f"recurrent_min_abs ({r_min}) must not exceed recurrent_max_abs ({r_max})"
+        )
+    return r_max, r_min
+
+
 def _validate(pre, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_min_abs, reverse,
               batch_first):
     for name, flag in (("reverse", reverse), ("batch_first", batch_first)):
@@ -249,17 +264,7 @@ def _validate(pre, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_min_a
             raise ValueError(
                 f"{name} is on {t.device} but pre is on {pre.device}: put them on one device"
             )
-    r_max = _check_real("recurrent_max_abs", recurrent_max_abs, allow_none=True)
-    if r_max is not None and r_max <= 0:
-        raise ValueError(f"recurrent_max_abs must be > 0 (or None for no clip), got {r_max}")
-    r_min = _check_real("recurrent_min_abs", recurrent_min_abs, allow_none=False)
-    if r_min < 0:
-        raise ValueError(f"recurrent_min_abs must be >= 0, got {r_min}")
-    if r_max is not None and r_min > r_max:
-        raise ValueError(
-            f"recurrent_min_abs ({r_min}) must not exceed recurrent_max_abs ({r_max})"
-        )
-    return r_max, r_min
+    return check_clip(recurrent_max_abs, recurrent_min_abs)
 
 
 def fused_indrnn(

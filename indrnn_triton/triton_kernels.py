@@ -22,25 +22,22 @@ from . import _alloc
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-def _configs(backward: bool) -> list[triton.Config]:
+def _configs() -> list[triton.Config]:
     if INTERPRET:
         # The interpreter costs per program and per step, not per element: a small tile that
         # still splits B and H into several partial blocks, and a chunk that leaves a tail.
         return [triton.Config({"BLOCK_B": 2, "BLOCK_H": 64, "CHUNK": 4}, num_warps=1)]
-    # (BLOCK_B, BLOCK_H, num_warps, CHUNK): 4 or 8 elements per thread (one 16-byte vector for
-    # fp32 or bf16), and CHUNK steps of loads in flight per program.
-    # (1, 256, 2, 8) and (1, 512, 4, 8) are left out: ptxas spills 8 bytes of the masked forward
-    # for sm_80 at those shapes (benchmarks/kernel_report.py shows registers and spills).
+    # (BLOCK_B, BLOCK_H, num_warps, CHUNK): 4 elements per thread (a 16-byte vector of fp32, 8
+    # bytes of 16-bit types) or 8 (16 bytes of 16-bit types), and CHUNK steps of loads in
+    # flight per program. Shapes where ptxas spills for sm_80 are left out or prefetch fewer
+    # steps: 8 elements per thread prefetch 4, and nothing prefetches 16 (float16 spills).
+    # benchmarks/kernel_report.py prints registers, spills and load widths of every config.
     tiles = [
-        (1, 128, 1, 8), (1, 128, 1, 16), (1, 256, 1, 8), (1, 256, 2, 16), (1, 512, 2, 8),
-        (1, 512, 4, 16), (1, 1024, 4, 8), (2, 128, 2, 8), (2, 256, 4, 8), (4, 128, 4, 8),
+        (1, 128, 1, 8), (1, 256, 1, 4), (1, 256, 4, 8), (1, 512, 2, 4), (1, 1024, 4, 4),
+        (2, 128, 2, 8), (2, 256, 4, 8), (4, 128, 4, 8), (1, 512, 8, 8),
     ]
     configs = []
     for bb, bh, w, chunk in tiles:
-        # The backward keeps two tiles per step in flight (output and its gradient): with 8
-        # elements per thread, 8 steps of those spill on sm_80, so it prefetches 4.
-        if backward and bb * bh // (32 * w) > 4:
-            chunk = 4
         meta = {"BLOCK_B": bb, "BLOCK_H": bh, "CHUNK": chunk}
         configs.append(triton.Config(meta, num_warps=w, num_stages=1))
     return configs
@@ -87,8 +84,223 @@ def _i64(x):
     return x * tl.full([], 1, tl.int64)
 
 
+@triton.jit
+def _indrnn_fwd_body(
+    p_pre,  # pre-activations W x, (T, B, H) through strides s_pre_*
+    p_u,  # recurrent weights u, (H,)
+    p_b,  # bias, (H,) or None
+    p_h0,  # initial state, (B, H) contiguous, or None
+    p_mask,  # step mask, (T, B) through strides s_m_*, nonzero = real step; or None
+    p_out,  # output h, (T, B, H) through strides s_out_*, same dtype as pre
+    p_hn,  # final state, (B, H) contiguous, accumulation dtype
+    T,
+    B,
+    H,
+    s_pre_t, s_pre_b, s_pre_h,
+    s_out_t, s_out_b, s_out_h,
+    s_m_t, s_m_b,
+    r_max,
+    r_min,
+    CLIP_MAX: tl.constexpr,
+    CLIP_MIN: tl.constexpr,
+    REVERSE: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    ACC_F64: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    CHUNK: tl.constexpr,
+    I_D: tl.constexpr,  # direction: 1 = the second half of a bidirectional layer
+):
+    ACC = tl.float64 if ACC_F64 else tl.float32
+    i_b = tl.program_id(0)
+    i_h = tl.program_id(1)
+    o_b = (i_b * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
+    o_h = (i_h * BLOCK_H + tl.arange(0, BLOCK_H)).to(tl.int64)
+    m_b = o_b < B
+    m_h = o_h < H
+    o_f = I_D * H + o_h  # feature index along the D*H axis of pre, out, u and bias
+    o_s = I_D * _i64(B) * H  # start of this direction's (B, H) state
+    if REVERSE:
+        rev = 1
+    else:
+        rev = 0
+    m_bh = m_b[:, None] & m_h[None, :]
+
+    b_u = tl.load(p_u + o_f, mask=m_h, other=0).to(ACC)
+    b_u, _ = _clip(b_u, r_max, r_min, CLIP_MAX, CLIP_MIN)
+    if HAS_BIAS:
+        b_bias = tl.load(p_b + o_f, mask=m_h, other=0).to(ACC)
+    else:
+        b_bias = tl.zeros([BLOCK_H], dtype=ACC)
+    if HAS_H0:
+        b_h = tl.load(p_h0 + o_s + o_b[:, None] * H + o_h[None, :], mask=m_bh, other=0).to(ACC)
+    else:
+        b_h = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
+
+    # Time is walked through pointers that move one (signed, int64) stride per step, starting at
+    # t = T-1 when reversed, so no t * stride product can overflow and memory is never flipped.
+    t0 = _i64(T - 1) * rev
+    sgn = 1 - 2 * rev
+    d_x = sgn * _i64(s_pre_t)
+    d_o = sgn * _i64(s_out_t)
+    d_m = sgn * _i64(s_m_t)
+    p_x = p_pre + t0 * s_pre_t + o_b[:, None] * s_pre_b + o_f[None, :] * s_pre_h
+    p_o = p_out + t0 * s_out_t + o_b[:, None] * s_out_b + o_f[None, :] * s_out_h
+    if HAS_MASK:
+        p_m = p_mask + t0 * s_m_t + o_b * s_m_b
+    for i in range(0, T, CHUNK):
+        # The inputs do not depend on the state: issue the loads of CHUNK steps at once so
+        # they are in flight together, then run the dependent chain over them.
+        xs = ()
+        ms = ()
+        # Pointers advance one stride per step (cheaper in registers than CHUNK offsets).
+        for j in tl.static_range(CHUNK):
+            valid = (o_b * 0 + i + j) < T
+            xs = xs + (tl.load(p_x, mask=m_bh & valid[:, None], other=0),)
+            p_x += d_x
+            if HAS_MASK:
+                ms = ms + (tl.load(p_m, mask=m_b & valid, other=0) != 0,)
+                p_m += d_m
+        for j in tl.static_range(CHUNK):
+            valid = (o_b * 0 + i + j) < T
+            b_new = tl.maximum(xs[j].to(ACC) + b_bias[None, :] + b_u[None, :] * b_h, 0.0)
+            if HAS_MASK:
+                valid = valid & ms[j]
+            b_h = tl.where(valid[:, None], b_new, b_h)
+            tl.store(p_o, b_h.to(p_out.dtype.element_ty),
+                     mask=m_bh & ((o_b * 0 + i + j) < T)[:, None])
+            p_o += d_o
+    o_state = o_s + o_b[:, None] * H + o_h[None, :]
+    tl.store(p_hn + o_state, b_h.to(p_hn.dtype.element_ty), mask=m_bh)
+
+
+@triton.jit
+def _indrnn_bwd_body(
+    p_out,  # forward output h, (T, B, H) through strides s_out_*
+    p_h0,  # initial state, (B, H) contiguous, or None
+    p_u,  # recurrent weights u, (H,)
+    p_mask,  # step mask, (T, B) through strides s_m_*, or None
+    p_dout,  # gradient of the output, (T, B, H) through strides s_do_*, or None
+    p_dhn,  # gradient of the final state, (B, H) contiguous, or None
+    p_dpre,  # gradient of pre, (T, B, H) through strides s_out_* (same layout as the output)
+    p_dh0,  # gradient of h0, (B, H) contiguous, accumulation dtype
+    p_du,  # per-row partial sums of du over time, (B, H) contiguous, accumulation dtype
+    p_db,  # per-row partial sums of db over time, (B, H) contiguous, accumulation dtype
+    T,
+    B,
+    H,
+    s_out_t, s_out_b, s_out_h,
+    s_do_t, s_do_b, s_do_h,
+    s_m_t, s_m_b,
+    r_max,
+    r_min,
+    CLIP_MAX: tl.constexpr,
+    CLIP_MIN: tl.constexpr,
+    REVERSE: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    HAS_DOUT: tl.constexpr,
+    HAS_DHN: tl.constexpr,
+    ACC_F64: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    CHUNK: tl.constexpr,
+    I_D: tl.constexpr,  # direction: 1 = the second half of a bidirectional layer
+):
+    ACC = tl.float64 if ACC_F64 else tl.float32
+    i_b = tl.program_id(0)
+    i_h = tl.program_id(1)
+    o_b = (i_b * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
+    o_h = (i_h * BLOCK_H + tl.arange(0, BLOCK_H)).to(tl.int64)
+    m_b = o_b < B
+    m_h = o_h < H
+    o_f = I_D * H + o_h  # feature index along the D*H axis of pre, out, u and bias
+    o_s = I_D * _i64(B) * H  # start of this direction's (B, H) state
+    if REVERSE:
+        rev = 1
+    else:
+        rev = 0
+    m_bh = m_b[:, None] & m_h[None, :]
+    o_state = o_s + o_b[:, None] * H + o_h[None, :]
+
+    b_u = tl.load(p_u + o_f, mask=m_h, other=0).to(ACC)
+    b_u, b_keep = _clip(b_u, r_max, r_min, CLIP_MAX, CLIP_MIN)
+    if HAS_H0:
+        b_h0 = tl.load(p_h0 + o_state, mask=m_bh, other=0).to(ACC)
+    else:
+        b_h0 = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
+    # b_c: the gradient reaching the state after the step being processed (dL/dh_n to start).
+    if HAS_DHN:
+        b_c = tl.load(p_dhn + o_state, mask=m_bh, other=0).to(ACC)
+    else:
+        b_c = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
+    b_du = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
+    b_db = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
+
+    # Walk the forward processing order backwards, k = 0 .. T-1 being step T-1-k. The state
+    # before a step is the output of the step before it (h0 for the first step); it is kept for
+    # the next iteration, where it is the current output, so each output element is read once.
+    # Pointers move one signed int64 stride per step, backwards through processing order.
+    t_last = _i64(T - 1) * (1 - rev)
+    sgn = 2 * rev - 1
+    d_o = sgn * _i64(s_out_t)
+    d_g = sgn * _i64(s_do_t)
+    d_m = sgn * _i64(s_m_t)
+    o_out = o_b[:, None] * s_out_b + o_f[None, :] * s_out_h
+    p_h = p_out + t_last * s_out_t + o_out
+    p_dx = p_dpre + t_last * s_out_t + o_out
+    if HAS_DOUT:
+        p_g = p_dout + t_last * s_do_t + o_b[:, None] * s_do_b + o_f[None, :] * s_do_h
+    if HAS_MASK:
+        p_m = p_mask + t_last * s_m_t + o_b * s_m_b
+    b_h = tl.load(p_h, mask=m_bh, other=0).to(ACC)
+    for i in range(0, T, CHUNK):
+        # Issue the CHUNK steps' loads together (they do not depend on the carried gradient).
+        hs = ()
+        gs = ()
+        ms = ()
+        # Pointers advance one stride per step (cheaper in registers than CHUNK offsets).
+        for j in tl.static_range(CHUNK):
+            valid = (o_b * 0 + i + j) < T
+            has_prev = (o_b * 0 + i + j) < T - 1
+            p_h += d_o
+            hs = hs + (tl.load(p_h, mask=m_bh & has_prev[:, None], other=0),)
+            if HAS_DOUT:
+                gs = gs + (tl.load(p_g, mask=m_bh & valid[:, None], other=0),)
+                p_g += d_g
+            if HAS_MASK:
+                ms = ms + (tl.load(p_m, mask=m_b & valid, other=0) != 0,)
+                p_m += d_m
+        for j in tl.static_range(CHUNK):
+            valid = (o_b * 0 + i + j) < T
+            has_prev = (o_b * 0 + i + j) < T - 1
+            b_prev = tl.where(has_prev[:, None], hs[j].to(ACC), b_h0)
+            b_g = b_c
+            if HAS_DOUT:
+                b_g += gs[j].to(ACC)
+            if HAS_MASK:
+                # A padding step is the identity on the state: its gradient passes through.
+                b_d = tl.where((b_h > 0) & (valid & ms[j])[:, None], b_g, 0.0)
+                b_c = tl.where((valid & ms[j])[:, None], b_u[None, :] * b_d, b_g)
+            else:
+                b_d = tl.where((b_h > 0) & valid[:, None], b_g, 0.0)
+                b_c = tl.where(valid[:, None], b_u[None, :] * b_d, b_g)
+            tl.store(p_dx, b_d.to(p_dpre.dtype.element_ty), mask=m_bh & valid[:, None])
+            p_dx += d_o
+            b_du += b_d * b_prev
+            b_db += b_d
+            b_h = b_prev
+    tl.store(p_dh0 + o_state, b_c.to(p_dh0.dtype.element_ty), mask=m_bh)
+    # Per-row partials (every element written by exactly one program, whatever the tile), summed
+    # over B by the caller with torch.sum: deterministic, no atomics.
+    tl.store(p_du + o_state, b_du * b_keep[None, :], mask=m_bh)
+    tl.store(p_db + o_state, b_db, mask=m_bh)
+
+
 @triton.heuristics({**_HEURISTICS, "HAS_BIAS": lambda a: a["p_b"] is not None})
-@triton.autotune(configs=_configs(backward=False), key=["H"], prune_configs_by=_PRUNE)
+@triton.autotune(configs=_configs(), key=["H"], prune_configs_by=_PRUNE)
 @triton.jit(do_not_specialize=["T"])
 def _indrnn_fwd_kernel(
     p_pre,  # pre-activations W x, (T, B, H) through strides s_pre_*
@@ -116,70 +328,23 @@ def _indrnn_fwd_kernel(
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     CHUNK: tl.constexpr,
+    BIDIR: tl.constexpr,  # two directions: grid axis 2, the second reversed
 ):
-    ACC = tl.float64 if ACC_F64 else tl.float32
-    i_b = tl.program_id(0)
-    i_h = tl.program_id(1)
-    i_d = tl.program_id(2)  # direction; 1 = the second half of a bidirectional layer
-    o_b = (i_b * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
-    o_h = (i_h * BLOCK_H + tl.arange(0, BLOCK_H)).to(tl.int64)
-    m_b = o_b < B
-    m_h = o_h < H
-    o_f = _i64(i_d) * H + o_h  # feature index along the D*H axis of pre, out, u and bias
-    o_s = _i64(i_d) * B * H  # start of this direction's (B, H) state
-    # The second direction, or REVERSE, walks time from T-1 down to 0.
-    if REVERSE:
-        rev = 1 - _i64(i_d)
+    # Direction and REVERSE are compile-time in each body: a runtime sign on the time
+    # strides costs ~100 registers with a mask. A bidirectional launch compiles both.
+    if BIDIR:
+        if tl.program_id(2) == 0:
+            _indrnn_fwd_body(p_pre, p_u, p_b, p_h0, p_mask, p_out, p_hn, T, B, H, s_pre_t, s_pre_b,
+                s_pre_h, s_out_t, s_out_b, s_out_h, s_m_t, s_m_b, r_max, r_min, CLIP_MAX, CLIP_MIN,
+                False, HAS_BIAS, HAS_H0, HAS_MASK, ACC_F64, BLOCK_B, BLOCK_H, CHUNK, 0)
+        else:
+            _indrnn_fwd_body(p_pre, p_u, p_b, p_h0, p_mask, p_out, p_hn, T, B, H, s_pre_t, s_pre_b,
+                s_pre_h, s_out_t, s_out_b, s_out_h, s_m_t, s_m_b, r_max, r_min, CLIP_MAX, CLIP_MIN,
+                True, HAS_BIAS, HAS_H0, HAS_MASK, ACC_F64, BLOCK_B, BLOCK_H, CHUNK, 1)
     else:
-        rev = _i64(i_d)
-    m_bh = m_b[:, None] & m_h[None, :]
-
-    b_u = tl.load(p_u + o_f, mask=m_h, other=0).to(ACC)
-    b_u, _ = _clip(b_u, r_max, r_min, CLIP_MAX, CLIP_MIN)
-    if HAS_BIAS:
-        b_bias = tl.load(p_b + o_f, mask=m_h, other=0).to(ACC)
-    else:
-        b_bias = tl.zeros([BLOCK_H], dtype=ACC)
-    if HAS_H0:
-        b_h = tl.load(p_h0 + o_s + o_b[:, None] * H + o_h[None, :], mask=m_bh, other=0).to(ACC)
-    else:
-        b_h = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
-
-    # Time is walked through pointers that move one (signed, int64) stride per step, starting at
-    # t = T-1 when reversed, so no t * stride product can overflow and memory is never flipped.
-    t0 = rev * (T - 1)
-    sgn = 1 - 2 * rev
-    d_x = sgn * s_pre_t
-    d_o = sgn * s_out_t
-    d_m = sgn * s_m_t
-    p_x = p_pre + t0 * s_pre_t + o_b[:, None] * s_pre_b + o_f[None, :] * s_pre_h
-    p_o = p_out + t0 * s_out_t + o_b[:, None] * s_out_b + o_f[None, :] * s_out_h
-    if HAS_MASK:
-        p_m = p_mask + t0 * s_m_t + o_b * s_m_b
-    for i in range(0, T, CHUNK):
-        # The inputs do not depend on the state: issue the loads of CHUNK steps at once so
-        # they are in flight together, then run the dependent chain over them.
-        xs = ()
-        ms = ()
-        for j in tl.static_range(CHUNK):
-            valid = (o_b * 0 + i + j) < T
-            xs = xs + (tl.load(p_x + j * d_x, mask=m_bh & valid[:, None], other=0),)
-            if HAS_MASK:
-                ms = ms + (tl.load(p_m + j * d_m, mask=m_b & valid, other=0) != 0,)
-        for j in tl.static_range(CHUNK):
-            valid = (o_b * 0 + i + j) < T
-            b_new = tl.maximum(xs[j].to(ACC) + b_bias[None, :] + b_u[None, :] * b_h, 0.0)
-            if HAS_MASK:
-                valid = valid & ms[j]
-            b_h = tl.where(valid[:, None], b_new, b_h)
-            tl.store(p_o + j * d_o, b_h.to(p_out.dtype.element_ty),
-                     mask=m_bh & ((o_b * 0 + i + j) < T)[:, None])
-        p_x += CHUNK * d_x
-        p_o += CHUNK * d_o
-        if HAS_MASK:
-            p_m += CHUNK * d_m
-    o_state = o_s + o_b[:, None] * H + o_h[None, :]
-    tl.store(p_hn + o_state, b_h.to(p_hn.dtype.element_ty), mask=m_bh)
+        _indrnn_fwd_body(p_pre, p_u, p_b, p_h0, p_mask, p_out, p_hn, T, B, H, s_pre_t, s_pre_b,
+            s_pre_h, s_out_t, s_out_b, s_out_h, s_m_t, s_m_b, r_max, r_min, CLIP_MAX, CLIP_MIN,
+            REVERSE, HAS_BIAS, HAS_H0, HAS_MASK, ACC_F64, BLOCK_B, BLOCK_H, CHUNK, 0)
 
 
 @triton.heuristics(
@@ -189,7 +354,7 @@ def _indrnn_fwd_kernel(
         "HAS_DHN": lambda a: a["p_dhn"] is not None,
     }
 )
-@triton.autotune(configs=_configs(backward=True), key=["H"], prune_configs_by=_PRUNE)
+@triton.autotune(configs=_configs(), key=["H"], prune_configs_by=_PRUNE)
 @triton.jit(do_not_specialize=["T"])
 def _indrnn_bwd_kernel(
     p_out,  # forward output h, (T, B, H) through strides s_out_*
@@ -221,98 +386,26 @@ def _indrnn_bwd_kernel(
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     CHUNK: tl.constexpr,
+    BIDIR: tl.constexpr,  # two directions: grid axis 2, the second reversed
 ):
-    ACC = tl.float64 if ACC_F64 else tl.float32
-    i_b = tl.program_id(0)
-    i_h = tl.program_id(1)
-    i_d = tl.program_id(2)  # direction; 1 = the second half of a bidirectional layer
-    o_b = (i_b * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
-    o_h = (i_h * BLOCK_H + tl.arange(0, BLOCK_H)).to(tl.int64)
-    m_b = o_b < B
-    m_h = o_h < H
-    o_f = _i64(i_d) * H + o_h  # feature index along the D*H axis of pre, out, u and bias
-    o_s = _i64(i_d) * B * H  # start of this direction's (B, H) state
-    # The second direction, or REVERSE, walks time from T-1 down to 0.
-    if REVERSE:
-        rev = 1 - _i64(i_d)
+    # Direction and REVERSE are compile-time in each body: a runtime sign on the time
+    # strides costs ~100 registers with a mask. A bidirectional launch compiles both.
+    if BIDIR:
+        if tl.program_id(2) == 0:
+            _indrnn_bwd_body(p_out, p_h0, p_u, p_mask, p_dout, p_dhn, p_dpre, p_dh0, p_du, p_db, T,
+                B, H, s_out_t, s_out_b, s_out_h, s_do_t, s_do_b, s_do_h, s_m_t, s_m_b, r_max,
+                r_min, CLIP_MAX, CLIP_MIN, False, HAS_H0, HAS_MASK, HAS_DOUT, HAS_DHN, ACC_F64,
+                BLOCK_B, BLOCK_H, CHUNK, 0)
+        else:
+            _indrnn_bwd_body(p_out, p_h0, p_u, p_mask, p_dout, p_dhn, p_dpre, p_dh0, p_du, p_db, T,
+                B, H, s_out_t, s_out_b, s_out_h, s_do_t, s_do_b, s_do_h, s_m_t, s_m_b, r_max,
+                r_min, CLIP_MAX, CLIP_MIN, True, HAS_H0, HAS_MASK, HAS_DOUT, HAS_DHN, ACC_F64,
+                BLOCK_B, BLOCK_H, CHUNK, 1)
     else:
-        rev = _i64(i_d)
-    m_bh = m_b[:, None] & m_h[None, :]
-    o_state = o_s + o_b[:, None] * H + o_h[None, :]
-
-    b_u = tl.load(p_u + o_f, mask=m_h, other=0).to(ACC)
-    b_u, b_keep = _clip(b_u, r_max, r_min, CLIP_MAX, CLIP_MIN)
-    if HAS_H0:
-        b_h0 = tl.load(p_h0 + o_state, mask=m_bh, other=0).to(ACC)
-    else:
-        b_h0 = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
-    # b_c: the gradient reaching the state after the step being processed (dL/dh_n to start).
-    if HAS_DHN:
-        b_c = tl.load(p_dhn + o_state, mask=m_bh, other=0).to(ACC)
-    else:
-        b_c = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
-    b_du = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
-    b_db = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
-
-    # Walk the forward processing order backwards, k = 0 .. T-1 being step T-1-k. The state
-    # before a step is the output of the step before it (h0 for the first step); it is kept for
-    # the next iteration, where it is the current output, so each output element is read once.
-    # Pointers move one signed int64 stride per step, backwards through processing order.
-    t_last = (1 - rev) * (T - 1)
-    sgn = 2 * rev - 1
-    d_o = sgn * s_out_t
-    d_g = sgn * s_do_t
-    d_m = sgn * s_m_t
-    o_out = o_b[:, None] * s_out_b + o_f[None, :] * s_out_h
-    p_h = p_out + t_last * s_out_t + o_out
-    p_dx = p_dpre + t_last * s_out_t + o_out
-    if HAS_DOUT:
-        p_g = p_dout + t_last * s_do_t + o_b[:, None] * s_do_b + o_f[None, :] * s_do_h
-    if HAS_MASK:
-        p_m = p_mask + t_last * s_m_t + o_b * s_m_b
-    b_h = tl.load(p_h, mask=m_bh, other=0).to(ACC)
-    for i in range(0, T, CHUNK):
-        # Issue the CHUNK steps' loads together (they do not depend on the carried gradient).
-        hs = ()
-        gs = ()
-        ms = ()
-        for j in tl.static_range(CHUNK):
-            valid = (o_b * 0 + i + j) < T
-            has_prev = (o_b * 0 + i + j) < T - 1
-            hs = hs + (tl.load(p_h + (j + 1) * d_o, mask=m_bh & has_prev[:, None], other=0),)
-            if HAS_DOUT:
-                gs = gs + (tl.load(p_g + j * d_g, mask=m_bh & valid[:, None], other=0),)
-            if HAS_MASK:
-                ms = ms + (tl.load(p_m + j * d_m, mask=m_b & valid, other=0) != 0,)
-        for j in tl.static_range(CHUNK):
-            valid = (o_b * 0 + i + j) < T
-            has_prev = (o_b * 0 + i + j) < T - 1
-            b_prev = tl.where(has_prev[:, None], hs[j].to(ACC), b_h0)
-            b_g = b_c
-            if HAS_DOUT:
-                b_g += gs[j].to(ACC)
-            if HAS_MASK:
-                # A padding step is the identity on the state: its gradient passes through.
-                b_d = tl.where((b_h > 0) & (valid & ms[j])[:, None], b_g, 0.0)
-                b_c = tl.where((valid & ms[j])[:, None], b_u[None, :] * b_d, b_g)
-            else:
-                b_d = tl.where((b_h > 0) & valid[:, None], b_g, 0.0)
-                b_c = tl.where(valid[:, None], b_u[None, :] * b_d, b_g)
-            tl.store(p_dx + j * d_o, b_d.to(p_dpre.dtype.element_ty), mask=m_bh & valid[:, None])
-            b_du += b_d * b_prev
-            b_db += b_d
-            b_h = b_prev
-        p_h += CHUNK * d_o
-        p_dx += CHUNK * d_o
-        if HAS_DOUT:
-            p_g += CHUNK * d_g
-        if HAS_MASK:
-            p_m += CHUNK * d_m
-    tl.store(p_dh0 + o_state, b_c.to(p_dh0.dtype.element_ty), mask=m_bh)
-    # Per-row partials (every element written by exactly one program, whatever the tile), summed
-    # over B by the caller with torch.sum: deterministic, no atomics.
-    tl.store(p_du + o_state, b_du * b_keep[None, :], mask=m_bh)
-    tl.store(p_db + o_state, b_db, mask=m_bh)
+        _indrnn_bwd_body(p_out, p_h0, p_u, p_mask, p_dout, p_dhn, p_dpre, p_dh0, p_du, p_db, T, B,
+            H, s_out_t, s_out_b, s_out_h, s_do_t, s_do_b, s_do_h, s_m_t, s_m_b, r_max, r_min,
+            CLIP_MAX, CLIP_MIN, REVERSE, HAS_H0, HAS_MASK, HAS_DOUT, HAS_DHN, ACC_F64, BLOCK_B,
+            BLOCK_H, CHUNK, 0)
 
 
 def _clip_args(recurrent_max_abs: float | None, recurrent_min_abs: float) -> dict:
@@ -365,7 +458,7 @@ def triton_forward(
         x, weight_hh, bias, _state(h0), mask, out, h_n,
         T, B, H,
         *x.stride(), *out.stride(), s_m_t, s_m_b,
-        REVERSE=reverse, **_clip_args(recurrent_max_abs, recurrent_min_abs),
+        REVERSE=reverse, BIDIR=D == 2, **_clip_args(recurrent_max_abs, recurrent_min_abs),
     )
 
 
@@ -395,6 +488,6 @@ def triton_backward(
         grad_pre, grad_h0, du, db,
         T, B, H,
         *out.stride(), *s_do, s_m_t, s_m_b,
-        REVERSE=reverse, **_clip_args(recurrent_max_abs, recurrent_min_abs),
+        REVERSE=reverse, BIDIR=D == 2, **_clip_args(recurrent_max_abs, recurrent_min_abs),
     )
     return du.sum(1).flatten(), db.sum(1).flatten()

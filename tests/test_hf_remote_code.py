@@ -12,11 +12,18 @@ from hf_helpers import HEADS, padded_batch, random_tokens, tiny_model
 REPO = Path(__file__).resolve().parents[1]
 
 LOADER = r"""
-import importlib.util, json, sys
+import json, sys
 from pathlib import Path
-import torch, transformers
 
-assert importlib.util.find_spec("hf_integration") is None, "hf_integration must not be importable"
+# Simulate a machine without hf_integration, also where it is pip-installed (editable installs
+# put it on the path whatever PYTHONPATH says): None in sys.modules makes every import fail.
+sys.modules["hf_integration"] = None
+try:
+    import hf_integration  # noqa: F401
+    raise AssertionError("hf_integration must not be importable")
+except ImportError:
+    pass
+import torch, transformers
 root = Path(sys.argv[1])
 inputs = torch.load(root / "inputs.pt")
 for name in json.loads((root / "heads.json").read_text()):

@@ -668,3 +668,16 @@ def test_training_steps_follow_the_plain_model():
     assert losses["fused"][-1] < 0.5 * losses["fused"][0]
     for (name, p), q in zip(rnn.named_parameters(), plain.parameters(), strict=True):
         torch.testing.assert_close(p, q, atol=1e-9, rtol=1e-9, msg=name)
+
+
+def test_output_at_padding_repeats_the_carried_state():
+    """As in the op: a padded position's output is each layer's carried state."""
+    rnn = IndRNN(IN, H, num_layers=2, bidirectional=True, norm="layer", **F64)
+    x = torch.randn(T, 2, IN, **F64)
+    mask = padding_mask([T, 3], T)
+    out, _ = rnn(x, mask=mask)
+    fwd, bwd = out[..., :H], out[..., H:]
+    # Right padding: the forward direction holds its state after the last real step, the
+    # backward direction its initial state (zeros) until the first real step from the end.
+    torch.testing.assert_close(fwd[3:, 1], fwd[2, 1].expand(T - 3, H), rtol=0, atol=0)
+    torch.testing.assert_close(bwd[3:, 1], torch.zeros(T - 3, H, **F64), rtol=0, atol=0)

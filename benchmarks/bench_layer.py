@@ -1,0 +1,137 @@
+"""Forward+backward of an IndRNN layer against nn.RNN(relu), nn.GRU and nn.LSTM.
+
+Every model has input size = hidden size = H, 1 or 2 layers, time-major input (T, B, H). One
+timed call runs the forward and the backward to the input and every parameter
+(``torch.autograd.grad`` against a random output gradient). On a GPU the torch layers run
+cuDNN. ``indrnn_speedup`` is a model's time over IndRNN's in the same run and configuration.
+
+    PYTHONPATH=. python benchmarks/bench_layer.py --quick      # CPU, a couple of minutes
+    PYTHONPATH=. python benchmarks/bench_layer.py              # GPU grid on CUDA
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+from torch import nn
+
+from benchmarks.common import (
+    add_common_args,
+    bench,
+    environment,
+    grid_shapes,
+    peak_bytes,
+    plot_sweeps,
+    progress,
+    results_dir,
+    saved_bytes,
+    setup,
+    write_results,
+)
+from indrnn_triton import IndRNN
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+MODELS = {
+    "indrnn": lambda H, L: IndRNN(H, H, num_layers=L),
+    "rnn_relu": lambda H, L: nn.RNN(H, H, num_layers=L, nonlinearity="relu"),
+    "gru": lambda H, L: nn.GRU(H, H, num_layers=L),
+    "lstm": lambda H, L: nn.LSTM(H, H, num_layers=L),
+}
+T_SWEEP = (256, 512, 1024, 4096)
+GRIDS = {
+    "quick": dict(T_sweep=T_SWEEP, BH=(8, 64), T=1024, BH_sweep=((8, 64), (32, 128)),
+                  budget_s=0.3),
+    "cpu": dict(T_sweep=T_SWEEP, BH=(32, 256), T=1024, BH_sweep=((8, 128), (32, 256)),
+                budget_s=0.5),
+    "gpu": dict(T_sweep=T_SWEEP, BH=(64, 512), T=1024,
+                BH_sweep=((16, 512), (64, 512), (256, 512), (128, 1024)),
+                budget_s=0.2),
+}
+
+
+def run_case(B, T, H, layers, dtype, device, budget_s, models) -> list[dict]:
+    dt = DTYPES[dtype]
+    torch.manual_seed(0)
+    x = torch.randn(T, B, H, dtype=dt, device=device, requires_grad=True)
+    g = torch.randn(T, B, H, dtype=dt, device=device)
+    rows, base_ms = [], None
+    for name in models:
+        model = MODELS[name](H, layers).to(device=device, dtype=dt)
+        inputs = (x, *model.parameters())
+
+        def step(model=model, inputs=inputs):
+            return torch.autograd.grad(model(x)[0], inputs, g)
+
+        ms = bench(step, device, budget_s=budget_s)
+        base_ms = ms if name == "indrnn" else base_ms
+        peak = peak_bytes(step, device)
+        saved = saved_bytes(lambda model=model: model(x))
+        rows.append(dict(
+            dtype=dtype, layers=layers, B=B, T=T, H=H, BxH=B * H, model=name, ms=ms,
+            indrnn_speedup=None if base_ms is None or name == "indrnn" else ms / base_ms,
+            saved_MB=saved / 2**20, peak_MB=peak / 2**20,
+        ))
+    return rows
+
+
+def headline(rows: list[dict]) -> list[str]:
+    """IndRNN's speedup over each model, per layer count, at T = 1024 on the T sweep's B x H."""
+    lines = []
+    for r in rows:
+        if r["T"] == 1024 and r["indrnn_speedup"] is not None:
+            lines.append(
+                f"{r['layers']} layer(s), B={r['B']}, H={r['H']}, T=1024, {r['dtype']}: IndRNN "
+                f"{r['indrnn_speedup']:.1f}x faster than {r['model']}"
+            )
+    return lines
+
+
+COLUMNS = ["dtype", "layers", "B", "T", "H", "model", "ms", "indrnn_speedup", "saved_MB",
+           "peak_MB"]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_args(p)
+    p.add_argument("--quick", action="store_true", help="small B and H (CPU smoke run)")
+    p.add_argument("--dtypes", nargs="+", choices=DTYPES, default=["float32"],
+                   help="model and input dtype (the whole model is converted)")
+    p.add_argument("--layers", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    args = p.parse_args(argv)
+    if any(n < 1 for n in args.layers):
+        raise ValueError(f"--layers must be >= 1, got {args.layers}")
+    device = setup(args)
+    grid = GRIDS["quick" if args.quick else "gpu" if device.type == "cuda" else "cpu"]
+    models = ["indrnn", *[m for m in args.models if m != "indrnn"]]
+    out = results_dir(device, args.out)
+
+    cases = [(B, T, H, L, d) for (B, T, H) in grid_shapes(grid) for L in args.layers
+             for d in args.dtypes]
+    rows: list[dict] = []
+    env = environment(device)
+    for L in args.layers:  # first-call costs (imports, op registration) land outside the figures
+        for d in args.dtypes:
+            run_case(16, 4, grid["BH"][1], L, d, device, 0.01, models)
+    for B, T, H, L, d in progress(cases, "bench_layer"):
+        rows += run_case(B, T, H, L, d, device, grid["budget_s"], models)
+        # Rewritten after every case, so a run cut short by a time limit keeps what it measured.
+        md = write_results(out, "bench_layer", rows, COLUMNS, env, notes=[
+            "indrnn_speedup = the model's time / IndRNN's time, same run and configuration; "
+            "forward + backward to the input and all parameters; saved_MB = bytes autograd "
+            "keeps for backward; peak_MB = peak allocated during the call (CUDA allocator; on "
+            "CPU, op outputs counted by a dispatch mode).",
+            "\n".join(f"- {line}" for line in headline(rows)),
+        ])
+    if not args.no_plots:
+        plot_sweeps(rows, out, "bench_layer", grid, ys=["ms", "indrnn_speedup"],
+                    panels="layers", series=["model", "dtype"],
+                    title=f"IndRNN layer vs torch RNNs, fwd+bwd, {env['device']}")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

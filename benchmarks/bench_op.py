@@ -1,0 +1,244 @@
+"""Speed and memory of the fused IndRNN op against autograd through a naive per-step loop.
+
+For each (B, T, H), dtype and mode (``fwd``, ``bwd``, ``fwdbwd``) it times, in one run:
+
+- ``fused``: :func:`indrnn_triton.fused_indrnn` (Triton kernels on a GPU, the CPU path on CPU);
+- ``naive_index``: autograd through ``for t in range(T): h = relu(pre[t] + b + u * h)``, the loop
+  most users write. ``pre[t]``'s backward materialises a full (T, B, H) gradient at every step,
+  so its backward costs O(T^2 B H);
+- ``naive_unbind``: the same loop over ``for p in pre:`` (``unbind``), one gradient stack;
+- ``copy``: ``dst.copy_(src)`` of one (T, B, H) tensor, the bandwidth the op is held against.
+
+Achieved GB/s count the minimum bytes: forward reads pre and writes the output (2 T B H
+elements), backward reads the output and its gradient and writes pre's gradient (3 T B H),
+fwdbwd both (5 T B H). ``copy frac`` is that figure over the copy's GB/s (2 T B H elements moved).
+Memory: ``saved MB`` are the bytes autograd keeps for backward; ``peak MB`` the peak allocated
+during the call above what was allocated before it (see :func:`benchmarks.common.peak_bytes`).
+
+    PYTHONPATH=. python benchmarks/bench_op.py                 # quick grid on CPU, full on GPU
+    PYTHONPATH=. python benchmarks/bench_op.py --preset gpu --out /tmp/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from benchmarks.common import (
+    add_common_args,
+    bench,
+    bench_interleaved,
+    environment,
+    grid_shapes,
+    peak_bytes,
+    plot_sweeps,
+    progress,
+    results_dir,
+    saved_bytes,
+    setup,
+    write_results,
+)
+from indrnn_triton import fused_indrnn
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MODES = ("fwd", "bwd", "fwdbwd")
+# Elements of (T, B, H) moved at the minimum by each mode (see the module docstring).
+MIN_ELEMS = {"fwd": 2, "bwd": 3, "fwdbwd": 5, "copy": 2}
+# The case issue 2 sets the CPU target on (fused forward+backward >= 30x the naive loop).
+TARGET_CASE = dict(T=1000, B=32, H=256, dtype="float32", mode="fwdbwd")
+
+# Grids: a sweep over T at a fixed B x H, and a sweep over B x H at a fixed T. Naive loops are
+# capped (largest T and B x H; naive_index also at T^2 B H elements of gradient materialisation)
+# to keep a run within minutes.
+PRESETS = {
+    "quick": dict(
+        T_sweep=(100, 300, 1000, 3000), BH=(32, 256), T=1000,
+        BH_sweep=((8, 128), (32, 256), (64, 512)), extra=(), budget_s=0.5,
+        naive_max_T=3000, naive_max_BH=64 * 512, naive_index_max_work=1000 * 1000 * 32 * 256,
+    ),
+    "gpu": dict(
+        T_sweep=(256, 1024, 4096), BH=(64, 1024), T=1024,
+        BH_sweep=((16, 1024), (64, 512), (64, 1024), (128, 1024), (256, 1024)),
+        extra=((64, 2048, 1024), (32, 1000, 256)), budget_s=0.1,
+        naive_max_T=1024, naive_max_BH=64 * 1024, naive_index_max_work=1024 * 1024 * 64 * 1024,
+    ),
+}
+
+
+def naive_index(pre, u, b):
+    """The per-step loop as usually written: index the time step."""
+    h = pre.new_zeros(pre.shape[1:])
+    outs = []
+    for t in range(pre.shape[0]):
+        h = torch.relu(pre[t] + b + u * h)
+        outs.append(h)
+    return torch.stack(outs)
+
+
+def naive_unbind(pre, u, b):
+    """The per-step loop iterating over the time steps (``unbind``)."""
+    h = pre.new_zeros(pre.shape[1:])
+    outs = []
+    for p in pre:
+        h = torch.relu(p + b + u * h)
+        outs.append(h)
+    return torch.stack(outs)
+
+
+def fused(pre, u, b):
+    return fused_indrnn(pre, u, b)[0]
+
+
+METHODS = {"fused": fused, "naive_index": naive_index, "naive_unbind": naive_unbind}
+
+
+def skip_reason(method: str, B: int, T: int, H: int, preset: dict) -> str | None:
+    if method == "fused":
+        return None
+    if T > preset["naive_max_T"]:
+        return f"T > {preset['naive_max_T']}"
+    if B * H > preset["naive_max_BH"]:
+        return f"B x H > {preset['naive_max_BH']}"
+    if method == "naive_index" and T * T * B * H > preset["naive_index_max_work"]:
+        return "T^2 B H over the naive_index cap"
+    return None
+
+
+def mode_fn(method: str, mode: str, pre, u, b, g):
+    """A no-argument callable running ``method`` in ``mode``."""
+    f = METHODS[method]
+    inputs = (pre, u, b)
+    if mode == "fwd":
+        def run():
+            with torch.no_grad():
+                return f(*inputs)
+        return run
+    if mode == "fwdbwd":
+        return lambda: torch.autograd.grad(f(*inputs), inputs, g)
+    out = f(*inputs)
+    return lambda: torch.autograd.grad(out, inputs, g, retain_graph=True)
+
+
+def copy_time(like: torch.Tensor, budget_s: float) -> float:
+    """Milliseconds of a device-to-device ``copy_`` of a tensor shaped and typed like ``like``."""
+    src, dst = torch.randn_like(like, requires_grad=False), torch.empty_like(like)
+    return bench(lambda: dst.copy_(src), like.device, budget_s=budget_s)
+
+
+def run_case(B, T, H, dtype, device, preset, methods) -> list[dict]:
+    dt = DTYPES[dtype]
+    torch.manual_seed(0)
+    pre = torch.randn(T, B, H, dtype=dt, device=device, requires_grad=True)
+    # Parameters stay float32, as in mixed-precision training (autocast casts only the GEMM).
+    u = torch.rand(H, device=device, requires_grad=True)
+    b = (0.1 * torch.randn(H, device=device)).requires_grad_()
+    g = torch.randn(T, B, H, dtype=dt, device=device)
+    n_bytes = T * B * H * pre.element_size()
+    base = dict(dtype=dtype, B=B, T=T, H=H, BxH=B * H)
+
+    copy_ms = copy_time(pre, preset["budget_s"])
+    copy_gbs = MIN_ELEMS["copy"] * n_bytes / copy_ms / 1e6
+    rows = [dict(base, mode="copy", method="copy", ms=copy_ms, **{"GB/s": copy_gbs},
+                 copy_frac=1.0)]
+    for mode in MODES:
+        fused_ms = None
+        for method in methods:
+            why = skip_reason(method, B, T, H, preset)
+            if why:
+                rows.append(dict(base, mode=mode, method=method, skipped=why))
+                continue
+            fn = mode_fn(method, mode, pre, u, b, g)
+            ms = bench(fn, device, budget_s=preset["budget_s"])
+            gbs = MIN_ELEMS[mode] * n_bytes / ms / 1e6
+            fused_ms = ms if method == "fused" else fused_ms
+            peak = peak_bytes(fn, device)
+            saved = None if mode == "fwd" else saved_bytes(lambda m=method: METHODS[m](pre, u, b))
+            rows.append(dict(
+                base, mode=mode, method=method, ms=ms, **{"GB/s": gbs},
+                copy_frac=gbs / copy_gbs,
+                fused_speedup=None if fused_ms is None else ms / fused_ms,
+                saved_MB=None if saved is None else saved / 2**20,
+                peak_MB=peak / 2**20,
+            ))
+            del fn
+    return rows
+
+
+def target_ratios(device, dtypes_run: list[str], methods: list[str]) -> list[dict]:
+    """The issue-2 case timed in alternation: fused forward+backward against each naive loop,
+    call by call (naive_index costs seconds a call, so it gets fewer rounds)."""
+    c = TARGET_CASE
+    if c["dtype"] not in dtypes_run or "fused" not in methods:
+        return []
+    torch.manual_seed(0)
+    pre = torch.randn(c["T"], c["B"], c["H"], device=device, requires_grad=True)
+    u = torch.rand(c["H"], device=device, requires_grad=True)
+    b = (0.1 * torch.randn(c["H"], device=device)).requires_grad_()
+    g = torch.randn_like(pre)
+    rounds = {"naive_index": 3, "naive_unbind": 15} if device.type == "cpu" else \
+        {"naive_index": 5, "naive_unbind": 10}
+    out = []
+    for naive in ("naive_index", "naive_unbind"):
+        if naive not in methods:
+            continue
+        fns = {m: mode_fn(m, c["mode"], pre, u, b, g) for m in ("fused", naive)}
+        ms = bench_interleaved(fns, device, rounds[naive])
+        out.append(dict(naive=naive, fused_ms=ms["fused"], naive_ms=ms[naive],
+                        ratio=ms[naive] / ms["fused"], rounds=rounds[naive]))
+    return out
+
+
+def target_lines(ratios: list[dict]) -> list[str]:
+    c = TARGET_CASE
+    return [
+        f"**fused forward+backward vs autograd through `{r['naive']}` at T={c['T']}, "
+        f"B={c['B']}, H={c['H']}, {c['dtype']}: {r['ratio']:.1f}x faster** "
+        f"({r['fused_ms']:.1f} ms vs {r['naive_ms']:.1f} ms, medians of {r['rounds']} "
+        f"alternating calls of each, same run)"
+        for r in ratios
+    ]
+
+
+COLUMNS = ["dtype", "B", "T", "H", "mode", "method", "ms", "GB/s", "copy_frac", "fused_speedup",
+           "saved_MB", "peak_MB", "skipped"]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_args(p)
+    p.add_argument("--preset", choices=PRESETS, help="grid (default: quick on CPU, gpu on CUDA)")
+    p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=DTYPES)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    args = p.parse_args(argv)
+    device = setup(args)
+    preset = PRESETS[args.preset or ("gpu" if device.type == "cuda" else "quick")]
+    out = results_dir(device, args.out)
+
+    cases = [(B, T, H, d) for (B, T, H) in grid_shapes(preset) for d in args.dtypes]
+    rows: list[dict] = []
+    env = environment(device)
+    for d in args.dtypes:  # first-call costs (imports, op registration) land outside the figures
+        run_case(16, 4, 256, d, device, dict(preset, budget_s=0.01), args.methods)
+    ratios = target_ratios(device, args.dtypes, args.methods)
+    env["target_ratios"] = ratios
+    for B, T, H, d in progress(cases, "bench_op"):
+        rows += run_case(B, T, H, d, device, preset, args.methods)
+        # Rewritten after every case, so a run cut short by a time limit keeps what it measured.
+        md = write_results(out, "bench_op", rows, COLUMNS, env, notes=[
+            *(target_lines(ratios) or ["(the T=1000, B=32, H=256 float32 case was not run)"]),
+            "GB/s from the minimum bytes (fwd 2, bwd 3, fwdbwd 5 (T, B, H) tensors); copy_frac "
+            "= that over the same run's copy_ GB/s; fused_speedup = this row's time / fused "
+            "time; saved_MB = bytes autograd keeps for backward; peak_MB = peak allocated "
+            "during the call (CUDA allocator; on CPU, op outputs counted by a dispatch mode).",
+        ])
+    if not args.no_plots:
+        plot_sweeps(rows, out, "bench_op", preset, ys=["ms", "GB/s"], panels="mode",
+                    series=["method", "dtype"], title=f"fused IndRNN op, {env['device']}")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The one script to run on a GPU machine: CUDA tests, kernel resource report, both benchmarks.
+#
+#   benchmarks/gpu_check.sh [OUT_DIR]        (default: $OUT, else benchmarks/results/gpu-check)
+#
+# Run from the repository root; the project need not be installed (PYTHONPATH=. is set). Every
+# step has a `timeout`, the whole run stays under 8 minutes, and a step that fails or times out
+# does not stop the next one; the benchmarks rewrite their results after every case, so a step
+# cut short keeps what it measured. summary.txt lists each step's exit status and time.
+set -u
+
+OUT_DIR=${1:-${OUT:-benchmarks/results/gpu-check}}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT_DIR"
+OUT_DIR=$(cd "$OUT_DIR" && pwd)
+cd "$(dirname "$0")/.."
+export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
+# tests/conftest.py defaults TRITON_INTERPRET to 1 (kernels interpreted on CPU tensors); here the
+# kernels must be compiled for the GPU.
+export TRITON_INTERPRET=0
+export PYTHONUNBUFFERED=1
+START=$SECONDS
+: > "$OUT_DIR/summary.txt"
+
+step() {  # step NAME LIMIT_SECONDS COMMAND...
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name (limit ${limit}s, at $((SECONDS - START))s)"
+    timeout -k 10 "$limit" "$@" > "$OUT_DIR/$name.log" 2>&1
+    local rc=$?
+    local status=ok
+    [ $rc -eq 124 ] || [ $rc -eq 137 ] && status="TIMED OUT"
+    [ $rc -ne 0 ] && [ "$status" = ok ] && status="FAILED"
+    echo "$name: $status (rc=$rc) at $((SECONDS - START))s" | tee -a "$OUT_DIR/summary.txt"
+    tail -n 25 "$OUT_DIR/$name.log"
+}
+
+{
+    command -v nvidia-smi > /dev/null && nvidia-smi
+    "$PY" -c "import sys, torch, triton; print(sys.version); print('torch', torch.__version__,
+'cuda', torch.version.cuda, 'triton', triton.__version__); print(torch.cuda.get_device_name())"
+    git rev-parse HEAD 2> /dev/null
+} > "$OUT_DIR/environment.txt" 2>&1
+cat "$OUT_DIR/environment.txt"
+
+# 1. Resource report for every config (compiled in parallel; it also fills Triton's cache with
+#    the kernels the autotuner will launch below, the same cache keys).
+step kernel_report 90 "$PY" benchmarks/kernel_report.py --jobs 12 \
+    --json "$OUT_DIR/kernel_report.json" --md "$OUT_DIR/kernel_report.md"
+
+# 2. CUDA tests: kernels vs the float64 reference, every dtype and flag, NaN-poisoned buffers,
+#    every autotune config, and a > 2^31-element case for 64-bit offsets.
+step test_cuda 140 "$PY" -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider \
+    --junitxml "$OUT_DIR/test_cuda.xml"
+
+# 3. The op: forward/backward/both vs naive loops and a copy, B x H up to 262144, T up to 4096,
+#    B=64 T=2048 H=1024, and T=1000 B=32 H=256.
+step bench_op 140 "$PY" benchmarks/bench_op.py --preset gpu --threads 0 --out "$OUT_DIR"
+
+# 4. The layer: IndRNN vs cuDNN nn.RNN(relu), GRU, LSTM, 1 and 2 layers, T 256..4096.
+step bench_layer 90 "$PY" benchmarks/bench_layer.py --threads 0 --out "$OUT_DIR"
+
+echo "total $((SECONDS - START))s" | tee -a "$OUT_DIR/summary.txt"
+cat "$OUT_DIR/summary.txt"

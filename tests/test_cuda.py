@@ -1,0 +1,192 @@
+"""The Triton kernels on a CUDA GPU against the float64 reference (run by benchmarks/gpu_check.sh).
+
+Run with TRITON_INTERPRET=0 exported (tests/conftest.py otherwise sets it to 1 and the kernels
+would be interpreted). Every buffer the op allocates is filled with NaN first, so an element a
+kernel never writes fails the comparison. Compiles are kept few: every test pins the autotuner to
+one config, except the config sweep, which runs each config once.
+"""
+
+import math
+
+import pytest
+import torch
+
+import indrnn_triton._alloc as alloc
+import indrnn_triton.op as op
+from indrnn_triton import fused_indrnn, indrnn_reference
+from indrnn_triton.functional import indrnn_recurrence
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    pytest.mark.skipif(
+        op.triton_kernels is not None and op.triton_kernels.INTERPRET,
+        reason="TRITON_INTERPRET=1 interprets the kernels: export TRITON_INTERPRET=0",
+    ),
+]
+tk = op.triton_kernels
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+TOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 3e-2}
+FLAGS = {
+    "plain": {},
+    "h0": dict(h0=True),
+    "no_bias": dict(bias=False),
+    "mask_right": dict(mask="right"),
+    "mask_left": dict(mask="left"),
+    "reverse": dict(reverse=True),
+    "clip": dict(clip=True),
+    "batch_first": dict(batch_first=True),
+    "all": dict(h0=True, mask="right", reverse=True, clip=True, batch_first=True),
+}
+
+
+@pytest.fixture(autouse=True)
+def _nan_poison(monkeypatch):
+    def nan_empty(*args, **kwargs):
+        t = torch.empty(*args, **kwargs)
+        return t.fill_(math.nan) if t.dtype.is_floating_point else t
+
+    monkeypatch.setattr(alloc, "empty", nan_empty)
+
+
+def _tuners():
+    """The autotuners of the forward and backward kernels (under their heuristics wrappers)."""
+    return tk._indrnn_fwd_kernel.fn, tk._indrnn_bwd_kernel.fn
+
+
+def _pin(monkeypatch, fwd_config, bwd_config=None):
+    """Make the autotuners use one config each (no tuning run, one compile per variant)."""
+    for tuner, config in zip(_tuners(), (fwd_config, bwd_config or fwd_config), strict=True):
+        monkeypatch.setattr(tuner, "configs", [config])
+        monkeypatch.setattr(tuner, "cache", {})
+
+
+@pytest.fixture
+def pinned(monkeypatch):
+    """One small config of each kernel's own list: several B and H blocks on awkward shapes."""
+    _pin(monkeypatch, *(min(t.configs, key=lambda c: (c.kwargs["BLOCK_H"], -c.kwargs["BLOCK_B"]))
+                        for t in _tuners()))
+
+
+def _mask(kind, T, B, device):
+    lengths = torch.randint(1, T + 1, (B,), device=device)
+    lengths[0] = T
+    steps = torch.arange(T, device=device)[:, None]
+    return steps < lengths if kind == "right" else steps >= T - lengths
+
+
+def _rel_err(a, b):
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-6)).item()
+
+
+def _check(dtype, T, B, H, f, *, grad=True, dev="cuda"):
+    g = torch.Generator(device=dev).manual_seed(0)
+    bf = f.get("batch_first", False)
+    shape = (B, T, H) if bf else (T, B, H)
+    pre = torch.randn(shape, device=dev, generator=g).to(dtype).requires_grad_()
+    u = (torch.rand(H, device=dev, generator=g) * 2.4 - 1.2).requires_grad_()
+    bias = (0.1 * torch.randn(H, device=dev, generator=g)).requires_grad_() \
+        if f.get("bias", True) else None
+    h0 = torch.rand(B, H, device=dev, generator=g).requires_grad_() if f.get("h0") else None
+    mask = None
+    if f.get("mask"):
+        mask = _mask(f["mask"], T, B, dev)
+        mask = mask.T.contiguous() if bf else mask
+    kw = dict(mask=mask, reverse=f.get("reverse", False), batch_first=bf,
+              recurrent_max_abs=1.0 if f.get("clip") else None,
+              recurrent_min_abs=0.1 if f.get("clip") else 0.0)
+    out, h_n = fused_indrnn(pre, u, bias, h0, **kw)
+    leaves = [t for t in (pre, u, bias, h0) if t is not None]
+    ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    it = iter(ref_leaves)
+    r_pre, r_u = next(it), next(it)
+    r_bias = next(it) if bias is not None else None
+    r_h0 = next(it) if h0 is not None else None
+    ref_out, ref_hn = indrnn_reference(r_pre, r_u, r_bias, r_h0, **kw)
+    assert out.dtype == dtype and h_n.dtype == torch.float32
+    assert torch.isfinite(out).all() and torch.isfinite(h_n).all()
+    tol = TOL[dtype]
+    assert _rel_err(out, ref_out) < tol
+    assert _rel_err(h_n, ref_hn) < tol
+    if not grad:
+        return
+    g_out = torch.randn(out.shape, device=dev, generator=g)
+    g_hn = torch.randn(h_n.shape, device=dev, generator=g)
+    grads = torch.autograd.grad((out.float() * g_out).sum() + (h_n * g_hn).sum(), leaves)
+    ref_grads = torch.autograd.grad(
+        (ref_out * g_out.double()).sum() + (ref_hn * g_hn.double()).sum(), ref_leaves)
+    for name, a, b in zip(("pre", "weight_hh", "bias", "h0"), grads, ref_grads, strict=False):
+        assert torch.isfinite(a).all(), name
+        assert _rel_err(a, b) < (tol if a.numel() < 4096 else 2 * tol), name
+
+
+@pytest.mark.parametrize("flags", list(FLAGS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_kernels_match_reference(pinned, dtype, flags):
+    _check(dtype, 33, 3, 130, FLAGS[flags])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_several_tiles_and_long_sequence(pinned, dtype):
+    _check(dtype, 300, 17, 1030, FLAGS["all"])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_bidirectional_launch_matches_two_references(pinned, dtype):
+    """Both directions in one launch: the second half of the features runs from T-1 to 0."""
+    T, B, H = 33, 3, 130
+    g = torch.Generator(device="cuda").manual_seed(0)
+    pre = torch.randn(T, B, 2 * H, device="cuda", generator=g).to(dtype).requires_grad_()
+    u = (torch.rand(2 * H, device="cuda", generator=g) * 2.4 - 1.2).requires_grad_()
+    bias = (0.1 * torch.randn(2 * H, device="cuda", generator=g)).requires_grad_()
+    h0 = torch.rand(2, B, H, device="cuda", generator=g).requires_grad_()
+    mask = _mask("right", T, B, "cuda")
+    kw = dict(recurrent_max_abs=1.0, recurrent_min_abs=0.1, mask=mask)
+    out, h_n = indrnn_recurrence(pre, u, bias, h0, bidirectional=True, **kw)
+    leaves = (pre, u, bias, h0)
+    refs = [t.detach().double().requires_grad_() for t in leaves]
+    halves = [indrnn_reference(refs[0][..., d * H:(d + 1) * H], refs[1][d * H:(d + 1) * H],
+                               refs[2][d * H:(d + 1) * H], refs[3][d], reverse=d == 1, **kw)
+              for d in (0, 1)]
+    ref_out = torch.cat([o for o, _ in halves], -1)
+    ref_hn = torch.stack([h for _, h in halves])
+    tol = TOL[dtype]
+    assert _rel_err(out, ref_out) < tol and _rel_err(h_n, ref_hn) < tol
+    g_out = torch.randn(out.shape, device="cuda", generator=g)
+    grads = torch.autograd.grad((out.float() * g_out).sum() + h_n.sum(), leaves)
+    ref_grads = torch.autograd.grad((ref_out * g_out.double()).sum() + ref_hn.sum(), refs)
+    for name, a, b in zip(("pre", "weight_hh", "bias", "h0"), grads, ref_grads, strict=True):
+        assert _rel_err(a, b) < tol, name
+
+
+def test_every_autotune_config(monkeypatch):
+    """Each config of the real (non-interpreter) lists, with every flag on, in float32."""
+    fwd, bwd = (list(t.configs) for t in _tuners())
+    assert len(fwd) == len(bwd)
+    for fwd_config, bwd_config in zip(fwd, bwd, strict=True):
+        _pin(monkeypatch, fwd_config, bwd_config)
+        _check(torch.float32, 7, 5, 300, FLAGS["all"])
+
+
+def test_int64_offsets_over_2_pow_31_elements(pinned):
+    """T*B*H > 2^31 elements (bf16, 4.8 GB a tensor): rows at the far end of memory must be
+    right, which needs 64-bit offsets. Rows are independent, so a slice is checked."""
+    T, B, H = 9, 16384, 16400
+    assert T * B * H > 2**31
+    free, _ = torch.cuda.mem_get_info()
+    if free < 40 * 2**30:
+        pytest.skip(f"needs 40 GiB of free GPU memory, {free / 2**30:.0f} GiB free")
+    pre = torch.randn(T, B, H, device="cuda", dtype=torch.bfloat16).requires_grad_()
+    u = torch.rand(H, device="cuda", requires_grad=True)
+    out, h_n = fused_indrnn(pre, u)
+    g = torch.ones_like(out)
+    (grad_pre,) = torch.autograd.grad(out, (pre,), g)
+    rows = slice(B - 3, B)
+    ref_pre = pre.detach()[:, rows].double().requires_grad_()
+    ref_out, ref_hn = indrnn_reference(ref_pre, u.detach().double())
+    (ref_grad,) = torch.autograd.grad(ref_out, (ref_pre,), g[:, rows].double())
+    tol = TOL[torch.bfloat16]
+    assert _rel_err(out[:, rows], ref_out) < tol
+    assert _rel_err(h_n[rows], ref_hn) < tol
+    assert _rel_err(grad_pre[:, rows], ref_grad) < tol
+    assert torch.isfinite(grad_pre[-1]).all()

@@ -3,7 +3,10 @@
 Layout: every (T, B, H) tensor is addressed through its three strides, so time-major,
 batch-major (``batch_first``) and arbitrarily strided inputs are read in place. One program owns
 a (BLOCK_B, BLOCK_H) tile of the state and walks the whole time axis with that state in
-registers; time runs forwards or backwards (REVERSE) without flipping memory.
+registers; time runs forwards or backwards (REVERSE) without flipping memory. A third grid axis
+runs the two directions of a bidirectional layer in one launch, on the two halves of the
+feature axis. Triton does not software-pipeline these loops (there is no dot), so each program
+issues the loads of CHUNK steps together before running the dependent chain over them.
 
 When ``TRITON_INTERPRET=1`` is set before this module is imported, the same kernels run on CPU
 tensors through Triton's interpreter: that is how the test-suite exercises them without a GPU.

@@ -10,7 +10,7 @@ Every length is one ``indrnn-train adding`` run (hf_integration.train: Trainer, 
 this script collects the test-MSE curves into one PNG like the paper's figure 2, plus a JSON and
 a markdown table of the numbers.
 
-    python benchmarks/reproduce_adding.py --lengths 100 500 --max-steps 4000 6000 \\
+    python benchmarks/reproduce_adding.py --lengths 100 500 1000 --max-steps 4000 6000 6000 \\
         --out benchmarks/results/cpu                                   # what ran on 2 CPU cores
     python benchmarks/reproduce_adding.py --out benchmarks/results/gpu  # all four, on a GPU
 """

@@ -93,16 +93,15 @@ def _backward_one(
     gs = None if grad_out is None else grad_out.unbind(0)
     direct = grad_pre.dtype == acc
     scratch = None if direct else torch.empty_like(c)
-    h32 = None if out.dtype == acc else torch.empty_like(c)
     ud = None if ms is None else torch.empty_like(c)
     order = _steps(T, reverse)
     for i in range(T - 1, -1, -1):
         t = order[i]
         if gs is not None:
             c.add_(gs[t])
-        h = hs[t] if h32 is None else h32.copy_(hs[t])
         d = gps[t] if direct else scratch
-        torch.ops.aten.threshold_backward.grad_input(c, h, 0, grad_input=d)  # c * [h > 0]
+        # c * [h > 0]; mixed dtypes (a bf16/fp16 output, fp32 c) need no upcast copy.
+        torch.ops.aten.threshold_backward.grad_input(c, hs[t], 0, grad_input=d)
         if ms is None:
             torch.mul(d, u, out=c)
         else:

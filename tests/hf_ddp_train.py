@@ -1,11 +1,18 @@
-"""Run under `torchrun --nproc_per_node=2`: Trainer DDP on CPU (gloo); rank 0 writes a report.
+"""Run under `torchrun --nproc_per_node=2`: Trainer DDP on CPU (gloo); each rank writes a report.
 
 Launched by tests/test_hf_trainer.py::test_torchrun_ddp_on_cpu. Under torchrun on a CPU-only
 machine the Trainer only goes distributed with use_cpu=True; without it each process would
 train its own model.
+
+No collective runs after `trainer.train()`: every rank writes what it saw (its batches, the
+cross-rank gradient spread checked inside training, its final parameters) to its own file and
+the test compares the files. A watchdog dumps every thread's stack to `hang_rank<r>.txt` and
+exits if the run stalls, so a hang is reported with its place instead of a bare timeout.
 """
 
+import faulthandler
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -17,16 +24,13 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from hf_integration import IndRNNConfig, IndRNNForSequenceClassification
 
 MAX_STEPS = 4
-
-
-def _gather(t: torch.Tensor) -> list[torch.Tensor]:
-    out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(out, t.contiguous())
-    return out
+WATCHDOG_SECONDS = 150
 
 
 def _spread(t: torch.Tensor) -> float:
-    gathered = _gather(t)
+    """Largest difference between this tensor on any rank and on rank 0."""
+    gathered = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, t.contiguous())
     return max((g - gathered[0]).abs().max().item() for g in gathered)
 
 
@@ -47,11 +51,15 @@ class RecordingTrainer(Trainer):
     batch_sums: list
 
     def compute_loss(self, model, inputs, *args, **kwargs):
-        self.batch_sums.append(float(inputs["input_ids"].sum()))
+        self.batch_sums.append(int(inputs["input_ids"].sum()))
         return super().compute_loss(model, inputs, *args, **kwargs)
 
 
 def main(out_dir: Path) -> None:
+    rank = int(os.environ["RANK"])
+    hang_log = open(out_dir / f"hang_rank{rank}.txt", "w")  # noqa: SIM115 (open until exit)
+    faulthandler.dump_traceback_later(WATCHDOG_SECONDS, exit=True, file=hang_log)
+
     torch.manual_seed(0)
     config = IndRNNConfig(vocab_size=64, hidden_size=8, num_hidden_layers=2, num_labels=2)
     model = IndRNNForSequenceClassification(config)
@@ -67,6 +75,7 @@ def main(out_dir: Path) -> None:
         use_cpu=True,
         ddp_backend="gloo",
         ddp_find_unused_parameters=False,
+        ddp_timeout=120,  # a stuck collective raises instead of waiting for the default 30 min
         save_strategy="no",
         report_to="none",
         disable_tqdm=True,
@@ -78,8 +87,8 @@ def main(out_dir: Path) -> None:
     trainer.train()
 
     params = torch.cat([p.detach().flatten() for p in model.parameters()])
-    batch_sums = _gather(torch.tensor(trainer.batch_sums))
     report = {
+        "rank": rank,
         "world_size": dist.get_world_size(),
         "backend": dist.get_backend(),
         "wrapped_in_ddp": isinstance(
@@ -87,15 +96,18 @@ def main(out_dir: Path) -> None:
         ),
         "max_steps": MAX_STEPS,
         "optimizer_steps_checked": check.steps,
-        "ranks_saw_different_batches": not torch.equal(batch_sums[0], batch_sums[1]),
+        "batch_sums": trainer.batch_sums,
         "max_grad_difference_across_ranks": check.max_difference,
-        "max_param_difference_across_ranks": _spread(params),
         "params_changed": not torch.equal(params, start),
     }
-    if dist.get_rank() == 0:
-        (out_dir / "ddp_report.json").write_text(json.dumps(report, indent=1))
-    dist.barrier()
-    dist.destroy_process_group()
+    torch.save(params, out_dir / f"params_rank{rank}.pt")
+    (out_dir / f"ddp_report_rank{rank}.json").write_text(json.dumps(report, indent=1))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Everything the test checks is written. Tearing the gloo group down is torch's business and
+    # has been seen to stall (pytorch/pytorch#75097); leave without it, and without interpreter
+    # finalisation, so that torchrun sees a clean exit as soon as both ranks are done.
+    os._exit(0)
 
 
 if __name__ == "__main__":

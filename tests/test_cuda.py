@@ -190,3 +190,74 @@ def test_int64_offsets_over_2_pow_31_elements(pinned):
     assert _rel_err(h_n[rows], ref_hn) < tol
     assert _rel_err(grad_pre[:, rows], ref_grad) < tol
     assert torch.isfinite(grad_pre[-1]).all()
+
+
+def test_module_on_cuda_matches_float64_cpu():
+    """A 3-layer bidirectional IndRNN with batch norm, residual blocks and a padding mask, on the
+    autotuned CUDA kernels, against the same module in float64 on the CPU path."""
+    from indrnn_triton import IndRNN
+
+    torch.manual_seed(0)
+    B, T = 6, 70
+    rnn = IndRNN(5, 48, num_layers=3, batch_first=True, bidirectional=True, norm="batch",
+                 residual=True, recurrent_max_abs=2 ** (1 / T))
+    ref = IndRNN(5, 48, num_layers=3, batch_first=True, bidirectional=True, norm="batch",
+                 residual=True, recurrent_max_abs=2 ** (1 / T), dtype=torch.float64)
+    ref.load_state_dict(rnn.state_dict())
+    rnn.cuda()
+    x = torch.randn(B, T, 5)
+    lengths = torch.randint(1, T + 1, (B,))
+    lengths[0] = T
+    mask = torch.arange(T)[None] < lengths[:, None]
+    out, h_n = rnn(x.cuda().requires_grad_(), mask=mask.cuda())
+    r_out, r_hn = ref(x.double(), mask=mask)
+    assert _rel_err(out.cpu(), r_out) < 1e-4 and _rel_err(h_n.cpu(), r_hn) < 1e-4
+    g = torch.randn(out.shape)
+    (out * g.cuda()).sum().backward()
+    (r_out * g.double()).sum().backward()
+    for (name, p), (_, rp) in zip(rnn.named_parameters(), ref.named_parameters(), strict=True):
+        assert _rel_err(p.grad.cpu(), rp.grad) < 1e-3, name
+
+
+def test_compiled_op_on_cuda(pinned):
+    """torch.compile(fullgraph=True) with the Triton kernels as the custom op's CUDA kernel."""
+
+    def f(pre, u, b):
+        out, h_n = fused_indrnn(pre, u, b, recurrent_max_abs=1.0)
+        return out.float().square().sum() + h_n.sum()
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    args = [torch.randn(40, 4, 96, device="cuda", generator=g).requires_grad_(),
+            torch.rand(96, device="cuda", generator=g).requires_grad_(),
+            torch.randn(96, device="cuda", generator=g).requires_grad_()]
+    eager = f(*args)
+    eager_grads = torch.autograd.grad(eager, args)
+    compiled = torch.compile(f, fullgraph=True)(*args)
+    compiled_grads = torch.autograd.grad(compiled, args)
+    assert _rel_err(compiled, eager) < 1e-5
+    for a, b in zip(compiled_grads, eager_grads, strict=True):
+        assert _rel_err(a, b) < 1e-5
+
+
+def test_hf_causal_lm_bf16_generation_on_cuda():
+    """bfloat16 causal LM on the GPU: cached greedy tokens equal recomputing the whole prefix
+    at every step, and the cached state stays float32."""
+    pytest.importorskip("transformers")
+    from hf_integration import IndRNNConfig, IndRNNForCausalLM
+
+    torch.manual_seed(0)
+    config = IndRNNConfig(vocab_size=300, hidden_size=64, num_hidden_layers=2,
+                          recurrent_max_abs=2 ** (1 / 32), initializer_range=0.5, pad_token_id=0)
+    model = IndRNNForCausalLM(config).to("cuda", torch.bfloat16).eval()
+    ids = torch.randint(3, 300, (3, 9), device="cuda")
+    kw = dict(max_new_tokens=12, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        cached = model.generate(ids, use_cache=True, **kw)
+        recomputed = model.generate(ids, use_cache=False, **kw)
+        out = model(input_ids=ids, use_cache=True)
+    assert cached.shape == (3, 21)
+    assert torch.equal(cached, recomputed)
+    cache = out.cache if hasattr(out, "cache") else out.past_key_values
+    assert out.logits.dtype == torch.bfloat16
+    for layer in cache.layers:
+        assert layer.recurrent_states[0].dtype == torch.float32

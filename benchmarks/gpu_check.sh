@@ -55,7 +55,7 @@ step test_cuda 200 "$PY" -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprov
 
 # 3. The op: forward/backward/both vs naive loops and a copy, B x H up to 262144, T up to 4096,
 #    B=64 T=2048 H=1024, and T=1000 B=32 H=256.
-step bench_op 120 "$PY" benchmarks/bench_op.py --preset gpu --threads 0 --out "$OUT_DIR"
+step bench_op 170 "$PY" benchmarks/bench_op.py --preset gpu --threads 0 --out "$OUT_DIR"
 
 # 4. The layer: IndRNN vs cuDNN nn.RNN(relu), GRU, LSTM, 1 and 2 layers, T 256..4096.
 step bench_layer 80 "$PY" benchmarks/bench_layer.py --threads 0 --out "$OUT_DIR"

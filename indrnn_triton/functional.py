@@ -160,6 +160,12 @@ def indrnn_layer(
                              batch_first=batch_first, bidirectional=bidirectional)
 
 
+def _inside_backward() -> bool:
+    """True while the autograd engine runs a backward pass (not traceable: False when compiling,
+    where a checkpointed recomputation still updates the running statistics)."""
+    return not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1
+
+
 def batch_norm_over_steps(
     x: Tensor,
     mask: Tensor | None,
@@ -177,11 +183,17 @@ def batch_norm_over_steps(
     the real steps only (``mask`` nonzero, same two leading dimensions as ``x``; None = all
     steps), in float32 at least; padding never enters them. The running statistics, when
     given, are updated in place as ``torch.nn.BatchNorm1d`` does (unbiased variance, weight
-    ``momentum``) and used in eval mode. ``weight`` scales the normalised features (no shift:
-    the IndRNN layer's bias, added right after, is the shift). Padding positions are
-    normalised too (their values are ignored by the recurrence).
+    ``momentum``) and used in eval mode; they are left alone when this runs inside a backward
+    pass (the recomputation of activation checkpointing). ``weight`` scales the normalised
+    features (no shift: the IndRNN layer's bias, added right after, is the shift). Padding
+    positions are normalised too (their values are ignored by the recurrence).
     """
     use_batch = training or running_mean is None
+    if use_batch and running_mean is not None and _inside_backward():
+        # Activation checkpointing is recomputing this forward. The first forward already moved
+        # the running statistics; a second update would count the batch twice. Batch
+        # statistics give the recomputation the same output.
+        running_mean = running_var = None
     if mask is None or not use_batch:
         # Every step is real, or the running statistics are used: torch's fused batch norm.
         flat = F.batch_norm(x.flatten(0, 1), running_mean, running_var, weight, None, use_batch,

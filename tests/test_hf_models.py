@@ -261,6 +261,22 @@ def test_gradient_checkpointing_same_gradients(case):
         torch.testing.assert_close(checkpointed[name], plain[name], msg=name)
 
 
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
+def test_gradient_checkpointing_updates_batch_norm_statistics_once(padded):
+    """The recomputation in backward must not move the running statistics a second time."""
+    ids, mask = padded_batch(random_tokens([6, 9, 4] if padded else [9, 9, 9]), "right")
+    labels = torch.tensor([0, 1, 2])
+    models = [tiny_model(IndRNNForSequenceClassification, norm="batch").train() for _ in "ab"]
+    models[1].gradient_checkpointing_enable()
+    for model in models:
+        for _ in range(2):
+            model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+    plain, checkpointed = (dict(m.named_buffers()) for m in models)
+    assert any("running_mean" in name for name in plain)
+    for name, buffer in plain.items():
+        torch.testing.assert_close(checkpointed[name], buffer, msg=name, rtol=1e-6, atol=1e-7)
+
+
 def test_torch_compile_matches_eager():
     model = tiny_model(IndRNNForSequenceClassification, bidirectional=True)
     compiled = torch.compile(model)

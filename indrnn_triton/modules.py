@@ -206,7 +206,9 @@ class IndRNN(nn.Module):
 
     Inputs: ``x, hx=None, mask=None``
         x: (T, B, input_size), (B, T, input_size) with ``batch_first``, or a PackedSequence
-            (then the output is a PackedSequence too; pass no mask).
+            (then the output is a PackedSequence too; pass no mask). One unbatched sequence
+            (T, input_size) is taken too, as ``torch.nn.RNN`` does: hx is then
+            (num_layers*D, H), mask (T,), and the outputs have no batch dimension.
         hx: (num_layers*D, B, H) initial states in any float dtype (index k*D + d for layer k,
             direction d), or None for zeros.
         mask: (T, B), or (B, T) with ``batch_first``; bool or integers, nonzero = real step.
@@ -349,8 +351,8 @@ class IndRNN(nn.Module):
         layout = "(B, T, input_size)" if self.batch_first else "(T, B, input_size)"
         if x.dim() != 3 or x.shape[-1] != self.input_size:
             raise ValueError(
-                f"x must have shape {layout} with input_size = {self.input_size}, "
-                f"got {tuple(x.shape)}"
+                f"x must have shape {layout}, or (T, input_size) for one unbatched sequence, "
+                f"with input_size = {self.input_size}, got {tuple(x.shape)}"
             )
         T, B = (x.shape[1], x.shape[0]) if self.batch_first else x.shape[:2]
         if hx is not None:
@@ -383,6 +385,28 @@ class IndRNN(nn.Module):
 
     def forward(
         self, x: Tensor | PackedSequence, hx: Tensor | None = None, mask: Tensor | None = None
+    ) -> tuple[Tensor | PackedSequence, Tensor]:
+        if isinstance(x, Tensor) and x.dim() == 2:
+            # One unbatched sequence (T, input_size), as torch.nn.RNN takes it whatever
+            # batch_first says; hx is then (num_layers*D, H) and mask (T,).
+            if x.shape[1] != self.input_size:
+                raise ValueError(f"x must have shape (T, input_size) with input_size = "
+                                 f"{self.input_size} for one unbatched sequence, got "
+                                 f"{tuple(x.shape)}")
+            if hx is not None and (not isinstance(hx, Tensor) or hx.dim() != 2):
+                raise ValueError("hx must have shape (num_layers*D, H) for an unbatched "
+                                 f"(T, input_size) x, got {_shape_of(hx)}")
+            if mask is not None and (not isinstance(mask, Tensor) or mask.dim() != 1):
+                raise ValueError(f"mask must have shape (T,) for an unbatched (T, input_size) x, "
+                                 f"got {_shape_of(mask)}")
+            b = 0 if self.batch_first else 1
+            out, h_n = self._forward(x.unsqueeze(b), None if hx is None else hx.unsqueeze(1),
+                                     None if mask is None else mask.unsqueeze(b))
+            return out.squeeze(b), h_n.squeeze(1)
+        return self._forward(x, hx, mask)
+
+    def _forward(
+        self, x: Tensor | PackedSequence, hx: Tensor | None, mask: Tensor | None
     ) -> tuple[Tensor | PackedSequence, Tensor]:
         packed = x if isinstance(x, PackedSequence) else None
         if packed is not None:
@@ -443,6 +467,7 @@ class IndRNNCell(nn.Module):
     (H,). For whole sequences use :class:`IndRNN`: it runs all steps in one kernel.
 
     ``h = cell(x_t, h)``: x_t (B, input_size); h (B, H) in any float dtype, or None for zeros.
+    Unbatched as in ``torch.nn.RNNCell``: x_t (input_size,), h (H,), returns (H,).
     Returns the new state (B, H) in float32 (float64 for float64 inputs): the state is kept in
     float32 between steps, as inside the fused kernel.
     """
@@ -491,10 +516,16 @@ class IndRNNCell(nn.Module):
     def forward(self, x: Tensor, h: Tensor | None = None) -> Tensor:
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() == 1 and x.shape[0] == self.input_size:
+            # Unbatched, as torch.nn.RNNCell: x (input_size,), h (H,), returns (H,).
+            if h is not None and (not isinstance(h, Tensor) or h.dim() != 1):
+                raise ValueError(f"h must have shape (H,) for an unbatched (input_size,) x, "
+                                 f"got {_shape_of(h)}")
+            return self(x.unsqueeze(0), None if h is None else h.unsqueeze(0)).squeeze(0)
         if x.dim() != 2 or x.shape[1] != self.input_size:
             raise ValueError(
-                f"x must have shape (B, input_size) with input_size = {self.input_size}, "
-                f"got {tuple(x.shape)}"
+                f"x must have shape (B, input_size), or (input_size,) unbatched, with "
+                f"input_size = {self.input_size}, got {tuple(x.shape)}"
             )
         if h is not None:
             _check_state("h", h, (x.shape[0], self.hidden_size), "(B, H)", x.device)
@@ -513,6 +544,10 @@ class IndRNNCell(nn.Module):
         if self.recurrent_min_abs:
             s += f", recurrent_min_abs={self.recurrent_min_abs!r}"
         return s
+
+
+def _shape_of(t: object) -> str:
+    return str(tuple(t.shape)) if isinstance(t, Tensor) else type(t).__name__
 
 
 def _constrain_(weight_hh: Tensor, r_max: float | None, r_min: float) -> None:

@@ -354,6 +354,33 @@ def test_cell_stepped_over_time_equals_one_layer():
         torch.testing.assert_close(a, w, atol=1e-12, rtol=1e-10)
 
 
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_unbatched_sequence_equals_a_batch_of_one(batch_first):
+    """(T, input_size) input, (L*D, H) hx and (T,) mask, as torch.nn.RNN takes them."""
+    rnn = randomise_(IndRNN(IN, H, num_layers=2, bidirectional=True, norm="batch",
+                            batch_first=batch_first, recurrent_max_abs=1.1))
+    x = torch.randn(T, IN)
+    hx = torch.rand(4, H)
+    mask = torch.arange(T) < T - 2
+    b = 0 if batch_first else 1
+    out, h_n = rnn(x, hx, mask=mask)
+    want_out, want_hn = rnn(x.unsqueeze(b), hx.unsqueeze(1), mask=mask.unsqueeze(b))
+    assert out.shape == (T, 2 * H) and h_n.shape == (4, H)
+    torch.testing.assert_close(out, want_out.squeeze(b), rtol=0, atol=0)
+    torch.testing.assert_close(h_n, want_hn.squeeze(1), rtol=0, atol=0)
+    out.sum().backward()  # gradients flow through the unbatched path
+    assert rnn.weight_hh_l0.grad is not None
+
+
+def test_unbatched_cell_step():
+    cell = IndRNNCell(IN, H, recurrent_max_abs=1.0)
+    x, h = torch.randn(IN), torch.rand(H)
+    got = cell(x, h)
+    assert got.shape == (H,)
+    torch.testing.assert_close(got, cell(x[None], h[None])[0], rtol=0, atol=0)
+    assert cell(x).shape == (H,)
+
+
 def test_cell_without_state_starts_from_zeros():
     cell = randomise_(IndRNNCell(IN, H, **F64))
     x = torch.randn(B, IN, **F64)
@@ -574,9 +601,21 @@ def test_constructor_errors(kwargs, exc, match):
 
 FORWARD_ERRORS = [
     (dict(), dict(x=torch.randn(T, B, IN + 1)), ValueError,
-     r"x must have shape \(T, B, input_size\) with input_size = 5, got \(7, 4, 6\)"),
-    (dict(batch_first=True), dict(x=torch.randn(B, IN)), ValueError,
-     r"x must have shape \(B, T, input_size\)"),
+     r"x must have shape \(T, B, input_size\), or \(T, input_size\) for one unbatched "
+     r"sequence, with input_size = 5, got \(7, 4, 6\)"),
+    (dict(batch_first=True), dict(x=torch.randn(B, T, 1, IN)), ValueError,
+     r"x must have shape \(B, T, input_size\), or \(T, input_size\)"),
+    (dict(), dict(x=torch.randn(IN)), ValueError, r"got \(5,\)"),
+    (dict(batch_first=True), dict(x=torch.randn(T, IN + 1)), ValueError,
+     r"x must have shape \(T, input_size\) with input_size = 5 for one unbatched sequence, "
+     r"got \(7, 6\)"),
+    (dict(num_layers=2), dict(x=torch.randn(T, IN), hx=torch.zeros(2, 1, H)), ValueError,
+     r"hx must have shape \(num_layers\*D, H\) for an unbatched \(T, input_size\) x, "
+     r"got \(2, 1, 6\)"),
+    (dict(num_layers=2), dict(x=torch.randn(T, IN), hx=torch.zeros(3, H)), ValueError,
+     r"hx must have shape \(num_layers\*D, B, H\) = \(2, 1, 6\), got \(3, 1, 6\)"),
+    (dict(), dict(x=torch.randn(T, IN), mask=torch.ones(T, 1, dtype=torch.bool)), ValueError,
+     r"mask must have shape \(T,\) for an unbatched \(T, input_size\) x, got \(7, 1\)"),
     (dict(), dict(x=[1.0]), TypeError, "x must be a torch.Tensor or a PackedSequence"),
     (dict(num_layers=2, bidirectional=True), dict(hx=torch.zeros(2, B, H)), ValueError,
      r"hx must have shape \(num_layers\*D, B, H\) = \(4, 4, 6\), got \(2, 4, 6\)"),
@@ -608,8 +647,13 @@ def test_packed_input_with_mask_is_an_error():
 
 def test_cell_errors():
     cell = IndRNNCell(IN, H)
-    with pytest.raises(ValueError, match=r"x must have shape \(B, input_size\) with input_size"):
+    with pytest.raises(ValueError, match=r"x must have shape \(B, input_size\), or "
+                                         r"\(input_size,\) unbatched, with input_size = 5"):
         cell(torch.randn(B, IN + 1))
+    with pytest.raises(ValueError, match=r"got \(6,\)"):
+        cell(torch.randn(IN + 1))
+    with pytest.raises(ValueError, match=r"h must have shape \(H,\) for an unbatched"):
+        cell(torch.randn(IN), torch.zeros(1, H))
     with pytest.raises(ValueError, match=r"h must have shape \(B, H\) = \(4, 6\), got \(4, 5\)"):
         cell(torch.randn(B, IN), torch.zeros(B, H - 1))
     with pytest.raises(ValueError, match="recurrent_max_abs must be > 0"):

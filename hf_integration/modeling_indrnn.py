@@ -18,10 +18,13 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
+from transformers.utils import logging
 
 from indrnn_triton import IndRNN
 
 from .configuration_indrnn import IndRNNConfig
+
+logger = logging.get_logger(__name__)
 
 # transformers renamed the cache argument and output field from `past_key_values` to `cache`
 # (5.2x); the models accept both names and fill whichever field this version's outputs have.
@@ -178,8 +181,14 @@ class IndRNNModel(IndRNNPreTrainedModel):
             use_cache = cache is not None or (
                 self.config.use_cache and not self.training and not self.config.bidirectional
             )
+        if checkpointing and (use_cache or cache is not None):
+            # The recomputation in backward would update the cache a second time.
+            logger.warning_once(
+                "Gradient checkpointing is on in training: the cache is not updated "
+                "(use_cache=False); a cache passed in still gives the starting states."
+            )
         if checkpointing:
-            use_cache = False  # the recomputation in backward would update the cache again
+            use_cache = False
         if self.config.bidirectional and (use_cache or cache is not None):
             raise ValueError(
                 "cache and use_cache=True continue a sequence step by step, which needs "

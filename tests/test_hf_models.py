@@ -1,5 +1,7 @@
 """The IndRNN models: outputs, padding, losses, save/load, checkpointing, torch.compile."""
 
+import logging
+
 import pytest
 import torch
 from hf_helpers import HEADS, VOCAB, cache_of, head_logits, padded_batch, random_tokens, tiny_model
@@ -259,6 +261,30 @@ def test_gradient_checkpointing_same_gradients(case):
     assert plain.keys() == checkpointed.keys()
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], msg=name)
+
+
+def test_gradient_checkpointing_with_a_cache_warns_and_leaves_it_alone(caplog):
+    model = tiny_model(IndRNNForCausalLM)
+    ids = torch.randint(3, VOCAB, (2, 5))
+    with torch.no_grad():
+        cache = cache_of(model(input_ids=ids, use_cache=True))
+    before = [layer.recurrent_states[0].clone() for layer in cache.layers]
+    model.train().gradient_checkpointing_enable()
+    logger = logging.getLogger("hf_integration.modeling_indrnn")
+    logger.addHandler(caplog.handler)
+    logging.Logger.warning_once.cache_clear()  # transformers' once-only warnings
+    try:
+        out = model(input_ids=ids, labels=ids, use_cache=True, cache=cache)
+    finally:
+        logger.removeHandler(caplog.handler)
+    out.loss.backward()
+    assert "Gradient checkpointing is on in training: the cache is not updated" in caplog.text
+    assert cache_of(out) is None
+    for layer, state in zip(cache.layers, before, strict=True):
+        assert torch.equal(layer.recurrent_states[0], state)
+    # The cache still gave the starting states: the loss differs from a run without it.
+    fresh = model(input_ids=ids, labels=ids).loss
+    assert not torch.equal(out.loss, fresh)
 
 
 @pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])

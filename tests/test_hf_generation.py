@@ -149,3 +149,16 @@ def test_generate_from_inputs_embeds():
     from_embeds = model.generate(inputs_embeds=model.get_input_embeddings()(ids),
                                  max_new_tokens=NEW, do_sample=False, pad_token_id=0)
     assert torch.equal(from_embeds[:, -NEW:], from_ids[:, -NEW:])
+
+
+@pytest.mark.slow
+def test_cached_generation_with_a_compiled_forward():
+    """generate() through torch.compile(model.forward), the cache passed between compiled calls,
+    gives the eager tokens, for a left-padded batch too."""
+    model = tiny_model(IndRNNForCausalLM)
+    ids, mask = padded_batch(random_tokens([5, 8, 3]), "left")
+    eager = _generate(model, ids, attention_mask=mask)
+    model.forward = torch.compile(model.forward)
+    compiled = _generate(model, ids, attention_mask=mask)
+    assert compiled.shape == (3, 8 + NEW)
+    assert torch.equal(compiled, eager)

@@ -30,6 +30,11 @@ def _configs() -> list[triton.Config]:
         # The interpreter costs per program and per step, not per element: a small tile that
         # still splits B and H into several partial blocks, and a chunk that leaves a tail.
         return [triton.Config({"BLOCK_B": 2, "BLOCK_H": 64, "CHUNK": 4}, num_warps=1)]
+    return gpu_configs()
+
+
+def gpu_configs() -> list[triton.Config]:
+    """The autotune list for a GPU (also built under the interpreter, for tests)."""
     # (BLOCK_B, BLOCK_H, num_warps, CHUNK): 4 elements per thread (a 16-byte vector of fp32, 8
     # bytes of 16-bit types) or 8 (16 bytes of 16-bit types), and CHUNK steps of loads in
     # flight per program. Shapes where ptxas spills for sm_80 are left out or prefetch fewer
@@ -39,6 +44,9 @@ def _configs() -> list[triton.Config]:
         (1, 128, 1, 8), (1, 256, 1, 4), (1, 256, 4, 8), (1, 512, 2, 4), (1, 1024, 4, 4),
         (2, 128, 2, 8), (2, 256, 4, 8), (4, 128, 4, 8), (1, 512, 8, 8),
     ]
+    # Deeper prefetch would help B x H <= 65536, which the H200 run found latency-bound (8
+    # steps in flight per program are too few bytes there), but every 1-2 elements-per-thread
+    # tile with CHUNK 16 or 32 spilled in ptxas for sm_80 or sm_90 in some dtype or flag set.
     configs = []
     for bb, bh, w, chunk in tiles:
         meta = {"BLOCK_B": bb, "BLOCK_H": bh, "CHUNK": chunk}

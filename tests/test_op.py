@@ -122,6 +122,35 @@ def test_matches_reference(backend, shape, dtype, flags):
                             batch_first=flags["batch_first"], **kw)
 
 
+def _gpu_config_ids():
+    import indrnn_triton.triton_kernels as tk
+
+    return [f"B{c.kwargs['BLOCK_B']}-H{c.kwargs['BLOCK_H']}-w{c.num_warps}-C{c.kwargs['CHUNK']}"
+            for c in tk.gpu_configs()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", range(len(_gpu_config_ids())), ids=_gpu_config_ids())
+def test_every_gpu_autotune_config_interpreted(poison, monkeypatch, index):
+    """Each config of the GPU autotune list through Triton's interpreter, every flag on, with
+    T not a multiple of CHUNK and H not a multiple of BLOCK_H (tests/test_cuda.py runs the same
+    list compiled, on a GPU)."""
+    import indrnn_triton.op as op
+    import indrnn_triton.triton_kernels as tk
+
+    if not tk.INTERPRET:
+        pytest.skip("TRITON_INTERPRET=0: the kernels are built for the GPU")
+    config = tk.gpu_configs()[index]
+    for tuner in (tk._indrnn_fwd_kernel.fn, tk._indrnn_bwd_kernel.fn):
+        monkeypatch.setattr(tuner, "configs", [config])
+        monkeypatch.setattr(tuner, "cache", {})
+    monkeypatch.setattr(op, "cpu_uses_triton", True)
+    pre, u, b, h0, kw = make_inputs(37, 3, 130, torch.float32, h0=True, bias=True,
+                                    batch_first=True, clip="both")
+    mask = make_mask("right", 37, 3, batch_first=True)
+    check_against_reference(pre, u, b, h0, mask=mask, reverse=True, batch_first=True, **kw)
+
+
 @pytest.mark.parametrize(
     "h0,bias,mask,reverse,batch_first,clip",
     list(itertools.product([False, True], [False, True], [None, "right", "left", "random"],

@@ -189,22 +189,22 @@ def batch_norm_over_steps(
     positions are normalised too (their values are ignored by the recurrence).
     """
     use_batch = training or running_mean is None
-    if use_batch and running_mean is not None and _inside_backward():
-        # Activation checkpointing is recomputing this forward. The first forward already moved
-        # the running statistics; a second update would count the batch twice. Batch
-        # statistics give the recomputation the same output.
-        running_mean = running_var = None
+    # Activation checkpointing recomputing this forward inside backward: the first forward
+    # already moved the running statistics, and a second update would count the batch twice.
+    # The recomputation passes the same tensors (checkpointing compares what is saved) with a
+    # zero update weight.
+    recomputing = use_batch and running_mean is not None and _inside_backward()
     if mask is None or not use_batch:
         # Every step is real, or the running statistics are used: torch's fused batch norm.
         flat = F.batch_norm(x.flatten(0, 1), running_mean, running_var, weight, None, use_batch,
-                            momentum, eps)
+                            0.0 if recomputing else momentum, eps)
         return flat.view(x.shape)
     acc = torch.promote_types(x.dtype, torch.float32)
     m = (mask != 0).unsqueeze(-1)
     n = m.sum(dtype=acc).clamp(min=1)
     mean = torch.where(m, x, 0).sum((0, 1), dtype=acc) / n
     var = torch.where(m, (x - mean).square(), 0).sum((0, 1)) / n
-    if running_mean is not None:
+    if running_mean is not None and not recomputing:
         with torch.no_grad():
             running_mean.lerp_(mean.to(running_mean.dtype), momentum)
             unbiased = var * (n / (n - 1).clamp(min=1))

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.checkpoint import checkpoint
 
 from indrnn_triton import IndRNN, IndRNNCell, indrnn_reference
 from indrnn_triton.functional import dropout_over_time, indrnn_layer, indrnn_recurrence
@@ -467,6 +468,29 @@ def test_constrain_clamps_recurrent_weights_in_place():
 # ----------------------------------------------------------------------------------------------
 # torch.compile, autocast, and the absence of (T, B, H) copies.
 # ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("use_reentrant", [True, False])
+@pytest.mark.parametrize("masked", [True, False])
+def test_activation_checkpointing_updates_batch_norm_statistics_once(use_reentrant, masked):
+    """Under torch.utils.checkpoint (both kinds) the recomputation in backward gives the same
+    gradients and leaves the running statistics as one forward left them."""
+    plain = randomise_(IndRNN(IN, H, num_layers=3, bidirectional=True, residual=True,
+                              norm="batch", recurrent_max_abs=1.1))
+    ckpt = IndRNN(IN, H, num_layers=3, bidirectional=True, residual=True, norm="batch",
+                  recurrent_max_abs=1.1)
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(T, B, IN, requires_grad=True)  # the reentrant kind needs an input that does
+    mask = padding_mask([T, 2, 5, 3], T) if masked else None
+    g = torch.randn(T, B, 2 * H)
+    for _ in range(2):
+        (plain(x, mask=mask)[0] * g).sum().backward()
+        out = checkpoint(lambda x: ckpt(x, mask=mask)[0], x, use_reentrant=use_reentrant)
+        (out * g).sum().backward()
+    for (name, a), b in zip(plain.named_buffers(), ckpt.buffers(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7, msg=name)
+    for (name, a), b in zip(plain.named_parameters(), ckpt.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-6, msg=name)
 
 
 @pytest.mark.slow

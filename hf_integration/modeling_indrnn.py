@@ -84,6 +84,13 @@ class IndRNNPreTrainedModel(PreTrainedModel):
             if module.bias is not None:
                 init.zeros_(module.bias)
 
+    def get_input_embeddings(self):
+        # The token embeddings live on the base model (None for continuous inputs).
+        return self.base_model.embeddings
+
+    def set_input_embeddings(self, new_embeddings):
+        self.base_model.embeddings = new_embeddings
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         self.config.auto_map = {**AUTO_MAP, **(getattr(self.config, "auto_map", None) or {})}
         return super().save_pretrained(save_directory, *args, **kwargs)
@@ -133,12 +140,6 @@ class IndRNNModel(IndRNNPreTrainedModel):
         self.rnn_input_size = rnn_input_size
         self.gradient_checkpointing = False
         self.post_init()
-
-    def get_input_embeddings(self):
-        return self.embeddings
-
-    def set_input_embeddings(self, new_embeddings):
-        self.embeddings = new_embeddings
 
     def forward(
         self,
@@ -309,12 +310,6 @@ class IndRNNForSequenceClassification(IndRNNPreTrainedModel):
         self.classifier = _head(config.hidden_size * config.num_directions, config.num_labels)
         self.post_init()
 
-    def get_input_embeddings(self):
-        return self.model.get_input_embeddings()
-
-    def set_input_embeddings(self, new_embeddings):
-        self.model.set_input_embeddings(new_embeddings)
-
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -403,12 +398,6 @@ class IndRNNForTokenClassification(IndRNNPreTrainedModel):
         self.classifier = _head(config.hidden_size * config.num_directions, config.num_labels)
         self.post_init()
 
-    def get_input_embeddings(self):
-        return self.model.get_input_embeddings()
-
-    def set_input_embeddings(self, new_embeddings):
-        self.model.set_input_embeddings(new_embeddings)
-
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -461,12 +450,6 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
         self.dropout = nn.Dropout(config.dropout)
         self.lm_head = _head(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
-
-    def get_input_embeddings(self):
-        return self.model.get_input_embeddings()
-
-    def set_input_embeddings(self, new_embeddings):
-        self.model.set_input_embeddings(new_embeddings)
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:

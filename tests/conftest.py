@@ -5,6 +5,7 @@ for Triton's interpreter and can run on CPU tensors. By default CPU tensors stil
 CPU path (fast); the ``backend`` fixture runs a test once per path.
 """
 
+import math
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -12,12 +13,24 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+import indrnn_triton._alloc as alloc  # noqa: E402
 import indrnn_triton.op as op  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def _cpu_path_by_default(monkeypatch):
     monkeypatch.setattr(op, "cpu_uses_triton", False)
+
+
+@pytest.fixture
+def poison(monkeypatch):
+    """Fill every buffer the op allocates with NaN, so unwritten elements fail the checks."""
+
+    def nan_empty(*args, **kwargs):
+        t = torch.empty(*args, **kwargs)
+        return t.fill_(math.nan) if t.dtype.is_floating_point else t
+
+    monkeypatch.setattr(alloc, "empty", nan_empty)
 
 
 @pytest.fixture(params=["torch", "triton"])

@@ -6,18 +6,17 @@ kernel never writes fails the comparison. Compiles are kept few: every test pins
 one config, except the config sweep, which runs each config once.
 """
 
-import math
 
 import pytest
 import torch
 
-import indrnn_triton._alloc as alloc
 import indrnn_triton.op as op
 from indrnn_triton import fused_indrnn, indrnn_reference
 from indrnn_triton.functional import indrnn_recurrence
 
 pytestmark = [
     pytest.mark.cuda,
+    pytest.mark.usefixtures("poison"),  # every buffer the op allocates starts as NaN
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
     pytest.mark.skipif(
         op.triton_kernels is not None and op.triton_kernels.INTERPRET,
@@ -40,13 +39,6 @@ FLAGS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _nan_poison(monkeypatch):
-    def nan_empty(*args, **kwargs):
-        t = torch.empty(*args, **kwargs)
-        return t.fill_(math.nan) if t.dtype.is_floating_point else t
-
-    monkeypatch.setattr(alloc, "empty", nan_empty)
 
 
 def _tuners():

@@ -14,7 +14,6 @@ import sys
 import pytest
 import torch
 
-import indrnn_triton._alloc as alloc
 from indrnn_triton import fused_indrnn, indrnn_reference
 from indrnn_triton.op import _forward_op
 
@@ -24,15 +23,8 @@ TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 4e-3, torch.bfl
 SHAPES = [(1, 1, 1), (7, 3, 5), (33, 3, 130), (7, 1, 130)]  # (T, B, H): H not a block multiple
 
 
-@pytest.fixture(autouse=True)
-def poison(monkeypatch):
-    """Fill every buffer the op allocates with NaN, so unwritten elements fail the checks."""
-
-    def nan_empty(*args, **kwargs):
-        t = torch.empty(*args, **kwargs)
-        return t.fill_(math.nan) if t.dtype.is_floating_point else t
-
-    monkeypatch.setattr(alloc, "empty", nan_empty)
+# Every buffer the op allocates starts as NaN (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("poison")
 
 
 def make_mask(kind, T, B, batch_first, dtype=torch.bool):
@@ -131,7 +123,7 @@ def _gpu_config_ids():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(_gpu_config_ids())), ids=_gpu_config_ids())
-def test_every_gpu_autotune_config_interpreted(poison, monkeypatch, index):
+def test_every_gpu_autotune_config_interpreted(monkeypatch, index):
     """Each config of the GPU autotune list through Triton's interpreter, every flag on, with
     T not a multiple of CHUNK and H not a multiple of BLOCK_H (tests/test_cuda.py runs the same
     list compiled, on a GPU)."""

@@ -17,13 +17,14 @@ def _steps(T: int, reverse: bool) -> range:
     return range(T - 1, -1, -1) if reverse else range(T)
 
 
-def _step_masks(mask: Tensor | None, dtype: torch.dtype) -> list[Tensor] | None:
-    """(T, B) mask -> T (B, 1) slices of 0.0/1.0, ready to broadcast over H.
+def _step_masks(mask: Tensor | None) -> list[Tensor] | None:
+    """(T, B) mask -> T (B, 1) bool slices (True = real step), ready to broadcast over H.
 
-    Masked updates are written as ``torch.lerp(old, new, m)``, exact at m = 0 and m = 1, which
-    costs a third of ``torch.where`` with a bool mask on small tensors.
+    Masked updates are selects (``torch.where``), never arithmetic blends such as
+    ``lerp(old, new, 0)`` = ``old + 0 * (new - old)``: a NaN or Inf pre-activation at a padding
+    step would leak into the state through the product with 0.
     """
-    return None if mask is None else (mask != 0).to(dtype).unsqueeze(-1).unbind(0)
+    return None if mask is None else (mask != 0).unsqueeze(-1).unbind(0)
 
 
 def _forward_one(
@@ -44,7 +45,7 @@ def _forward_one(
     u = clip_recurrent_weight(weight_hh.to(acc), recurrent_max_abs, recurrent_min_abs)
     b = None if bias is None else bias.to(acc)
     h = x.new_zeros(B, H, dtype=acc) if h0 is None else h0.to(acc)
-    xs, outs, ms = x.unbind(0), out.unbind(0), _step_masks(mask, acc)
+    xs, outs, ms = x.unbind(0), out.unbind(0), _step_masks(mask)
     # When the output has the accumulation dtype it doubles as the state; otherwise the state
     # lives in two fp32 buffers (the new state must not overwrite the old one before masking).
     direct = out.dtype == acc
@@ -57,7 +58,7 @@ def _forward_one(
             torch.add(xs[t], b, out=dst).addcmul_(u, h)
         dst.relu_()
         if ms is not None:
-            torch.lerp(h, dst, ms[t], out=dst)
+            torch.where(ms[t], dst, h, out=dst)
         if not direct:
             outs[t].copy_(dst)
         h = dst
@@ -82,18 +83,21 @@ def _backward_one(
     acc = grad_h0.dtype
     w = weight_hh.detach().to(acc)
     u = clip_recurrent_weight(w, recurrent_max_abs, recurrent_min_abs)
-    keep = w.abs() >= recurrent_min_abs  # du is zero where the weight was clipped
+    # du is zero where the weight was clipped; a NaN weight counts as kept by the minimum and
+    # as clipped by the maximum, as torch.where and torch.clamp's gradients have it.
+    keep = ~(w.abs() < recurrent_min_abs)
     if recurrent_max_abs is not None:
         keep &= w.abs() <= recurrent_max_abs
     du = torch.zeros_like(grad_h0)
     db = torch.zeros_like(grad_h0)
     # c: the gradient reaching the state after the step being processed (dL/dh_n to start).
     c = torch.zeros_like(grad_h0) if grad_hn is None else grad_hn.to(acc, copy=True)
-    hs, gps, ms = out.unbind(0), grad_pre.unbind(0), _step_masks(mask, acc)
+    hs, gps, ms = out.unbind(0), grad_pre.unbind(0), _step_masks(mask)
     gs = None if grad_out is None else grad_out.unbind(0)
     direct = grad_pre.dtype == acc
     scratch = None if direct else torch.empty_like(c)
     ud = None if ms is None else torch.empty_like(c)
+    zero = c.new_zeros(())
     order = _steps(T, reverse)
     for i in range(T - 1, -1, -1):
         t = order[i]
@@ -106,8 +110,8 @@ def _backward_one(
             torch.mul(d, u, out=c)
         else:
             # A padding step is the identity on the state: its gradient passes straight through.
-            d.mul_(ms[t])
-            torch.lerp(c, torch.mul(d, u, out=ud), ms[t], out=c)
+            torch.where(ms[t], d, zero, out=d)
+            torch.where(ms[t], torch.mul(d, u, out=ud), c, out=c)
         prev = hs[order[i - 1]] if i > 0 else h0
         if prev is not None:
             du.addcmul_(d, prev)
@@ -115,7 +119,8 @@ def _backward_one(
         if not direct:
             gps[t].copy_(d)
     grad_h0.copy_(c)
-    return du.sum(0) * keep.to(acc), db.sum(0)
+    # A select, not a product with 0: du of a clipped weight is 0 even where the sum is NaN.
+    return torch.where(keep, du.sum(0), 0.0), db.sum(0)
 
 
 def _split(t: Tensor | None, D: int) -> list[Tensor | None]:

@@ -152,12 +152,27 @@ def indrnn_layer(
             f"weight_hh must have shape (D*H,) = ({weight_ih.shape[0]},) to match weight_ih "
             f"{tuple(weight_ih.shape)}, got {tuple(weight_hh.shape)}"
         )
-    pre = F.linear(x, weight_ih)
+    pre = F.linear(padding_free_input(x, mask), weight_ih)
     if norm is not None:
         pre = norm(pre)
     return indrnn_recurrence(pre, weight_hh, bias, h0, recurrent_max_abs=recurrent_max_abs,
                              recurrent_min_abs=recurrent_min_abs, mask=mask,
                              batch_first=batch_first, bidirectional=bidirectional)
+
+
+def padding_free_input(x: Tensor, mask: Tensor | None) -> Tensor:
+    """A layer input whose padding steps (``mask`` == 0) cannot reach any gradient.
+
+    The recurrence never reads padding steps, and neither do a batch norm's statistics, so the
+    forward values are already independent of them. The backward is not: the weight gradient
+    of the projection, dW = dpre^T x, multiplies the zero gradient of a padding step by its
+    input (0 * NaN = NaN), and so does a norm's scale gradient. While autograd records, the
+    input is therefore zeroed at padding steps (one pass over it, and one over its gradient);
+    without autograd it is returned as it is.
+    """
+    if mask is None or not torch.is_grad_enabled():
+        return x
+    return x.masked_fill((mask == 0).unsqueeze(-1), 0)
 
 
 def _inside_backward() -> bool:
@@ -201,14 +216,18 @@ def batch_norm_over_steps(
         return flat.view(x.shape)
     acc = torch.promote_types(x.dtype, torch.float32)
     m = (mask != 0).unsqueeze(-1)
-    n = m.sum(dtype=acc).clamp(min=1)
+    count = m.sum(dtype=acc)
+    n = count.clamp(min=1)
     mean = torch.where(m, x, 0).sum((0, 1), dtype=acc) / n
     var = torch.where(m, (x - mean).square(), 0).sum((0, 1)) / n
     if running_mean is not None and not recomputing:
         with torch.no_grad():
-            running_mean.lerp_(mean.to(running_mean.dtype), momentum)
+            # A batch with no real step has no statistics: it leaves the running ones alone (as
+            # torch.nn.BatchNorm1d with an empty batch), through a zero weight, not a host sync.
+            weight_ = (count > 0).to(running_mean.dtype) * momentum
+            running_mean.lerp_(mean.to(running_mean.dtype), weight_)
             unbiased = var * (n / (n - 1).clamp(min=1))
-            running_var.lerp_(unbiased.to(running_var.dtype), momentum)
+            running_var.lerp_(unbiased.to(running_var.dtype), weight_)
     scale = torch.rsqrt(var + eps)
     if weight is not None:
         scale = scale * weight

@@ -12,7 +12,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from .functional import batch_norm_over_steps, dropout_over_time, indrnn_recurrence
+from .functional import (
+    batch_norm_over_steps,
+    dropout_over_time,
+    indrnn_recurrence,
+    padding_free_input,
+)
 from .op import _check_real, check_clip, fused_indrnn
 from .reference import clip_recurrent_weight
 
@@ -63,7 +68,18 @@ def _input_init(value) -> str | Callable[[Tensor], object]:
 
 def _init_input_weight_(weight: Tensor, scheme, hidden_size: int) -> None:
     if callable(scheme):
-        scheme(weight)
+        # The default first, so a callable that neither fills the tensor in place nor returns
+        # one leaves the authors' initialisation, never uninitialised memory; a returned tensor
+        # is used (torch.nn.init style functions return the tensor they filled).
+        _init_input_weight_(weight, "kaiming_uniform", hidden_size)
+        result = scheme(weight)
+        if isinstance(result, Tensor) and result is not weight:
+            if result.shape != weight.shape:
+                raise ValueError(
+                    f"input_weight_init returned a tensor of shape {tuple(result.shape)}; "
+                    f"it must fill its argument in place or return shape {tuple(weight.shape)}"
+                )
+            weight.copy_(result)
     elif scheme == "kaiming_uniform":
         # The IndRNN authors' choice for every input-to-hidden ("fc") weight.
         nn.init.kaiming_uniform_(weight, a=8, mode="fan_in")
@@ -83,6 +99,22 @@ def _check_state(name: str, h: Tensor, want: tuple[int, ...], layout: str, devic
         raise TypeError(f"{name} must be a floating-point tensor, got {h.dtype}")
     if h.device != device:
         raise ValueError(f"{name} is on {h.device} but the input is on {device}")
+
+
+def _check_input_dtype(name: str, x: Tensor, weight: Tensor) -> None:
+    """x must be a float tensor of the weights' dtype, unless autocast chooses the dtype."""
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}: convert it "
+                        f"with {name}.to({weight.dtype})")
+    # Autocast casts both sides of the projection, except float64 tensors, which it leaves.
+    autocast = torch.is_autocast_enabled(x.device.type) and torch.float64 not in (x.dtype,
+                                                                                   weight.dtype)
+    if x.dtype != weight.dtype and not autocast:
+        raise TypeError(
+            f"{name} dtype ({x.dtype}) does not match the weight dtype ({weight.dtype}). "
+            f"Convert the input: {name}.to({weight.dtype}), or the model: "
+            f"model.to({x.dtype})"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -194,7 +226,8 @@ class IndRNN(nn.Module):
         input_weight_init: ``"kaiming_uniform"`` (default: ``kaiming_uniform_(a=8,
             mode="fan_in")``, the authors' choice, a deliberately small range),
             ``"xavier_uniform"``, ``"rnn_uniform"`` (U(-1/sqrt(H), 1/sqrt(H)) as nn.RNN), or a
-            callable applied in place to each ``weight_ih_l{k}``.
+            callable ``f(weight)`` for each ``weight_ih_l{k}``, after the default: it fills
+            the weight in place, or returns a tensor of the weight's shape to copy in.
         Biases start at 0, norm scales at 1.
         norm_momentum, norm_eps: of the batch / layer norm.
 
@@ -354,6 +387,7 @@ class IndRNN(nn.Module):
                 f"x must have shape {layout}, or (T, input_size) for one unbatched sequence, "
                 f"with input_size = {self.input_size}, got {tuple(x.shape)}"
             )
+        _check_input_dtype("x", x, self.weight_ih_l0)
         T, B = (x.shape[1], x.shape[0]) if self.batch_first else x.shape[:2]
         if hx is not None:
             want = (self.num_layers * self.num_directions, B, self.hidden_size)
@@ -417,7 +451,8 @@ class IndRNN(nn.Module):
         self._check_inputs(x, hx, mask)
         D, L = self.num_directions, self.num_layers
         h_ns = []
-        layer_in, stream = x, None
+        # Later layers read outputs, which are finite at padding (the carried state).
+        layer_in, stream = padding_free_input(x, mask), None
         for k in range(L):
             if k > 0:
                 layer_in = dropout_over_time(layer_in, self.dropout, self.training,
@@ -527,6 +562,7 @@ class IndRNNCell(nn.Module):
                 f"x must have shape (B, input_size), or (input_size,) unbatched, with "
                 f"input_size = {self.input_size}, got {tuple(x.shape)}"
             )
+        _check_input_dtype("x", x, self.weight_ih)
         if h is not None:
             _check_state("h", h, (x.shape[0], self.hidden_size), "(B, H)", x.device)
         pre = F.linear(x, self.weight_ih).unsqueeze(0)

@@ -13,6 +13,7 @@ import numbers
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 
 from . import _alloc
 from .cpu import cpu_backward, cpu_forward
@@ -32,6 +33,12 @@ _INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """The recurrence runs in float32, or float64 for float64 inputs."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _clip_in_range(r_max: float | None, acc: torch.dtype) -> float | None:
+    """A bound at or above the accumulation dtype's largest value clips nothing: None, so that
+    every path behaves alike (the CPU path could not even represent it)."""
+    return None if r_max is not None and r_max >= torch.finfo(acc).max else r_max
 
 
 def _tbh(x: Tensor, batch_first: bool) -> Tensor:
@@ -64,6 +71,7 @@ def _forward_impl(pre, weight_hh, bias, h0, mask, r_max, r_min, reverse, batch_f
         h_n.copy_(h0) if h0 is not None else h_n.zero_()
         return out, h_n
     forward, _ = _backend(pre.device, use_triton)
+    r_max = _clip_in_range(r_max, h_n.dtype)
     m = None if mask is None else _tbh(mask, batch_first)
     # Each direction reads and writes its own strided half: no flip, no concatenation.
     forward(x, weight_hh, bias, h0, m, r_max, r_min, reverse, _tbh(out, batch_first), h_n, D)
@@ -84,6 +92,7 @@ def _backward_impl(grad_out, grad_hn, out, weight_hh, h0, mask, r_max, r_min, re
         zeros = torch.zeros(D * H, dtype=acc, device=out.device)
         return grad_pre, zeros, zeros.clone(), grad_h0
     _, backward = _backend(out.device, use_triton)
+    r_max = _clip_in_range(r_max, acc)
     g = None if grad_out is None else _tbh(grad_out, batch_first)
     m = None if mask is None else _tbh(mask, batch_first)
     du, db = backward(g, grad_hn, o, weight_hh, h0, m, r_max, r_min, reverse,
@@ -206,7 +215,9 @@ def _check_real(name: str, value, *, allow_none: bool) -> float | None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {value!r}")
     value = float(value)
-    if not math.isfinite(value):
+    # Comparisons rather than math.isfinite: under torch.compile(dynamic=True) a module's float
+    # attributes arrive as symbolic floats, which math.isfinite cannot take.
+    if not -math.inf < value < math.inf:
         raise ValueError(f"{name} must be finite, got {value}")
     return value
 
@@ -224,6 +235,29 @@ def check_clip(recurrent_max_abs, recurrent_min_abs) -> tuple[float | None, floa
             f"recurrent_min_abs ({r_min}) must not exceed recurrent_max_abs ({r_max})"
         )
     return r_max, r_min
+
+
+def _check_reverse_mode_only(*tensors) -> None:
+    """Refuse what the op would get silently wrong: it has a reverse-mode formula only.
+
+    Forward-mode AD would see a zero (or no) tangent, and torch.func's transforms cannot run
+    the op's autograd (custom-op autograd has no functorch rule). Both raise here instead.
+    """
+    if torch.compiler.is_compiling():
+        return
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        raise NotImplementedError(
+            "fused_indrnn does not support torch.func transforms (grad, vjp, jvp, jacrev, "
+            "jacfwd, vmap, hessian): use reverse-mode autograd instead, loss.backward() or "
+            "torch.autograd.grad (torch.autograd.functional.jacobian for Jacobians)"
+        )
+    if forward_ad._current_level >= 0 and any(
+        t is not None and forward_ad.unpack_dual(t).tangent is not None for t in tensors
+    ):
+        raise NotImplementedError(
+            "fused_indrnn does not support forward-mode AD (torch.autograd.forward_ad dual "
+            "tensors): use reverse-mode autograd instead, loss.backward() or torch.autograd.grad"
+        )
 
 
 def _validate(pre, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_min_abs, reverse,
@@ -264,6 +298,7 @@ def _validate(pre, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_min_a
             raise ValueError(
                 f"{name} is on {t.device} but pre is on {pre.device}: put them on one device"
             )
+    _check_reverse_mode_only(pre, weight_hh, bias, h0)
     return check_clip(recurrent_max_abs, recurrent_min_abs)
 
 
@@ -298,7 +333,9 @@ def fused_indrnn(
         mask: (T, B), or (B, T) with ``batch_first``, bool or integers, nonzero = real step.
             On a padding step the state is carried unchanged and the output there equals the
             carried state, so left and right padding both work and ``h_n`` is the state after
-            each sequence's last real step.
+            each sequence's last real step. Values of ``pre`` at padding steps are never read:
+            NaN or Inf there changes no output and no gradient. NaN at a real step propagates,
+            as through ``torch.relu``.
         reverse: run time from T-1 down to 0 (the backward direction of a bidirectional layer),
             without flipping memory.
         batch_first: ``pre`` (and ``mask``) are batch-major.
@@ -306,6 +343,9 @@ def fused_indrnn(
     Returns:
         ``(output, h_n)``: output in the layout and dtype of ``pre``; ``h_n`` (B, H) in float32
         (float64 for float64 inputs), the kernel's own state, to carry between calls.
+
+    Reverse-mode autograd only: forward-mode AD and ``torch.func`` transforms raise
+    ``NotImplementedError``. ``weight_hh``, ``bias`` and ``h0`` may be strided or expanded views.
 
     Example:
         >>> import torch

@@ -75,7 +75,10 @@ _HEURISTICS = {
 
 @triton.jit
 def _clip(b_u, r_max, r_min, CLIP_MAX: tl.constexpr, CLIP_MIN: tl.constexpr):
-    """clamp(sign(u) * max(|u|, m), -r, r) and a 0/1 mask of where u passed through unchanged."""
+    """clamp(sign(u) * max(|u|, m), -r, r) and a 0/1 mask of where u passed through unchanged.
+
+    A NaN weight stays NaN, as with torch.clamp (Triton's min/max would drop it by default).
+    """
     b_keep = tl.full(b_u.shape, 1.0, b_u.dtype)
     if CLIP_MIN:
         b_small = tl.abs(b_u) < r_min
@@ -83,9 +86,11 @@ def _clip(b_u, r_max, r_min, CLIP_MAX: tl.constexpr, CLIP_MIN: tl.constexpr):
         b_u = tl.where(b_small, b_sign * r_min, b_u)
         b_keep = tl.where(b_small, 0.0, b_keep)
     if CLIP_MAX:
-        b_big = tl.abs(b_u) > r_max
-        b_u = tl.minimum(tl.maximum(b_u, -r_max), r_max)
-        b_keep = tl.where(b_big, 0.0, b_keep)
+        # Kept where |u| <= r, so a NaN weight has no gradient, as under torch.clamp.
+        b_in = tl.abs(b_u) <= r_max
+        b_u = tl.minimum(tl.maximum(b_u, -r_max, propagate_nan=tl.PropagateNan.ALL), r_max,
+                         propagate_nan=tl.PropagateNan.ALL)
+        b_keep = tl.where(b_in, b_keep, 0.0)
     return b_u, b_keep
 
 
@@ -98,8 +103,8 @@ def _i64(x):
 @triton.jit
 def _indrnn_fwd_body(
     p_pre,  # pre-activations W x, (T, B, H) through strides s_pre_*
-    p_u,  # recurrent weights u, (H,)
-    p_b,  # bias, (H,) or None
+    p_u,  # recurrent weights u, (D*H,) contiguous
+    p_b,  # bias, (D*H,) contiguous, or None
     p_h0,  # initial state, (B, H) contiguous, or None
     p_mask,  # step mask, (T, B) through strides s_m_*, nonzero = real step; or None
     p_out,  # output h, (T, B, H) through strides s_out_*, same dtype as pre
@@ -176,7 +181,9 @@ def _indrnn_fwd_body(
                 p_m += d_m
         for j in tl.static_range(CHUNK):
             valid = (o_b * 0 + i + j) < T
-            b_new = tl.maximum(xs[j].to(ACC) + b_bias[None, :] + b_u[None, :] * b_h, 0.0)
+            # relu that keeps NaN, as torch.relu does (Triton's maximum drops NaN by default).
+            b_new = tl.maximum(xs[j].to(ACC) + b_bias[None, :] + b_u[None, :] * b_h, 0.0,
+                               propagate_nan=tl.PropagateNan.ALL)
             if HAS_MASK:
                 valid = valid & ms[j]
             b_h = tl.where(valid[:, None], b_new, b_h)
@@ -191,7 +198,7 @@ def _indrnn_fwd_body(
 def _indrnn_bwd_body(
     p_out,  # forward output h, (T, B, H) through strides s_out_*
     p_h0,  # initial state, (B, H) contiguous, or None
-    p_u,  # recurrent weights u, (H,)
+    p_u,  # recurrent weights u, (D*H,) contiguous
     p_mask,  # step mask, (T, B) through strides s_m_*, or None
     p_dout,  # gradient of the output, (T, B, H) through strides s_do_*, or None
     p_dhn,  # gradient of the final state, (B, H) contiguous, or None
@@ -291,12 +298,15 @@ def _indrnn_bwd_body(
             b_g = b_c
             if HAS_DOUT:
                 b_g += gs[j].to(ACC)
+            # The ReLU's gradient gate is "not h <= 0", as torch's threshold_backward: it is
+            # open at a NaN output.
+            b_live = ~(b_h <= 0)
             if HAS_MASK:
                 # A padding step is the identity on the state: its gradient passes through.
-                b_d = tl.where((b_h > 0) & (valid & ms[j])[:, None], b_g, 0.0)
+                b_d = tl.where(b_live & (valid & ms[j])[:, None], b_g, 0.0)
                 b_c = tl.where((valid & ms[j])[:, None], b_u[None, :] * b_d, b_g)
             else:
-                b_d = tl.where((b_h > 0) & valid[:, None], b_g, 0.0)
+                b_d = tl.where(b_live & valid[:, None], b_g, 0.0)
                 b_c = tl.where(valid[:, None], b_u[None, :] * b_d, b_g)
             tl.store(p_dx, b_d.to(p_dpre.dtype.element_ty), mask=m_bh & valid[:, None])
             p_dx += d_o
@@ -306,7 +316,8 @@ def _indrnn_bwd_body(
     tl.store(p_dh0 + o_state, b_c.to(p_dh0.dtype.element_ty), mask=m_bh)
     # Per-row partials (every element written by exactly one program, whatever the tile), summed
     # over B by the caller with torch.sum: deterministic, no atomics.
-    tl.store(p_du + o_state, b_du * b_keep[None, :], mask=m_bh)
+    # A select, not a product with 0: du of a clipped weight is 0 even where the sum is NaN.
+    tl.store(p_du + o_state, tl.where(b_keep[None, :] > 0, b_du, 0.0), mask=m_bh)
     tl.store(p_db + o_state, b_db, mask=m_bh)
 
 
@@ -315,8 +326,8 @@ def _indrnn_bwd_body(
 @triton.jit(do_not_specialize=["T"])
 def _indrnn_fwd_kernel(
     p_pre,  # pre-activations W x, (T, B, H) through strides s_pre_*
-    p_u,  # recurrent weights u, (H,)
-    p_b,  # bias, (H,) or None
+    p_u,  # recurrent weights u, (D*H,) contiguous
+    p_b,  # bias, (D*H,) contiguous, or None
     p_h0,  # initial state, (B, H) contiguous, or None
     p_mask,  # step mask, (T, B) through strides s_m_*, nonzero = real step; or None
     p_out,  # output h, (T, B, H) through strides s_out_*, same dtype as pre
@@ -370,7 +381,7 @@ def _indrnn_fwd_kernel(
 def _indrnn_bwd_kernel(
     p_out,  # forward output h, (T, B, H) through strides s_out_*
     p_h0,  # initial state, (B, H) contiguous, or None
-    p_u,  # recurrent weights u, (H,)
+    p_u,  # recurrent weights u, (D*H,) contiguous
     p_mask,  # step mask, (T, B) through strides s_m_*, or None
     p_dout,  # gradient of the output, (T, B, H) through strides s_do_*, or None
     p_dhn,  # gradient of the final state, (B, H) contiguous, or None
@@ -441,7 +452,9 @@ def _mask_arg(mask: Tensor | None) -> tuple[Tensor | None, int, int]:
     return mask, mask.stride(0), mask.stride(1)
 
 
-def _state(t: Tensor | None) -> Tensor | None:
+def _dense(t: Tensor | None) -> Tensor | None:
+    """The kernels index the (H,) vectors and (B, H) states as packed arrays: a strided or
+    expanded (zero-stride) one is copied first (a few KB, never a (T, B, H) tensor)."""
     return None if t is None else t.contiguous()
 
 
@@ -466,7 +479,7 @@ def triton_forward(
     T, B, H = x.shape[0], x.shape[1], x.shape[2] // D
     mask, s_m_t, s_m_b = _mask_arg(mask)
     _indrnn_fwd_kernel[_grid(B, H, D)](
-        x, weight_hh, bias, _state(h0), mask, out, h_n,
+        x, _dense(weight_hh), _dense(bias), _dense(h0), mask, out, h_n,
         T, B, H,
         *x.stride(), *out.stride(), s_m_t, s_m_b,
         REVERSE=reverse, BIDIR=D == 2, **_clip_args(recurrent_max_abs, recurrent_min_abs),
@@ -495,7 +508,7 @@ def triton_backward(
     db = _alloc.empty(D, B, H, dtype=grad_h0.dtype, device=grad_h0.device)
     s_do = grad_out.stride() if grad_out is not None else (0, 0, 0)
     _indrnn_bwd_kernel[_grid(B, H, D)](
-        out, _state(h0), weight_hh, mask, grad_out, _state(grad_hn),
+        out, _dense(h0), _dense(weight_hh), mask, grad_out, _dense(grad_hn),
         grad_pre, grad_h0, du, db,
         T, B, H,
         *out.stride(), *s_do, s_m_t, s_m_b,

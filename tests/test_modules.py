@@ -578,11 +578,16 @@ def test_bidirectional_layer_makes_no_time_sized_copies(batch_first):
     grad = torch.ones_like(out)
     with _LargeOutputs(numel) as mode:
         out.backward(grad)
-    # Forward: the GEMM (T, B, 2H) and the recurrence's output. Backward: the recurrence's
-    # gradient of pre (T, B, 2H) and the GEMM's gradient of x; nothing is flipped or
-    # concatenated, and no gradient is scattered into a zero-filled buffer.
-    assert forward_ops == ["indrnn_forward", "mm"]
-    assert sorted(mode.ops) == ["indrnn_backward", "mm"]
+    # Forward: the GEMM (T, B, 2H) and the recurrence's output, plus the input zeroed at
+    # padding steps (so that padding values cannot reach the weight gradient). Backward: the
+    # recurrence's gradient of pre (T, B, 2H), the GEMM's gradient of x and its masking;
+    # nothing is flipped or concatenated, no gradient is scattered into a zero-filled buffer.
+    assert forward_ops == ["indrnn_forward", "masked_fill", "mm"]
+    assert sorted(mode.ops) == ["indrnn_backward", "masked_fill", "mm"]
+    # Without autograd (inference) the input is read as it is.
+    with torch.no_grad(), _LargeOutputs(numel) as mode:
+        rnn(x, mask=mask)
+    assert sorted(mode.ops) == ["indrnn_forward", "mm"]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -822,7 +822,22 @@ def _checkpoint_to_resume(args, trainer) -> str | None:
             print(f"indrnn-train: --resume: no checkpoint in {args.output_dir}; starting at "
                   "step 0", file=sys.stderr)
         return None
+    _check_same_model(found[-1], trainer.model.config)
     return found[-1]
+
+
+def _check_same_model(checkpoint: str, config) -> None:
+    """``--resume`` with model flags that differ from the checkpoint's is a usage error, not a
+    state-dict traceback (or a silently different model)."""
+    saved = type(config).from_pretrained(checkpoint).to_diff_dict()
+    current = config.to_diff_dict()
+    ignored = {"transformers_version", "architectures", "auto_map", "dtype"}
+    differ = [f"{k}={saved.get(k)!r} there, {current.get(k)!r} here"
+              for k in sorted(set(saved) | set(current))
+              if k not in ignored and saved.get(k) != current.get(k)]
+    if differ:
+        raise UsageError(f"--resume: {checkpoint} holds a different model ({'; '.join(differ)}); "
+                         "resume with the flags of the run that wrote it")
 
 
 def _diverged_message(args, guard: RunGuard) -> str:
@@ -875,6 +890,9 @@ def main(argv=None) -> int:
     except TrainingStopped as err:
         print(f"indrnn-train: {'error: ' if err.exit_code == 1 else ''}{err}", file=sys.stderr)
         return err.exit_code
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop: nothing to save
+        print("indrnn-train: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
     except (FileNotFoundError, ValueError) as err:
         if "--data" in str(err):  # a data problem the user can fix: no traceback
             print(f"indrnn-train: error: {err}", file=sys.stderr)

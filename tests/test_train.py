@@ -595,6 +595,14 @@ def test_resume_without_a_checkpoint_starts_at_step_0(tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text())["steps"] == 6
 
 
+def test_resume_with_other_model_flags_is_a_one_line_error(tmp_path, capsys):
+    flags = ["adding", "-T", "6", "--test-size", "20", *TINY, "--max-steps", "2",
+             "--save-steps", "2", "--output-dir", str(tmp_path / "run")]
+    assert train.main(flags) == 0
+    err = _one_line_error(capsys, [*flags, "--resume", "--hidden-size", "16"])
+    assert "holds a different model" in err and "hidden_size=8 there, 16 here" in err
+
+
 def test_incomplete_checkpoint_is_not_resumed_from(tmp_path):
     for step, complete in ((4, True), (8, False)):  # checkpoint-8: a save cut short by a kill
         folder = tmp_path / f"checkpoint-{step}"

@@ -738,3 +738,13 @@ def test_mnist_without_data_or_network_fails_fast_naming_data(tmp_path, env):
     assert err.startswith("indrnn-train: error: ") and "Traceback" not in result.stderr
     assert "pass --data PATH" in err and "save_to_disk" in err and "28x28" in err
     assert "Retry" not in result.stderr and elapsed < 60  # before: 5 retries, 23 s and more
+
+
+def test_ctrl_c_outside_the_training_loop_exits_130_without_a_traceback(tmp_path, capsys,
+                                                                       monkeypatch):
+    def interrupted(args):  # e.g. while the data loads, before any step
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "run", interrupted)
+    assert train.main(["adding", "--output-dir", str(tmp_path / "out")]) == 130
+    assert capsys.readouterr().err.strip() == "indrnn-train: interrupted"

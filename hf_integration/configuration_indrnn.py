@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
+import os
 
+import numpy as np
 from transformers import PreTrainedConfig
 
 _NORMS = (None, "batch", "layer")
@@ -103,11 +106,41 @@ class IndRNNConfig(PreTrainedConfig):
     use_cache: bool = True
     tie_word_embeddings: bool = False
 
+    def __setattr__(self, key, value):
+        # Every assignment (the constructor's included) stores plain Python values, so that a
+        # config built from numpy numbers (np.int64(8), np.float32(1.1)) serialises to JSON.
+        super().__setattr__(key, _to_python(value))
+
     def __post_init__(self, **kwargs):
         if self.embedding_size is None:
             self.embedding_size = self.hidden_size
         super().__post_init__(**kwargs)
         self._validate_indrnn()
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        # Serialise before anything touches the disk: a value that JSON cannot hold raises here,
+        # naming the field, and leaves no folder or empty config.json behind.
+        self._check_json_serialisable()
+        super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+
+    def to_json_file(self, json_file_path, use_diff: bool = True):
+        # Write a temporary file and rename it: an interrupted write never leaves a truncated
+        # config.json that looks like a saved model.
+        text = self.to_json_string(use_diff=use_diff)
+        tmp_path = f"{json_file_path}.tmp"
+        with open(tmp_path, "w", encoding="utf-8") as writer:
+            writer.write(text)
+        os.replace(tmp_path, json_file_path)
+
+    def _check_json_serialisable(self) -> None:
+        for key, value in self._encode_special_floats(self.to_diff_dict()).items():
+            try:
+                json.dumps(value)
+            except TypeError as err:
+                raise ValueError(
+                    f"config field {key!r} = {value!r} cannot be saved to JSON ({err}); set it "
+                    "to a Python int, float, str, bool, None, or a list/dict of them"
+                ) from None
 
     @property
     def layer_types(self) -> list[str]:
@@ -181,6 +214,17 @@ class IndRNNConfig(PreTrainedConfig):
                     "tie_word_embeddings=True needs embedding_size == hidden_size, got "
                     f"embedding_size={self.embedding_size}, hidden_size={self.hidden_size}"
                 )
+
+
+def _to_python(value):
+    """numpy scalars and arrays (also inside lists, tuples and dicts) as Python values."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_python(v) for v in value)
+    if isinstance(value, dict):
+        return {_to_python(k): _to_python(v) for k, v in value.items()}
+    return value
 
 
 def _check_positive_int(name: str, value) -> None:

@@ -4,7 +4,7 @@
   generated from a seed.
 - :func:`load_mnist`: sequential MNIST, one pixel per step (T = 784), optionally permuted with a
   fixed-seed permutation (pMNIST), from the Hub (``ylecun/mnist``) or a local copy in its schema.
-- :func:`load_text`: byte-level language modelling on a text file (vocabulary of 256 bytes).
+- :func:`load_text`: byte-level language modelling on any file (vocabulary of 256 bytes).
 
 Every builder returns a :class:`TaskData` whose datasets yield the model's keyword arguments
 (``inputs_embeds`` or ``input_ids``, and ``labels``) as torch tensors, ready for ``Trainer``.
@@ -18,12 +18,17 @@ from dataclasses import dataclass
 
 import datasets
 import numpy as np
+import pyarrow
 import torch
 
 MNIST_HUB_ID = "ylecun/mnist"
 MNIST_SEQ_LEN = 28 * 28
 ADDING_BASELINE_MSE = 1 / 6  # variance of the sum of two U(0, 1) values: predict 1 always
 _PARQUET_SUFFIXES = (".parquet", ".arrow")
+MNIST_LOCAL_FORMAT = (
+    f"a local copy of {MNIST_HUB_ID}: a save_to_disk folder, a folder of .parquet/.arrow files "
+    "or one such file, with an 'image' column of 28x28 images and an int 'label' column"
+)
 
 
 @dataclass
@@ -95,6 +100,16 @@ def _load_local(path: str) -> datasets.Dataset | datasets.DatasetDict:
     """A dataset saved with ``save_to_disk``, a folder of parquet/arrow files, or one such file."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"--data {path!r} does not exist")
+    try:
+        return _read_local(path)
+    except (pyarrow.ArrowException, datasets.exceptions.DatasetGenerationError, OSError) as err:
+        # pyarrow reports a corrupt or truncated file as ArrowInvalid or OSError
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"--data {path!r} cannot be read ({reason}); expected "
+                         f"{MNIST_LOCAL_FORMAT}") from None
+
+
+def _read_local(path: str) -> datasets.Dataset | datasets.DatasetDict:
     if os.path.isdir(path):
         saved = ("dataset_dict.json", "dataset_info.json", "state.json")
         if any(os.path.exists(os.path.join(path, name)) for name in saved):
@@ -139,13 +154,21 @@ def _train_test(
     return split["train"], split["test"]
 
 
-def _pixels_transform(permutation: np.ndarray | None):
-    def transform(batch):
-        pixels = np.stack([np.asarray(img, dtype=np.uint8).reshape(-1) for img in batch["image"]])
-        if pixels.shape[1] != MNIST_SEQ_LEN:
+def _pixels(images, source: str) -> np.ndarray:
+    """(N, 784) uint8 pixels of N 28x28 single-channel images; errors name ``source``."""
+    pixels = [np.asarray(img, dtype=np.uint8) for img in images]
+    for image in pixels:
+        if image.shape != (28, 28):
             raise ValueError(
-                f"MNIST images must be 28x28 (784 pixels), got {pixels.shape[1]} pixels"
+                f"{source}: MNIST images must be 28x28 with one channel (784 pixels), got an "
+                f"image of shape {image.shape}"
             )
+    return np.stack(pixels).reshape(len(pixels), MNIST_SEQ_LEN)
+
+
+def _pixels_transform(permutation: np.ndarray | None, source: str):
+    def transform(batch):
+        pixels = _pixels(batch["image"], source)
         if permutation is not None:
             pixels = pixels[:, permutation]
         x = torch.from_numpy(pixels.astype(np.float32) / 255.0).unsqueeze(-1)
@@ -176,24 +199,51 @@ def load_mnist(
     The datasets decode images lazily (``with_transform``) into ``inputs_embeds`` (784, 1)
     float32 and ``labels`` int64.
     """
-    loaded = datasets.load_dataset(MNIST_HUB_ID) if data is None else _load_local(data)
+    loaded = _load_hub_mnist() if data is None else _load_local(data)
     source = MNIST_HUB_ID if data is None else f"--data {data!r}"
     splits = loaded.items() if isinstance(loaded, datasets.DatasetDict) else [("", loaded)]
     for name, split in splits:
+        where = f"{source} {name + ' split' if name else ''}".rstrip()
         missing = {"image", "label"} - set(split.column_names)
         if missing:
             raise ValueError(
-                f"{source} {name + ' split ' if name else ''}needs columns 'image' and 'label' "
+                f"{where} needs columns 'image' and 'label' "
                 f"(the {MNIST_HUB_ID} schema); missing {sorted(missing)}, found "
                 f"{split.column_names}"
             )
+        if len(split):  # fail before training on data of the wrong kind, not steps into it
+            try:
+                _pixels([split[0]["image"]], where)
+            except OSError as err:  # PIL cannot decode the image bytes
+                raise ValueError(f"{where}: the first image cannot be decoded ({err})") from None
     train, test = _train_test(loaded, test_fraction, seed)
-    transform = _pixels_transform(pixel_permutation(permutation_seed) if permute else None)
+    transform = _pixels_transform(pixel_permutation(permutation_seed) if permute else None,
+                                  source)
     train = train.select_columns(["image", "label"]).with_transform(transform)
     test = test.select_columns(["image", "label"]).with_transform(transform)
     return TaskData(
         train=train, test=test, seq_len=MNIST_SEQ_LEN, input_size=1, num_labels=10
     )
+
+
+def _load_hub_mnist() -> datasets.DatasetDict:
+    """``ylecun/mnist`` from the Hub (or its cache in offline mode), failing at once without a
+    network instead of after the Hub client's retries."""
+    hint = f"pass --data PATH, {MNIST_LOCAL_FORMAT}"
+    if not datasets.config.HF_HUB_OFFLINE:
+        import huggingface_hub
+
+        try:  # one request, no retries
+            huggingface_hub.HfApi().dataset_info(MNIST_HUB_ID, timeout=10)
+        except Exception as err:  # no network, a proxy or DNS failure, an outage, a bad token
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise ValueError(f"cannot reach {MNIST_HUB_ID} on the Hugging Face Hub "
+                             f"({type(err).__name__}: {reason}); {hint}") from None
+    try:
+        return datasets.load_dataset(MNIST_HUB_ID)
+    except ConnectionError:
+        raise ValueError(f"HF_HUB_OFFLINE is set and {MNIST_HUB_ID} is not in the Hugging Face "
+                         f"cache; {hint}") from None
 
 
 def _byte_chunks(data: bytes, seq_len: int) -> datasets.Dataset:
@@ -212,19 +262,20 @@ def _byte_chunks(data: bytes, seq_len: int) -> datasets.Dataset:
 
 
 def load_text(path: str, seq_len: int, test_fraction: float = 0.1) -> TaskData:
-    """Byte-level language modelling on a UTF-8 text file, read with the ``datasets`` text loader.
+    """Byte-level language modelling on a file, read as raw bytes.
 
-    The file's bytes are split in order: the first ``1 - test_fraction`` for training, the rest
-    for evaluation, each cut into non-overlapping windows of ``seq_len`` bytes (``input_ids`` ==
-    ``labels``, int64 in [0, 256)). The evaluation loss in nats per byte divided by ln 2 is the
-    bits per character.
+    Any file is valid: its bytes are modelled exactly as stored (CRLF line ends, Latin-1 or
+    binary data, NUL bytes), with no decoding and no newline translation. They are split in
+    order: the first ``1 - test_fraction`` for training, the rest for evaluation, each cut into
+    non-overlapping windows of ``seq_len`` bytes (``input_ids`` == ``labels``, int64 in
+    [0, 256)). The evaluation loss in nats per byte divided by ln 2 is the bits per character.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--data {path!r} is not a file")
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    docs = datasets.load_dataset("text", data_files=path, sample_by="document", split="train")
-    data = "".join(docs["text"]).encode("utf-8")
+    with open(path, "rb") as f:
+        data = f.read()
     n_test = math.ceil(len(data) * test_fraction)
     train_bytes, test_bytes = data[: len(data) - n_test], data[len(data) - n_test :]
     if len(test_bytes) < seq_len or len(train_bytes) < seq_len:

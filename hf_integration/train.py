@@ -10,6 +10,13 @@ It trains, evaluates, writes the model (``save_pretrained``, loadable with
 ``trust_remote_code=True``), a model card, ``metrics.json`` and ``learning_curve.png`` to
 ``--output-dir``, reloads the saved model with ``AutoModel*.from_pretrained``, evaluates it
 again, and prints a summary. Run ``indrnn-train --help`` for every option and its default.
+
+Every ``--save-steps`` steps it writes a Trainer checkpoint (``checkpoint-STEP``: weights,
+optimizer, scheduler, RNG states) and keeps the last ``--save-total-limit``; ``--resume``
+continues from the latest one with the same result as an uninterrupted run. SIGINT (Ctrl-C) or
+SIGTERM ends the current step, writes a checkpoint, the model and ``metrics.json``, and exits
+with 128 + the signal number. A non-finite loss or weights stop the run with exit code 1 and
+keep the last good checkpoint.
 """
 
 from __future__ import annotations
@@ -19,7 +26,11 @@ import json
 import math
 import os
 import platform
+import re
+import shutil
+import signal
 import sys
+import tempfile
 import textwrap
 import time
 from dataclasses import dataclass
@@ -28,6 +39,10 @@ import numpy as np
 import torch
 
 TASKS = ("adding", "mnist", "pmnist", "text")
+# Long runs (mnist: 100 000 steps) lose at most this many steps to a crash; short ones (the
+# adding quick start: 2000) write a checkpoint or two.
+DEFAULT_SAVE_STEPS = 1000
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")  # transformers' checkpoint folder names
 
 
 @dataclass(frozen=True)
@@ -94,8 +109,15 @@ def _nonnegative_int(text: str) -> int:
     return value
 
 
-def _optional_float(text: str) -> float | None:
-    return None if text.lower() == "none" else float(text)
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def _optional_finite_float(text: str) -> float | None:
+    return None if text.lower() == "none" else _finite_float(text)
 
 
 def _defaults_help() -> str:
@@ -127,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data", default=None,
                    help="mnist/pmnist: a local copy of ylecun/mnist (save_to_disk folder, "
                    "parquet/arrow folder or file; default: load it from the Hub); text: the "
-                   "UTF-8 text file (required)")
+                   "file to model, read as raw bytes (required)")
     g.add_argument("--seq-len", "-T", type=int, default=None,
                    help="sequence length T (adding default 100, text default 50; MNIST is 784)")
     g.add_argument("--train-size", type=_positive_int, default=None,
@@ -136,9 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--test-size", type=_positive_int, default=None,
                    help="adding: test sequences generated (default 1000); other tasks: evaluate "
                    "on at most this many test examples (default: all)")
-    g.add_argument("--permutation-seed", type=int, default=0,
+    g.add_argument("--permutation-seed", type=_nonnegative_int, default=0,
                    help="pmnist: seed of the fixed pixel permutation (default 0)")
-    g.add_argument("--test-fraction", type=float, default=0.1,
+    g.add_argument("--test-fraction", type=_finite_float, default=0.1,
                    help="text (and MNIST data without a test split): fraction held out for "
                    "testing (default 0.1)")
     m = p.add_argument_group("model")
@@ -148,26 +170,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="IndRNN layers (default: per task, below)")
     m.add_argument("--norm", choices=("none", "batch", "layer"), default=None,
                    help="normalisation after every layer (default: per task, below)")
-    m.add_argument("--dropout", type=float, default=None,
+    m.add_argument("--dropout", type=_finite_float, default=None,
                    help="dropout between layers (default: per task, below)")
     m.add_argument("--residual", action="store_true",
                    help="residual IndRNN (needs an odd --num-layers >= 3)")
     m.add_argument("--bidirectional", action="store_true",
                    help="bidirectional layers (classification tasks only)")
-    m.add_argument("--recurrent-max-abs", type=_optional_float, default=None,
+    m.add_argument("--recurrent-max-abs", type=_optional_finite_float, default=None,
                    help="clip |u| to this bound ('none' for no clip; default 2^(1/T))")
-    m.add_argument("--recurrent-min-abs", type=float, default=0.0,
+    m.add_argument("--recurrent-min-abs", type=_finite_float, default=0.0,
                    help="raise |u| to at least this value (default 0)")
     m.add_argument("--last-layer-init-near-one", action="store_true",
                    help="initialise the last layer's recurrent weights uniformly in "
                    "[2^(-1/T), 2^(1/T)] (helps the adding problem at T = 5000)")
     t = p.add_argument_group("training")
-    t.add_argument("--learning-rate", "--lr", type=float, default=None,
+    t.add_argument("--learning-rate", "--lr", type=_finite_float, default=None,
                    help="Adam learning rate (default: per task, below)")
     t.add_argument("--lr-scheduler", choices=("constant", "linear", "cosine"), default=None,
                    help="learning-rate schedule (Trainer's lr_scheduler_type; default: per task, "
                    "below)")
-    t.add_argument("--warmup-steps", type=int, default=0, help="lr warmup steps (default 0)")
+    t.add_argument("--warmup-steps", type=_nonnegative_int, default=0,
+                   help="lr warmup steps (default 0)")
     t.add_argument("--batch-size", type=_positive_int, default=None,
                    help="training batch size per device (default: per task, below)")
     t.add_argument("--eval-batch-size", type=_positive_int, default=None,
@@ -179,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: per task: adding 100, mnist 2000, text 1000)")
     t.add_argument("--logging-steps", type=_positive_int, default=None,
                    help="log the training loss every this many steps (default eval-steps / 4)")
-    t.add_argument("--max-grad-norm", type=float, default=None,
+    t.add_argument("--max-grad-norm", type=_finite_float, default=None,
                    help="clip the gradient norm (default 0 = no clipping, as in the papers)")
     t.add_argument("--seed", type=_nonnegative_int, default=0,
                    help="seed of the model init and the data (default 0)")
@@ -193,7 +216,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     o = p.add_argument_group("output")
     o.add_argument("--output-dir", default=None,
-                   help="where the model, card, metrics and curve go (default out/indrnn-TASK)")
+                   help="where the model, card, metrics, curve and checkpoints go (default "
+                   "out/indrnn-TASK)")
+    o.add_argument("--save-steps", type=_nonnegative_int, default=DEFAULT_SAVE_STEPS,
+                   help="write a resumable checkpoint (OUTPUT_DIR/checkpoint-STEP) every this "
+                   f"many steps and at the end (default {DEFAULT_SAVE_STEPS}; 0: only on "
+                   "SIGINT/SIGTERM)")
+    o.add_argument("--save-total-limit", type=_positive_int, default=2,
+                   help="keep only the newest this many checkpoints (default 2)")
+    o.add_argument("--resume", action="store_true",
+                   help="continue from the newest complete checkpoint in --output-dir, with the "
+                   "same flags (starts from step 0 when there is none)")
+    o.add_argument("--overwrite-output-dir", action="store_true",
+                   help="delete the checkpoints of an earlier run in --output-dir and start over")
     return p
 
 
@@ -208,7 +243,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--seq-len is fixed at 784 for {args.task} (one pixel per step), "
                          f"got {args.seq_len}")
     if args.task == "text" and args.data is None:
-        parser.error("the text task needs --data PATH, a UTF-8 text file to model")
+        parser.error("the text task needs --data PATH, the file to model (read as raw bytes)")
     if args.task == "adding" and args.data is not None:
         parser.error("--data is not used by the adding task (its data is generated)")
     for name in ("seq_len", "hidden_size", "num_layers", "dropout", "learning_rate",
@@ -239,6 +274,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.recurrent_max_abs = 2 ** (1 / args.seq_len)
     if args.recurrent_max_abs is not None and args.recurrent_max_abs <= 0:
         parser.error(f"--recurrent-max-abs must be > 0 or 'none', got {args.recurrent_max_abs}")
+    if args.recurrent_min_abs < 0:
+        parser.error(f"--recurrent-min-abs must be >= 0, got {args.recurrent_min_abs}")
+    if args.recurrent_max_abs is not None and args.recurrent_min_abs > args.recurrent_max_abs:
+        parser.error(f"--recurrent-min-abs ({args.recurrent_min_abs}) must not exceed "
+                     f"--recurrent-max-abs ({args.recurrent_max_abs})")
+    if args.resume and args.overwrite_output_dir:
+        parser.error("--resume and --overwrite-output-dir exclude each other")
     if args.last_layer_init_near_one and (args.recurrent_max_abs or 0) < 1:
         parser.error("--last-layer-init-near-one needs --recurrent-max-abs >= 1")
     if args.logging_steps is None:
@@ -256,6 +298,49 @@ def parse_args(argv=None) -> argparse.Namespace:
 def _flags(argv) -> list[str]:
     argv = sys.argv[1:] if argv is None else argv
     return [a.split("=", 1)[0] for a in argv]
+
+
+class UsageError(Exception):
+    """A problem the user fixes on the command line: reported in one line, exit code 2."""
+
+
+def checkpoints(output_dir: str) -> list[str]:
+    """The complete checkpoints in ``output_dir``, oldest first.
+
+    A checkpoint is complete once the Trainer has written ``trainer_state.json``, its last file:
+    a folder that a kill interrupted mid-save is not resumed from.
+    """
+    if not os.path.isdir(output_dir):
+        return []
+    found = []
+    for name in os.listdir(output_dir):
+        match = CHECKPOINT.match(name)
+        path = os.path.join(output_dir, name)
+        if match and os.path.isfile(os.path.join(path, "trainer_state.json")):
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def check_output_dir(args) -> None:
+    """Fail before any training when ``--output-dir`` cannot take the results, or holds the
+    checkpoints of an earlier run that neither ``--resume`` nor ``--overwrite-output-dir``
+    says what to do with."""
+    out = args.output_dir
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--output-dir {out!r} is a file; expected a folder (new or existing)")
+    try:
+        os.makedirs(out, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise UsageError(f"--output-dir {out!r} is not writable: {err.strerror or err}") from None
+    found = checkpoints(out)
+    if found and not (args.resume or args.overwrite_output_dir):
+        raise UsageError(
+            f"--output-dir {out!r} holds checkpoints of an earlier run (newest: "
+            f"{os.path.basename(found[-1])}): pass --resume to continue it, "
+            "--overwrite-output-dir to start over, or choose another --output-dir"
+        )
 
 
 def build_task(args):
@@ -407,7 +492,9 @@ def training_arguments(args):
         eval_strategy="steps",
         eval_steps=args.eval_steps,
         logging_steps=args.logging_steps,
-        save_strategy="no",
+        save_strategy="steps" if args.save_steps else "no",
+        save_steps=args.save_steps,
+        save_total_limit=args.save_total_limit,
         report_to="none",
         seed=args.seed,
         data_seed=args.seed,
@@ -417,6 +504,96 @@ def training_arguments(args):
         dataloader_pin_memory=torch.cuda.is_available() and not use_cpu(args),
         ddp_find_unused_parameters=False,
     )
+
+
+class TrainingStopped(Exception):
+    """The run ended before ``--max-steps``; ``exit_code`` is what ``indrnn-train`` returns."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class RunGuard:
+    """Stops a run cleanly on SIGINT/SIGTERM, and before a non-finite loss or weights are saved.
+
+    A signal only sets a flag: the step in flight finishes, then the Trainer writes a checkpoint
+    and stops, so the run can resume exactly. A second signal interrupts at once (the default
+    behaviour). A non-finite training loss, or non-finite weights at a checkpoint, stop the run
+    without saving, so the newest checkpoint stays the last good one.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signal: int | None = None
+        self.bad_loss: float | None = None  # the first non-finite training loss seen
+        self.diverged_at: int | None = None  # the step whose loss or weights were not finite
+        self._previous = {}
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():  # signal.signal's rule
+            self._previous = {sig: signal.signal(sig, self._on_signal) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _on_signal(self, signum, frame):
+        self.signal = signum
+        for sig, handler in self._previous.items():  # a second signal acts at once
+            signal.signal(sig, handler)
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        guard = self
+
+        class Callback(TrainerCallback):
+            def on_step_end(self, args, state, control, model=None, **kwargs):
+                guard.step_end(args, state, control, model)
+
+        return Callback()
+
+    def step_end(self, args, state, control, model) -> None:
+        flags = torch.tensor([self.bad_loss is not None, self.signal or 0], dtype=torch.float32)
+        if args.world_size > 1:  # every process stops at the same step, or DDP would hang
+            import torch.distributed as dist
+
+            flags = flags.to(args.device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        bad_loss, signum = bool(flags[0]), int(flags[1])
+        if signum:
+            self.signal = self.signal or signum
+            control.should_save = control.should_training_stop = True
+        if bad_loss or (control.should_save and not _finite_weights(model)):
+            self.diverged_at = state.global_step
+            control.should_save = control.should_evaluate = False
+            control.should_training_stop = True
+
+
+def _finite_weights(model) -> bool:
+    tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+
+
+def guarded_trainer(guard: RunGuard, **kwargs):
+    """A ``Trainer`` that reports a non-finite training loss to ``guard``."""
+    from transformers import Trainer
+
+    class GuardedTrainer(Trainer):
+        def training_step(self, *args, **kw):
+            loss = super().training_step(*args, **kw)
+            # One host sync per step, as the Trainer's own NaN filter of the logged loss does.
+            if guard.bad_loss is None and not torch.isfinite(loss):
+                guard.bad_loss = loss.item()
+            return loss
+
+    return GuardedTrainer(callbacks=[guard.callback()], **kwargs)
 
 
 def plot_learning_curve(log_history: list[dict], args, metric: Metric, base: float, path: str):
@@ -535,6 +712,8 @@ def run(args) -> dict:
 
     if use_cpu(args) or not torch.cuda.is_available():
         torch.set_num_threads(args.cpu_threads)
+    if args.no_progress:  # also the bars of every checkpoint's "Writing model shards"
+        transformers.utils.logging.disable_progress_bar()
     transformers.set_seed(args.seed)
     task = build_task(args)
     config = build_config(args, task)
@@ -550,12 +729,24 @@ def run(args) -> dict:
         preprocess_logits_for_metrics=_argmax_logits if classify else None,
     )
     targs = training_arguments(args)
-    trainer = Trainer(model=model, args=targs, **trainer_kwargs)
-    train_out = trainer.train()
+    guard = RunGuard()
+    trainer = guarded_trainer(guard, model=model, args=targs, **trainer_kwargs)
+    resume_from = _checkpoint_to_resume(args, trainer)
+    with guard:
+        train_out = trainer.train(resume_from_checkpoint=resume_from)
+    if guard.diverged_at is not None:
+        raise TrainingStopped(_diverged_message(args, guard), exit_code=1)
+    if guard.signal is not None:
+        _save_interrupted(args, trainer, guard.signal)
+        name = signal.Signals(guard.signal).name
+        raise TrainingStopped(
+            f"{name} at step {trainer.state.global_step}: saved the model, metrics.json and "
+            f"{os.path.basename(checkpoints(args.output_dir)[-1])} in {args.output_dir}; "
+            "continue with the same command and --resume",
+            exit_code=128 + guard.signal,
+        )
     final = trainer.evaluate()
     device = trainer.args.device
-    if trainer.is_world_process_zero():
-        os.makedirs(args.output_dir, exist_ok=True)
     trainer.save_model(args.output_dir)
     trainer.accelerator.wait_for_everyone()
 
@@ -616,11 +807,92 @@ def run(args) -> dict:
     return results
 
 
+def _checkpoint_to_resume(args, trainer) -> str | None:
+    """The checkpoint ``--resume`` continues from; with ``--overwrite-output-dir``, delete the
+    earlier run's checkpoints first (the main process, before the others look)."""
+    with trainer.args.main_process_first(desc="checkpoints"):
+        if args.overwrite_output_dir and trainer.is_world_process_zero():
+            for path in checkpoints(args.output_dir):
+                shutil.rmtree(path)
+        found = checkpoints(args.output_dir)
+    if not args.resume:
+        return None
+    if not found:
+        if trainer.is_world_process_zero():
+            print(f"indrnn-train: --resume: no checkpoint in {args.output_dir}; starting at "
+                  "step 0", file=sys.stderr)
+        return None
+    _check_same_model(found[-1], trainer.model.config)
+    return found[-1]
+
+
+def _check_same_model(checkpoint: str, config) -> None:
+    """``--resume`` with model flags that differ from the checkpoint's is a usage error, not a
+    state-dict traceback (or a silently different model)."""
+    saved = type(config).from_pretrained(checkpoint).to_diff_dict()
+    current = config.to_diff_dict()
+    ignored = {"transformers_version", "architectures", "auto_map", "dtype"}
+    differ = [f"{k}={saved.get(k)!r} there, {current.get(k)!r} here"
+              for k in sorted(set(saved) | set(current))
+              if k not in ignored and saved.get(k) != current.get(k)]
+    if differ:
+        raise UsageError(f"--resume: {checkpoint} holds a different model ({'; '.join(differ)}); "
+                         "resume with the flags of the run that wrote it")
+
+
+def _diverged_message(args, guard: RunGuard) -> str:
+    what = (f"the training loss became {guard.bad_loss}" if guard.bad_loss is not None
+            else "the weights became non-finite")
+    found = checkpoints(args.output_dir)
+    kept = (f"the last good checkpoint is {found[-1]}" if found
+            else "no checkpoint was written before it (see --save-steps)")
+    return (f"{what} at step {guard.diverged_at} (--learning-rate {args.learning_rate}; try a "
+            f"smaller one, or --max-grad-norm); the run stopped without saving the model; "
+            f"{kept}")
+
+
+def _save_interrupted(args, trainer, signum: int) -> None:
+    """The model and what is known of the run so far, next to the checkpoint just written."""
+    trainer.save_model(args.output_dir)
+    trainer.accelerator.wait_for_everyone()
+    if not trainer.is_world_process_zero():
+        return
+    log = trainer.state.log_history
+    evals = [e for e in log if "eval_loss" in e]
+    metric = METRICS[args.task]
+    partial = {
+        "task": args.task,
+        "interrupted": signal.Signals(signum).name,
+        "steps": trainer.state.global_step,
+        "max_steps": args.max_steps,
+        "checkpoint": checkpoints(args.output_dir)[-1],
+        "metric": metric.name,
+        "last_eval_step": evals[-1]["step"] if evals else None,
+        "last_eval_metric": metric.value(args.task, evals[-1]) if evals else None,
+        "command": args.command,
+        "output_dir": args.output_dir,
+    }
+    with open(os.path.join(args.output_dir, "log_history.json"), "w") as f:
+        json.dump(log, f, indent=1)
+    with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:
+        json.dump(partial, f, indent=2, default=str)
+
+
 def main(argv=None) -> int:
     """Entry point of ``indrnn-train`` and ``python -m hf_integration.train``."""
     args = parse_args(argv)
     try:
+        check_output_dir(args)
         run(args)
+    except UsageError as err:
+        print(f"indrnn-train: error: {err}", file=sys.stderr)
+        return 2
+    except TrainingStopped as err:
+        print(f"indrnn-train: {'error: ' if err.exit_code == 1 else ''}{err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop: nothing to save
+        print("indrnn-train: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
     except (FileNotFoundError, ValueError) as err:
         if "--data" in str(err):  # a data problem the user can fix: no traceback
             print(f"indrnn-train: error: {err}", file=sys.stderr)

@@ -1,9 +1,10 @@
 """IndRNNConfig: defaults, serialisation, Auto registration and validation errors."""
 
+import numpy as np
 import pytest
 from transformers import AutoConfig
 
-from hf_integration import IndRNNConfig
+from hf_integration import IndRNNConfig, IndRNNModel
 
 
 def test_defaults_and_layer_types():
@@ -86,3 +87,77 @@ def test_init_ranges_survive_json(tmp_path):
     assert loaded.recurrent_init == [0.1, 0.5]
     assert loaded.last_layer_recurrent_init == "near_one"
     assert loaded.input_weight_init == "rnn_uniform"
+
+
+# ---------------------------------------------------------------- numpy numbers and failed saves
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"hidden_size": np.int64(8), "num_hidden_layers": np.int32(2), "vocab_size": np.uint8(40)},
+        {"input_size": np.int16(2), "embedding_size": np.int64(4), "num_labels": np.int64(3)},
+        {"dropout": np.float32(0.25), "recurrent_max_abs": np.float32(1.5),
+         "recurrent_min_abs": np.float64(0.5), "initializer_range": np.float16(0.02)},
+        {"recurrent_init": (np.float32(0.0), np.float64(0.5)),
+         "last_layer_recurrent_init": np.array([0.5, 1.0], dtype=np.float32)},
+        {"bidirectional": np.bool_(True), "pad_token_id": np.int64(0),
+         "eos_token_id": [np.int64(1), np.int64(2)]},
+    ],
+)
+def test_numpy_numbers_become_python_numbers_and_save(tmp_path, kwargs):
+    config = IndRNNConfig(**kwargs)
+    for name in kwargs:
+        value = getattr(config, name)
+        for item in value if isinstance(value, list) else [value]:
+            assert type(item) in (int, float, bool), (name, type(item))
+    IndRNNModel(config).save_pretrained(tmp_path)  # config.json, then the weights
+    assert (tmp_path / "model.safetensors").is_file()
+    loaded = IndRNNConfig.from_pretrained(tmp_path)
+    for name, value in kwargs.items():
+        expected = np.asarray(value).tolist()
+        assert getattr(loaded, name) == pytest.approx(expected), name
+
+
+def test_numpy_numbers_assigned_after_construction_are_converted(tmp_path):
+    config = IndRNNConfig()
+    config.hidden_size = np.int64(16)
+    config.extra = {"steps": np.int64(3), "scale": np.float32(0.5)}
+    assert type(config.hidden_size) is int
+    assert type(config.extra["steps"]) is int and type(config.extra["scale"]) is float
+    config.save_pretrained(tmp_path)
+    assert IndRNNConfig.from_pretrained(tmp_path).extra == {"steps": 3, "scale": 0.5}
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("hidden_size", np.array([8])),
+        ("hidden_size", np.float64(8.0)),
+        ("recurrent_max_abs", np.float32("nan")),
+        ("recurrent_init", np.array([[0.0, 0.5]])),
+    ],
+)
+def test_numpy_values_that_are_not_valid_numbers_name_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        IndRNNConfig(**{field: value})
+
+
+def test_unserialisable_field_fails_before_anything_is_written(tmp_path):
+    config = IndRNNConfig(hidden_size=8)
+    config.note = {1, 2}  # a set: JSON cannot hold it
+    with pytest.raises(ValueError, match="config field 'note'.*cannot be saved to JSON"):
+        config.save_pretrained(tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+
+
+def test_interrupted_config_write_leaves_no_config_json(tmp_path, monkeypatch):
+    config = IndRNNConfig(hidden_size=8)
+
+    def interrupted(self, use_diff=True):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(IndRNNConfig, "to_json_string", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        config.save_pretrained(tmp_path)
+    assert not (tmp_path / "config.json").exists()  # before: an empty config.json

@@ -2,9 +2,11 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import datasets
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
 from hf_integration import data, train
@@ -207,6 +210,29 @@ def test_text_too_short_names_data_flag(text_file):
         data.load_text(str(text_file), seq_len=10_000)
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"line one\r\nline two\r\n" * 20,  # CRLF stays CRLF
+        "caf\xe9 na\xefve \xe0 la cr\xe8me\n".encode("latin-1") * 20,  # not UTF-8
+        bytes(range(256)) * 2,  # binary, every byte value
+        b"\x00" * 400,  # all NUL
+    ],
+    ids=["crlf", "latin-1", "binary", "all-nul"],
+)
+def test_text_is_the_file_bytes_exactly(tmp_path, raw):
+    path = tmp_path / "data.bin"
+    path.write_bytes(raw)
+    T = 8
+    task = data.load_text(str(path), seq_len=T, test_fraction=0.25)
+    n_test = int(np.ceil(len(raw) * 0.25))
+    train_part, test_part = raw[: len(raw) - n_test], raw[len(raw) - n_test:]
+    for split, part in ((task.train, train_part), (task.test, test_part)):
+        ids = split[:]["input_ids"]
+        assert bytes(ids.flatten().tolist()) == part[: len(ids) * T]
+        assert len(ids) == len(part) // T
+
+
 # ---------------------------------------------------------------------------- CLI arguments
 
 
@@ -230,6 +256,23 @@ def _exit_message(capsys, argv) -> tuple[int, str]:
         (["text", "--data", "x.txt", "--bidirectional"], "--bidirectional is not possible"),
         (["adding", "--data", "x"], "--data is not used by the adding task"),
         (["adding", "--seed", "-3"], "--seed: must be an integer >= 0, got -3"),
+        (["adding", "--learning-rate", "inf"], "--lr: must be a finite number, got inf"),
+        (["adding", "--lr", "nan"], "--lr: must be a finite number, got nan"),
+        (["adding", "--lr", "0"], "--learning-rate must be > 0, got 0.0"),
+        (["adding", "--dropout", "nan"], "--dropout: must be a finite number, got nan"),
+        (["adding", "--max-grad-norm", "inf"], "--max-grad-norm: must be a finite number"),
+        (["adding", "--test-fraction", "nan"], "--test-fraction: must be a finite number"),
+        (["adding", "--warmup-steps", "-1"], "--warmup-steps: must be an integer >= 0, got -1"),
+        (["pmnist", "--permutation-seed", "-1"], "--permutation-seed: must be an integer >= 0"),
+        (["adding", "--recurrent-max-abs", "nan"], "--recurrent-max-abs: must be a finite number"),
+        (["adding", "--recurrent-max-abs", "inf"], "--recurrent-max-abs: must be a finite number"),
+        (["adding", "--recurrent-min-abs", "-1"], "--recurrent-min-abs must be >= 0, got -1.0"),
+        (["adding", "--recurrent-min-abs", "nan"], "--recurrent-min-abs: must be a finite number"),
+        (["adding", "--recurrent-min-abs", "1.5"],  # the default max is 2^(1/100)
+         "--recurrent-min-abs (1.5) must not exceed --recurrent-max-abs (1.00695"),
+        (["adding", "--resume", "--overwrite-output-dir"], "exclude each other"),
+        (["adding", "--save-steps", "-1"], "--save-steps: must be an integer >= 0, got -1"),
+        (["adding", "--save-total-limit", "0"], "--save-total-limit: must be a positive integer"),
     ],
 )
 def test_bad_arguments_exit_with_a_message(capsys, argv, message):
@@ -436,3 +479,272 @@ def test_cli_without_matplotlib_still_saves_everything_else(tmp_path, capsys, mo
     assert "no learning_curve.png" in captured.err and "pip install matplotlib" in captured.err
     assert not (out / "learning_curve.png").exists()
     assert (out / "metrics.json").is_file() and "indrnn-train summary" in captured.out
+
+
+# ---------------------------------------------------------------------------- checkpoints, resume
+
+
+def _weights(folder: Path) -> dict:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def _checkpoint_names(out: Path) -> list[str]:
+    return [Path(p).name for p in train.checkpoints(str(out))]
+
+
+def test_killed_then_resumed_run_ends_with_the_same_weights(tmp_path, capsys, monkeypatch):
+    """SIGTERM at step 3 saves checkpoint-4 and exits 143; --resume then ends bit for bit where
+    an uninterrupted run ends (dropout and batch norm: RNG, data order and running statistics
+    are restored too)."""
+    flags = ["adding", "-T", "6", "--test-size", "20", "--dropout", "0.2", "--norm", "batch",
+             *TINY, "--save-steps", "2", "--save-total-limit", "2"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert train.main([*flags, "--output-dir", str(whole)]) == 0
+    assert _checkpoint_names(whole) == ["checkpoint-4", "checkpoint-6"]  # every 2, newest 2
+
+    guarded_trainer = train.guarded_trainer
+
+    def signalled_at_step_3(guard, **kwargs):
+        trainer = guarded_trainer(guard, **kwargs)
+        training_step = trainer.training_step
+
+        def step(*args, **kw):
+            if trainer.state.global_step == 3 and guard.signal is None:
+                os.kill(os.getpid(), signal.SIGTERM)  # the real signal, through the handler
+            return training_step(*args, **kw)
+
+        trainer.training_step = step
+        return trainer
+
+    monkeypatch.setattr(train, "guarded_trainer", signalled_at_step_3)
+    assert train.main([*flags, "--output-dir", str(parts)]) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert "SIGTERM at step 4" in err and "--resume" in err
+    assert _checkpoint_names(parts) == ["checkpoint-2", "checkpoint-4"]
+    stopped = json.loads((parts / "metrics.json").read_text())
+    assert stopped["interrupted"] == "SIGTERM" and stopped["steps"] == 4
+    interrupted_weights = _weights(parts)
+    assert all(torch.equal(interrupted_weights[k], v)
+               for k, v in _weights(parts / "checkpoint-4").items())
+
+    monkeypatch.setattr(train, "guarded_trainer", guarded_trainer)
+    assert train.main([*flags, "--output-dir", str(parts), "--resume"]) == 0
+    expected, resumed = _weights(whole), _weights(parts)
+    assert expected.keys() == resumed.keys()
+    for name, value in expected.items():
+        assert torch.equal(resumed[name], value), name
+    assert any(not torch.equal(interrupted_weights[k], v) for k, v in expected.items())
+    metrics = json.loads((parts / "metrics.json").read_text())
+    assert metrics["steps"] == 6 and "interrupted" not in metrics
+    assert metrics["final_metric"] == json.loads((whole / "metrics.json").read_text())[
+        "final_metric"]
+
+
+def test_sigint_to_the_cli_saves_model_and_metrics_then_exits_130(tmp_path, capsys):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "hf_integration.train", "adding", "-T", "6",
+               "--test-size", "20", "--hidden-size", "8", "--batch-size", "4",
+               "--max-steps", "100000", "--eval-steps", "1000", "--save-steps", "5",
+               "--no-progress", "--output-dir", str(out)]
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoint-5" / "trainer_state.json").is_file():  # training has begun
+            assert process.poll() is None, process.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no checkpoint-5 within 120 s"
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGINT, stderr[-3000:]
+    assert "Traceback" not in stderr and "SIGINT at step" in stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["interrupted"] == "SIGINT"
+    assert Path(metrics["checkpoint"]).name == f"checkpoint-{metrics['steps']}"
+    assert _checkpoint_names(out)[-1] == f"checkpoint-{metrics['steps']}"
+    model = AutoModelForSequenceClassification.from_pretrained(out, trust_remote_code=True)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+    # The same command without --resume refuses to start over the unfinished run.
+    assert train.main(command[3:]) == 2
+    err = capsys.readouterr().err
+    assert "holds checkpoints of an earlier run" in err and "--resume" in err
+
+
+def test_overwrite_output_dir_deletes_earlier_checkpoints(tmp_path, capsys):
+    out = tmp_path / "run"
+    stale = out / "checkpoint-50"
+    stale.mkdir(parents=True)
+    (stale / "trainer_state.json").write_text("{}")
+    flags = ["adding", "-T", "6", "--test-size", "20", *TINY, "--save-steps", "0",
+             "--output-dir", str(out)]
+    assert train.main(flags) == 2
+    assert "checkpoint-50" in capsys.readouterr().err and stale.is_dir()
+    assert train.main([*flags, "--overwrite-output-dir"]) == 0
+    assert not stale.exists() and _checkpoint_names(out) == []
+
+
+def test_resume_without_a_checkpoint_starts_at_step_0(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.main(["adding", "-T", "6", "--test-size", "20", *TINY, "--resume",
+                       "--output-dir", str(out)]) == 0
+    assert "no checkpoint in" in capsys.readouterr().err
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 6
+
+
+def test_resume_with_other_model_flags_is_a_one_line_error(tmp_path, capsys):
+    flags = ["adding", "-T", "6", "--test-size", "20", *TINY, "--max-steps", "2",
+             "--save-steps", "2", "--output-dir", str(tmp_path / "run")]
+    assert train.main(flags) == 0
+    err = _one_line_error(capsys, [*flags, "--resume", "--hidden-size", "16"])
+    assert "holds a different model" in err and "hidden_size=8 there, 16 here" in err
+
+
+def test_incomplete_checkpoint_is_not_resumed_from(tmp_path):
+    for step, complete in ((4, True), (8, False)):  # checkpoint-8: a save cut short by a kill
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if complete:
+            (folder / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-x").mkdir()
+    assert _checkpoint_names(tmp_path) == ["checkpoint-4"]
+
+
+# ---------------------------------------------------------------------------- divergence
+
+
+def test_non_finite_loss_stops_with_exit_1_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    # The lr warms up from 0: step 1 and 2 are finite, then 1e30 overflows the loss at step 3.
+    out = tmp_path / "run"
+    code = train.main(["adding", "-T", "6", "--test-size", "20", *TINY, "--max-steps", "8",
+                       "--learning-rate", "1e30", "--warmup-steps", "4", "--lr-scheduler",
+                       "linear", "--save-steps", "1", "--output-dir", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "the training loss became" in err and "at step 3" in err and "--learning-rate" in err
+    assert f"the last good checkpoint is {out / 'checkpoint-2'}" in err
+    assert _checkpoint_names(out) == ["checkpoint-1", "checkpoint-2"]
+    assert all(torch.isfinite(v).all() for v in _weights(out / "checkpoint-2").values())
+    assert not (out / "model.safetensors").exists() and not (out / "metrics.json").exists()
+
+
+def test_guard_refuses_to_checkpoint_non_finite_weights():
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    model = torch.nn.Linear(2, 2)
+    guard = train.RunGuard()
+    args = TrainingArguments(output_dir="unused", use_cpu=True, report_to="none")
+    control = TrainerControl(should_save=True)
+    guard.step_end(args, TrainerState(global_step=5), control, model)
+    assert control.should_save and not control.should_training_stop  # finite: saved
+    with torch.no_grad():
+        model.weight[0, 1] = float("nan")
+    guard.step_end(args, TrainerState(global_step=6), control, model)
+    assert not control.should_save and control.should_training_stop
+    assert guard.diverged_at == 6
+
+
+# ---------------------------------------------------------------------------- one-line errors
+
+
+def _one_line_error(capsys, argv) -> str:
+    capsys.readouterr()
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if line.startswith("indrnn-train")]
+    assert line.startswith("indrnn-train: error: ") and err.rstrip().endswith(line), err
+    return line
+
+
+def _random_bytes_parquet(folder: Path, mnist_dir: Path) -> Path:
+    (folder / "x.parquet").write_bytes(np.random.default_rng(0).bytes(3000))
+    return folder / "x.parquet"
+
+
+def _corrupt_parquet(folder: Path, mnist_dir: Path) -> Path:
+    good = folder / "good.parquet"
+    datasets.load_from_disk(str(mnist_dir))["train"].to_parquet(str(good))
+    raw = bytearray(good.read_bytes())
+    raw[100:-200] = bytes(len(raw) - 300)  # header and footer kept, the pages zeroed
+    (folder / "train-0.parquet").write_bytes(bytes(raw))
+    good.unlink()
+    return folder
+
+
+def _corrupt_save_to_disk(folder: Path, mnist_dir: Path) -> Path:
+    datasets.load_from_disk(str(mnist_dir)).save_to_disk(str(folder))
+    for arrow in (folder / "train").glob("*.arrow"):
+        arrow.write_bytes(b"not an arrow file" * 10)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        _random_bytes_parquet,
+        _corrupt_parquet,
+        _corrupt_save_to_disk,
+    ],
+    ids=["random-bytes", "zeroed-pages", "corrupt-save-to-disk"],
+)
+def test_corrupt_mnist_data_is_a_one_line_error(tmp_path, capsys, mnist_dir, make):
+    (tmp_path / "data").mkdir()
+    path = make(tmp_path / "data", mnist_dir)
+    err = _one_line_error(capsys, ["mnist", "--data", str(path), *TINY,
+                                   "--output-dir", str(tmp_path / "out")])
+    assert f"--data {str(path)!r} cannot be read" in err
+
+
+def test_mnist_images_of_the_wrong_size_are_a_one_line_error(tmp_path, capsys):
+    small = datasets.Dataset.from_dict(
+        {"image": [Image.fromarray(np.zeros((20, 20), np.uint8))] * 4, "label": [1, 2, 3, 4]},
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}),
+    )
+    small.save_to_disk(str(tmp_path / "small"))
+    err = _one_line_error(capsys, ["mnist", "--data", str(tmp_path / "small"), *TINY,
+                                   "--output-dir", str(tmp_path / "out")])
+    assert "must be 28x28" in err and "(20, 20)" in err and "--data" in err
+
+
+@pytest.mark.parametrize("where", ["is-a-file", "under-a-file"])
+def test_unusable_output_dir_fails_before_training(tmp_path, capsys, monkeypatch, where):
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" if where == "is-a-file" else tmp_path / "file" / "run"
+    monkeypatch.setattr(train, "run", lambda args: pytest.fail("training started"))
+    err = _one_line_error(capsys, ["adding", "--output-dir", str(out)])
+    expected = "is a file; expected a folder" if where == "is-a-file" else "is not writable"
+    assert f"--output-dir {str(out)!r} {expected}" in err
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://127.0.0.1:9"}],  # port 9: refused at once
+    ids=["offline-mode", "no-network"],
+)
+def test_mnist_without_data_or_network_fails_fast_naming_data(tmp_path, env):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HOME": str(tmp_path / "empty-cache"),
+           **env}
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "hf_integration.train", "mnist",
+                             "--no-progress", "--output-dir", str(tmp_path / "out")],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - start
+    assert result.returncode == 2, result.stderr[-3000:]
+    err = result.stderr.strip().splitlines()[-1]
+    assert err.startswith("indrnn-train: error: ") and "Traceback" not in result.stderr
+    assert "pass --data PATH" in err and "save_to_disk" in err and "28x28" in err
+    assert "Retry" not in result.stderr and elapsed < 60  # before: 5 retries, 23 s and more
+
+
+def test_ctrl_c_outside_the_training_loop_exits_130_without_a_traceback(tmp_path, capsys,
+                                                                       monkeypatch):
+    def interrupted(args):  # e.g. while the data loads, before any step
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "run", interrupted)
+    assert train.main(["adding", "--output-dir", str(tmp_path / "out")]) == 130
+    assert capsys.readouterr().err.strip() == "indrnn-train: interrupted"

@@ -21,6 +21,7 @@ from transformers.modeling_outputs import (
 from transformers.utils import logging
 
 from indrnn_triton import IndRNN
+from indrnn_triton.modules import _NORM_CLASSES
 
 from .configuration_indrnn import IndRNNConfig
 
@@ -75,9 +76,14 @@ class IndRNNPreTrainedModel(PreTrainedModel):
     accepts_loss_kwargs = False
 
     def _init_weights(self, module):
-        # The IndRNN layers keep the papers' initialisation done by indrnn_triton.IndRNN; only the
-        # embeddings and the heads are initialised here.
-        if isinstance(module, nn.Embedding):
+        # transformers calls this for every module whose tensors a checkpoint did not fully
+        # load (and for every module of a new model); the `init` functions skip the tensors
+        # that were loaded. The IndRNN stack and its norms take the scheme and config options
+        # of a freshly built IndRNN; a norm is reached on its own when its IndRNN was loaded
+        # whole (e.g. norm="batch" added to a checkpoint without norms).
+        if isinstance(module, (IndRNN, *_NORM_CLASSES.values())):
+            module.reset_parameters(init=init)
+        elif isinstance(module, nn.Embedding):
             init.normal_(module.weight, mean=0.0, std=self.config.embedding_init_std)
         elif isinstance(module, nn.Linear) and getattr(module, "_indrnn_head", False):
             init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
@@ -157,8 +163,9 @@ class IndRNNModel(IndRNNPreTrainedModel):
         Args:
             input_ids: (batch, time) token ids; or give `inputs_embeds`.
             attention_mask: (batch, time), 1 for real steps and 0 for padding (left or right):
-                the state passes padded steps unchanged. During cached generation it may be
-                longer than `input_ids`; its last `time` columns are used.
+                the state passes padded steps unchanged. With a `cache` (cached generation) it
+                may also cover the earlier steps the cache holds; its last `time` columns are
+                used. Without a cache a mask of another width is an error.
             inputs_embeds: (batch, time, embedding_size) embeddings, or (batch, time,
                 input_size) features when the config has `input_size`.
             cache: an `IndRNNCache(model.config)` (or a `DynamicCache(config=model.config)`)
@@ -198,7 +205,7 @@ class IndRNNModel(IndRNNPreTrainedModel):
 
         inputs_embeds = self._embed(input_ids, inputs_embeds)
         batch_size, seq_len = inputs_embeds.shape[:2]
-        mask = _step_mask(attention_mask, batch_size, seq_len)
+        mask = _step_mask(attention_mask, batch_size, seq_len, cached=cache is not None)
         if use_cache and cache is None:
             cache = IndRNNCache(self.config)
         hx = None if cache is None else self._read_states(cache, batch_size)
@@ -241,6 +248,7 @@ class IndRNNModel(IndRNNPreTrainedModel):
                 f"inputs_embeds must have shape (batch, time, {self.rnn_input_size}), got "
                 f"{tuple(inputs_embeds.shape)}"
             )
+        _check_embeds_dtype(inputs_embeds, self.rnn.weight_ih_l0.dtype)
         return inputs_embeds
 
     def _cache_layers(self, cache: Cache) -> list:
@@ -279,17 +287,46 @@ class IndRNNModel(IndRNNPreTrainedModel):
             layer.has_previous_state[0] = True
 
 
-def _step_mask(attention_mask, batch_size: int, seq_len: int) -> torch.Tensor | None:
+def _check_embeds_dtype(inputs_embeds: torch.Tensor, weight_dtype: torch.dtype) -> None:
+    """The input/weight dtype check torch.nn.RNN makes, before F.linear's own message about
+    m1 and m2. Under autocast a float16/bfloat16/float32 input is cast like the weights."""
+    if inputs_embeds.dtype == weight_dtype:
+        return
+    if not inputs_embeds.dtype.is_floating_point:
+        raise ValueError(
+            f"inputs_embeds must be a floating-point tensor like the model's weights "
+            f"({weight_dtype}), got {inputs_embeds.dtype}: convert it with "
+            f"inputs_embeds.to({weight_dtype}) (token ids go in input_ids)"
+        )
+    if inputs_embeds.dtype != torch.float64 and torch.is_autocast_enabled(
+        inputs_embeds.device.type
+    ):
+        return
+    raise ValueError(
+        f"inputs_embeds dtype ({inputs_embeds.dtype}) does not match the model's weight dtype "
+        f"({weight_dtype}): convert the input with inputs_embeds.to({weight_dtype}), or the "
+        f"model with model.to({inputs_embeds.dtype})"
+    )
+
+
+def _step_mask(
+    attention_mask, batch_size: int, seq_len: int, cached: bool = False
+) -> torch.Tensor | None:
+    """The (batch, time) bool mask of the steps being run. With a cache (cached generation)
+    the mask may also cover earlier steps, which the cache holds: its last `seq_len` columns
+    are this call's."""
     if attention_mask is None:
         return None
     if (
         attention_mask.dim() != 2
         or attention_mask.shape[0] != batch_size
         or attention_mask.shape[1] < seq_len
+        or (attention_mask.shape[1] > seq_len and not cached)
     ):
         raise ValueError(
-            f"attention_mask must have shape (batch, time) = ({batch_size}, {seq_len}) (or be "
-            f"longer in time during cached generation), got {tuple(attention_mask.shape)}"
+            f"attention_mask must have the (batch, time) shape of the input, ({batch_size}, "
+            f"{seq_len}), got {tuple(attention_mask.shape)}"
+            + ("" if cached else " (a longer mask is taken only with a cache of the earlier steps)")
         )
     return attention_mask[:, attention_mask.shape[1] - seq_len :].bool()
 
@@ -450,6 +487,18 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
         self.dropout = nn.Dropout(config.dropout)
         self.lm_head = _head(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+
+    def generate(self, inputs=None, *args, **kwargs):
+        prompt = kwargs.get("inputs_embeds")
+        if prompt is None:
+            prompt = inputs if inputs is not None else kwargs.get("input_ids")
+        if isinstance(prompt, torch.Tensor) and prompt.dim() >= 2 and prompt.shape[1] == 0:
+            # transformers would fail with an IndexError deep inside generate().
+            raise ValueError(
+                f"the prompt is empty: generate() needs at least one step, got a prompt of "
+                f"shape {tuple(prompt.shape)} (start from a token such as bos_token_id)"
+            )
+        return super().generate(inputs, *args, **kwargs)
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:

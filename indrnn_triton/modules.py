@@ -61,17 +61,17 @@ def _input_init(value) -> str | Callable[[Tensor], object]:
     )
 
 
-def _init_input_weight_(weight: Tensor, scheme, hidden_size: int) -> None:
+def _init_input_weight_(weight: Tensor, scheme, hidden_size: int, init=nn.init) -> None:
     if callable(scheme):
         scheme(weight)
     elif scheme == "kaiming_uniform":
         # The IndRNN authors' choice for every input-to-hidden ("fc") weight.
-        nn.init.kaiming_uniform_(weight, a=8, mode="fan_in")
+        init.kaiming_uniform_(weight, a=8, mode="fan_in")
     elif scheme == "xavier_uniform":
-        nn.init.xavier_uniform_(weight)
+        init.xavier_uniform_(weight)
     else:  # "rnn_uniform": torch.nn.RNN's U(-1/sqrt(H), 1/sqrt(H))
         bound = 1.0 / math.sqrt(hidden_size)
-        nn.init.uniform_(weight, -bound, bound)
+        init.uniform_(weight, -bound, bound)
 
 
 def _check_state(name: str, h: Tensor, want: tuple[int, ...], layout: str, device) -> None:
@@ -106,10 +106,10 @@ class _StepBatchNorm(nn.Module):
                                      training=self.training, momentum=self.momentum,
                                      eps=self.eps)
 
-    def reset_parameters(self) -> None:
-        nn.init.ones_(self.weight)
-        self.running_mean.zero_()
-        self.running_var.fill_(1.0)
+    def reset_parameters(self, init=nn.init) -> None:
+        init.ones_(self.weight)
+        init.zeros_(self.running_mean)
+        init.ones_(self.running_var)
 
 
 class _StepLayerNorm(nn.Module):
@@ -123,8 +123,8 @@ class _StepLayerNorm(nn.Module):
     def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
         return F.layer_norm(x, self.weight.shape, self.weight, None, self.eps)
 
-    def reset_parameters(self) -> None:
-        nn.init.ones_(self.weight)
+    def reset_parameters(self, init=nn.init) -> None:
+        init.ones_(self.weight)
 
 
 _NORM_CLASSES = {"batch": _StepBatchNorm, "layer": _StepLayerNorm}
@@ -319,19 +319,25 @@ class IndRNN(nn.Module):
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
-    def reset_parameters(self) -> None:
-        """(Re)initialise every parameter as described in the class docstring."""
+    def reset_parameters(self, init=nn.init) -> None:
+        """(Re)initialise every parameter and norm statistic as described in the class docstring.
+
+        ``init``: where the in-place init functions come from (``uniform_``, ``zeros_``,
+        ``ones_``, ``kaiming_uniform_``, ``xavier_uniform_`` with ``torch.nn.init``'s
+        signatures). The Hugging Face models pass ``transformers.initialization``, whose
+        functions leave alone the tensors a checkpoint has loaded.
+        """
         with torch.no_grad():
             for k in range(self.num_layers):
                 _init_input_weight_(getattr(self, f"weight_ih_l{k}"), self.input_weight_init,
-                                    self.hidden_size)
+                                    self.hidden_size, init)
                 last = k == self.num_layers - 1
                 low, high = self.last_layer_recurrent_init if last else self.recurrent_init
-                nn.init.uniform_(getattr(self, f"weight_hh_l{k}"), low, high)
+                init.uniform_(getattr(self, f"weight_hh_l{k}"), low, high)
                 if self.bias:
-                    nn.init.zeros_(getattr(self, f"bias_l{k}"))
+                    init.zeros_(getattr(self, f"bias_l{k}"))
             for norm in self.norms or ():
-                norm.reset_parameters()
+                norm.reset_parameters(init)
 
     @torch.no_grad()
     def constrain_(self) -> IndRNN:

@@ -123,7 +123,8 @@ def test_text_generation_pipeline(tokenizer):
     generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
     text = generator("hello", max_new_tokens=5, do_sample=False)[0]["generated_text"]
     assert text.startswith("hello")
-    ids = tokenizer("hello", add_special_tokens=False, return_tensors="pt").input_ids
+    # The pipeline encodes the prompt with the tokenizer's special tokens (ByT5's "</s>").
+    ids = tokenizer("hello", return_tensors="pt").input_ids
     expected = model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0)
     assert text == tokenizer.decode(expected[0], skip_special_tokens=True)
 
@@ -162,3 +163,16 @@ def test_cached_generation_with_a_compiled_forward():
     compiled = _generate(model, ids, attention_mask=mask)
     assert compiled.shape == (3, 8 + NEW)
     assert torch.equal(compiled, eager)
+
+
+@pytest.mark.parametrize("prompt", ["input_ids", "input_ids_keyword", "inputs_embeds"])
+def test_generate_with_an_empty_prompt_says_it_is_empty(prompt):
+    model = tiny_model(IndRNNForCausalLM)
+    ids = torch.zeros(2, 0, dtype=torch.long)
+    args, kwargs = {
+        "input_ids": ((ids,), {}),
+        "input_ids_keyword": ((), {"input_ids": ids}),
+        "inputs_embeds": ((), {"inputs_embeds": torch.zeros(2, 0, 12)}),
+    }[prompt]
+    with pytest.raises(ValueError, match=r"the prompt is empty.*shape \(2, 0"):
+        model.generate(*args, max_new_tokens=NEW, pad_token_id=0, **kwargs)

@@ -1,6 +1,7 @@
 """The IndRNN models: outputs, padding, losses, save/load, checkpointing, torch.compile."""
 
 import logging
+import math
 
 import pytest
 import torch
@@ -82,7 +83,7 @@ def test_input_errors_name_the_argument():
         model(input_ids=ids, inputs_embeds=model.embeddings(ids))
     with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):
         model()
-    with pytest.raises(ValueError, match="attention_mask must have shape"):
+    with pytest.raises(ValueError, match=r"attention_mask must have the \(batch, time\) shape"):
         model(input_ids=ids, attention_mask=torch.ones(2, 4))
     with pytest.raises(ValueError, match="bidirectional=False"):
         IndRNNForCausalLM(tiny_model(IndRNNModel, bidirectional=True).config)
@@ -92,6 +93,51 @@ def test_input_errors_name_the_argument():
     assert cache_of(bidirectional(input_ids=ids)) is None
     with pytest.raises(ValueError, match="bidirectional=False"):
         bidirectional(input_ids=ids, use_cache=True)
+
+
+@pytest.mark.parametrize("cls", list(OUTPUT_CLASSES))
+def test_attention_mask_wider_than_the_input_without_a_cache_raises(cls):
+    model = tiny_model(cls)
+    ids = torch.randint(3, VOCAB, (2, 5))
+    want = r"shape of the input, \(2, 5\), got \(2, 7\).*longer mask is taken only with a cache"
+    with pytest.raises(ValueError, match=want):
+        model(input_ids=ids, attention_mask=torch.ones(2, 7, dtype=torch.long))
+
+
+def test_attention_mask_covering_the_cached_steps_is_taken():
+    model = tiny_model(IndRNNForCausalLM)
+    ids = torch.randint(3, VOCAB, (2, 7))
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[0, :2] = 0  # left padding, seen by the first call only
+    first = model(input_ids=ids[:, :4], attention_mask=mask[:, :4])
+    second = model(input_ids=ids[:, 4:], attention_mask=mask, cache=cache_of(first))
+    torch.testing.assert_close(second.logits,
+                               model(input_ids=ids, attention_mask=mask).logits[:, 4:])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.long])
+@pytest.mark.parametrize("cls", list(OUTPUT_CLASSES))
+def test_inputs_embeds_of_another_dtype_say_how_to_convert(cls, dtype):
+    model = tiny_model(cls)
+    embeds = torch.ones(2, 5, 12, dtype=dtype)
+    convert = r"inputs_embeds\.to\(torch\.float32\)"
+    want = (rf"floating-point tensor.*got torch\.int64: convert it with {convert}"
+            if dtype == torch.long else
+            rf"inputs_embeds dtype \({dtype}\) does not match the model's weight dtype "
+            rf"\(torch\.float32\): convert the input with {convert}, or the model with "
+            rf"model\.to\({dtype}\)")
+    with pytest.raises(ValueError, match=want):
+        model(inputs_embeds=embeds)
+
+
+def test_inputs_embeds_in_bfloat16_under_autocast_run():
+    model = tiny_model(IndRNNForCausalLM)
+    ids = torch.randint(3, VOCAB, (2, 5))
+    embeds = model.get_input_embeddings()(ids)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        from_bf16 = model(inputs_embeds=embeds.bfloat16()).logits
+        from_fp32 = model(inputs_embeds=embeds).logits
+    torch.testing.assert_close(from_bf16, from_fp32)
 
 
 def _check_padding(cls, side, **overrides):
@@ -376,3 +422,91 @@ def test_both_kernel_paths_pad_and_continue(backend):
     first = lm(input_ids=ids[:, :3])
     last = lm(input_ids=ids[:, 3:], cache=cache_of(first)).logits
     torch.testing.assert_close(last, lm(input_ids=ids).logits[:, 3:])
+
+
+# ----------------------------------------------------------------------------------------------
+# Weights a checkpoint lacks: initialised as in a freshly built model, loaded ones kept.
+# ----------------------------------------------------------------------------------------------
+
+INIT_OPTIONS = dict(recurrent_max_abs=1.5, recurrent_init=[0.2, 0.3],
+                    last_layer_recurrent_init="near_one", input_weight_init="rnn_uniform")
+
+
+@pytest.fixture
+def nan_empty_like(monkeypatch):
+    """Tensors transformers materialises for missing keys start as NaN instead of whatever
+    memory held, so a tensor left uninitialised fails the checks every time."""
+    empty_like = torch.empty_like
+
+    def nan_filled(*args, **kwargs):
+        t = empty_like(*args, **kwargs)
+        return t.fill_(math.nan) if t.dtype.is_floating_point else t
+
+    monkeypatch.setattr(torch, "empty_like", nan_filled)
+
+
+def _assert_fresh(name: str, tensor: torch.Tensor, config) -> None:
+    """`tensor` is finite and in the range the config's initialisation draws `name` from."""
+    assert torch.isfinite(tensor).all(), name
+    layer = name.rsplit("_l", 1)[-1]
+    if "rnn.weight_ih" in name:  # rnn_uniform: U(-1/sqrt(H), 1/sqrt(H))
+        bound = 1 / math.sqrt(config.hidden_size)
+        assert tensor.abs().max() <= bound and tensor.std() > bound / 4, name
+    elif "rnn.weight_hh" in name:
+        last = int(layer) == config.num_hidden_layers - 1
+        low, high = (1 / 1.5, 1.5) if last else (0.2, 0.3)
+        assert low <= tensor.min() and tensor.max() <= high and tensor.std() > 0, name
+    elif "rnn.bias" in name or name.endswith("running_mean") or name.endswith("classifier.bias"):
+        assert torch.equal(tensor, torch.zeros_like(tensor)), name
+    elif ".norms." in name:  # the norms' scales and running variances
+        assert torch.equal(tensor, torch.ones_like(tensor)), name
+    else:  # embeddings (std 1) and heads (std initializer_range 0.5)
+        assert 0.1 < tensor.std() < 2, name
+
+
+def _assert_loaded_or_fresh(model, saved: dict) -> None:
+    for name, tensor in model.state_dict().items():
+        if name in saved and saved[name].shape == tensor.shape:
+            assert torch.equal(tensor, saved[name]), f"{name} was loaded but changed"
+        else:
+            _assert_fresh(name, tensor, model.config)
+
+
+LOAD_CASES = {
+    "grown_by_a_layer": dict(num_hidden_layers=3),
+    "norm_added": dict(norm="batch"),
+    "hidden_size_changed": dict(hidden_size=16, ignore_mismatched_sizes=True),
+    "rnn_keys_removed": {},
+}
+
+
+@pytest.mark.parametrize("case", list(LOAD_CASES))
+@pytest.mark.parametrize("cls", list(OUTPUT_CLASSES))
+def test_weights_missing_from_a_checkpoint_are_initialised_like_a_new_model(
+    cls, case, tmp_path, nan_empty_like
+):
+    model = tiny_model(cls, **INIT_OPTIONS)
+    saved = {name: t.clone() for name, t in model.state_dict().items()}
+    if case == "rnn_keys_removed":
+        saved = {name: t for name, t in saved.items() if "rnn." not in name}
+    model.save_pretrained(tmp_path, state_dict=dict(saved))  # it empties the dict it gets
+    loaded = cls.from_pretrained(tmp_path, **LOAD_CASES[case])
+    new = [name for name in loaded.state_dict()
+           if name not in saved or saved[name].shape != loaded.state_dict()[name].shape]
+    assert any("rnn." in name for name in new)  # the case does leave IndRNN tensors missing
+    _assert_loaded_or_fresh(loaded, saved)
+    ids = torch.randint(3, VOCAB, (2, 5))
+    assert torch.isfinite(head_logits(loaded.eval(), input_ids=ids)).all()
+
+
+@pytest.mark.parametrize("cls", list(OUTPUT_CLASSES))
+def test_model_built_on_meta_device_initialises_every_tensor(cls):
+    config = tiny_model(cls, norm="batch", **INIT_OPTIONS).config
+    with torch.device("meta"):
+        model = cls(config)
+    model.to_empty(device="cpu")
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            tensor.fill_(math.nan)  # what to_empty's memory may hold
+    model.initialize_weights()
+    _assert_loaded_or_fresh(model, saved={})

@@ -12,20 +12,18 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache, LinearAttentionCacheLayerMixin
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutputWithPast,
     CausalLMOutputWithPast,
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
-from transformers.utils import logging
 
 from indrnn_triton import IndRNN
 from indrnn_triton.modules import _NORM_CLASSES
 
 from .configuration_indrnn import IndRNNConfig
-
-logger = logging.get_logger(__name__)
 
 # transformers renamed the cache argument and output field from `past_key_values` to `cache`
 # (5.2x); the models accept both names and fill whichever field this version's outputs have.
@@ -117,6 +115,28 @@ def _cache_argument(cache, past_key_values):
     return cache if cache is not None else past_key_values
 
 
+class IndRNNLayer(GradientCheckpointingLayer):
+    """Layer `index` of the model's IndRNN stack as its own block, the unit that
+    `activation_checkpointing_enable(every_n_layers=...)` checkpoints.
+
+    The parameters stay in the `IndRNN` module (`rnn.weight_ih_l{index}`, ...), where
+    checkpoints have always stored them; this block holds a plain reference to that module,
+    not a submodule, so that they are not listed under a second name.
+    """
+
+    def __init__(self, rnn: IndRNN, index: int):
+        super().__init__()
+        self.index = index
+        self._rnn = (rnn,)
+
+    def forward(self, hidden_states, h0, mask, shortcut):
+        """`IndRNN.forward_layer` of this layer: returns (output, h_n, shortcut)."""
+        return self._rnn[0].forward_layer(self.index, hidden_states, h0, mask, shortcut)
+
+    def extra_repr(self) -> str:
+        return f"index={self.index}"
+
+
 class IndRNNModel(IndRNNPreTrainedModel):
     """Token embeddings (or continuous input features) through a stack of IndRNN layers."""
 
@@ -144,7 +164,7 @@ class IndRNNModel(IndRNNPreTrainedModel):
             input_weight_init=config.input_weight_init,
         )
         self.rnn_input_size = rnn_input_size
-        self.gradient_checkpointing = False
+        self.layers = nn.ModuleList(IndRNNLayer(self.rnn, k) for k in range(self.rnn.num_layers))
         self.post_init()
 
     def forward(
@@ -173,8 +193,9 @@ class IndRNNModel(IndRNNPreTrainedModel):
                 updated in place when `use_cache`. Created here when `use_cache` and None.
             use_cache: update and return the cache (default: when a cache is given, else
                 `config.use_cache` outside training for unidirectional models).
-            output_hidden_states: also return `hidden_states` = (the IndRNN stack's input,
-                its output); the layers run inside one fused `IndRNN` module.
+            output_hidden_states: also return `hidden_states`, num_hidden_layers + 1 tensors:
+                the IndRNN stack's input, then each layer's output ((batch, time, 2 *
+                hidden_size) for bidirectional layers).
             past_key_values: the name `cache` had before transformers 5.2x.
         """
         cache = _cache_argument(cache, past_key_values)
@@ -184,19 +205,10 @@ class IndRNNModel(IndRNNPreTrainedModel):
             else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         if use_cache is None:
             use_cache = cache is not None or (
                 self.config.use_cache and not self.training and not self.config.bidirectional
             )
-        if checkpointing and (use_cache or cache is not None):
-            # The recomputation in backward would update the cache a second time.
-            logger.warning_once(
-                "Gradient checkpointing is on in training: the cache is not updated "
-                "(use_cache=False); a cache passed in still gives the starting states."
-            )
-        if checkpointing:
-            use_cache = False
         if self.config.bidirectional and (use_cache or cache is not None):
             raise ValueError(
                 "cache and use_cache=True continue a sequence step by step, which needs "
@@ -208,22 +220,27 @@ class IndRNNModel(IndRNNPreTrainedModel):
         mask = _step_mask(attention_mask, batch_size, seq_len, cached=cache is not None)
         if use_cache and cache is None:
             cache = IndRNNCache(self.config)
-        hx = None if cache is None else self._read_states(cache, batch_size)
+        states = self._read_states(cache, batch_size)
 
-        if checkpointing:
-            hidden_states, h_n = self._gradient_checkpointing_func(
-                self.rnn.__call__, inputs_embeds, hx, mask
-            )
-        else:
-            hidden_states, h_n = self.rnn(inputs_embeds, hx=hx, mask=mask)
+        # One IndRNNLayer call per layer: each is a block that activation checkpointing may
+        # recompute in backward. The cache is written here, outside the blocks, so a
+        # recomputation never updates it a second time.
+        hidden_states, shortcut = inputs_embeds, None
+        all_hidden_states = [inputs_embeds] if output_hidden_states else None
+        last_states = []
+        for layer, h0 in zip(self.layers, states, strict=True):
+            hidden_states, h_n, shortcut = layer(hidden_states, h0, mask, shortcut)
+            last_states.append(h_n)
+            if output_hidden_states:
+                all_hidden_states.append(hidden_states)
         if use_cache:
-            self._write_states(cache, h_n)
+            self._write_states(cache, last_states)
             if isinstance(cache, IndRNNCache):
                 cache.seen_steps += seq_len
 
         output = BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
-            hidden_states=(inputs_embeds, hidden_states) if output_hidden_states else None,
+            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
             **{_CACHE_FIELD: cache if use_cache else None},
         )
         return output if return_dict else output.to_tuple()
@@ -262,26 +279,29 @@ class IndRNNModel(IndRNNPreTrainedModel):
             )
         return layers
 
-    def _read_states(self, cache: Cache, batch_size: int) -> torch.Tensor | None:
-        """The cached states as the IndRNN's hx, (layers * directions, batch, hidden), or None."""
+    def _read_states(self, cache: Cache | None, batch_size: int) -> list:
+        """Each layer's cached state as its (directions, batch, hidden) h0, or Nones."""
+        if cache is None:
+            return [None] * self.config.num_hidden_layers
         layers = self._cache_layers(cache)
         if not all(layer.has_previous_state[0] for layer in layers):
-            return None
-        states = torch.cat([layer.recurrent_states[0] for layer in layers], dim=1)
-        if states.shape[0] != batch_size:
+            return [None] * len(layers)
+        states = [layer.recurrent_states[0] for layer in layers]
+        if states[0].shape[0] != batch_size:
             raise ValueError(
-                f"cache holds states for batch size {states.shape[0]}, but the input has "
+                f"cache holds states for batch size {states[0].shape[0]}, but the input has "
                 f"batch size {batch_size}"
             )
-        return states.transpose(0, 1).contiguous()
+        # Copies: the cache is updated in place after this call, while autograd may still
+        # need each h0 (training with a cache).
+        return [state.transpose(0, 1).clone(memory_format=torch.contiguous_format)
+                for state in states]
 
-    def _write_states(self, cache: Cache, h_n: torch.Tensor) -> None:
+    def _write_states(self, cache: Cache, last_states: list) -> None:
         # Stored batch-first, (batch, directions, hidden) per layer, so that the cache's beam
         # reordering (index_select on dim 0) applies; kept in the float32 the kernel returns.
-        directions = self.config.num_directions
-        states = h_n.transpose(0, 1)
-        for idx, layer in enumerate(self._cache_layers(cache)):
-            layer.update_recurrent_state(states[:, idx * directions : (idx + 1) * directions], 0)
+        for layer, h_n in zip(self._cache_layers(cache), last_states, strict=True):
+            layer.update_recurrent_state(h_n.transpose(0, 1), 0)
             # LinearAttentionLayer only sets this flag from update_conv_state; without it the
             # next step would start again from zeros.
             layer.has_previous_state[0] = True

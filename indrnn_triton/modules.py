@@ -204,7 +204,7 @@ class IndRNN(nn.Module):
         ``norms[k].weight`` (D*H,) and, for batch norm, ``norms[k].running_mean`` /
         ``running_var``.
 
-    Inputs: ``x, hx=None, mask=None``
+    Inputs: ``x, hx=None, mask=None, *, output_layers=False``
         x: (T, B, input_size), (B, T, input_size) with ``batch_first``, or a PackedSequence
             (then the output is a PackedSequence too; pass no mask). One unbatched sequence
             (T, input_size) is taken too, as ``torch.nn.RNN`` does: hx is then
@@ -215,10 +215,17 @@ class IndRNN(nn.Module):
             On padding the state is carried (as in the op), so left and right padding both
             work and h_n is the state after each sequence's last real step (first, for the
             backward direction). At padding positions the output repeats the carried state.
+        output_layers: also return every layer's output (below).
 
-    Outputs: ``output, h_n``
+    Outputs: ``output, h_n``, or ``output, h_n, layer_outputs`` with ``output_layers=True``
         output: (T, B, D*H) / (B, T, D*H) in the input's dtype (or the autocast dtype).
         h_n: (num_layers*D, B, H) float32 (float64 for float64 inputs).
+        layer_outputs: a tuple of num_layers tensors, layer k's output in the layout of
+            ``output`` (a PackedSequence for a packed input; the last one is ``output``). These
+            are the tensors the stack computes anyway: asking for them keeps them alive, it
+            computes nothing more.
+
+    :meth:`forward_layer` runs one layer alone; ``forward`` chains them.
 
     Copies of (T, B, ·) tensors: none in the recurrence. Each layer allocates its GEMM output
     and its recurrence output (the one saved for backward); ``norm`` adds its own output (and
@@ -390,8 +397,14 @@ class IndRNN(nn.Module):
         return PackedSequence(data, x.batch_sizes, x.sorted_indices, x.unsorted_indices)
 
     def forward(
-        self, x: Tensor | PackedSequence, hx: Tensor | None = None, mask: Tensor | None = None
-    ) -> tuple[Tensor | PackedSequence, Tensor]:
+        self,
+        x: Tensor | PackedSequence,
+        hx: Tensor | None = None,
+        mask: Tensor | None = None,
+        *,
+        output_layers: bool = False,
+    ) -> tuple:
+        _bool("output_layers", output_layers)
         if isinstance(x, Tensor) and x.dim() == 2:
             # One unbatched sequence (T, input_size), as torch.nn.RNN takes it whatever
             # batch_first says; hx is then (num_layers*D, H) and mask (T,).
@@ -406,14 +419,19 @@ class IndRNN(nn.Module):
                 raise ValueError(f"mask must have shape (T,) for an unbatched (T, input_size) x, "
                                  f"got {_shape_of(mask)}")
             b = 0 if self.batch_first else 1
-            out, h_n = self._forward(x.unsqueeze(b), None if hx is None else hx.unsqueeze(1),
-                                     None if mask is None else mask.unsqueeze(b))
-            return out.squeeze(b), h_n.squeeze(1)
-        return self._forward(x, hx, mask)
+            out, h_n, layers = self._forward(x.unsqueeze(b),
+                                             None if hx is None else hx.unsqueeze(1),
+                                             None if mask is None else mask.unsqueeze(b),
+                                             output_layers)
+            out, h_n, layers = out.squeeze(b), h_n.squeeze(1), tuple(y.squeeze(b) for y in layers)
+        else:
+            out, h_n, layers = self._forward(x, hx, mask, output_layers)
+        return (out, h_n, layers) if output_layers else (out, h_n)
 
     def _forward(
-        self, x: Tensor | PackedSequence, hx: Tensor | None, mask: Tensor | None
-    ) -> tuple[Tensor | PackedSequence, Tensor]:
+        self, x: Tensor | PackedSequence, hx: Tensor | None, mask: Tensor | None,
+        output_layers: bool,
+    ) -> tuple[Tensor | PackedSequence, Tensor, tuple]:
         packed = x if isinstance(x, PackedSequence) else None
         if packed is not None:
             if mask is not None:
@@ -421,36 +439,77 @@ class IndRNN(nn.Module):
                                  "give the padding)")
             x, lengths, mask = self._padded_from_packed(packed)
         self._check_inputs(x, hx, mask)
-        D, L = self.num_directions, self.num_layers
-        h_ns = []
-        layer_in, stream = x, None
-        for k in range(L):
-            if k > 0:
-                layer_in = dropout_over_time(layer_in, self.dropout, self.training,
-                                             self.batch_first)
-            weight_ih = getattr(self, f"weight_ih_l{k}")
-            if self.residual and k >= 2 and k % 2 == 0:
-                # The shortcut is added by the GEMM itself: pre = pre_{k-2} + x W^T.
-                pre = torch.addmm(stream.flatten(0, 1), layer_in.flatten(0, 1),
-                                  weight_ih.t()).view(stream.shape)
-            else:
-                pre = F.linear(layer_in, weight_ih)
-            if self.residual and k % 2 == 0:
-                stream = pre
-            if self.norms is not None:
-                pre = self.norms[k](pre, mask)
-            layer_in, h_n = indrnn_recurrence(
-                pre, getattr(self, f"weight_hh_l{k}"), getattr(self, f"bias_l{k}"),
-                None if hx is None else hx[k * D:(k + 1) * D],
-                recurrent_max_abs=self.recurrent_max_abs,
-                recurrent_min_abs=self.recurrent_min_abs, mask=mask,
-                batch_first=self.batch_first, bidirectional=self.bidirectional,
+        D = self.num_directions
+        h_ns, layers = [], []
+        layer_in, shortcut = x, None
+        for k in range(self.num_layers):
+            layer_in, h_n, shortcut = self.forward_layer(
+                k, layer_in, None if hx is None else hx[k * D:(k + 1) * D], mask, shortcut
             )
             h_ns.append(h_n)
-        h_n = torch.cat(h_ns) if L > 1 else h_ns[0]
+            if output_layers:
+                layers.append(layer_in)
+        h_n = torch.cat(h_ns) if len(h_ns) > 1 else h_ns[0]
         if packed is not None:
-            return self._packed_from_padded(layer_in, lengths, packed), h_n
-        return layer_in, h_n
+            layers = [self._packed_from_padded(y, lengths, packed) for y in layers]
+            return self._packed_from_padded(layer_in, lengths, packed), h_n, tuple(layers)
+        return layer_in, h_n, tuple(layers)
+
+    def forward_layer(
+        self,
+        k: int,
+        x: Tensor,
+        h0: Tensor | None = None,
+        mask: Tensor | None = None,
+        shortcut: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Layer ``k`` alone: dropout of its input (k > 0, in training), the GEMM (plus the
+        residual shortcut), the norm, then the recurrence. Chaining the layers from 0 to
+        num_layers - 1 is :meth:`forward` on a padded tensor; running them one at a time lets
+        a caller wrap each one, e.g. in activation checkpointing (the Hugging Face models do).
+
+        Args:
+            k: the layer, 0 <= k < num_layers.
+            x: its input, (T, B, I_k), or (B, T, I_k) with ``batch_first``: the stack's input
+                for k = 0 (I_0 = input_size), else layer k-1's output (I_k = D*H).
+            h0: (D, B, H) initial states of this layer, or None for zeros.
+            mask: as in :meth:`forward`, for a padded tensor.
+            shortcut: with ``residual``, the ``shortcut`` layer k-1 returned (None for k = 0).
+
+        Returns:
+            ``(output, h_n, shortcut)``: output as x with D*H features; h_n (D, B, H) float32;
+            shortcut: the pre-activations to hand to layer k+1 (None without ``residual``).
+        """
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < self.num_layers:
+            raise ValueError(f"k must be a layer index in [0, {self.num_layers}), got {k!r}")
+        want = self.input_size if k == 0 else self.num_directions * self.hidden_size
+        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != want:
+            layout = "(B, T, I_k)" if self.batch_first else "(T, B, I_k)"
+            raise ValueError(f"x must have shape {layout} with I_{k} = {want} for layer {k}, "
+                             f"got {_shape_of(x)}")
+        adds_shortcut = self.residual and k >= 2 and k % 2 == 0
+        if adds_shortcut and shortcut is None:
+            raise ValueError(f"shortcut must be the one layer {k - 1} returned: layer {k} of a "
+                             "residual IndRNN adds it, got None")
+        if k > 0:
+            x = dropout_over_time(x, self.dropout, self.training, self.batch_first)
+        weight_ih = getattr(self, f"weight_ih_l{k}")
+        if adds_shortcut:
+            # The shortcut is added by the GEMM itself: pre = pre_{k-2} + x W^T.
+            pre = torch.addmm(shortcut.flatten(0, 1), x.flatten(0, 1),
+                              weight_ih.t()).view(shortcut.shape)
+        else:
+            pre = F.linear(x, weight_ih)
+        if self.residual and k % 2 == 0:
+            shortcut = pre
+        if self.norms is not None:
+            pre = self.norms[k](pre, mask)
+        out, h_n = indrnn_recurrence(
+            pre, getattr(self, f"weight_hh_l{k}"), getattr(self, f"bias_l{k}"), h0,
+            recurrent_max_abs=self.recurrent_max_abs, recurrent_min_abs=self.recurrent_min_abs,
+            mask=mask, batch_first=self.batch_first, bidirectional=self.bidirectional,
+        )
+        return out, h_n, shortcut
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"

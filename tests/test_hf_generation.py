@@ -92,12 +92,12 @@ def test_each_new_token_is_one_step():
         lengths.append(kwargs["inputs_embeds"].shape[1] if args == () else args[0].shape[1])
 
     model.model.register_forward_pre_hook(record, with_kwargs=True)
-    model.model.rnn.register_forward_pre_hook(lambda m, args, kwargs: states.append(kwargs["hx"]),
-                                              with_kwargs=True)
+    for layer in model.model.layers:  # args: hidden_states, h0, mask, shortcut
+        layer.register_forward_pre_hook(lambda m, args: states.append(args[1]))
     _generate(model, torch.randint(3, VOCAB, (2, 10)))
     assert lengths == [10] + [1] * (NEW - 1)
-    assert states[0] is None
-    assert all(s is not None and s.shape == (2, 2, 12) for s in states[1:])
+    assert states[:2] == [None, None]
+    assert all(s is not None and s.shape == (1, 2, 12) for s in states[2:])
 
 
 def test_cached_state_stays_float32_in_bfloat16():

@@ -1,6 +1,5 @@
 """The IndRNN models: outputs, padding, losses, save/load, checkpointing, torch.compile."""
 
-import logging
 import math
 
 import pytest
@@ -45,13 +44,26 @@ def test_output_class_shapes_and_tuple(cls):
         IndRNNForCausalLM: (2, 7, VOCAB),
     }[cls]
     assert tuple(logits.shape) == want
-    assert len(out.hidden_states) == 2
+    assert len(out.hidden_states) == model.config.num_hidden_layers + 1
     assert out.hidden_states[0].shape == (2, 7, 12)  # the embeddings
-    assert torch.equal(out.hidden_states[-1], model(input_ids=ids, output_hidden_states=True)
-                       .hidden_states[-1])
     as_tuple = model(input_ids=ids, return_dict=False)
     assert isinstance(as_tuple, tuple)
     assert torch.equal(as_tuple[0], logits)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["unidirectional", "bidirectional"])
+def test_hidden_states_are_the_input_then_every_layers_output(bidirectional):
+    model = tiny_model(IndRNNModel, num_hidden_layers=3, bidirectional=bidirectional)
+    ids, mask = padded_batch(random_tokens([4, 7]), "left")
+    out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    embeds = model.embeddings(ids)
+    _, _, layers = model.rnn(embeds, mask=mask, output_layers=True)
+    assert len(out.hidden_states) == 4
+    assert torch.equal(out.hidden_states[0], embeds)
+    for hidden, layer in zip(out.hidden_states[1:], layers, strict=True):
+        assert hidden.shape == (2, 7, 24 if bidirectional else 12)
+        assert torch.equal(hidden, layer)
+    assert out.hidden_states[-1] is out.last_hidden_state
 
 
 @pytest.mark.parametrize("cls", list(OUTPUT_CLASSES))
@@ -277,60 +289,92 @@ def test_tied_word_embeddings(tmp_path):
     assert untied.lm_head.weight is not untied.model.embeddings.weight
 
 
+def test_state_dict_keys_are_those_of_existing_checkpoints():
+    """Per-layer checkpointing blocks hold no parameters: checkpoints keep the keys of the
+    IndRNN module (model.rnn.weight_ih_l0, ...) that earlier versions saved."""
+    model = tiny_model(IndRNNForCausalLM, norm="batch")
+    per_layer = [f"model.rnn.{name}_l{k}" for k in range(2)
+                 for name in ("weight_ih", "weight_hh", "bias")]
+    norms = [f"model.rnn.norms.{k}.{name}" for k in range(2)
+             for name in ("weight", "running_mean", "running_var")]
+    assert sorted(model.state_dict()) == sorted(
+        ["model.embeddings.weight", *per_layer, *norms, "lm_head.weight"]
+    )
+
+
+def _count_layer_runs(model) -> list:
+    """The index of every IndRNN layer run from now on, recomputations in backward included."""
+    runs, forward_layer = [], model.model.rnn.forward_layer
+
+    def counting(k, *args):
+        runs.append(k)
+        return forward_layer(k, *args)
+
+    model.model.rnn.forward_layer = counting
+    return runs
+
+
 @pytest.mark.parametrize("case", ["sequence_classification", "causal_lm", "continuous"])
-def test_gradient_checkpointing_same_gradients(case):
+def test_gradient_checkpointing_per_layer_same_gradients(case):
     ids, mask = padded_batch(random_tokens([6, 9, 4]), "right")
+    overrides = dict(num_hidden_layers=3, dropout=0.3)  # dropout: the recomputation's RNG
     if case == "causal_lm":
-        model = tiny_model(IndRNNForCausalLM)
+        model = tiny_model(IndRNNForCausalLM, **overrides)
         inputs = {"input_ids": ids, "labels": ids}
     elif case == "continuous":
-        model = tiny_model(IndRNNForSequenceClassification, input_size=3, num_labels=1)
+        model = tiny_model(IndRNNForSequenceClassification, input_size=3, num_labels=1,
+                           **overrides)
         inputs = {"inputs_embeds": torch.randn(3, 9, 3), "labels": torch.randn(3)}
     else:
-        model = tiny_model(IndRNNForSequenceClassification)
+        model = tiny_model(IndRNNForSequenceClassification, **overrides)
         inputs = {"input_ids": ids, "labels": torch.tensor([0, 1, 2])}
     model.train()
 
     def grads():
         model.zero_grad()
+        torch.manual_seed(1)
         model(attention_mask=mask, **inputs).loss.backward()
         return {n: p.grad.clone() for n, p in model.named_parameters()}
 
-    calls = []
-    model.model.rnn.register_forward_pre_hook(lambda *args: calls.append(1))
+    runs = _count_layer_runs(model)
     plain = grads()
-    assert len(calls) == 1
-    model.gradient_checkpointing_enable()
-    assert model.model.gradient_checkpointing
-    checkpointed = grads()
-    assert len(calls) == 3  # forward, then the recomputation in backward
-    assert plain.keys() == checkpointed.keys()
-    for name in plain:
-        torch.testing.assert_close(checkpointed[name], plain[name], msg=name)
+    assert runs == [0, 1, 2]
+    for every_n_layers, recomputed in ((1, [2, 1, 0]), (2, [2, 0])):
+        model.activation_checkpointing_enable(every_n_layers=every_n_layers)
+        assert [layer.gradient_checkpointing for layer in model.model.layers] == [
+            k % every_n_layers == 0 for k in range(3)
+        ]
+        runs.clear()
+        checkpointed = grads()
+        assert runs == [0, 1, 2, *recomputed]  # forward, then each checkpointed layer again
+        assert plain.keys() == checkpointed.keys()
+        for name in plain:
+            torch.testing.assert_close(checkpointed[name], plain[name], msg=name)
+    model.activation_checkpointing_disable()
+    runs.clear()
+    grads()
+    assert runs == [0, 1, 2]
 
 
-def test_gradient_checkpointing_with_a_cache_warns_and_leaves_it_alone(caplog):
-    model = tiny_model(IndRNNForCausalLM)
+def test_gradient_checkpointing_with_a_cache_updates_it_once():
+    """The cache is written outside the checkpointed layers: the recomputation in backward
+    leaves it as a run without checkpointing does."""
+    model = tiny_model(IndRNNForCausalLM).train()
     ids = torch.randint(3, VOCAB, (2, 5))
-    with torch.no_grad():
-        cache = cache_of(model(input_ids=ids, use_cache=True))
-    before = [layer.recurrent_states[0].clone() for layer in cache.layers]
-    model.train().gradient_checkpointing_enable()
-    logger = logging.getLogger("hf_integration.modeling_indrnn")
-    logger.addHandler(caplog.handler)
-    logging.Logger.warning_once.cache_clear()  # transformers' once-only warnings
-    try:
-        out = model(input_ids=ids, labels=ids, use_cache=True, cache=cache)
-    finally:
-        logger.removeHandler(caplog.handler)
-    out.loss.backward()
-    assert "Gradient checkpointing is on in training: the cache is not updated" in caplog.text
-    assert cache_of(out) is None
-    for layer, state in zip(cache.layers, before, strict=True):
-        assert torch.equal(layer.recurrent_states[0], state)
-    # The cache still gave the starting states: the loss differs from a run without it.
-    fresh = model(input_ids=ids, labels=ids).loss
-    assert not torch.equal(out.loss, fresh)
+    caches, losses = [], []
+    for checkpointing in (False, True):
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        with torch.no_grad():
+            cache = cache_of(model(input_ids=ids[:, :2], use_cache=True))
+        out = model(input_ids=ids[:, 2:], labels=ids[:, 2:], cache=cache)
+        out.loss.backward()
+        assert cache_of(out) is cache and cache.get_seq_length() == 5
+        caches.append([layer.recurrent_states[0] for layer in cache.layers])
+        losses.append(out.loss)
+    assert torch.equal(losses[0], losses[1])
+    for plain, checkpointed in zip(*caches, strict=True):
+        assert torch.equal(plain, checkpointed)
 
 
 @pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
@@ -339,7 +383,7 @@ def test_gradient_checkpointing_updates_batch_norm_statistics_once(padded):
     ids, mask = padded_batch(random_tokens([6, 9, 4] if padded else [9, 9, 9]), "right")
     labels = torch.tensor([0, 1, 2])
     models = [tiny_model(IndRNNForSequenceClassification, norm="batch").train() for _ in "ab"]
-    models[1].gradient_checkpointing_enable()
+    models[1].activation_checkpointing_enable()
     for model in models:
         for _ in range(2):
             model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()

@@ -290,7 +290,8 @@ class IndRNNModel(IndRNNPreTrainedModel):
         if states[0].shape[0] != batch_size:
             raise ValueError(
                 f"cache holds states for batch size {states[0].shape[0]}, but the input has "
-                f"batch size {batch_size}"
+                f"batch size {batch_size} (generate() with num_beams or num_return_sequences "
+                f"n repeats each row n times: build the cache on input_ids.repeat_interleave(n, 0))"
             )
         # Copies: the cache is updated in place after this call, while autograd may still
         # need each h0 (training with a cache).
@@ -489,6 +490,30 @@ class IndRNNForTokenClassification(IndRNNPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
+def _unseen_steps(seen: int, input_ids, attention_mask, inputs_embeds) -> int | None:
+    """How many of the prompt's last steps a cache that has seen `seen` steps must still read,
+    or None to feed the prompt whole.
+
+    generate() continuing from a cache gets either the whole sequence (the steps the cache has
+    seen, then new ones), or only the new steps with an attention mask over the whole
+    sequence. transformers 5.2x trims the whole-sequence form itself only for caches with
+    attention layers; a recurrent state fed the seen steps again would absorb them twice.
+    """
+    if inputs_embeds is not None:
+        length = inputs_embeds.shape[1]  # always the whole sequence
+    elif attention_mask is None or attention_mask.shape[1] == input_ids.shape[1]:
+        length = input_ids.shape[1]
+    else:
+        return None  # only the new steps
+    if length <= seen:
+        raise ValueError(
+            f"the cache has seen {seen} steps but the prompt has {length}: pass the whole "
+            f"sequence (the {seen} steps the cache has seen, then at least one new step), or "
+            f"only the new steps with an attention_mask over the whole sequence"
+        )
+    return length - seen
+
+
 class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
     """IndRNN language model; `generate()` carries one float32 recurrent state per layer."""
 
@@ -528,6 +553,16 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
     def prepare_inputs_for_generation(
         self, input_ids, attention_mask=None, inputs_embeds=None, **kwargs
     ):
+        cache = _cache_argument(kwargs.get("cache"), kwargs.get("past_key_values"))
+        if (
+            kwargs.get("is_first_iteration")
+            and kwargs.get("next_sequence_length") is None
+            and isinstance(cache, IndRNNCache)
+            and cache.seen_steps
+        ):
+            kwargs["next_sequence_length"] = _unseen_steps(
+                cache.seen_steps, input_ids, attention_mask, inputs_embeds
+            )
         model_inputs = super().prepare_inputs_for_generation(
             input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
         )

@@ -176,3 +176,46 @@ def test_generate_with_an_empty_prompt_says_it_is_empty(prompt):
     }[prompt]
     with pytest.raises(ValueError, match=r"the prompt is empty.*shape \(2, 0"):
         model.generate(*args, max_new_tokens=NEW, pad_token_id=0, **kwargs)
+
+
+def _cache_after(model, prefix_ids, mask=None, repeats=1):
+    """The cache after a forward over the prefix (each row repeated for beam search)."""
+    cache = IndRNNCache(model.config)
+    mask = None if mask is None else mask.repeat_interleave(repeats, 0)
+    with torch.no_grad():
+        model(input_ids=prefix_ids.repeat_interleave(repeats, 0), attention_mask=mask,
+              cache=cache)
+    return cache
+
+
+@pytest.mark.parametrize("prompt", ["input_ids", "inputs_embeds"])
+@pytest.mark.parametrize("num_beams", [1, 3], ids=["greedy", "beam"])
+def test_continuing_from_a_cache_equals_one_uninterrupted_call(prompt, num_beams):
+    model = tiny_model(IndRNNForCausalLM)
+    ids, mask = padded_batch(random_tokens([6, 9]), "left")
+    kwargs = dict(attention_mask=mask, num_beams=num_beams)
+    if prompt == "inputs_embeds":
+        kwargs["inputs_embeds"] = model.get_input_embeddings()(ids)
+    given_ids = ids if prompt == "input_ids" else None
+    whole = _generate(model, given_ids, **kwargs)
+    cache = _cache_after(model, ids[:, :5], mask[:, :5], repeats=num_beams)
+    continued = _generate(model, given_ids, cache=cache, **kwargs)
+    assert torch.equal(continued, whole)
+    assert cache.get_seq_length() == 9 + NEW - 1  # the last token is returned, not fed
+
+
+def test_continuing_with_only_the_new_steps_and_the_whole_mask():
+    model = tiny_model(IndRNNForCausalLM)
+    ids, mask = padded_batch(random_tokens([6, 9]), "left")
+    whole = _generate(model, ids, attention_mask=mask)
+    cache = _cache_after(model, ids[:, :5], mask[:, :5])
+    continued = _generate(model, ids[:, 5:], attention_mask=mask, cache=cache)
+    assert torch.equal(continued, whole[:, 5:])
+
+
+def test_continuing_from_a_cache_that_has_seen_the_whole_prompt_raises():
+    model = tiny_model(IndRNNForCausalLM)
+    ids = torch.randint(3, VOCAB, (2, 5))
+    cache = _cache_after(model, ids)
+    with pytest.raises(ValueError, match="the cache has seen 5 steps but the prompt has 5"):
+        _generate(model, ids, cache=cache)

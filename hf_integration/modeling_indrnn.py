@@ -12,19 +12,18 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache, LinearAttentionCacheLayerMixin
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutputWithPast,
     CausalLMOutputWithPast,
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
-from transformers.utils import logging
 
 from indrnn_triton import IndRNN
+from indrnn_triton.modules import _NORM_CLASSES
 
 from .configuration_indrnn import IndRNNConfig
-
-logger = logging.get_logger(__name__)
 
 # transformers renamed the cache argument and output field from `past_key_values` to `cache`
 # (5.2x); the models accept both names and fill whichever field this version's outputs have.
@@ -75,9 +74,14 @@ class IndRNNPreTrainedModel(PreTrainedModel):
     accepts_loss_kwargs = False
 
     def _init_weights(self, module):
-        # The IndRNN layers keep the papers' initialisation done by indrnn_triton.IndRNN; only the
-        # embeddings and the heads are initialised here.
-        if isinstance(module, nn.Embedding):
+        # transformers calls this for every module whose tensors a checkpoint did not fully
+        # load (and for every module of a new model); the `init` functions skip the tensors
+        # that were loaded. The IndRNN stack and its norms take the scheme and config options
+        # of a freshly built IndRNN; a norm is reached on its own when its IndRNN was loaded
+        # whole (e.g. norm="batch" added to a checkpoint without norms).
+        if isinstance(module, (IndRNN, *_NORM_CLASSES.values())):
+            module.reset_parameters(init=init)
+        elif isinstance(module, nn.Embedding):
             init.normal_(module.weight, mean=0.0, std=self.config.embedding_init_std)
         elif isinstance(module, nn.Linear) and getattr(module, "_indrnn_head", False):
             init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
@@ -111,6 +115,28 @@ def _cache_argument(cache, past_key_values):
     return cache if cache is not None else past_key_values
 
 
+class IndRNNLayer(GradientCheckpointingLayer):
+    """Layer `index` of the model's IndRNN stack as its own block, the unit that
+    `activation_checkpointing_enable(every_n_layers=...)` checkpoints.
+
+    The parameters stay in the `IndRNN` module (`rnn.weight_ih_l{index}`, ...), where
+    checkpoints have always stored them; this block holds a plain reference to that module,
+    not a submodule, so that they are not listed under a second name.
+    """
+
+    def __init__(self, rnn: IndRNN, index: int):
+        super().__init__()
+        self.index = index
+        self._rnn = (rnn,)
+
+    def forward(self, hidden_states, h0, mask, shortcut):
+        """`IndRNN.forward_layer` of this layer: returns (output, h_n, shortcut)."""
+        return self._rnn[0].forward_layer(self.index, hidden_states, h0, mask, shortcut)
+
+    def extra_repr(self) -> str:
+        return f"index={self.index}"
+
+
 class IndRNNModel(IndRNNPreTrainedModel):
     """Token embeddings (or continuous input features) through a stack of IndRNN layers."""
 
@@ -138,7 +164,7 @@ class IndRNNModel(IndRNNPreTrainedModel):
             input_weight_init=config.input_weight_init,
         )
         self.rnn_input_size = rnn_input_size
-        self.gradient_checkpointing = False
+        self.layers = nn.ModuleList(IndRNNLayer(self.rnn, k) for k in range(self.rnn.num_layers))
         self.post_init()
 
     def forward(
@@ -157,8 +183,9 @@ class IndRNNModel(IndRNNPreTrainedModel):
         Args:
             input_ids: (batch, time) token ids; or give `inputs_embeds`.
             attention_mask: (batch, time), 1 for real steps and 0 for padding (left or right):
-                the state passes padded steps unchanged. During cached generation it may be
-                longer than `input_ids`; its last `time` columns are used.
+                the state passes padded steps unchanged. With a `cache` (cached generation) it
+                may also cover the earlier steps the cache holds; its last `time` columns are
+                used. Without a cache a mask of another width is an error.
             inputs_embeds: (batch, time, embedding_size) embeddings, or (batch, time,
                 input_size) features when the config has `input_size`.
             cache: an `IndRNNCache(model.config)` (or a `DynamicCache(config=model.config)`)
@@ -166,8 +193,9 @@ class IndRNNModel(IndRNNPreTrainedModel):
                 updated in place when `use_cache`. Created here when `use_cache` and None.
             use_cache: update and return the cache (default: when a cache is given, else
                 `config.use_cache` outside training for unidirectional models).
-            output_hidden_states: also return `hidden_states` = (the IndRNN stack's input,
-                its output); the layers run inside one fused `IndRNN` module.
+            output_hidden_states: also return `hidden_states`, num_hidden_layers + 1 tensors:
+                the IndRNN stack's input, then each layer's output ((batch, time, 2 *
+                hidden_size) for bidirectional layers).
             past_key_values: the name `cache` had before transformers 5.2x.
         """
         cache = _cache_argument(cache, past_key_values)
@@ -177,19 +205,10 @@ class IndRNNModel(IndRNNPreTrainedModel):
             else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         if use_cache is None:
             use_cache = cache is not None or (
                 self.config.use_cache and not self.training and not self.config.bidirectional
             )
-        if checkpointing and (use_cache or cache is not None):
-            # The recomputation in backward would update the cache a second time.
-            logger.warning_once(
-                "Gradient checkpointing is on in training: the cache is not updated "
-                "(use_cache=False); a cache passed in still gives the starting states."
-            )
-        if checkpointing:
-            use_cache = False
         if self.config.bidirectional and (use_cache or cache is not None):
             raise ValueError(
                 "cache and use_cache=True continue a sequence step by step, which needs "
@@ -198,25 +217,30 @@ class IndRNNModel(IndRNNPreTrainedModel):
 
         inputs_embeds = self._embed(input_ids, inputs_embeds)
         batch_size, seq_len = inputs_embeds.shape[:2]
-        mask = _step_mask(attention_mask, batch_size, seq_len)
+        mask = _step_mask(attention_mask, batch_size, seq_len, cached=cache is not None)
         if use_cache and cache is None:
             cache = IndRNNCache(self.config)
-        hx = None if cache is None else self._read_states(cache, batch_size)
+        states = self._read_states(cache, batch_size)
 
-        if checkpointing:
-            hidden_states, h_n = self._gradient_checkpointing_func(
-                self.rnn.__call__, inputs_embeds, hx, mask
-            )
-        else:
-            hidden_states, h_n = self.rnn(inputs_embeds, hx=hx, mask=mask)
+        # One IndRNNLayer call per layer: each is a block that activation checkpointing may
+        # recompute in backward. The cache is written here, outside the blocks, so a
+        # recomputation never updates it a second time.
+        hidden_states, shortcut = inputs_embeds, None
+        all_hidden_states = [inputs_embeds] if output_hidden_states else None
+        last_states = []
+        for layer, h0 in zip(self.layers, states, strict=True):
+            hidden_states, h_n, shortcut = layer(hidden_states, h0, mask, shortcut)
+            last_states.append(h_n)
+            if output_hidden_states:
+                all_hidden_states.append(hidden_states)
         if use_cache:
-            self._write_states(cache, h_n)
+            self._write_states(cache, last_states)
             if isinstance(cache, IndRNNCache):
                 cache.seen_steps += seq_len
 
         output = BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
-            hidden_states=(inputs_embeds, hidden_states) if output_hidden_states else None,
+            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
             **{_CACHE_FIELD: cache if use_cache else None},
         )
         return output if return_dict else output.to_tuple()
@@ -241,6 +265,7 @@ class IndRNNModel(IndRNNPreTrainedModel):
                 f"inputs_embeds must have shape (batch, time, {self.rnn_input_size}), got "
                 f"{tuple(inputs_embeds.shape)}"
             )
+        _check_embeds_dtype(inputs_embeds, self.rnn.weight_ih_l0.dtype)
         return inputs_embeds
 
     def _cache_layers(self, cache: Cache) -> list:
@@ -254,42 +279,75 @@ class IndRNNModel(IndRNNPreTrainedModel):
             )
         return layers
 
-    def _read_states(self, cache: Cache, batch_size: int) -> torch.Tensor | None:
-        """The cached states as the IndRNN's hx, (layers * directions, batch, hidden), or None."""
+    def _read_states(self, cache: Cache | None, batch_size: int) -> list:
+        """Each layer's cached state as its (directions, batch, hidden) h0, or Nones."""
+        if cache is None:
+            return [None] * self.config.num_hidden_layers
         layers = self._cache_layers(cache)
         if not all(layer.has_previous_state[0] for layer in layers):
-            return None
-        states = torch.cat([layer.recurrent_states[0] for layer in layers], dim=1)
-        if states.shape[0] != batch_size:
+            return [None] * len(layers)
+        states = [layer.recurrent_states[0] for layer in layers]
+        if states[0].shape[0] != batch_size:
             raise ValueError(
-                f"cache holds states for batch size {states.shape[0]}, but the input has "
-                f"batch size {batch_size}"
+                f"cache holds states for batch size {states[0].shape[0]}, but the input has "
+                f"batch size {batch_size} (generate() with num_beams or num_return_sequences "
+                f"n repeats each row n times: build the cache on input_ids.repeat_interleave(n, 0))"
             )
-        return states.transpose(0, 1).contiguous()
+        # Copies: the cache is updated in place after this call, while autograd may still
+        # need each h0 (training with a cache).
+        return [state.transpose(0, 1).clone(memory_format=torch.contiguous_format)
+                for state in states]
 
-    def _write_states(self, cache: Cache, h_n: torch.Tensor) -> None:
+    def _write_states(self, cache: Cache, last_states: list) -> None:
         # Stored batch-first, (batch, directions, hidden) per layer, so that the cache's beam
         # reordering (index_select on dim 0) applies; kept in the float32 the kernel returns.
-        directions = self.config.num_directions
-        states = h_n.transpose(0, 1)
-        for idx, layer in enumerate(self._cache_layers(cache)):
-            layer.update_recurrent_state(states[:, idx * directions : (idx + 1) * directions], 0)
+        for layer, h_n in zip(self._cache_layers(cache), last_states, strict=True):
+            layer.update_recurrent_state(h_n.transpose(0, 1), 0)
             # LinearAttentionLayer only sets this flag from update_conv_state; without it the
             # next step would start again from zeros.
             layer.has_previous_state[0] = True
 
 
-def _step_mask(attention_mask, batch_size: int, seq_len: int) -> torch.Tensor | None:
+def _check_embeds_dtype(inputs_embeds: torch.Tensor, weight_dtype: torch.dtype) -> None:
+    """The input/weight dtype check torch.nn.RNN makes, before F.linear's own message about
+    m1 and m2. Under autocast a float16/bfloat16/float32 input is cast like the weights."""
+    if inputs_embeds.dtype == weight_dtype:
+        return
+    if not inputs_embeds.dtype.is_floating_point:
+        raise ValueError(
+            f"inputs_embeds must be a floating-point tensor like the model's weights "
+            f"({weight_dtype}), got {inputs_embeds.dtype}: convert it with "
+            f"inputs_embeds.to({weight_dtype}) (token ids go in input_ids)"
+        )
+    if inputs_embeds.dtype != torch.float64 and torch.is_autocast_enabled(
+        inputs_embeds.device.type
+    ):
+        return
+    raise ValueError(
+        f"inputs_embeds dtype ({inputs_embeds.dtype}) does not match the model's weight dtype "
+        f"({weight_dtype}): convert the input with inputs_embeds.to({weight_dtype}), or the "
+        f"model with model.to({inputs_embeds.dtype})"
+    )
+
+
+def _step_mask(
+    attention_mask, batch_size: int, seq_len: int, cached: bool = False
+) -> torch.Tensor | None:
+    """The (batch, time) bool mask of the steps being run. With a cache (cached generation)
+    the mask may also cover earlier steps, which the cache holds: its last `seq_len` columns
+    are this call's."""
     if attention_mask is None:
         return None
     if (
         attention_mask.dim() != 2
         or attention_mask.shape[0] != batch_size
         or attention_mask.shape[1] < seq_len
+        or (attention_mask.shape[1] > seq_len and not cached)
     ):
         raise ValueError(
-            f"attention_mask must have shape (batch, time) = ({batch_size}, {seq_len}) (or be "
-            f"longer in time during cached generation), got {tuple(attention_mask.shape)}"
+            f"attention_mask must have the (batch, time) shape of the input, ({batch_size}, "
+            f"{seq_len}), got {tuple(attention_mask.shape)}"
+            + ("" if cached else " (a longer mask is taken only with a cache of the earlier steps)")
         )
     return attention_mask[:, attention_mask.shape[1] - seq_len :].bool()
 
@@ -432,6 +490,30 @@ class IndRNNForTokenClassification(IndRNNPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
+def _unseen_steps(seen: int, input_ids, attention_mask, inputs_embeds) -> int | None:
+    """How many of the prompt's last steps a cache that has seen `seen` steps must still read,
+    or None to feed the prompt whole.
+
+    generate() continuing from a cache gets either the whole sequence (the steps the cache has
+    seen, then new ones), or only the new steps with an attention mask over the whole
+    sequence. transformers 5.2x trims the whole-sequence form itself only for caches with
+    attention layers; a recurrent state fed the seen steps again would absorb them twice.
+    """
+    if inputs_embeds is not None:
+        length = inputs_embeds.shape[1]  # always the whole sequence
+    elif attention_mask is None or attention_mask.shape[1] == input_ids.shape[1]:
+        length = input_ids.shape[1]
+    else:
+        return None  # only the new steps
+    if length <= seen:
+        raise ValueError(
+            f"the cache has seen {seen} steps but the prompt has {length}: pass the whole "
+            f"sequence (the {seen} steps the cache has seen, then at least one new step), or "
+            f"only the new steps with an attention_mask over the whole sequence"
+        )
+    return length - seen
+
+
 class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
     """IndRNN language model; `generate()` carries one float32 recurrent state per layer."""
 
@@ -451,6 +533,18 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
         self.lm_head = _head(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
+    def generate(self, inputs=None, *args, **kwargs):
+        prompt = kwargs.get("inputs_embeds")
+        if prompt is None:
+            prompt = inputs if inputs is not None else kwargs.get("input_ids")
+        if isinstance(prompt, torch.Tensor) and prompt.dim() >= 2 and prompt.shape[1] == 0:
+            # transformers would fail with an IndexError deep inside generate().
+            raise ValueError(
+                f"the prompt is empty: generate() needs at least one step, got a prompt of "
+                f"shape {tuple(prompt.shape)} (start from a token such as bos_token_id)"
+            )
+        return super().generate(inputs, *args, **kwargs)
+
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
         # generate() must not build its own DynamicCache: forward creates an IndRNNCache.
@@ -459,6 +553,16 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
     def prepare_inputs_for_generation(
         self, input_ids, attention_mask=None, inputs_embeds=None, **kwargs
     ):
+        cache = _cache_argument(kwargs.get("cache"), kwargs.get("past_key_values"))
+        if (
+            kwargs.get("is_first_iteration")
+            and kwargs.get("next_sequence_length") is None
+            and isinstance(cache, IndRNNCache)
+            and cache.seen_steps
+        ):
+            kwargs["next_sequence_length"] = _unseen_steps(
+                cache.seen_steps, input_ids, attention_mask, inputs_embeds
+            )
         model_inputs = super().prepare_inputs_for_generation(
             input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
         )

@@ -66,7 +66,7 @@ def _input_init(value) -> str | Callable[[Tensor], object]:
     )
 
 
-def _init_input_weight_(weight: Tensor, scheme, hidden_size: int) -> None:
+def _init_input_weight_(weight: Tensor, scheme, hidden_size: int, init=nn.init) -> None:
     if callable(scheme):
         # The default first, so a callable that neither fills the tensor in place nor returns
         # one leaves the authors' initialisation, never uninitialised memory; a returned tensor
@@ -82,12 +82,12 @@ def _init_input_weight_(weight: Tensor, scheme, hidden_size: int) -> None:
             weight.copy_(result)
     elif scheme == "kaiming_uniform":
         # The IndRNN authors' choice for every input-to-hidden ("fc") weight.
-        nn.init.kaiming_uniform_(weight, a=8, mode="fan_in")
+        init.kaiming_uniform_(weight, a=8, mode="fan_in")
     elif scheme == "xavier_uniform":
-        nn.init.xavier_uniform_(weight)
+        init.xavier_uniform_(weight)
     else:  # "rnn_uniform": torch.nn.RNN's U(-1/sqrt(H), 1/sqrt(H))
         bound = 1.0 / math.sqrt(hidden_size)
-        nn.init.uniform_(weight, -bound, bound)
+        init.uniform_(weight, -bound, bound)
 
 
 def _check_state(name: str, h: Tensor, want: tuple[int, ...], layout: str, device) -> None:
@@ -138,10 +138,10 @@ class _StepBatchNorm(nn.Module):
                                      training=self.training, momentum=self.momentum,
                                      eps=self.eps)
 
-    def reset_parameters(self) -> None:
-        nn.init.ones_(self.weight)
-        self.running_mean.zero_()
-        self.running_var.fill_(1.0)
+    def reset_parameters(self, init=nn.init) -> None:
+        init.ones_(self.weight)
+        init.zeros_(self.running_mean)
+        init.ones_(self.running_var)
 
 
 class _StepLayerNorm(nn.Module):
@@ -155,8 +155,8 @@ class _StepLayerNorm(nn.Module):
     def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
         return F.layer_norm(x, self.weight.shape, self.weight, None, self.eps)
 
-    def reset_parameters(self) -> None:
-        nn.init.ones_(self.weight)
+    def reset_parameters(self, init=nn.init) -> None:
+        init.ones_(self.weight)
 
 
 _NORM_CLASSES = {"batch": _StepBatchNorm, "layer": _StepLayerNorm}
@@ -237,7 +237,7 @@ class IndRNN(nn.Module):
         ``norms[k].weight`` (D*H,) and, for batch norm, ``norms[k].running_mean`` /
         ``running_var``.
 
-    Inputs: ``x, hx=None, mask=None``
+    Inputs: ``x, hx=None, mask=None, *, output_layers=False``
         x: (T, B, input_size), (B, T, input_size) with ``batch_first``, or a PackedSequence
             (then the output is a PackedSequence too; pass no mask). One unbatched sequence
             (T, input_size) is taken too, as ``torch.nn.RNN`` does: hx is then
@@ -248,10 +248,17 @@ class IndRNN(nn.Module):
             On padding the state is carried (as in the op), so left and right padding both
             work and h_n is the state after each sequence's last real step (first, for the
             backward direction). At padding positions the output repeats the carried state.
+        output_layers: also return every layer's output (below).
 
-    Outputs: ``output, h_n``
+    Outputs: ``output, h_n``, or ``output, h_n, layer_outputs`` with ``output_layers=True``
         output: (T, B, D*H) / (B, T, D*H) in the input's dtype (or the autocast dtype).
         h_n: (num_layers*D, B, H) float32 (float64 for float64 inputs).
+        layer_outputs: a tuple of num_layers tensors, layer k's output in the layout of
+            ``output`` (a PackedSequence for a packed input; the last one is ``output``). These
+            are the tensors the stack computes anyway: asking for them keeps them alive, it
+            computes nothing more.
+
+    :meth:`forward_layer` runs one layer alone; ``forward`` chains them.
 
     Copies of (T, B, ·) tensors: none in the recurrence. Each layer allocates its GEMM output
     and its recurrence output (the one saved for backward); ``norm`` adds its own output (and
@@ -352,19 +359,25 @@ class IndRNN(nn.Module):
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
-    def reset_parameters(self) -> None:
-        """(Re)initialise every parameter as described in the class docstring."""
+    def reset_parameters(self, init=nn.init) -> None:
+        """(Re)initialise every parameter and norm statistic as described in the class docstring.
+
+        ``init``: where the in-place init functions come from (``uniform_``, ``zeros_``,
+        ``ones_``, ``kaiming_uniform_``, ``xavier_uniform_`` with ``torch.nn.init``'s
+        signatures). The Hugging Face models pass ``transformers.initialization``, whose
+        functions leave alone the tensors a checkpoint has loaded.
+        """
         with torch.no_grad():
             for k in range(self.num_layers):
                 _init_input_weight_(getattr(self, f"weight_ih_l{k}"), self.input_weight_init,
-                                    self.hidden_size)
+                                    self.hidden_size, init)
                 last = k == self.num_layers - 1
                 low, high = self.last_layer_recurrent_init if last else self.recurrent_init
-                nn.init.uniform_(getattr(self, f"weight_hh_l{k}"), low, high)
+                init.uniform_(getattr(self, f"weight_hh_l{k}"), low, high)
                 if self.bias:
-                    nn.init.zeros_(getattr(self, f"bias_l{k}"))
+                    init.zeros_(getattr(self, f"bias_l{k}"))
             for norm in self.norms or ():
-                norm.reset_parameters()
+                norm.reset_parameters(init)
 
     @torch.no_grad()
     def constrain_(self) -> IndRNN:
@@ -418,8 +431,14 @@ class IndRNN(nn.Module):
         return PackedSequence(data, x.batch_sizes, x.sorted_indices, x.unsorted_indices)
 
     def forward(
-        self, x: Tensor | PackedSequence, hx: Tensor | None = None, mask: Tensor | None = None
-    ) -> tuple[Tensor | PackedSequence, Tensor]:
+        self,
+        x: Tensor | PackedSequence,
+        hx: Tensor | None = None,
+        mask: Tensor | None = None,
+        *,
+        output_layers: bool = False,
+    ) -> tuple:
+        _bool("output_layers", output_layers)
         if isinstance(x, Tensor) and x.dim() == 2:
             # One unbatched sequence (T, input_size), as torch.nn.RNN takes it whatever
             # batch_first says; hx is then (num_layers*D, H) and mask (T,).
@@ -434,14 +453,19 @@ class IndRNN(nn.Module):
                 raise ValueError(f"mask must have shape (T,) for an unbatched (T, input_size) x, "
                                  f"got {_shape_of(mask)}")
             b = 0 if self.batch_first else 1
-            out, h_n = self._forward(x.unsqueeze(b), None if hx is None else hx.unsqueeze(1),
-                                     None if mask is None else mask.unsqueeze(b))
-            return out.squeeze(b), h_n.squeeze(1)
-        return self._forward(x, hx, mask)
+            out, h_n, layers = self._forward(x.unsqueeze(b),
+                                             None if hx is None else hx.unsqueeze(1),
+                                             None if mask is None else mask.unsqueeze(b),
+                                             output_layers)
+            out, h_n, layers = out.squeeze(b), h_n.squeeze(1), tuple(y.squeeze(b) for y in layers)
+        else:
+            out, h_n, layers = self._forward(x, hx, mask, output_layers)
+        return (out, h_n, layers) if output_layers else (out, h_n)
 
     def _forward(
-        self, x: Tensor | PackedSequence, hx: Tensor | None, mask: Tensor | None
-    ) -> tuple[Tensor | PackedSequence, Tensor]:
+        self, x: Tensor | PackedSequence, hx: Tensor | None, mask: Tensor | None,
+        output_layers: bool,
+    ) -> tuple[Tensor | PackedSequence, Tensor, tuple]:
         packed = x if isinstance(x, PackedSequence) else None
         if packed is not None:
             if mask is not None:
@@ -449,37 +473,80 @@ class IndRNN(nn.Module):
                                  "give the padding)")
             x, lengths, mask = self._padded_from_packed(packed)
         self._check_inputs(x, hx, mask)
-        D, L = self.num_directions, self.num_layers
-        h_ns = []
-        # Later layers read outputs, which are finite at padding (the carried state).
-        layer_in, stream = padding_free_input(x, mask), None
-        for k in range(L):
-            if k > 0:
-                layer_in = dropout_over_time(layer_in, self.dropout, self.training,
-                                             self.batch_first)
-            weight_ih = getattr(self, f"weight_ih_l{k}")
-            if self.residual and k >= 2 and k % 2 == 0:
-                # The shortcut is added by the GEMM itself: pre = pre_{k-2} + x W^T.
-                pre = torch.addmm(stream.flatten(0, 1), layer_in.flatten(0, 1),
-                                  weight_ih.t()).view(stream.shape)
-            else:
-                pre = F.linear(layer_in, weight_ih)
-            if self.residual and k % 2 == 0:
-                stream = pre
-            if self.norms is not None:
-                pre = self.norms[k](pre, mask)
-            layer_in, h_n = indrnn_recurrence(
-                pre, getattr(self, f"weight_hh_l{k}"), getattr(self, f"bias_l{k}"),
-                None if hx is None else hx[k * D:(k + 1) * D],
-                recurrent_max_abs=self.recurrent_max_abs,
-                recurrent_min_abs=self.recurrent_min_abs, mask=mask,
-                batch_first=self.batch_first, bidirectional=self.bidirectional,
+        D = self.num_directions
+        h_ns, layers = [], []
+        layer_in, shortcut = x, None
+        for k in range(self.num_layers):
+            layer_in, h_n, shortcut = self.forward_layer(
+                k, layer_in, None if hx is None else hx[k * D:(k + 1) * D], mask, shortcut
             )
             h_ns.append(h_n)
-        h_n = torch.cat(h_ns) if L > 1 else h_ns[0]
+            if output_layers:
+                layers.append(layer_in)
+        h_n = torch.cat(h_ns) if len(h_ns) > 1 else h_ns[0]
         if packed is not None:
-            return self._packed_from_padded(layer_in, lengths, packed), h_n
-        return layer_in, h_n
+            layers = [self._packed_from_padded(y, lengths, packed) for y in layers]
+            return self._packed_from_padded(layer_in, lengths, packed), h_n, tuple(layers)
+        return layer_in, h_n, tuple(layers)
+
+    def forward_layer(
+        self,
+        k: int,
+        x: Tensor,
+        h0: Tensor | None = None,
+        mask: Tensor | None = None,
+        shortcut: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Layer ``k`` alone: dropout of its input (k > 0, in training), the GEMM (plus the
+        residual shortcut), the norm, then the recurrence. Chaining the layers from 0 to
+        num_layers - 1 is :meth:`forward` on a padded tensor; running them one at a time lets
+        a caller wrap each one, e.g. in activation checkpointing (the Hugging Face models do).
+
+        Args:
+            k: the layer, 0 <= k < num_layers.
+            x: its input, (T, B, I_k), or (B, T, I_k) with ``batch_first``: the stack's input
+                for k = 0 (I_0 = input_size), else layer k-1's output (I_k = D*H).
+            h0: (D, B, H) initial states of this layer, or None for zeros.
+            mask: as in :meth:`forward`, for a padded tensor.
+            shortcut: with ``residual``, the ``shortcut`` layer k-1 returned (None for k = 0).
+
+        Returns:
+            ``(output, h_n, shortcut)``: output as x with D*H features; h_n (D, B, H) float32;
+            shortcut: the pre-activations to hand to layer k+1 (None without ``residual``).
+        """
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < self.num_layers:
+            raise ValueError(f"k must be a layer index in [0, {self.num_layers}), got {k!r}")
+        want = self.input_size if k == 0 else self.num_directions * self.hidden_size
+        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != want:
+            layout = "(B, T, I_k)" if self.batch_first else "(T, B, I_k)"
+            raise ValueError(f"x must have shape {layout} with I_{k} = {want} for layer {k}, "
+                             f"got {_shape_of(x)}")
+        adds_shortcut = self.residual and k >= 2 and k % 2 == 0
+        if adds_shortcut and shortcut is None:
+            raise ValueError(f"shortcut must be the one layer {k - 1} returned: layer {k} of a "
+                             "residual IndRNN adds it, got None")
+        if k > 0:
+            x = dropout_over_time(x, self.dropout, self.training, self.batch_first)
+        else:
+            # Later layers read outputs, which are finite at padding (the carried state).
+            x = padding_free_input(x, mask)
+        weight_ih = getattr(self, f"weight_ih_l{k}")
+        if adds_shortcut:
+            # The shortcut is added by the GEMM itself: pre = pre_{k-2} + x W^T.
+            pre = torch.addmm(shortcut.flatten(0, 1), x.flatten(0, 1),
+                              weight_ih.t()).view(shortcut.shape)
+        else:
+            pre = F.linear(x, weight_ih)
+        if self.residual and k % 2 == 0:
+            shortcut = pre
+        if self.norms is not None:
+            pre = self.norms[k](pre, mask)
+        out, h_n = indrnn_recurrence(
+            pre, getattr(self, f"weight_hh_l{k}"), getattr(self, f"bias_l{k}"), h0,
+            recurrent_max_abs=self.recurrent_max_abs, recurrent_min_abs=self.recurrent_min_abs,
+            mask=mask, batch_first=self.batch_first, bidirectional=self.bidirectional,
+        )
+        return out, h_n, shortcut
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"

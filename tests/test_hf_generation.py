@@ -92,12 +92,12 @@ def test_each_new_token_is_one_step():
         lengths.append(kwargs["inputs_embeds"].shape[1] if args == () else args[0].shape[1])
 
     model.model.register_forward_pre_hook(record, with_kwargs=True)
-    model.model.rnn.register_forward_pre_hook(lambda m, args, kwargs: states.append(kwargs["hx"]),
-                                              with_kwargs=True)
+    for layer in model.model.layers:  # args: hidden_states, h0, mask, shortcut
+        layer.register_forward_pre_hook(lambda m, args: states.append(args[1]))
     _generate(model, torch.randint(3, VOCAB, (2, 10)))
     assert lengths == [10] + [1] * (NEW - 1)
-    assert states[0] is None
-    assert all(s is not None and s.shape == (2, 2, 12) for s in states[1:])
+    assert states[:2] == [None, None]
+    assert all(s is not None and s.shape == (1, 2, 12) for s in states[2:])
 
 
 def test_cached_state_stays_float32_in_bfloat16():
@@ -123,7 +123,8 @@ def test_text_generation_pipeline(tokenizer):
     generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
     text = generator("hello", max_new_tokens=5, do_sample=False)[0]["generated_text"]
     assert text.startswith("hello")
-    ids = tokenizer("hello", add_special_tokens=False, return_tensors="pt").input_ids
+    # The pipeline encodes the prompt with the tokenizer's special tokens (ByT5's "</s>").
+    ids = tokenizer("hello", return_tensors="pt").input_ids
     expected = model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0)
     assert text == tokenizer.decode(expected[0], skip_special_tokens=True)
 
@@ -162,3 +163,59 @@ def test_cached_generation_with_a_compiled_forward():
     compiled = _generate(model, ids, attention_mask=mask)
     assert compiled.shape == (3, 8 + NEW)
     assert torch.equal(compiled, eager)
+
+
+@pytest.mark.parametrize("prompt", ["input_ids", "input_ids_keyword", "inputs_embeds"])
+def test_generate_with_an_empty_prompt_says_it_is_empty(prompt):
+    model = tiny_model(IndRNNForCausalLM)
+    ids = torch.zeros(2, 0, dtype=torch.long)
+    args, kwargs = {
+        "input_ids": ((ids,), {}),
+        "input_ids_keyword": ((), {"input_ids": ids}),
+        "inputs_embeds": ((), {"inputs_embeds": torch.zeros(2, 0, 12)}),
+    }[prompt]
+    with pytest.raises(ValueError, match=r"the prompt is empty.*shape \(2, 0"):
+        model.generate(*args, max_new_tokens=NEW, pad_token_id=0, **kwargs)
+
+
+def _cache_after(model, prefix_ids, mask=None, repeats=1):
+    """The cache after a forward over the prefix (each row repeated for beam search)."""
+    cache = IndRNNCache(model.config)
+    mask = None if mask is None else mask.repeat_interleave(repeats, 0)
+    with torch.no_grad():
+        model(input_ids=prefix_ids.repeat_interleave(repeats, 0), attention_mask=mask,
+              cache=cache)
+    return cache
+
+
+@pytest.mark.parametrize("prompt", ["input_ids", "inputs_embeds"])
+@pytest.mark.parametrize("num_beams", [1, 3], ids=["greedy", "beam"])
+def test_continuing_from_a_cache_equals_one_uninterrupted_call(prompt, num_beams):
+    model = tiny_model(IndRNNForCausalLM)
+    ids, mask = padded_batch(random_tokens([6, 9]), "left")
+    kwargs = dict(attention_mask=mask, num_beams=num_beams)
+    if prompt == "inputs_embeds":
+        kwargs["inputs_embeds"] = model.get_input_embeddings()(ids)
+    given_ids = ids if prompt == "input_ids" else None
+    whole = _generate(model, given_ids, **kwargs)
+    cache = _cache_after(model, ids[:, :5], mask[:, :5], repeats=num_beams)
+    continued = _generate(model, given_ids, cache=cache, **kwargs)
+    assert torch.equal(continued, whole)
+    assert cache.get_seq_length() == 9 + NEW - 1  # the last token is returned, not fed
+
+
+def test_continuing_with_only_the_new_steps_and_the_whole_mask():
+    model = tiny_model(IndRNNForCausalLM)
+    ids, mask = padded_batch(random_tokens([6, 9]), "left")
+    whole = _generate(model, ids, attention_mask=mask)
+    cache = _cache_after(model, ids[:, :5], mask[:, :5])
+    continued = _generate(model, ids[:, 5:], attention_mask=mask, cache=cache)
+    assert torch.equal(continued, whole[:, 5:])
+
+
+def test_continuing_from_a_cache_that_has_seen_the_whole_prompt_raises():
+    model = tiny_model(IndRNNForCausalLM)
+    ids = torch.randint(3, VOCAB, (2, 5))
+    cache = _cache_after(model, ids)
+    with pytest.raises(ValueError, match="the cache has seen 5 steps but the prompt has 5"):
+        _generate(model, ids, cache=cache)

@@ -1,6 +1,6 @@
 """The IndRNN models: outputs, padding, losses, save/load, checkpointing, torch.compile."""
 
-import logging
+import math
 
 import pytest
 import torch
@@ -44,13 +44,26 @@ def test_output_class_shapes_and_tuple(cls):
         IndRNNForCausalLM: (2, 7, VOCAB),
     }[cls]
     assert tuple(logits.shape) == want
-    assert len(out.hidden_states) == 2
+    assert len(out.hidden_states) == model.config.num_hidden_layers + 1
     assert out.hidden_states[0].shape == (2, 7, 12)  # the embeddings
-    assert torch.equal(out.hidden_states[-1], model(input_ids=ids, output_hidden_states=True)
-                       .hidden_states[-1])
     as_tuple = model(input_ids=ids, return_dict=False)
     assert isinstance(as_tuple, tuple)
     assert torch.equal(as_tuple[0], logits)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["unidirectional", "bidirectional"])
+def test_hidden_states_are_the_input_then_every_layers_output(bidirectional):
+    model = tiny_model(IndRNNModel, num_hidden_layers=3, bidirectional=bidirectional)
+    ids, mask = padded_batch(random_tokens([4, 7]), "left")
+    out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    embeds = model.embeddings(ids)
+    _, _, layers = model.rnn(embeds, mask=mask, output_layers=True)
+    assert len(out.hidden_states) == 4
+    assert torch.equal(out.hidden_states[0], embeds)
+    for hidden, layer in zip(out.hidden_states[1:], layers, strict=True):
+        assert hidden.shape == (2, 7, 24 if bidirectional else 12)
+        assert torch.equal(hidden, layer)
+    assert out.hidden_states[-1] is out.last_hidden_state
 
 
 @pytest.mark.parametrize("cls", list(OUTPUT_CLASSES))
@@ -82,7 +95,7 @@ def test_input_errors_name_the_argument():
         model(input_ids=ids, inputs_embeds=model.embeddings(ids))
     with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):
         model()
-    with pytest.raises(ValueError, match="attention_mask must have shape"):
+    with pytest.raises(ValueError, match=r"attention_mask must have the \(batch, time\) shape"):
         model(input_ids=ids, attention_mask=torch.ones(2, 4))
     with pytest.raises(ValueError, match="bidirectional=False"):
         IndRNNForCausalLM(tiny_model(IndRNNModel, bidirectional=True).config)
@@ -92,6 +105,51 @@ def test_input_errors_name_the_argument():
     assert cache_of(bidirectional(input_ids=ids)) is None
     with pytest.raises(ValueError, match="bidirectional=False"):
         bidirectional(input_ids=ids, use_cache=True)
+
+
+@pytest.mark.parametrize("cls", list(OUTPUT_CLASSES))
+def test_attention_mask_wider_than_the_input_without_a_cache_raises(cls):
+    model = tiny_model(cls)
+    ids = torch.randint(3, VOCAB, (2, 5))
+    want = r"shape of the input, \(2, 5\), got \(2, 7\).*longer mask is taken only with a cache"
+    with pytest.raises(ValueError, match=want):
+        model(input_ids=ids, attention_mask=torch.ones(2, 7, dtype=torch.long))
+
+
+def test_attention_mask_covering_the_cached_steps_is_taken():
+    model = tiny_model(IndRNNForCausalLM)
+    ids = torch.randint(3, VOCAB, (2, 7))
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[0, :2] = 0  # left padding, seen by the first call only
+    first = model(input_ids=ids[:, :4], attention_mask=mask[:, :4])
+    second = model(input_ids=ids[:, 4:], attention_mask=mask, cache=cache_of(first))
+    torch.testing.assert_close(second.logits,
+                               model(input_ids=ids, attention_mask=mask).logits[:, 4:])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.long])
+@pytest.mark.parametrize("cls", list(OUTPUT_CLASSES))
+def test_inputs_embeds_of_another_dtype_say_how_to_convert(cls, dtype):
+    model = tiny_model(cls)
+    embeds = torch.ones(2, 5, 12, dtype=dtype)
+    convert = r"inputs_embeds\.to\(torch\.float32\)"
+    want = (rf"floating-point tensor.*got torch\.int64: convert it with {convert}"
+            if dtype == torch.long else
+            rf"inputs_embeds dtype \({dtype}\) does not match the model's weight dtype "
+            rf"\(torch\.float32\): convert the input with {convert}, or the model with "
+            rf"model\.to\({dtype}\)")
+    with pytest.raises(ValueError, match=want):
+        model(inputs_embeds=embeds)
+
+
+def test_inputs_embeds_in_bfloat16_under_autocast_run():
+    model = tiny_model(IndRNNForCausalLM)
+    ids = torch.randint(3, VOCAB, (2, 5))
+    embeds = model.get_input_embeddings()(ids)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        from_bf16 = model(inputs_embeds=embeds.bfloat16()).logits
+        from_fp32 = model(inputs_embeds=embeds).logits
+    torch.testing.assert_close(from_bf16, from_fp32)
 
 
 def _check_padding(cls, side, **overrides):
@@ -231,60 +289,92 @@ def test_tied_word_embeddings(tmp_path):
     assert untied.lm_head.weight is not untied.model.embeddings.weight
 
 
+def test_state_dict_keys_are_those_of_existing_checkpoints():
+    """Per-layer checkpointing blocks hold no parameters: checkpoints keep the keys of the
+    IndRNN module (model.rnn.weight_ih_l0, ...) that earlier versions saved."""
+    model = tiny_model(IndRNNForCausalLM, norm="batch")
+    per_layer = [f"model.rnn.{name}_l{k}" for k in range(2)
+                 for name in ("weight_ih", "weight_hh", "bias")]
+    norms = [f"model.rnn.norms.{k}.{name}" for k in range(2)
+             for name in ("weight", "running_mean", "running_var")]
+    assert sorted(model.state_dict()) == sorted(
+        ["model.embeddings.weight", *per_layer, *norms, "lm_head.weight"]
+    )
+
+
+def _count_layer_runs(model) -> list:
+    """The index of every IndRNN layer run from now on, recomputations in backward included."""
+    runs, forward_layer = [], model.model.rnn.forward_layer
+
+    def counting(k, *args):
+        runs.append(k)
+        return forward_layer(k, *args)
+
+    model.model.rnn.forward_layer = counting
+    return runs
+
+
 @pytest.mark.parametrize("case", ["sequence_classification", "causal_lm", "continuous"])
-def test_gradient_checkpointing_same_gradients(case):
+def test_gradient_checkpointing_per_layer_same_gradients(case):
     ids, mask = padded_batch(random_tokens([6, 9, 4]), "right")
+    overrides = dict(num_hidden_layers=3, dropout=0.3)  # dropout: the recomputation's RNG
     if case == "causal_lm":
-        model = tiny_model(IndRNNForCausalLM)
+        model = tiny_model(IndRNNForCausalLM, **overrides)
         inputs = {"input_ids": ids, "labels": ids}
     elif case == "continuous":
-        model = tiny_model(IndRNNForSequenceClassification, input_size=3, num_labels=1)
+        model = tiny_model(IndRNNForSequenceClassification, input_size=3, num_labels=1,
+                           **overrides)
         inputs = {"inputs_embeds": torch.randn(3, 9, 3), "labels": torch.randn(3)}
     else:
-        model = tiny_model(IndRNNForSequenceClassification)
+        model = tiny_model(IndRNNForSequenceClassification, **overrides)
         inputs = {"input_ids": ids, "labels": torch.tensor([0, 1, 2])}
     model.train()
 
     def grads():
         model.zero_grad()
+        torch.manual_seed(1)
         model(attention_mask=mask, **inputs).loss.backward()
         return {n: p.grad.clone() for n, p in model.named_parameters()}
 
-    calls = []
-    model.model.rnn.register_forward_pre_hook(lambda *args: calls.append(1))
+    runs = _count_layer_runs(model)
     plain = grads()
-    assert len(calls) == 1
-    model.gradient_checkpointing_enable()
-    assert model.model.gradient_checkpointing
-    checkpointed = grads()
-    assert len(calls) == 3  # forward, then the recomputation in backward
-    assert plain.keys() == checkpointed.keys()
-    for name in plain:
-        torch.testing.assert_close(checkpointed[name], plain[name], msg=name)
+    assert runs == [0, 1, 2]
+    for every_n_layers, recomputed in ((1, [2, 1, 0]), (2, [2, 0])):
+        model.activation_checkpointing_enable(every_n_layers=every_n_layers)
+        assert [layer.gradient_checkpointing for layer in model.model.layers] == [
+            k % every_n_layers == 0 for k in range(3)
+        ]
+        runs.clear()
+        checkpointed = grads()
+        assert runs == [0, 1, 2, *recomputed]  # forward, then each checkpointed layer again
+        assert plain.keys() == checkpointed.keys()
+        for name in plain:
+            torch.testing.assert_close(checkpointed[name], plain[name], msg=name)
+    model.activation_checkpointing_disable()
+    runs.clear()
+    grads()
+    assert runs == [0, 1, 2]
 
 
-def test_gradient_checkpointing_with_a_cache_warns_and_leaves_it_alone(caplog):
-    model = tiny_model(IndRNNForCausalLM)
+def test_gradient_checkpointing_with_a_cache_updates_it_once():
+    """The cache is written outside the checkpointed layers: the recomputation in backward
+    leaves it as a run without checkpointing does."""
+    model = tiny_model(IndRNNForCausalLM).train()
     ids = torch.randint(3, VOCAB, (2, 5))
-    with torch.no_grad():
-        cache = cache_of(model(input_ids=ids, use_cache=True))
-    before = [layer.recurrent_states[0].clone() for layer in cache.layers]
-    model.train().gradient_checkpointing_enable()
-    logger = logging.getLogger("hf_integration.modeling_indrnn")
-    logger.addHandler(caplog.handler)
-    logging.Logger.warning_once.cache_clear()  # transformers' once-only warnings
-    try:
-        out = model(input_ids=ids, labels=ids, use_cache=True, cache=cache)
-    finally:
-        logger.removeHandler(caplog.handler)
-    out.loss.backward()
-    assert "Gradient checkpointing is on in training: the cache is not updated" in caplog.text
-    assert cache_of(out) is None
-    for layer, state in zip(cache.layers, before, strict=True):
-        assert torch.equal(layer.recurrent_states[0], state)
-    # The cache still gave the starting states: the loss differs from a run without it.
-    fresh = model(input_ids=ids, labels=ids).loss
-    assert not torch.equal(out.loss, fresh)
+    caches, losses = [], []
+    for checkpointing in (False, True):
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        with torch.no_grad():
+            cache = cache_of(model(input_ids=ids[:, :2], use_cache=True))
+        out = model(input_ids=ids[:, 2:], labels=ids[:, 2:], cache=cache)
+        out.loss.backward()
+        assert cache_of(out) is cache and cache.get_seq_length() == 5
+        caches.append([layer.recurrent_states[0] for layer in cache.layers])
+        losses.append(out.loss)
+    assert torch.equal(losses[0], losses[1])
+    for plain, checkpointed in zip(*caches, strict=True):
+        assert torch.equal(plain, checkpointed)
 
 
 @pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
@@ -293,7 +383,7 @@ def test_gradient_checkpointing_updates_batch_norm_statistics_once(padded):
     ids, mask = padded_batch(random_tokens([6, 9, 4] if padded else [9, 9, 9]), "right")
     labels = torch.tensor([0, 1, 2])
     models = [tiny_model(IndRNNForSequenceClassification, norm="batch").train() for _ in "ab"]
-    models[1].gradient_checkpointing_enable()
+    models[1].activation_checkpointing_enable()
     for model in models:
         for _ in range(2):
             model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
@@ -376,3 +466,91 @@ def test_both_kernel_paths_pad_and_continue(backend):
     first = lm(input_ids=ids[:, :3])
     last = lm(input_ids=ids[:, 3:], cache=cache_of(first)).logits
     torch.testing.assert_close(last, lm(input_ids=ids).logits[:, 3:])
+
+
+# ----------------------------------------------------------------------------------------------
+# Weights a checkpoint lacks: initialised as in a freshly built model, loaded ones kept.
+# ----------------------------------------------------------------------------------------------
+
+INIT_OPTIONS = dict(recurrent_max_abs=1.5, recurrent_init=[0.2, 0.3],
+                    last_layer_recurrent_init="near_one", input_weight_init="rnn_uniform")
+
+
+@pytest.fixture
+def nan_empty_like(monkeypatch):
+    """Tensors transformers materialises for missing keys start as NaN instead of whatever
+    memory held, so a tensor left uninitialised fails the checks every time."""
+    empty_like = torch.empty_like
+
+    def nan_filled(*args, **kwargs):
+        t = empty_like(*args, **kwargs)
+        return t.fill_(math.nan) if t.dtype.is_floating_point else t
+
+    monkeypatch.setattr(torch, "empty_like", nan_filled)
+
+
+def _assert_fresh(name: str, tensor: torch.Tensor, config) -> None:
+    """`tensor` is finite and in the range the config's initialisation draws `name` from."""
+    assert torch.isfinite(tensor).all(), name
+    layer = name.rsplit("_l", 1)[-1]
+    if "rnn.weight_ih" in name:  # rnn_uniform: U(-1/sqrt(H), 1/sqrt(H))
+        bound = 1 / math.sqrt(config.hidden_size)
+        assert tensor.abs().max() <= bound and tensor.std() > bound / 4, name
+    elif "rnn.weight_hh" in name:
+        last = int(layer) == config.num_hidden_layers - 1
+        low, high = (1 / 1.5, 1.5) if last else (0.2, 0.3)
+        assert low <= tensor.min() and tensor.max() <= high and tensor.std() > 0, name
+    elif "rnn.bias" in name or name.endswith("running_mean") or name.endswith("classifier.bias"):
+        assert torch.equal(tensor, torch.zeros_like(tensor)), name
+    elif ".norms." in name:  # the norms' scales and running variances
+        assert torch.equal(tensor, torch.ones_like(tensor)), name
+    else:  # embeddings (std 1) and heads (std initializer_range 0.5)
+        assert 0.1 < tensor.std() < 2, name
+
+
+def _assert_loaded_or_fresh(model, saved: dict) -> None:
+    for name, tensor in model.state_dict().items():
+        if name in saved and saved[name].shape == tensor.shape:
+            assert torch.equal(tensor, saved[name]), f"{name} was loaded but changed"
+        else:
+            _assert_fresh(name, tensor, model.config)
+
+
+LOAD_CASES = {
+    "grown_by_a_layer": dict(num_hidden_layers=3),
+    "norm_added": dict(norm="batch"),
+    "hidden_size_changed": dict(hidden_size=16, ignore_mismatched_sizes=True),
+    "rnn_keys_removed": {},
+}
+
+
+@pytest.mark.parametrize("case", list(LOAD_CASES))
+@pytest.mark.parametrize("cls", list(OUTPUT_CLASSES))
+def test_weights_missing_from_a_checkpoint_are_initialised_like_a_new_model(
+    cls, case, tmp_path, nan_empty_like
+):
+    model = tiny_model(cls, **INIT_OPTIONS)
+    saved = {name: t.clone() for name, t in model.state_dict().items()}
+    if case == "rnn_keys_removed":
+        saved = {name: t for name, t in saved.items() if "rnn." not in name}
+    model.save_pretrained(tmp_path, state_dict=dict(saved))  # it empties the dict it gets
+    loaded = cls.from_pretrained(tmp_path, **LOAD_CASES[case])
+    new = [name for name in loaded.state_dict()
+           if name not in saved or saved[name].shape != loaded.state_dict()[name].shape]
+    assert any("rnn." in name for name in new)  # the case does leave IndRNN tensors missing
+    _assert_loaded_or_fresh(loaded, saved)
+    ids = torch.randint(3, VOCAB, (2, 5))
+    assert torch.isfinite(head_logits(loaded.eval(), input_ids=ids)).all()
+
+
+@pytest.mark.parametrize("cls", list(OUTPUT_CLASSES))
+def test_model_built_on_meta_device_initialises_every_tensor(cls):
+    config = tiny_model(cls, norm="batch", **INIT_OPTIONS).config
+    with torch.device("meta"):
+        model = cls(config)
+    model.to_empty(device="cpu")
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            tensor.fill_(math.nan)  # what to_empty's memory may hold
+    model.initialize_weights()
+    _assert_loaded_or_fresh(model, saved={})

@@ -81,12 +81,14 @@ def test_trainer_fine_tunes_every_head(case, tmp_path):
         use_cpu=True,
         disable_tqdm=True,
         seed=0,
-        gradient_checkpointing=case == "token_classification",  # the Trainer's own switch
+        activation_checkpointing=case == "token_classification",  # the Trainer's own switch
     )
     trainer = Trainer(model=model, args=args, train_dataset=data, eval_dataset=data)
     before = trainer.evaluate()["eval_loss"]
     trainer.train()
-    assert model.model.gradient_checkpointing == args.gradient_checkpointing
+    assert [layer.gradient_checkpointing for layer in model.model.layers] == [
+        args.activation_checkpointing
+    ] * model.config.num_hidden_layers
     after = trainer.evaluate()["eval_loss"]
     assert after < 0.8 * before, (before, after)
 

@@ -24,14 +24,15 @@ F64 = dict(dtype=torch.float64)
 # ----------------------------------------------------------------------------------------------
 
 
-def reference_forward(rnn: IndRNN, x, hx=None, mask=None):
-    """What ``rnn(x, hx, mask)`` computes, in plain PyTorch (dropout: eval mode only)."""
+def reference_forward(rnn: IndRNN, x, hx=None, mask=None, output_layers=False):
+    """What ``rnn(x, hx, mask, output_layers=...)`` computes, in plain PyTorch (dropout: eval
+    mode only)."""
     assert not (rnn.training and rnn.dropout > 0)
     bf = rnn.batch_first
     inp = x.transpose(0, 1) if bf else x
     m = None if mask is None else (mask.t() if bf else mask) != 0
     D, H = rnn.num_directions, rnn.hidden_size
-    h_ns, stream = [], None
+    h_ns, stream, layers = [], None, []
     for k in range(rnn.num_layers):
         pre = inp @ getattr(rnn, f"weight_ih_l{k}").t()
         if rnn.residual and k % 2 == 0:
@@ -64,7 +65,10 @@ def reference_forward(rnn: IndRNN, x, hx=None, mask=None):
             outs.append(o)
             h_ns.append(h)
         inp = torch.cat(outs, -1)
-    return (inp.transpose(0, 1) if bf else inp), torch.stack(h_ns)
+        layers.append(inp.transpose(0, 1) if bf else inp)
+    if output_layers:
+        return layers[-1], torch.stack(h_ns), tuple(layers)
+    return layers[-1], torch.stack(h_ns)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -233,6 +237,68 @@ def test_packed_sequence_matches_padded_reference(batch_first):
     want = torch.autograd.grad((ref_packed.data * grad).sum(), params)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, atol=1e-10, rtol=1e-9)
+
+
+LAYER_OUTPUT_CASES = {
+    "bidirectional_batch_first_left_padding": dict(num_layers=2, bidirectional=True,
+                                                   batch_first=True),
+    "residual_batch_norm_right_padding": dict(num_layers=3, residual=True, norm="batch"),
+}
+
+
+@pytest.mark.parametrize("case", list(LAYER_OUTPUT_CASES))
+def test_output_layers_returns_each_layers_output(case):
+    rnn = randomise_(IndRNN(IN, H, **LAYER_OUTPUT_CASES[case], **F64))
+    bf = rnn.batch_first
+    x = make_input(bf)
+    hx = torch.randn(rnn.num_layers * rnn.num_directions, B, H, **F64)
+    mask = padding_mask([T, 1, T - 2, 3], T, left=bf, batch_first=bf)
+    out, h_n, layers = rnn(x, hx, mask, output_layers=True)
+    ref_out, ref_h_n, ref_layers = reference_forward(rnn, x, hx, mask, output_layers=True)
+    assert len(layers) == rnn.num_layers and layers[-1] is out
+    for layer, ref in zip(layers, ref_layers, strict=True):
+        torch.testing.assert_close(layer, ref, atol=1e-10, rtol=1e-9)
+    torch.testing.assert_close(h_n, ref_h_n, atol=1e-10, rtol=1e-9)
+    plain = rnn(x, hx, mask)
+    assert len(plain) == 2
+    torch.testing.assert_close(plain[0], out, atol=0, rtol=0)
+
+
+def test_output_layers_packed_and_unbatched():
+    rnn = randomise_(IndRNN(IN, H, num_layers=2, bidirectional=True, **F64))
+    x = make_input()
+    lengths = [T, 1, T - 2, 3]
+    _, _, padded = rnn(x, mask=padding_mask(lengths, T), output_layers=True)
+    packed = pack_padded_sequence(x, torch.tensor(lengths), enforce_sorted=False)
+    _, _, layers = rnn(packed, output_layers=True)
+    for layer, want in zip(layers, padded, strict=True):
+        want = pack_padded_sequence(want, torch.tensor(lengths), enforce_sorted=False)
+        torch.testing.assert_close(layer.data, want.data, atol=1e-12, rtol=0)
+    _, _, one = rnn(x[:, 0], output_layers=True)
+    _, _, batch_of_one = rnn(x[:, :1], output_layers=True)
+    for layer, want in zip(one, batch_of_one, strict=True):
+        assert torch.equal(layer, want[:, 0])
+
+
+def test_forward_layer_chained_equals_forward():
+    rnn = randomise_(IndRNN(IN, H, num_layers=5, residual=True, norm="layer", batch_first=True,
+                            **F64))
+    x = make_input(batch_first=True)
+    hx = torch.randn(5, B, H, **F64)
+    mask = padding_mask([T, 1, T - 2, 3], T, batch_first=True)
+    out, h_n = rnn(x, hx, mask)
+    layer_in, shortcut = x, None
+    for k in range(5):
+        layer_in, layer_h_n, shortcut = rnn.forward_layer(k, layer_in, hx[k:k + 1], mask,
+                                                          shortcut)
+        assert torch.equal(layer_h_n, h_n[k:k + 1])
+    assert torch.equal(layer_in, out)
+    with pytest.raises(ValueError, match=r"k must be a layer index in \[0, 5\), got 5"):
+        rnn.forward_layer(5, out)
+    with pytest.raises(ValueError, match=r"x must have shape \(B, T, I_k\) with I_1 = 6"):
+        rnn.forward_layer(1, x)
+    with pytest.raises(ValueError, match="shortcut must be the one layer 1 returned"):
+        rnn.forward_layer(2, out)
 
 
 def test_packed_sequence_sorted_input():

@@ -15,6 +15,7 @@ from transformers.modeling_outputs import (
 
 import hf_integration
 from hf_integration import (
+    IndRNNCache,
     IndRNNForCausalLM,
     IndRNNForSequenceClassification,
     IndRNNForTokenClassification,
@@ -554,3 +555,75 @@ def test_model_built_on_meta_device_initialises_every_tensor(cls):
             tensor.fill_(math.nan)  # what to_empty's memory may hold
     model.initialize_weights()
     _assert_loaded_or_fresh(model, saved={})
+
+
+# ----------------------------------------------------------------------------------------------
+# Keyword arguments: transformers' names honoured, unknown ones rejected.
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", list(OUTPUT_CLASSES))
+def test_unknown_keyword_raises_type_error_naming_it(cls):
+    model = tiny_model(cls)
+    with pytest.raises(TypeError, match="labelz"):
+        model(input_ids=torch.randint(3, VOCAB, (2, 5)), labelz=None)
+
+
+@pytest.mark.parametrize("cls", list(OUTPUT_CLASSES))
+def test_keywords_transformers_passes_are_accepted(cls):
+    model = tiny_model(cls)
+    ids = torch.randint(3, VOCAB, (2, 5))
+    extra = {IndRNNModel: dict(cache_position=torch.arange(5)),
+             IndRNNForCausalLM: dict(cache_position=torch.arange(5), logits_to_keep=1,
+                                     num_items_in_batch=torch.tensor(8))}.get(
+        cls, dict(num_items_in_batch=torch.tensor(8)))
+    want = head_logits(model, input_ids=ids)
+    got = head_logits(model, input_ids=ids, output_attentions=False, **extra)
+    torch.testing.assert_close(got, want[:, -1:] if "logits_to_keep" in extra else want)
+    with pytest.raises(ValueError, match="output_attentions=True: IndRNN models have no"):
+        model(input_ids=ids, output_attentions=True)
+
+
+def test_shift_labels_are_the_targets_of_every_step():
+    model = tiny_model(IndRNNForCausalLM)
+    ids = torch.randint(3, VOCAB, (2, 6))
+    targets = torch.randint(3, VOCAB, (2, 6))
+    targets[0, 2] = -100
+    out = model(input_ids=ids, shift_labels=targets)
+    keep = targets != -100
+    torch.testing.assert_close(
+        out.loss, torch.nn.functional.cross_entropy(out.logits[keep], targets[keep])
+    )
+    # labels shifted by the model give the same loss as the same targets pre-shifted
+    shifted = torch.cat([ids[:, 1:], torch.full((2, 1), -100)], 1)
+    torch.testing.assert_close(model(input_ids=ids, shift_labels=shifted).loss,
+                               model(input_ids=ids, labels=ids).loss)
+    # and shift_labels win over labels, as in transformers' causal LM loss
+    torch.testing.assert_close(model(input_ids=ids, labels=ids, shift_labels=targets).loss,
+                               out.loss)
+
+
+@pytest.mark.parametrize("cls", [IndRNNForTokenClassification, IndRNNForCausalLM])
+def test_num_items_in_batch_divides_the_summed_loss(cls):
+    model = tiny_model(cls)
+    ids = torch.randint(3, VOCAB, (2, 6))
+    labels = ids % 3 if cls is IndRNNForTokenClassification else ids
+    mean = model(input_ids=ids, labels=labels).loss
+    count = 12 if cls is IndRNNForTokenClassification else 10  # targets in this batch
+    summed = model(input_ids=ids, labels=labels, num_items_in_batch=torch.tensor(40)).loss
+    torch.testing.assert_close(summed, mean * count / 40)
+
+
+def test_cache_params_is_an_alias_of_cache():
+    model = tiny_model(IndRNNForCausalLM)
+    ids = torch.randint(3, VOCAB, (2, 7))
+    for cls_model in (model, model.model):
+        cache = IndRNNCache(model.config)
+        cls_model(input_ids=ids[:, :4], cache_params=cache)
+        assert cache.get_seq_length() == 4
+    second = model(input_ids=ids[:, 4:], cache_params=cache_of(model(input_ids=ids[:, :4])))
+    torch.testing.assert_close(second.logits, model(input_ids=ids).logits[:, 4:])
+    with pytest.raises(ValueError, match="pass the cache once, as cache, got cache and "
+                                         "cache_params"):
+        model(input_ids=ids, cache=IndRNNCache(model.config),
+              cache_params=IndRNNCache(model.config))

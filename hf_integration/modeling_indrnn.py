@@ -633,22 +633,30 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
         return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         past_key_values: Cache | None = None,
-        shift_labels: torch.LongTensor | None = None,
         num_items_in_batch: torch.Tensor | int | None = None,
         cache_params: Cache | None = None,
         cache_position: torch.Tensor | None = None,
         output_attentions: bool | None = None,
+        **kwargs,
     ) -> tuple | CausalLMOutputWithPast:
         r"""
         labels: (batch, time) token ids, shifted inside the model (labels = input_ids works);
             -100 marks positions without a target.
-        shift_labels: (batch, time) targets already shifted, one per step of the logits (the
-            Trainer passes them under context parallelism); used instead of `labels`.
+        shift_labels (keyword only): (batch, time) targets already shifted, one per step of
+            the logits (the Trainer passes them under context parallelism); used instead of
+            `labels`. Taken from `**kwargs`, as in transformers' own models: the Trainer
+            looks for labels among the signature's names containing "label".
         num_items_in_batch: the loss is the sum over targets divided by this (the Trainer's
             count over all gradient-accumulation steps) instead of their mean.
         logits_to_keep: compute logits for the last this-many steps only (0: all steps).
         Other arguments as in `IndRNNModel.forward`; any other keyword is a TypeError.
         """
+        shift_labels = kwargs.pop("shift_labels", None)
+        if kwargs:
+            raise TypeError(
+                f"IndRNNForCausalLM.forward() got unexpected keyword argument(s): "
+                f"{', '.join(sorted(kwargs))}"
+            )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.model(
             input_ids,

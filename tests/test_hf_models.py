@@ -4,7 +4,18 @@ import math
 
 import pytest
 import torch
-from hf_helpers import HEADS, VOCAB, cache_of, head_logits, padded_batch, random_tokens, tiny_model
+from hf_helpers import (
+    HEADS,
+    INIT_OPTIONS,
+    VOCAB,
+    assert_loaded_or_fresh,
+    cache_of,
+    head_logits,
+    nan_empty_like,
+    padded_batch,
+    random_tokens,
+    tiny_model,
+)
 from transformers import AutoModel, AutoModelForSequenceClassification
 from transformers.modeling_outputs import (
     BaseModelOutputWithPast,
@@ -473,50 +484,6 @@ def test_both_kernel_paths_pad_and_continue(backend):
 # Weights a checkpoint lacks: initialised as in a freshly built model, loaded ones kept.
 # ----------------------------------------------------------------------------------------------
 
-INIT_OPTIONS = dict(recurrent_max_abs=1.5, recurrent_init=[0.2, 0.3],
-                    last_layer_recurrent_init="near_one", input_weight_init="rnn_uniform")
-
-
-@pytest.fixture
-def nan_empty_like(monkeypatch):
-    """Tensors transformers materialises for missing keys start as NaN instead of whatever
-    memory held, so a tensor left uninitialised fails the checks every time."""
-    empty_like = torch.empty_like
-
-    def nan_filled(*args, **kwargs):
-        t = empty_like(*args, **kwargs)
-        return t.fill_(math.nan) if t.dtype.is_floating_point else t
-
-    monkeypatch.setattr(torch, "empty_like", nan_filled)
-
-
-def _assert_fresh(name: str, tensor: torch.Tensor, config) -> None:
-    """`tensor` is finite and in the range the config's initialisation draws `name` from."""
-    assert torch.isfinite(tensor).all(), name
-    layer = name.rsplit("_l", 1)[-1]
-    if "rnn.weight_ih" in name:  # rnn_uniform: U(-1/sqrt(H), 1/sqrt(H))
-        bound = 1 / math.sqrt(config.hidden_size)
-        assert tensor.abs().max() <= bound and tensor.std() > bound / 4, name
-    elif "rnn.weight_hh" in name:
-        last = int(layer) == config.num_hidden_layers - 1
-        low, high = (1 / 1.5, 1.5) if last else (0.2, 0.3)
-        assert low <= tensor.min() and tensor.max() <= high and tensor.std() > 0, name
-    elif "rnn.bias" in name or name.endswith("running_mean") or name.endswith("classifier.bias"):
-        assert torch.equal(tensor, torch.zeros_like(tensor)), name
-    elif ".norms." in name:  # the norms' scales and running variances
-        assert torch.equal(tensor, torch.ones_like(tensor)), name
-    else:  # embeddings (std 1) and heads (std initializer_range 0.5)
-        assert 0.1 < tensor.std() < 2, name
-
-
-def _assert_loaded_or_fresh(model, saved: dict) -> None:
-    for name, tensor in model.state_dict().items():
-        if name in saved and saved[name].shape == tensor.shape:
-            assert torch.equal(tensor, saved[name]), f"{name} was loaded but changed"
-        else:
-            _assert_fresh(name, tensor, model.config)
-
-
 LOAD_CASES = {
     "grown_by_a_layer": dict(num_hidden_layers=3),
     "norm_added": dict(norm="batch"),
@@ -528,8 +495,9 @@ LOAD_CASES = {
 @pytest.mark.parametrize("case", list(LOAD_CASES))
 @pytest.mark.parametrize("cls", list(OUTPUT_CLASSES))
 def test_weights_missing_from_a_checkpoint_are_initialised_like_a_new_model(
-    cls, case, tmp_path, nan_empty_like
+    cls, case, tmp_path, monkeypatch
 ):
+    nan_empty_like(monkeypatch)
     model = tiny_model(cls, **INIT_OPTIONS)
     saved = {name: t.clone() for name, t in model.state_dict().items()}
     if case == "rnn_keys_removed":
@@ -539,7 +507,7 @@ def test_weights_missing_from_a_checkpoint_are_initialised_like_a_new_model(
     new = [name for name in loaded.state_dict()
            if name not in saved or saved[name].shape != loaded.state_dict()[name].shape]
     assert any("rnn." in name for name in new)  # the case does leave IndRNN tensors missing
-    _assert_loaded_or_fresh(loaded, saved)
+    assert_loaded_or_fresh(loaded, saved)
     ids = torch.randint(3, VOCAB, (2, 5))
     assert torch.isfinite(head_logits(loaded.eval(), input_ids=ids)).all()
 
@@ -554,7 +522,7 @@ def test_model_built_on_meta_device_initialises_every_tensor(cls):
         for tensor in model.state_dict().values():
             tensor.fill_(math.nan)  # what to_empty's memory may hold
     model.initialize_weights()
-    _assert_loaded_or_fresh(model, saved={})
+    assert_loaded_or_fresh(model, saved={})
 
 
 # ----------------------------------------------------------------------------------------------

@@ -111,8 +111,36 @@ def _pair(value):
     return tuple(value) if isinstance(value, list) else value
 
 
-def _cache_argument(cache, past_key_values):
-    return cache if cache is not None else past_key_values
+def _cache_argument(cache, past_key_values=None, cache_params=None):
+    """The one cache given under any of its names: `cache` (transformers 5.2x),
+    `past_key_values` (before) or `cache_params` (the older recurrent models' name)."""
+    given = {name: value for name, value in (("cache", cache), ("past_key_values", past_key_values),
+                                             ("cache_params", cache_params)) if value is not None}
+    if len(given) > 1:
+        raise ValueError(f"pass the cache once, as cache, got {' and '.join(given)}")
+    return next(iter(given.values()), None)
+
+
+def _check_no_attentions(output_attentions) -> None:
+    # Accepted because transformers' callers may pass it; there are no attention weights.
+    if output_attentions:
+        raise ValueError("output_attentions=True: IndRNN models have no attention weights")
+
+
+def _token_loss(logits, targets, num_items_in_batch=None) -> torch.Tensor:
+    """Cross-entropy over every step with a target (-100: none), as transformers computes it:
+    the mean, or the sum divided by `num_items_in_batch` when given (the Trainer's count of
+    targets over all gradient-accumulation steps)."""
+    reduction = "mean" if num_items_in_batch is None else "sum"
+    loss = nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100,
+        reduction=reduction,
+    )
+    if num_items_in_batch is None:
+        return loss
+    if isinstance(num_items_in_batch, torch.Tensor):
+        num_items_in_batch = num_items_in_batch.to(loss.device)
+    return loss / num_items_in_batch
 
 
 class IndRNNLayer(GradientCheckpointingLayer):
@@ -177,7 +205,9 @@ class IndRNNModel(IndRNNPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         past_key_values: Cache | None = None,
-        **kwargs,
+        cache_params: Cache | None = None,
+        cache_position: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
     ) -> tuple | BaseModelOutputWithPast:
         r"""
         Args:
@@ -196,9 +226,16 @@ class IndRNNModel(IndRNNPreTrainedModel):
             output_hidden_states: also return `hidden_states`, num_hidden_layers + 1 tensors:
                 the IndRNN stack's input, then each layer's output ((batch, time, 2 *
                 hidden_size) for bidirectional layers).
-            past_key_values: the name `cache` had before transformers 5.2x.
+            past_key_values, cache_params: other names of `cache` (before transformers 5.2x;
+                transformers' older recurrent models).
+            cache_position: accepted for transformers' callers and unused: the recurrent
+                state carries the position.
+            output_attentions: only None or False (no attention weights).
+
+        Any other keyword is a TypeError.
         """
-        cache = _cache_argument(cache, past_key_values)
+        cache = _cache_argument(cache, past_key_values, cache_params)
+        _check_no_attentions(output_attentions)
         output_hidden_states = (
             output_hidden_states
             if output_hidden_states is not None
@@ -376,11 +413,15 @@ class IndRNNForSequenceClassification(IndRNNPreTrainedModel):
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
+        output_attentions: bool | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,
     ) -> tuple | SequenceClassifierOutput:
         r"""
         labels: (batch,) class ids, (batch, num_labels) multi-hot targets, or (batch,) /
             (batch, num_labels) regression targets.
+        num_items_in_batch: accepted for the Trainer and unused, as in transformers' own
+            sequence classifiers (one target per sequence: the loss is a mean).
+        Other arguments as in `IndRNNModel.forward`; any other keyword is a TypeError.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.model(
@@ -390,6 +431,7 @@ class IndRNNForSequenceClassification(IndRNNPreTrainedModel):
             use_cache=False,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            output_attentions=output_attentions,
         )
         pooled = self._pool(outputs.last_hidden_state, attention_mask)
         logits = self.classifier(self.dropout(pooled))
@@ -464,10 +506,14 @@ class IndRNNForTokenClassification(IndRNNPreTrainedModel):
         labels: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
+        output_attentions: bool | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,
     ) -> tuple | TokenClassifierOutput:
         r"""
         labels: (batch, time) class ids; -100 marks steps without a label (e.g. padding).
+        num_items_in_batch: the loss is the sum over labelled steps divided by this (the
+            Trainer's count over all gradient-accumulation steps) instead of their mean.
+        Other arguments as in `IndRNNModel.forward`; any other keyword is a TypeError.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.model(
@@ -477,13 +523,10 @@ class IndRNNForTokenClassification(IndRNNPreTrainedModel):
             use_cache=False,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            output_attentions=output_attentions,
         )
         logits = self.classifier(self.dropout(outputs.last_hidden_state))
-        loss = None
-        if labels is not None:
-            loss = nn.functional.cross_entropy(
-                logits.float().view(-1, self.num_labels), labels.view(-1), ignore_index=-100
-            )
+        loss = None if labels is None else _token_loss(logits, labels, num_items_in_batch)
         output = TokenClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states
         )
@@ -590,22 +633,40 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
         return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         past_key_values: Cache | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,
+        cache_params: Cache | None = None,
+        cache_position: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
         **kwargs,
     ) -> tuple | CausalLMOutputWithPast:
         r"""
         labels: (batch, time) token ids, shifted inside the model (labels = input_ids works);
             -100 marks positions without a target.
+        shift_labels (keyword only): (batch, time) targets already shifted, one per step of
+            the logits (the Trainer passes them under context parallelism); used instead of
+            `labels`. Taken from `**kwargs`, as in transformers' own models: the Trainer
+            looks for labels among the signature's names containing "label".
+        num_items_in_batch: the loss is the sum over targets divided by this (the Trainer's
+            count over all gradient-accumulation steps) instead of their mean.
         logits_to_keep: compute logits for the last this-many steps only (0: all steps).
+        Other arguments as in `IndRNNModel.forward`; any other keyword is a TypeError.
         """
+        shift_labels = kwargs.pop("shift_labels", None)
+        if kwargs:
+            raise TypeError(
+                f"IndRNNForCausalLM.forward() got unexpected keyword argument(s): "
+                f"{', '.join(sorted(kwargs))}"
+            )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.model(
             input_ids,
             attention_mask=attention_mask,
             inputs_embeds=inputs_embeds,
-            cache=_cache_argument(cache, past_key_values),
+            cache=_cache_argument(cache, past_key_values, cache_params),
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            output_attentions=output_attentions,
         )
         hidden_states = outputs.last_hidden_state
         if isinstance(logits_to_keep, int):
@@ -614,12 +675,10 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
             hidden_states = hidden_states[:, logits_to_keep]
         logits = self.lm_head(self.dropout(hidden_states))
         loss = None
-        if labels is not None:
-            loss = nn.functional.cross_entropy(
-                logits[:, :-1].float().reshape(-1, self.config.vocab_size),
-                labels[:, 1:].reshape(-1),
-                ignore_index=-100,
-            )
+        if shift_labels is not None:
+            loss = _token_loss(logits, shift_labels, num_items_in_batch)
+        elif labels is not None:
+            loss = _token_loss(logits[:, :-1], labels[:, 1:], num_items_in_batch)
         output = CausalLMOutputWithPast(
             loss=loss,
             logits=logits,

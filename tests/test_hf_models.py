@@ -4,7 +4,18 @@ import math
 
 import pytest
 import torch
-from hf_helpers import HEADS, VOCAB, cache_of, head_logits, padded_batch, random_tokens, tiny_model
+from hf_helpers import (
+    HEADS,
+    INIT_OPTIONS,
+    VOCAB,
+    assert_loaded_or_fresh,
+    cache_of,
+    head_logits,
+    nan_empty_like,
+    padded_batch,
+    random_tokens,
+    tiny_model,
+)
 from transformers import AutoModel, AutoModelForSequenceClassification
 from transformers.modeling_outputs import (
     BaseModelOutputWithPast,
@@ -15,6 +26,7 @@ from transformers.modeling_outputs import (
 
 import hf_integration
 from hf_integration import (
+    IndRNNCache,
     IndRNNForCausalLM,
     IndRNNForSequenceClassification,
     IndRNNForTokenClassification,
@@ -472,50 +484,6 @@ def test_both_kernel_paths_pad_and_continue(backend):
 # Weights a checkpoint lacks: initialised as in a freshly built model, loaded ones kept.
 # ----------------------------------------------------------------------------------------------
 
-INIT_OPTIONS = dict(recurrent_max_abs=1.5, recurrent_init=[0.2, 0.3],
-                    last_layer_recurrent_init="near_one", input_weight_init="rnn_uniform")
-
-
-@pytest.fixture
-def nan_empty_like(monkeypatch):
-    """Tensors transformers materialises for missing keys start as NaN instead of whatever
-    memory held, so a tensor left uninitialised fails the checks every time."""
-    empty_like = torch.empty_like
-
-    def nan_filled(*args, **kwargs):
-        t = empty_like(*args, **kwargs)
-        return t.fill_(math.nan) if t.dtype.is_floating_point else t
-
-    monkeypatch.setattr(torch, "empty_like", nan_filled)
-
-
-def _assert_fresh(name: str, tensor: torch.Tensor, config) -> None:
-    """`tensor` is finite and in the range the config's initialisation draws `name` from."""
-    assert torch.isfinite(tensor).all(), name
-    layer = name.rsplit("_l", 1)[-1]
-    if "rnn.weight_ih" in name:  # rnn_uniform: U(-1/sqrt(H), 1/sqrt(H))
-        bound = 1 / math.sqrt(config.hidden_size)
-        assert tensor.abs().max() <= bound and tensor.std() > bound / 4, name
-    elif "rnn.weight_hh" in name:
-        last = int(layer) == config.num_hidden_layers - 1
-        low, high = (1 / 1.5, 1.5) if last else (0.2, 0.3)
-        assert low <= tensor.min() and tensor.max() <= high and tensor.std() > 0, name
-    elif "rnn.bias" in name or name.endswith("running_mean") or name.endswith("classifier.bias"):
-        assert torch.equal(tensor, torch.zeros_like(tensor)), name
-    elif ".norms." in name:  # the norms' scales and running variances
-        assert torch.equal(tensor, torch.ones_like(tensor)), name
-    else:  # embeddings (std 1) and heads (std initializer_range 0.5)
-        assert 0.1 < tensor.std() < 2, name
-
-
-def _assert_loaded_or_fresh(model, saved: dict) -> None:
-    for name, tensor in model.state_dict().items():
-        if name in saved and saved[name].shape == tensor.shape:
-            assert torch.equal(tensor, saved[name]), f"{name} was loaded but changed"
-        else:
-            _assert_fresh(name, tensor, model.config)
-
-
 LOAD_CASES = {
     "grown_by_a_layer": dict(num_hidden_layers=3),
     "norm_added": dict(norm="batch"),
@@ -527,8 +495,9 @@ LOAD_CASES = {
 @pytest.mark.parametrize("case", list(LOAD_CASES))
 @pytest.mark.parametrize("cls", list(OUTPUT_CLASSES))
 def test_weights_missing_from_a_checkpoint_are_initialised_like_a_new_model(
-    cls, case, tmp_path, nan_empty_like
+    cls, case, tmp_path, monkeypatch
 ):
+    nan_empty_like(monkeypatch)
     model = tiny_model(cls, **INIT_OPTIONS)
     saved = {name: t.clone() for name, t in model.state_dict().items()}
     if case == "rnn_keys_removed":
@@ -538,7 +507,7 @@ def test_weights_missing_from_a_checkpoint_are_initialised_like_a_new_model(
     new = [name for name in loaded.state_dict()
            if name not in saved or saved[name].shape != loaded.state_dict()[name].shape]
     assert any("rnn." in name for name in new)  # the case does leave IndRNN tensors missing
-    _assert_loaded_or_fresh(loaded, saved)
+    assert_loaded_or_fresh(loaded, saved)
     ids = torch.randint(3, VOCAB, (2, 5))
     assert torch.isfinite(head_logits(loaded.eval(), input_ids=ids)).all()
 
@@ -553,4 +522,76 @@ def test_model_built_on_meta_device_initialises_every_tensor(cls):
         for tensor in model.state_dict().values():
             tensor.fill_(math.nan)  # what to_empty's memory may hold
     model.initialize_weights()
-    _assert_loaded_or_fresh(model, saved={})
+    assert_loaded_or_fresh(model, saved={})
+
+
+# ----------------------------------------------------------------------------------------------
+# Keyword arguments: transformers' names honoured, unknown ones rejected.
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", list(OUTPUT_CLASSES))
+def test_unknown_keyword_raises_type_error_naming_it(cls):
+    model = tiny_model(cls)
+    with pytest.raises(TypeError, match="labelz"):
+        model(input_ids=torch.randint(3, VOCAB, (2, 5)), labelz=None)
+
+
+@pytest.mark.parametrize("cls", list(OUTPUT_CLASSES))
+def test_keywords_transformers_passes_are_accepted(cls):
+    model = tiny_model(cls)
+    ids = torch.randint(3, VOCAB, (2, 5))
+    extra = {IndRNNModel: dict(cache_position=torch.arange(5)),
+             IndRNNForCausalLM: dict(cache_position=torch.arange(5), logits_to_keep=1,
+                                     num_items_in_batch=torch.tensor(8))}.get(
+        cls, dict(num_items_in_batch=torch.tensor(8)))
+    want = head_logits(model, input_ids=ids)
+    got = head_logits(model, input_ids=ids, output_attentions=False, **extra)
+    torch.testing.assert_close(got, want[:, -1:] if "logits_to_keep" in extra else want)
+    with pytest.raises(ValueError, match="output_attentions=True: IndRNN models have no"):
+        model(input_ids=ids, output_attentions=True)
+
+
+def test_shift_labels_are_the_targets_of_every_step():
+    model = tiny_model(IndRNNForCausalLM)
+    ids = torch.randint(3, VOCAB, (2, 6))
+    targets = torch.randint(3, VOCAB, (2, 6))
+    targets[0, 2] = -100
+    out = model(input_ids=ids, shift_labels=targets)
+    keep = targets != -100
+    torch.testing.assert_close(
+        out.loss, torch.nn.functional.cross_entropy(out.logits[keep], targets[keep])
+    )
+    # labels shifted by the model give the same loss as the same targets pre-shifted
+    shifted = torch.cat([ids[:, 1:], torch.full((2, 1), -100)], 1)
+    torch.testing.assert_close(model(input_ids=ids, shift_labels=shifted).loss,
+                               model(input_ids=ids, labels=ids).loss)
+    # and shift_labels win over labels, as in transformers' causal LM loss
+    torch.testing.assert_close(model(input_ids=ids, labels=ids, shift_labels=targets).loss,
+                               out.loss)
+
+
+@pytest.mark.parametrize("cls", [IndRNNForTokenClassification, IndRNNForCausalLM])
+def test_num_items_in_batch_divides_the_summed_loss(cls):
+    model = tiny_model(cls)
+    ids = torch.randint(3, VOCAB, (2, 6))
+    labels = ids % 3 if cls is IndRNNForTokenClassification else ids
+    mean = model(input_ids=ids, labels=labels).loss
+    count = 12 if cls is IndRNNForTokenClassification else 10  # targets in this batch
+    summed = model(input_ids=ids, labels=labels, num_items_in_batch=torch.tensor(40)).loss
+    torch.testing.assert_close(summed, mean * count / 40)
+
+
+def test_cache_params_is_an_alias_of_cache():
+    model = tiny_model(IndRNNForCausalLM)
+    ids = torch.randint(3, VOCAB, (2, 7))
+    for cls_model in (model, model.model):
+        cache = IndRNNCache(model.config)
+        cls_model(input_ids=ids[:, :4], cache_params=cache)
+        assert cache.get_seq_length() == 4
+    second = model(input_ids=ids[:, 4:], cache_params=cache_of(model(input_ids=ids[:, :4])))
+    torch.testing.assert_close(second.logits, model(input_ids=ids).logits[:, 4:])
+    with pytest.raises(ValueError, match="pass the cache once, as cache, got cache and "
+                                         "cache_params"):
+        model(input_ids=ids, cache=IndRNNCache(model.config),
+              cache_params=IndRNNCache(model.config))

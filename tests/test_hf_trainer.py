@@ -84,6 +84,7 @@ def test_trainer_fine_tunes_every_head(case, tmp_path):
         activation_checkpointing=case == "token_classification",  # the Trainer's own switch
     )
     trainer = Trainer(model=model, args=args, train_dataset=data, eval_dataset=data)
+    assert trainer.label_names == ["labels"]  # found in the forward's signature
     before = trainer.evaluate()["eval_loss"]
     trainer.train()
     assert [layer.gradient_checkpointing for layer in model.model.layers] == [

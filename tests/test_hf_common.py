@@ -1,0 +1,189 @@
+"""transformers' model conventions, in the style of its common model tests.
+
+`IndRNNModelTester` builds a tiny config and inputs (a left-padded batch, labels for each head);
+`TestIndRNNModelCommon` has one test per convention, run for every head class (the generation
+tests for the generative one).
+"""
+
+import pytest
+import torch
+from hf_helpers import INIT_OPTIONS, assert_loaded_or_fresh, nan_empty_like
+
+from hf_integration import (
+    IndRNNCache,
+    IndRNNConfig,
+    IndRNNForCausalLM,
+    IndRNNForSequenceClassification,
+    IndRNNForTokenClassification,
+    IndRNNModel,
+)
+
+ALL_MODEL_CLASSES = [
+    IndRNNModel,
+    IndRNNForSequenceClassification,
+    IndRNNForTokenClassification,
+    IndRNNForCausalLM,
+]
+GENERATIVE_MODEL_CLASSES = [IndRNNForCausalLM]
+
+
+class IndRNNModelTester:
+    batch_size, seq_length, vocab_size, num_labels = 3, 6, 50, 3
+    hidden_size, num_hidden_layers = 8, 2
+
+    def get_config(self, **overrides) -> IndRNNConfig:
+        kwargs = dict(vocab_size=self.vocab_size, hidden_size=self.hidden_size,
+                      num_hidden_layers=self.num_hidden_layers, num_labels=self.num_labels,
+                      recurrent_max_abs=1.5, pad_token_id=0, initializer_range=0.5)
+        return IndRNNConfig(**{**kwargs, **overrides})
+
+    def prepare_inputs(self) -> dict:
+        """Token ids and an attention mask with left padding of 0, 2 and 4 steps."""
+        g = torch.Generator().manual_seed(0)
+        input_ids = torch.randint(1, self.vocab_size, (self.batch_size, self.seq_length),
+                                  generator=g)
+        steps = torch.arange(self.seq_length)
+        mask = (steps >= torch.tensor([0, 2, 4])[:, None]).long()
+        return {"input_ids": input_ids.masked_fill(mask == 0, 0), "attention_mask": mask}
+
+    def labels_for(self, model_class, inputs) -> torch.Tensor | None:
+        if model_class is IndRNNForSequenceClassification:
+            return torch.arange(self.batch_size) % self.num_labels
+        if model_class is IndRNNForTokenClassification:
+            return (inputs["input_ids"] % self.num_labels).masked_fill(
+                inputs["attention_mask"] == 0, -100)
+        if model_class is IndRNNForCausalLM:
+            return inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
+        return None
+
+    def create_model(self, model_class, **overrides):
+        torch.manual_seed(0)
+        return model_class(self.get_config(**overrides)).eval()
+
+
+def _main_output(model, outputs) -> torch.Tensor:
+    return outputs.last_hidden_state if isinstance(model, IndRNNModel) else outputs.logits
+
+
+def _training_loss(model, inputs, labels) -> torch.Tensor:
+    outputs = model(**inputs, labels=labels) if labels is not None else model(**inputs)
+    return outputs.loss if labels is not None else outputs.last_hidden_state.square().mean()
+
+
+class TestIndRNNModelCommon:
+    tester = IndRNNModelTester()
+
+    @pytest.fixture(params=ALL_MODEL_CLASSES, ids=lambda cls: cls.__name__)
+    def model_class(self, request):
+        return request.param
+
+    def test_save_load(self, model_class, tmp_path):
+        model = self.tester.create_model(model_class)
+        inputs = self.tester.prepare_inputs()
+        model.save_pretrained(tmp_path)
+        loaded = model_class.from_pretrained(tmp_path).eval()
+        assert torch.equal(_main_output(loaded, loaded(**inputs)),
+                           _main_output(model, model(**inputs)))
+
+    def test_hidden_states_output(self, model_class):
+        model = self.tester.create_model(model_class, num_hidden_layers=3)
+        inputs = self.tester.prepare_inputs()
+        outputs = model(**inputs, output_hidden_states=True)
+        assert len(outputs.hidden_states) == 3 + 1
+        for hidden in outputs.hidden_states[1:]:
+            assert hidden.shape == (self.tester.batch_size, self.tester.seq_length,
+                                    self.tester.hidden_size)
+        base = model if isinstance(model, IndRNNModel) else model.model
+        assert torch.equal(outputs.hidden_states[-1], base(**inputs).last_hidden_state)
+        assert model(**inputs).hidden_states is None
+
+    def test_gradient_checkpointing_on_off_equal(self, model_class):
+        model = self.tester.create_model(model_class, dropout=0.2).train()
+        inputs = self.tester.prepare_inputs()
+        labels = self.tester.labels_for(model_class, inputs)
+        results = []
+        for on in (False, True):
+            if on:
+                model.activation_checkpointing_enable()
+            model.zero_grad()
+            torch.manual_seed(1)
+            loss = _training_loss(model, inputs, labels)
+            loss.backward()
+            results.append((loss, {n: p.grad.clone() for n, p in model.named_parameters()}))
+        (loss_off, grads_off), (loss_on, grads_on) = results
+        torch.testing.assert_close(loss_on, loss_off)
+        assert grads_on.keys() == grads_off.keys()
+        for name, grad in grads_off.items():
+            torch.testing.assert_close(grads_on[name], grad, msg=name)
+
+    def test_resize_tokens_embeddings(self, model_class):
+        model = self.tester.create_model(model_class)
+        inputs = self.tester.prepare_inputs()
+        before = _main_output(model, model(**inputs))
+        vocab = self.tester.vocab_size
+        model.resize_token_embeddings(vocab + 7)
+        assert model.config.vocab_size == vocab + 7
+        assert model.get_input_embeddings().weight.shape[0] == vocab + 7
+        new_ids = dict(inputs, input_ids=torch.full_like(inputs["input_ids"], vocab + 6))
+        after = _main_output(model, model(**new_ids))  # the new ids are embedded
+        assert torch.isfinite(after).all()
+        after = _main_output(model, model(**inputs))
+        if model_class is IndRNNForCausalLM:
+            assert model.get_output_embeddings().weight.shape[0] == vocab + 7
+            after = after[..., :vocab]
+        assert torch.equal(after, before)
+
+    def test_missing_weights_initialised(self, model_class, tmp_path, monkeypatch):
+        nan_empty_like(monkeypatch)
+        model = self.tester.create_model(model_class, **INIT_OPTIONS)
+        saved = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+        model.save_pretrained(tmp_path)
+        grown = model_class.from_pretrained(tmp_path, num_hidden_layers=3, norm="layer")
+        assert len(grown.state_dict()) > len(saved)
+        assert_loaded_or_fresh(grown, saved)
+
+    def test_unknown_keyword_is_rejected(self, model_class):
+        model = self.tester.create_model(model_class)
+        with pytest.raises(TypeError, match="not_an_argument"):
+            model(**self.tester.prepare_inputs(), not_an_argument=1)
+
+    def test_padding_equals_each_sequence_alone(self, model_class):
+        model = self.tester.create_model(model_class)
+        inputs = self.tester.prepare_inputs()
+        batched = _main_output(model, model(**inputs))
+        for row, mask in enumerate(inputs["attention_mask"].bool()):
+            alone = _main_output(model, model(input_ids=inputs["input_ids"][row, mask][None]))
+            per_sequence = model_class is IndRNNForSequenceClassification
+            got = batched[row] if per_sequence else batched[row, mask]
+            torch.testing.assert_close(got, alone[0])
+
+    def test_training_reaches_every_parameter(self, model_class):
+        model = self.tester.create_model(model_class, norm="batch").train()
+        inputs = self.tester.prepare_inputs()
+        _training_loss(model, inputs, self.tester.labels_for(model_class, inputs)).backward()
+        for name, param in model.named_parameters():
+            assert param.grad is not None and torch.isfinite(param.grad).all(), name
+
+    @pytest.mark.parametrize("generative_class", GENERATIVE_MODEL_CLASSES,
+                             ids=lambda cls: cls.__name__)
+    @pytest.mark.parametrize("num_beams", [1, 2], ids=["greedy", "beam"])
+    def test_continue_generation_from_cache(self, generative_class, num_beams):
+        model = self.tester.create_model(generative_class)
+        inputs = self.tester.prepare_inputs()
+        kwargs = dict(max_new_tokens=4, do_sample=False, num_beams=num_beams, pad_token_id=0)
+        whole = model.generate(**inputs, **kwargs)
+        cache = IndRNNCache(model.config)
+        with torch.no_grad():
+            model(**{k: v[:, :3].repeat_interleave(num_beams, 0) for k, v in inputs.items()},
+                  cache=cache)
+        assert torch.equal(model.generate(**inputs, cache=cache, **kwargs), whole)
+
+    @pytest.mark.parametrize("generative_class", GENERATIVE_MODEL_CLASSES,
+                             ids=lambda cls: cls.__name__)
+    def test_shift_labels(self, generative_class):
+        model = self.tester.create_model(generative_class)
+        inputs = self.tester.prepare_inputs()
+        labels = self.tester.labels_for(generative_class, inputs)
+        shifted = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
+        torch.testing.assert_close(model(**inputs, shift_labels=shifted).loss,
+                                   model(**inputs, labels=labels).loss)

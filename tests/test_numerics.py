@@ -408,3 +408,47 @@ def test_autocast_still_takes_other_input_dtypes():
         assert out.dtype == torch.bfloat16
         with pytest.raises(TypeError, match="does not match the weight dtype"):
             rnn(torch.randn(T, B, 4, dtype=torch.float64))  # autocast leaves float64 alone
+
+
+# ----------------------------------------------------------------------------------------------
+# Through the Hugging Face models: NaN-filled, left-padded inputs_embeds (item 4).
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("head", ["sequence", "token", "causal"])
+@pytest.mark.parametrize("norm", [None, "batch"])
+def test_hf_model_nan_inputs_embeds_at_padding_change_nothing(backend, head, norm):
+    from hf_integration import (
+        IndRNNConfig,
+        IndRNNForCausalLM,
+        IndRNNForSequenceClassification,
+        IndRNNForTokenClassification,
+    )
+
+    cls = {"sequence": IndRNNForSequenceClassification, "token": IndRNNForTokenClassification,
+           "causal": IndRNNForCausalLM}[head]
+    config = IndRNNConfig(vocab_size=20, embedding_size=6, hidden_size=8, num_hidden_layers=2,
+                          num_labels=3, norm=norm, recurrent_max_abs=1.2)
+    torch.manual_seed(0)
+    model = cls(config).train()
+    attention_mask = (torch.arange(T) >= torch.tensor([0, 2, 5])[:, None]).long()  # left padding
+    embeds = torch.randn(B, T, 6)
+    labels = (torch.arange(B) % 3 if head == "sequence"
+              else torch.randint(0, 3, (B, T)).masked_fill(attention_mask == 0, -100))
+    results = []
+    for inputs in (embeds, embeds.masked_fill(attention_mask[..., None] == 0, math.nan)):
+        inputs = inputs.clone().requires_grad_()
+        model.zero_grad()
+        torch.manual_seed(1)  # the same dropout masks
+        out = model(inputs_embeds=inputs, attention_mask=attention_mask, labels=labels)
+        out.loss.backward()
+        results.append((out.loss.detach(), inputs.grad,
+                        {n: p.grad.clone() for n, p in model.named_parameters()
+                         if p.grad is not None}))
+    (loss_a, gx_a, gp_a), (loss_b, gx_b, gp_b) = results
+    assert torch.isfinite(loss_b)
+    torch.testing.assert_close(loss_b, loss_a, rtol=0, atol=0)
+    torch.testing.assert_close(gx_b, gx_a, rtol=0, atol=0)
+    assert gp_a.keys() == gp_b.keys() and any("rnn" in n for n in gp_a)
+    for name in gp_a:
+        torch.testing.assert_close(gp_b[name], gp_a[name], rtol=0, atol=0, msg=name)

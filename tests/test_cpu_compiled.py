@@ -155,6 +155,7 @@ def test_build_failure_falls_back_with_one_warning(monkeypatch):
             assert torch.equal(g, want)
 
 
+@pytest.mark.slow
 def test_broken_compiler_in_a_fresh_process_falls_back(tmp_path):
     """The real failure: CXX is a compiler that fails and the extension cache is empty. The op
     still works (torch CPU path) and says so once."""

@@ -1,9 +1,9 @@
 // The IndRNN recurrence on CPU: one pass over time per call, the state of a block of sequences
 // in a small buffer that stays in L1/L2, vectorised over H, threads over (direction, batch).
 //
-// Plain C++ with no torch headers, so it compiles in about a second; Python passes raw pointers,
-// element strides and dtype codes through ctypes (indrnn_triton/cpu_compiled.py). Same contract
-// and numerics as indrnn_triton/cpu.py (DESIGN.md section 3):
+// Plain C++ with no torch headers, so it compiles in seconds; Python passes raw pointers, element
+// strides and dtype codes through ctypes (indrnn_triton/cpu_compiled.py). Same contract as
+// indrnn_triton/cpu.py; the numerics (DESIGN.md section 3):
 //   forward   h_t = relu(pre_t + b + u' h_{t-1}), relu(NaN) = NaN; a padding step (mask 0)
 //             carries the state, never reads pre_t, and writes the carried state as output.
 //   backward  d_t = (g_t + u' d_{t+1}) [h_t > 0]; a padding step passes the carried gradient

@@ -2,7 +2,10 @@
 
 For each (B, T, H), dtype and mode (``fwd``, ``bwd``, ``fwdbwd``) it times, in one run:
 
-- ``fused``: :func:`indrnn_triton.fused_indrnn` (Triton kernels on a GPU, the CPU path on CPU);
+- ``fused``: :func:`indrnn_triton.fused_indrnn` (Triton kernels on a GPU, the compiled CPU path
+  on CPU);
+- ``fused_torch`` (CPU only): the same op on its torch CPU path, a few torch ops per time step
+  (the fallback when the compiled path cannot be built);
 - ``naive_index``: autograd through ``for t in range(T): h = relu(pre[t] + b + u * h)``, the loop
   most users write. ``pre[t]``'s backward materialises a full (T, B, H) gradient at every step,
   so its backward costs O(T^2 B H);
@@ -23,9 +26,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import contextmanager
 
 import torch
 
+import indrnn_triton.op as op
 from benchmarks.common import (
     add_common_args,
     bench,
@@ -48,6 +53,9 @@ MODES = ("fwd", "bwd", "fwdbwd")
 MIN_ELEMS = {"fwd": 2, "bwd": 3, "fwdbwd": 5, "copy": 2}
 # The case issue 2 sets the CPU target on (fused forward+backward >= 30x the naive loop).
 TARGET_CASE = dict(T=1000, B=32, H=256, dtype="float32", mode="fwdbwd")
+TARGET_NAMES = {"fused_torch": "the op's torch CPU path (`fused_torch`)",
+                "naive_index": "autograd through `naive_index`",
+                "naive_unbind": "autograd through `naive_unbind`"}
 
 # Grids: a sweep over T at a fixed B x H, and a sweep over B x H at a fixed T. Naive loops are
 # capped (largest T and B x H; naive_index also at T^2 B H elements of gradient materialisation)
@@ -91,12 +99,26 @@ def fused(pre, u, b):
     return fused_indrnn(pre, u, b)[0]
 
 
-METHODS = {"fused": fused, "naive_index": naive_index, "naive_unbind": naive_unbind}
+@contextmanager
+def torch_cpu_path():
+    """Send CPU tensors through the op's torch CPU path instead of the compiled one."""
+    saved, op.cpu_uses_compiled = op.cpu_uses_compiled, False
+    try:
+        yield
+    finally:
+        op.cpu_uses_compiled = saved
 
 
-def skip_reason(method: str, B: int, T: int, H: int, preset: dict) -> str | None:
+METHODS = {"fused": fused, "fused_torch": fused, "naive_index": naive_index,
+           "naive_unbind": naive_unbind}
+
+
+def skip_reason(method: str, B: int, T: int, H: int, preset: dict,
+                device: torch.device) -> str | None:
     if method == "fused":
         return None
+    if method == "fused_torch":
+        return None if device.type == "cpu" else "CPU only"
     if T > preset["naive_max_T"]:
         return f"T > {preset['naive_max_T']}"
     if B * H > preset["naive_max_BH"]:
@@ -108,6 +130,14 @@ def skip_reason(method: str, B: int, T: int, H: int, preset: dict) -> str | None
 
 def mode_fn(method: str, mode: str, pre, u, b, g):
     """A no-argument callable running ``method`` in ``mode``."""
+    if method == "fused_torch":
+        with torch_cpu_path():
+            fn = mode_fn("fused", mode, pre, u, b, g)
+
+        def run_torch_path():
+            with torch_cpu_path():
+                return fn()
+        return run_torch_path
     f = METHODS[method]
     inputs = (pre, u, b)
     if mode == "fwd":
@@ -145,7 +175,7 @@ def run_case(B, T, H, dtype, device, preset, methods) -> list[dict]:
     for mode in MODES:
         fused_ms = None
         for method in methods:
-            why = skip_reason(method, B, T, H, preset)
+            why = skip_reason(method, B, T, H, preset, device)
             if why:
                 rows.append(dict(base, mode=mode, method=method, skipped=why))
                 continue
@@ -167,8 +197,9 @@ def run_case(B, T, H, dtype, device, preset, methods) -> list[dict]:
 
 
 def target_ratios(device, dtypes_run: list[str], methods: list[str]) -> list[dict]:
-    """The issue-2 case timed in alternation: fused forward+backward against each naive loop,
-    call by call (naive_index costs seconds a call, so it gets fewer rounds)."""
+    """The issue-2 case timed in alternation: fused forward+backward against each naive loop
+    and, on CPU, the op's torch CPU path, call by call (naive_index costs seconds a call, so it
+    gets fewer rounds)."""
     c = TARGET_CASE
     if c["dtype"] not in dtypes_run or "fused" not in methods:
         return []
@@ -177,27 +208,43 @@ def target_ratios(device, dtypes_run: list[str], methods: list[str]) -> list[dic
     u = torch.rand(c["H"], device=device, requires_grad=True)
     b = (0.1 * torch.randn(c["H"], device=device)).requires_grad_()
     g = torch.randn_like(pre)
-    rounds = {"naive_index": 3, "naive_unbind": 15} if device.type == "cpu" else \
-        {"naive_index": 5, "naive_unbind": 10}
+    rounds = {"fused_torch": 15, "naive_index": 3, "naive_unbind": 15} if device.type == "cpu" \
+        else {"naive_index": 5, "naive_unbind": 10}
     out = []
-    for naive in ("naive_index", "naive_unbind"):
-        if naive not in methods:
+    for other in rounds:
+        if other not in methods:
             continue
-        fns = {m: mode_fn(m, c["mode"], pre, u, b, g) for m in ("fused", naive)}
-        ms = bench_interleaved(fns, device, rounds[naive])
-        out.append(dict(naive=naive, fused_ms=ms["fused"], naive_ms=ms[naive],
-                        ratio=ms[naive] / ms["fused"], rounds=rounds[naive]))
+        fns = {m: mode_fn(m, c["mode"], pre, u, b, g) for m in ("fused", other)}
+        ms = bench_interleaved(fns, device, rounds[other])
+        out.append(dict(naive=other, fused_ms=ms["fused"], naive_ms=ms[other],
+                        ratio=ms[other] / ms["fused"], rounds=rounds[other]))
     return out
 
 
 def target_lines(ratios: list[dict]) -> list[str]:
     c = TARGET_CASE
     return [
-        f"**fused forward+backward vs autograd through `{r['naive']}` at T={c['T']}, "
+        f"**fused forward+backward vs {TARGET_NAMES[r['naive']]} at T={c['T']}, "
         f"B={c['B']}, H={c['H']}, {c['dtype']}: {r['ratio']:.1f}x faster** "
         f"({r['fused_ms']:.1f} ms vs {r['naive_ms']:.1f} ms, medians of {r['rounds']} "
         f"alternating calls of each, same run)"
         for r in ratios
+    ]
+
+
+def copy_frac_lines(rows: list[dict]) -> list[str]:
+    """Issue 14's CPU targets: fused forward+backward at the target shape as a fraction of the
+    copy bandwidth, per dtype, next to the torch CPU path."""
+    c = TARGET_CASE
+    pick = {(r["dtype"], r["method"]): r for r in rows
+            if (r["T"], r["B"], r["H"], r["mode"]) == (c["T"], c["B"], c["H"], "fwdbwd")
+            and "ms" in r}
+    return [
+        f"**fused forward+backward at T={c['T']}, B={c['B']}, H={c['H']}, {dtype}: "
+        f"{r['copy_frac']:.2f} of copy bandwidth** ({r['ms']:.1f} ms)"
+        + (f"; torch CPU path {t['copy_frac']:.2f} ({t['ms']:.1f} ms)"
+           if (t := pick.get((dtype, "fused_torch"))) else "")
+        for (dtype, method), r in pick.items() if method == "fused"
     ]
 
 
@@ -228,6 +275,7 @@ def main(argv=None) -> int:
         # Rewritten after every case, so a run cut short by a time limit keeps what it measured.
         md = write_results(out, "bench_op", rows, COLUMNS, env, notes=[
             *(target_lines(ratios) or ["(the T=1000, B=32, H=256 float32 case was not run)"]),
+            *copy_frac_lines(rows),
             "GB/s from the minimum bytes (fwd 2, bwd 3, fwdbwd 5 (T, B, H) tensors); copy_frac "
             "= that over the same run's copy_ GB/s; fused_speedup = this row's time / fused "
             "time; saved_MB = bytes autograd keeps for backward; peak_MB = peak allocated "

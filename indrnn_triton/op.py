@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.autograd import forward_ad
 
-from . import _alloc
+from . import _alloc, cpu_compiled
 from .cpu import cpu_backward, cpu_forward
 
 try:
@@ -26,6 +26,9 @@ except ImportError:  # Triton is optional off Linux; CUDA tensors then need it, 
 # With TRITON_INTERPRET=1 set before import, CPU tensors run the Triton kernels through Triton's
 # interpreter instead of the CPU path. Read at call time, so tests can switch it per test.
 cpu_uses_triton = triton_kernels is not None and triton_kernels.INTERPRET
+# Otherwise CPU tensors take the compiled kernels (indrnn_triton/csrc, built on first use; they
+# fall back to the torch CPU path if they cannot be built), or with False the torch CPU path.
+cpu_uses_compiled = True
 
 _INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -48,6 +51,8 @@ def _tbh(x: Tensor, batch_first: bool) -> Tensor:
 
 def _backend(device: torch.device, use_triton: bool):
     if not use_triton:
+        if cpu_uses_compiled:
+            return cpu_compiled.compiled_forward, cpu_compiled.compiled_backward
         return cpu_forward, cpu_backward
     if triton_kernels is None:
         raise RuntimeError(

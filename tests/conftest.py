@@ -1,8 +1,8 @@
 """Test-suite setup.
 
 TRITON_INTERPRET=1 is set before anything imports indrnn_triton, so its Triton kernels are built
-for Triton's interpreter and can run on CPU tensors. By default CPU tensors still take the torch
-CPU path (fast); the ``backend`` fixture runs a test once per path.
+for Triton's interpreter and can run on CPU tensors. By default CPU tensors still take the
+compiled CPU path (fast); the ``backend`` fixture runs a test once per path.
 """
 
 import math
@@ -33,9 +33,12 @@ def poison(monkeypatch):
     monkeypatch.setattr(alloc, "empty", nan_empty)
 
 
-@pytest.fixture(params=["torch", "triton"])
+@pytest.fixture(params=["torch", "compiled", "triton"])
 def backend(request, monkeypatch):
-    """Run the test on the torch CPU path and on the Triton kernels (interpreted)."""
+    """Run the test on the torch CPU path, the compiled CPU path and the Triton kernels
+    (interpreted)."""
+    if request.param == "compiled" and op.cpu_compiled.library() is None:
+        pytest.fail("the compiled CPU kernels did not build (see the warning)")
     if request.param == "triton":
         if op.triton_kernels is None:
             pytest.fail("Triton kernels not importable (pip install triton)")
@@ -43,6 +46,7 @@ def backend(request, monkeypatch):
             pytest.skip("TRITON_INTERPRET=0: the kernels are built for the GPU, not interpreted "
                         "on CPU tensors (tests/test_cuda.py runs them on a GPU)")
     monkeypatch.setattr(op, "cpu_uses_triton", request.param == "triton")
+    monkeypatch.setattr(op, "cpu_uses_compiled", request.param == "compiled")
     return request.param
 
 

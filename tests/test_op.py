@@ -1,8 +1,9 @@
 """The fused op against the float64 reference: forward, h_n and all four gradients.
 
-Every test that takes the ``backend`` fixture runs twice: on the torch CPU path and on the Triton
-kernels through Triton's interpreter. All output buffers are filled with NaN before the kernels
-run (see ``poison``), so an element a kernel never writes fails the comparison.
+Every test that takes the ``backend`` fixture runs three times: on the compiled CPU path, on the
+torch CPU path and on the Triton kernels through Triton's interpreter. All output buffers are
+filled with NaN before the kernels run (see ``poison``), so an element a kernel never writes
+fails the comparison.
 """
 
 import itertools

@@ -1,0 +1,163 @@
+"""The compiled CPU path: ``csrc/indrnn_cpu.cpp``, built on first use and called through ctypes.
+
+One pass over time per call with the state in cache, vectorised over H, threads over batch and
+directions (see the C++ file). The source uses no torch headers, so the build is a single
+compiler call of a few seconds, done by ``torch.utils.cpp_extension.load`` (needs ``ninja``
+and a C++ compiler with ``_Float16``: GCC >= 12 or Clang >= 15). The library is cached in
+torch's extension folder, ``$TORCH_EXTENSIONS_DIR/<name>/`` or by default
+``~/.cache/torch_extensions/py<ver>_cpu/<name>/``; the name carries a hash of the source and the
+instruction set, so every version builds once per machine and a stale build is never loaded.
+
+If the build or the load fails (no compiler, no ninja, a read-only cache), the op falls back to
+the torch CPU path (:mod:`indrnn_triton.cpu`) with one warning per process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import sys
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from . import _alloc
+from .cpu import cpu_backward, cpu_forward
+
+SOURCE = Path(__file__).with_name("csrc") / "indrnn_cpu.cpp"
+
+# dtype codes of the C++ file (enum Dtype)
+_DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
+
+
+class _View(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_void_p), ("dtype", ctypes.c_int64),
+                ("stride", ctypes.c_int64 * 3)]
+
+
+_VIEWS = ("pre", "out", "grad_out", "grad_pre", "u", "bias", "h0", "mask", "h_n", "grad_hn",
+          "grad_h0", "du", "db")
+
+
+class _Params(ctypes.Structure):
+    _fields_ = ([(n, ctypes.c_int64) for n in ("T", "B", "H", "D", "reverse", "has_max",
+                                                 "num_threads")]
+                + [("max_abs", ctypes.c_double), ("min_abs", ctypes.c_double)]
+                + [(n, _View) for n in _VIEWS])
+
+
+def _flags() -> tuple[list[str], str]:
+    """Compiler flags and a tag naming the instruction set they target."""
+    # No trapping math: GCC then turns the ReLU selects into blends and vectorises the loops
+    # (the kernels never read the floating-point exception flags).
+    flags = ["-O3", "-fno-trapping-math"]
+    if sys.platform.startswith("linux"):  # the OpenMP runtime torch itself loads (libgomp)
+        flags.append("-fopenmp")
+    # AVX2 (with FMA and F16C, which every AVX2 CPU has) when the CPU running torch has it;
+    # the tag keeps builds for different CPUs apart in a shared home directory.
+    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+        return [*flags, "-mavx2", "-mfma", "-mf16c"], "avx2"
+    return flags, "base"
+
+
+def _build() -> ctypes.CDLL:
+    from torch.utils.cpp_extension import load
+
+    flags, isa = _flags()
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(flags).encode()).hexdigest()[:12]
+    path = load(name=f"indrnn_cpu_{isa}_{digest}", sources=[str(SOURCE)], extra_cflags=flags,
+                extra_ldflags=[f for f in flags if f == "-fopenmp"], is_python_module=False)
+    lib = ctypes.CDLL(path)
+    for fn in (lib.indrnn_cpu_forward, lib.indrnn_cpu_backward):
+        fn.argtypes = [ctypes.POINTER(_Params)]
+        fn.restype = None
+    return lib
+
+
+def _first_error(e: Exception) -> str:
+    """The compiler's first error line from a build failure's (long) message, else its end."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    errors = [line for line in lines if "error:" in line]
+    return (errors or lines or [""])[0 if errors else -1]
+
+
+_lib: ctypes.CDLL | None = None
+_failed = False
+_lock = threading.Lock()
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels, built on the first call; None (after one warning) if they cannot
+    be built or loaded."""
+    global _lib, _failed
+    with _lock:
+        if _lib is None and not _failed:
+            try:
+                _lib = _build()
+            except Exception as e:  # any build or load failure: the torch path still works
+                _failed = True
+                warnings.warn(
+                    "indrnn_triton: could not build the compiled CPU kernels "
+                    f"({type(e).__name__}: {_first_error(e)}); using the slower "
+                    "torch CPU path. The build needs a C++ compiler (GCC >= 12 or Clang >= 15) "
+                    "and ninja (pip install ninja).",
+                    RuntimeWarning, stacklevel=2,
+                )
+    return _lib
+
+
+def _view(t: Tensor | None, code: int | None = None) -> _View:
+    if t is None:
+        return _View()
+    strides = (*t.stride(), 0, 0)[:3]
+    return _View(t.data_ptr(), _DTYPE_CODES[t.dtype] if code is None else code, strides)
+
+
+def _state(t: Tensor | None) -> Tensor | None:
+    """(D, B, H) view of a (B, H) or (D, B, H) state."""
+    return t if t is None or t.dim() == 3 else t.unsqueeze(0)
+
+
+def _params(x: Tensor, D: int, reverse: bool, r_max: float | None, r_min: float, *,
+            mask: Tensor | None, **views: Tensor | None) -> _Params:
+    T, B, DH = x.shape
+    return _Params(
+        T=T, B=B, H=DH // D, D=D, reverse=reverse, has_max=r_max is not None,
+        num_threads=torch.get_num_threads(), max_abs=0.0 if r_max is None else r_max,
+        min_abs=r_min, mask=_View() if mask is None else _view(mask, mask.element_size()),
+        **{k: _view(_state(v) if k in ("h0", "h_n", "grad_hn", "grad_h0") else v)
+           for k, v in views.items()},
+    )
+
+
+def compiled_forward(x, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_min_abs,
+                     reverse, out, h_n, D):
+    """Same contract as :func:`indrnn_triton.cpu.cpu_forward`."""
+    lib = library()
+    if lib is None:
+        return cpu_forward(x, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_min_abs,
+                           reverse, out, h_n, D)
+    p = _params(x, D, reverse, recurrent_max_abs, recurrent_min_abs, mask=mask, pre=x, out=out,
+                u=weight_hh, bias=bias, h0=h0, h_n=h_n)
+    lib.indrnn_cpu_forward(ctypes.byref(p))
+
+
+def compiled_backward(grad_out, grad_hn, out, weight_hh, h0, mask, recurrent_max_abs,
+                      recurrent_min_abs, reverse, grad_pre, grad_h0, D):
+    """Same contract as :func:`indrnn_triton.cpu.cpu_backward`."""
+    lib = library()
+    if lib is None:
+        return cpu_backward(grad_out, grad_hn, out, weight_hh, h0, mask, recurrent_max_abs,
+                            recurrent_min_abs, reverse, grad_pre, grad_h0, D)
+    du = _alloc.empty(weight_hh.shape[0], dtype=grad_h0.dtype, device=out.device)
+    db = _alloc.empty(weight_hh.shape[0], dtype=grad_h0.dtype, device=out.device)
+    # The kernels read grad_out in out's dtype (autograd always passes it so).
+    g = None if grad_out is None else grad_out.to(out.dtype)
+    p = _params(out, D, reverse, recurrent_max_abs, recurrent_min_abs, mask=mask, out=out,
+                grad_out=g, grad_pre=grad_pre, u=weight_hh, h0=h0, grad_hn=grad_hn,
+                grad_h0=grad_h0, du=du, db=db)
+    lib.indrnn_cpu_backward(ctypes.byref(p))
+    return du, db

@@ -1,0 +1,398 @@
+// The IndRNN recurrence on CPU: one pass over time per call, the state of a block of sequences
+// in a small buffer that stays in L1/L2, vectorised over H, threads over (direction, batch).
+//
+// Plain C++ with no torch headers, so it compiles in seconds; Python passes raw pointers, element
+// strides and dtype codes through ctypes (indrnn_triton/cpu_compiled.py). Same contract as
+// indrnn_triton/cpu.py; the numerics (DESIGN.md section 3):
+//   forward   h_t = relu(pre_t + b + u' h_{t-1}), relu(NaN) = NaN; a padding step (mask 0)
+//             carries the state, never reads pre_t, and writes the carried state as output.
+//   backward  d_t = (g_t + u' d_{t+1}) [not h_t <= 0]; a padding step passes the carried gradient
+//             straight through and writes 0 to dpre_t; du = sum d_t h_{t-1} is zeroed where u
+//             was clipped; du, db are summed over the batch in a fixed order (deterministic for
+//             any number of threads).
+// The state and every sum run in float32 (float64 for float64 inputs).
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+// dtype codes shared with cpu_compiled.py
+enum Dtype : int64_t { F32 = 0, F64 = 1, F16 = 2, BF16 = 3 };
+
+// A strided tensor of up to 3 dims. For masks, `dtype` is the element size in bytes (bool and
+// integer masks are read as "nonzero = real step" without a conversion pass).
+struct View {
+  const void* data;
+  int64_t dtype;
+  int64_t stride[3];
+};
+
+// One call's arguments. The sequence tensors (pre, out, grad_out, grad_pre) are (T, B, D*H)
+// views; u, bias, du, db are (D*H,); the states h0, h_n, grad_hn, grad_h0 are (D, B, H).
+// A null `data` means the argument is absent.
+struct Params {
+  int64_t T, B, H, D;
+  int64_t reverse, has_max, num_threads;
+  double max_abs, min_abs;
+  View pre, out, grad_out, grad_pre;
+  View u, bias, h0, mask;
+  View h_n, grad_hn, grad_h0;
+  View du, db;
+};
+
+// 16-bit storage types, converted with integer code written without branches so that the
+// loops vectorise (GCC does not vectorise _Float16 conversions).
+struct Half {
+  uint16_t bits;
+};
+struct BFloat16 {
+  uint16_t bits;
+};
+
+inline float bits_to_float(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline uint32_t float_to_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+
+inline float to_acc(float v) { return v; }
+inline double to_acc(double v) { return v; }
+inline float to_acc(BFloat16 v) { return bits_to_float(static_cast<uint32_t>(v.bits) << 16); }
+inline float to_acc(Half v) {  // exact, subnormals, infinities and NaN included
+  const uint32_t h = v.bits;
+  const uint32_t shifted = (h & 0x7fffu) << 13;  // exponent and mantissa in float position
+  const uint32_t exp = shifted & 0x0f800000u;
+  const uint32_t normal = shifted + ((127u - 15u) << 23);
+  const uint32_t inf_nan = normal + ((128u - 16u) << 23);
+  const float subnormal = bits_to_float(normal + (1u << 23)) - bits_to_float(113u << 23);
+  const uint32_t mag = exp == 0x0f800000u ? inf_nan : (exp == 0 ? float_to_bits(subnormal) : normal);
+  return bits_to_float(mag | ((h & 0x8000u) << 16));
+}
+
+template <class S, class A>
+inline S from_acc(A v) {
+  return static_cast<S>(v);
+}
+template <>
+inline BFloat16 from_acc<BFloat16, float>(float f) {  // round to nearest even, as c10::BFloat16
+  const uint32_t u = float_to_bits(f);
+  const uint32_t rounded = u + 0x7fff + ((u >> 16) & 1);
+  return BFloat16{static_cast<uint16_t>((f != f ? 0x7fc00000u : rounded) >> 16)};
+}
+template <>
+inline Half from_acc<Half, float>(float f) {  // round to nearest even, as c10::Half
+  const uint32_t u = float_to_bits(f);
+  const uint32_t sign = (u >> 16) & 0x8000u;
+  const uint32_t a = u & 0x7fffffffu;
+  // |f| >= 65520 rounds to infinity; NaN stays (a quiet) NaN.
+  const uint32_t big = a > 0x7f800000u ? 0x7e00u : 0x7c00u;
+  // |f| < 2^-14: the float addition of 0.5 rounds the subnormal mantissa to nearest even.
+  const uint32_t sub = float_to_bits(bits_to_float(a) + 0.5f) - float_to_bits(0.5f);
+  // normal: rebias the exponent, round the 13 dropped mantissa bits to nearest even.
+  const uint32_t norm = (a + ((15u - 127u) << 23) + 0xfffu + ((a >> 13) & 1u)) >> 13;
+  const uint32_t mag = a >= 0x47800000u ? big : (a < 0x38800000u ? sub : norm);
+  return Half{static_cast<uint16_t>(sign | mag)};
+}
+
+// Element i of a small tensor of any float dtype, as double (weights, bias, states: read once).
+double load(const View& v, int64_t offset) {
+  switch (v.dtype) {
+    case F32: return static_cast<const float*>(v.data)[offset];
+    case F64: return static_cast<const double*>(v.data)[offset];
+    case F16: return to_acc(static_cast<const Half*>(v.data)[offset]);
+    default: return to_acc(static_cast<const BFloat16*>(v.data)[offset]);
+  }
+}
+
+bool real_step(const View& mask, int64_t t, int64_t b) {
+  if (mask.data == nullptr) return true;
+  const char* p = static_cast<const char*>(mask.data) +
+                  (t * mask.stride[0] + b * mask.stride[1]) * mask.dtype;
+  switch (mask.dtype) {
+    case 1: return *p != 0;
+    case 2: return *reinterpret_cast<const int16_t*>(p) != 0;
+    case 4: return *reinterpret_cast<const int32_t*>(p) != 0;
+    default: return *reinterpret_cast<const int64_t*>(p) != 0;
+  }
+}
+
+// Row (t, b) of direction d of a (T, B, D*H) view.
+template <class S>
+S* row(const View& v, int64_t d, int64_t H, int64_t t, int64_t b) {
+  return const_cast<S*>(static_cast<const S*>(v.data)) + t * v.stride[0] + b * v.stride[1] +
+         d * H * v.stride[2];
+}
+
+// u' = clamp(sign(u) max(|u|, m), -r, r), computed in double so that a bound above the dtype's
+// range clips nothing; keep = the gradient of u passes (torch's rules for where and clamp:
+// NaN u is not raised to m and is blocked by the clamp).
+template <class A>
+void clip_weights(const Params& p, int64_t d, A* u, A* keep) {
+  for (int64_t i = 0; i < p.H; ++i) {
+    double w = load(p.u, (d * p.H + i) * p.u.stride[0]);
+    double v = w;
+    bool pass = true;
+    if (p.min_abs > 0 && std::fabs(w) < p.min_abs) {
+      v = w > 0 ? p.min_abs : (w < 0 ? -p.min_abs : 0.0);
+      pass = false;
+    }
+    if (p.has_max) {
+      pass = pass && w >= -p.max_abs && w <= p.max_abs;
+      v = v > p.max_abs ? p.max_abs : (v < -p.max_abs ? -p.max_abs : v);
+    }
+    u[i] = static_cast<A>(v);
+    keep[i] = pass ? A(1) : A(0);
+  }
+}
+
+// Rows of state for sequences b0 .. b0+nb-1 of direction d from a (D, B, H) view, or zeros.
+template <class A>
+void load_states(const View& v, int64_t d, int64_t b0, int64_t nb, int64_t H, A* dst) {
+  for (int64_t j = 0; j < nb; ++j)
+    for (int64_t i = 0; i < H; ++i)
+      dst[j * H + i] = v.data == nullptr
+          ? A(0)
+          : static_cast<A>(load(v, d * v.stride[0] + (b0 + j) * v.stride[1] + i * v.stride[2]));
+}
+
+template <class A>
+void store_states(const View& v, int64_t d, int64_t b0, int64_t nb, int64_t H, const A* src) {
+  for (int64_t j = 0; j < nb; ++j)
+    for (int64_t i = 0; i < H; ++i)
+      const_cast<A*>(static_cast<const A*>(v.data))[d * v.stride[0] + (b0 + j) * v.stride[1] +
+                                                    i * v.stride[2]] = src[j * H + i];
+}
+
+// One forward step of one sequence. UNIT: pre and out rows are contiguous, so the loop
+// vectorises; the strided instantiation is the same code with runtime strides.
+// All row pointers are __restrict: distinct buffers, so the loops vectorise without alias checks.
+template <bool UNIT, class S, class A>
+void forward_row(const S* __restrict x, int64_t sx, S* __restrict o, int64_t so,
+                 const A* __restrict u, const A* __restrict bias, A* __restrict h, int64_t H) {
+  const int64_t xs = UNIT ? 1 : sx, os = UNIT ? 1 : so;
+  for (int64_t i = 0; i < H; ++i) {
+    A a = to_acc(x[i * xs]) + bias[i] + u[i] * h[i];
+    a = a < A(0) ? A(0) : a;  // keeps NaN, as torch.relu
+    h[i] = a;
+    o[i * os] = from_acc<S, A>(a);
+  }
+}
+
+template <class S, class A>
+void forward_block(const Params& p, int64_t d, int64_t b0, int64_t nb) {
+  const int64_t H = p.H;
+  std::vector<A> u(H), keep(H), bias(H, A(0)), h(nb * H);
+  clip_weights(p, d, u.data(), keep.data());
+  if (p.bias.data != nullptr)
+    for (int64_t i = 0; i < H; ++i)
+      bias[i] = static_cast<A>(load(p.bias, (d * H + i) * p.bias.stride[0]));
+  load_states(p.h0, d, b0, nb, H, h.data());
+  const int64_t sx = p.pre.stride[2], so = p.out.stride[2];
+  const bool unit = sx == 1 && so == 1;
+  const bool rev = p.reverse || d == 1;
+  for (int64_t step = 0; step < p.T; ++step) {
+    const int64_t t = rev ? p.T - 1 - step : step;
+    for (int64_t j = 0; j < nb; ++j) {
+      const int64_t b = b0 + j;
+      A* hb = h.data() + j * H;
+      S* o = row<S>(p.out, d, H, t, b);
+      if (!real_step(p.mask, t, b)) {
+        for (int64_t i = 0; i < H; ++i) o[i * so] = from_acc<S, A>(hb[i]);
+        continue;
+      }
+      const S* x = row<S>(p.pre, d, H, t, b);
+      if (unit)
+        forward_row<true>(x, sx, o, so, u.data(), bias.data(), hb, H);
+      else
+        forward_row<false>(x, sx, o, so, u.data(), bias.data(), hb, H);
+    }
+  }
+  store_states(p.h_n, d, b0, nb, H, h.data());
+}
+
+// One backward step of one sequence: c (the gradient reaching h_t from later steps) becomes
+// u' d_t; du, db accumulate this sequence's terms. PREV: 0 no h_{t-1} term (h0 absent),
+// 1 h_{t-1} is an output row (strided like out), 2 it is an accumulation-dtype row (h0).
+template <bool UNIT, bool HAS_G, int PREV, class S, class A>
+void backward_row(const S* __restrict g, int64_t sg, const S* __restrict o, int64_t so,
+                  const void* __restrict prev, S* __restrict gp, int64_t sgp,
+                  const A* __restrict u, A* __restrict c, A* __restrict du, A* __restrict db,
+                  int64_t H) {
+  const int64_t gs = UNIT ? 1 : sg, os = UNIT ? 1 : so, gps = UNIT ? 1 : sgp;
+  for (int64_t i = 0; i < H; ++i) {
+    A cg = c[i];
+    if (HAS_G) cg += to_acc(g[i * gs]);
+    // The gate is "not h <= 0", as torch's threshold_backward: open at a NaN output.
+    const A dd = to_acc(o[i * os]) <= A(0) ? A(0) : cg;
+    gp[i * gps] = from_acc<S, A>(dd);
+    c[i] = dd * u[i];
+    db[i] += dd;
+    if (PREV == 1) du[i] += dd * to_acc(static_cast<const S*>(prev)[i * os]);
+    if (PREV == 2) du[i] += dd * static_cast<const A*>(prev)[i];
+  }
+}
+
+template <bool UNIT, bool HAS_G, class S, class A>
+void backward_row_prev(int prev_kind, const S* g, int64_t sg, const S* o, int64_t so,
+                       const void* prev, S* gp, int64_t sgp, const A* u, A* c, A* du, A* db,
+                       int64_t H) {
+  if (prev_kind == 1)
+    backward_row<UNIT, HAS_G, 1>(g, sg, o, so, prev, gp, sgp, u, c, du, db, H);
+  else if (prev_kind == 2)
+    backward_row<UNIT, HAS_G, 2>(g, sg, o, so, prev, gp, sgp, u, c, du, db, H);
+  else
+    backward_row<UNIT, HAS_G, 0>(g, sg, o, so, prev, gp, sgp, u, c, du, db, H);
+}
+
+// Fills grad_pre and grad_h0 for sequences b0 .. b0+nb-1 of direction d and writes their
+// (unreduced) du, db terms to rows b0 .. of du_rows, db_rows ((B, H) each).
+template <class S, class A>
+void backward_block(const Params& p, int64_t d, int64_t b0, int64_t nb, A* du_rows,
+                    A* db_rows) {
+  const int64_t H = p.H;
+  std::vector<A> u(H), keep(H), c(nb * H), h0(nb * H);
+  clip_weights(p, d, u.data(), keep.data());
+  load_states(p.grad_hn, d, b0, nb, H, c.data());
+  const bool has_h0 = p.h0.data != nullptr;
+  if (has_h0) load_states(p.h0, d, b0, nb, H, h0.data());
+  A* du = du_rows + b0 * H;
+  A* db = db_rows + b0 * H;
+  for (int64_t i = 0; i < nb * H; ++i) du[i] = db[i] = A(0);
+  const bool has_g = p.grad_out.data != nullptr;
+  const int64_t sg = p.grad_out.stride[2], so = p.out.stride[2], sgp = p.grad_pre.stride[2];
+  const bool unit = so == 1 && sgp == 1;
+  const bool rev = p.reverse || d == 1;
+  for (int64_t step = p.T - 1; step >= 0; --step) {
+    const int64_t t = rev ? p.T - 1 - step : step;
+    const int64_t t_prev = rev ? t + 1 : t - 1;  // the step processed before t (if step > 0)
+    for (int64_t j = 0; j < nb; ++j) {
+      const int64_t b = b0 + j;
+      A* cb = c.data() + j * H;
+      const S* g = has_g ? row<S>(p.grad_out, d, H, t, b) : nullptr;
+      S* gp = row<S>(p.grad_pre, d, H, t, b);
+      if (!real_step(p.mask, t, b)) {
+        for (int64_t i = 0; i < H; ++i) {
+          if (has_g) cb[i] += to_acc(g[i * sg]);
+          gp[i * sgp] = from_acc<S, A>(A(0));
+        }
+        continue;
+      }
+      const S* o = row<S>(p.out, d, H, t, b);
+      const void* prev = step > 0 ? static_cast<const void*>(row<S>(p.out, d, H, t_prev, b))
+                                  : static_cast<const void*>(h0.data() + j * H);
+      const int prev_kind = step > 0 ? 1 : (has_h0 ? 2 : 0);
+      A* dub = du + j * H;
+      A* dbb = db + j * H;
+      if (unit && has_g && sg == 1)
+        backward_row_prev<true, true>(prev_kind, g, 1, o, 1, prev, gp, 1, u.data(), cb, dub,
+                                      dbb, H);
+      else if (unit && !has_g)
+        backward_row_prev<true, false>(prev_kind, g, sg, o, 1, prev, gp, 1, u.data(), cb, dub,
+                                       dbb, H);
+      else if (has_g)
+        backward_row_prev<false, true>(prev_kind, g, sg, o, so, prev, gp, sgp, u.data(), cb,
+                                       dub, dbb, H);
+      else
+        backward_row_prev<false, false>(prev_kind, g, sg, o, so, prev, gp, sgp, u.data(), cb,
+                                        dub, dbb, H);
+    }
+  }
+  store_states(p.grad_h0, d, b0, nb, H, c.data());
+}
+
+// Work below this many elements (T * B * D * H) runs on the calling thread: a parallel region
+// costs microseconds, which a one-token generation step would feel.
+constexpr int64_t kParallelMin = 1 << 15;
+
+// Runs fn(d, b0, nb) over every (direction, sequence block), in parallel over threads. A block
+// is the run of sequences one thread owns within one direction when the batch stride is at most
+// the time stride (time-major: each step reads one contiguous stretch of rows), and a single
+// sequence otherwise (batch-major: each sequence is one contiguous stream).
+template <class Fn>
+void for_blocks(const Params& p, const View& seq, Fn fn) {
+  const int64_t tasks = p.D * p.B;
+  int64_t nt = p.T * tasks * p.H >= kParallelMin ? p.num_threads : 1;
+  nt = nt < 1 ? 1 : (nt > tasks ? tasks : nt);
+  const bool joint = std::llabs(seq.stride[1]) <= std::llabs(seq.stride[0]);
+#pragma omp parallel for num_threads(nt) schedule(static, 1) if (nt > 1)
+  for (int64_t k = 0; k < nt; ++k) {
+    int64_t lo = tasks * k / nt;
+    const int64_t hi = tasks * (k + 1) / nt;
+    while (lo < hi) {  // split [lo, hi) at the direction boundary
+      const int64_t d = lo / p.B, b0 = lo % p.B;
+      const int64_t end = std::min(hi, (d + 1) * p.B);
+      if (joint) {
+        fn(d, b0, end - lo);
+      } else {
+        for (int64_t b = b0; b < b0 + (end - lo); ++b) fn(d, b, 1);
+      }
+      lo = end;
+    }
+  }
+}
+
+template <class S, class A>
+void forward(const Params& p) {
+  for_blocks(p, p.pre, [&](int64_t d, int64_t b0, int64_t nb) { forward_block<S, A>(p, d, b0, nb); });
+}
+
+template <class S, class A>
+void backward(const Params& p) {
+  const int64_t H = p.H, B = p.B;
+  std::vector<A> du_rows(p.D * B * H), db_rows(p.D * B * H);
+  for_blocks(p, p.out, [&](int64_t d, int64_t b0, int64_t nb) {
+    backward_block<S, A>(p, d, b0, nb, du_rows.data() + d * B * H, db_rows.data() + d * B * H);
+  });
+  // Sum over the batch in a fixed order, whatever the threads did.
+  std::vector<A> u(H), keep(H);
+  for (int64_t d = 0; d < p.D; ++d) {
+    clip_weights(p, d, u.data(), keep.data());
+    A* du = static_cast<A*>(const_cast<void*>(p.du.data)) + d * H;  // contiguous (D*H,)
+    A* db = static_cast<A*>(const_cast<void*>(p.db.data)) + d * H;
+    for (int64_t i = 0; i < H; ++i) du[i] = db[i] = A(0);
+    for (int64_t b = 0; b < B; ++b) {
+      const A* dur = du_rows.data() + (d * B + b) * H;
+      const A* dbr = db_rows.data() + (d * B + b) * H;
+      for (int64_t i = 0; i < H; ++i) {
+        du[i] += dur[i];
+        db[i] += dbr[i];
+      }
+    }
+    for (int64_t i = 0; i < H; ++i) du[i] = keep[i] != A(0) ? du[i] : A(0);
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+// The dtype of pre/out (forward) or out/grad_out/grad_pre (backward) selects the instantiation.
+void indrnn_cpu_forward(const Params* p) {
+  switch (p->pre.dtype) {
+    case F32: forward<float, float>(*p); break;
+    case F64: forward<double, double>(*p); break;
+    case F16: forward<Half, float>(*p); break;
+    default: forward<BFloat16, float>(*p);
+  }
+}
+
+void indrnn_cpu_backward(const Params* p) {
+  switch (p->out.dtype) {
+    case F32: backward<float, float>(*p); break;
+    case F64: backward<double, double>(*p); break;
+    case F16: backward<Half, float>(*p); break;
+    default: backward<BFloat16, float>(*p);
+  }
+}
+
+}  // extern "C"

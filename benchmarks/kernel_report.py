@@ -95,11 +95,12 @@ def missing_tools() -> list[str]:
 
 def _kernels() -> dict:
     """name -> (the @triton.heuristics/@triton.autotune wrapper, a function building its args)."""
-    from indrnn_triton import triton_kernels as tk
+    from indrnn_triton import kernels
+    from indrnn_triton.kernels import sequential as tk
 
-    if tk.INTERPRET:
+    if kernels.INTERPRET:
         _refuse_interpreter()
-        raise RuntimeError("indrnn_triton.triton_kernels was imported with TRITON_INTERPRET=1")
+        raise RuntimeError("indrnn_triton.kernels was imported with TRITON_INTERPRET=1")
     return {"fwd": (tk._indrnn_fwd_kernel, _fwd_args), "bwd": (tk._indrnn_bwd_kernel, _bwd_args)}
 
 

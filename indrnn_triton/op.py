@@ -2,7 +2,7 @@
 
 ``fused_indrnn`` validates its arguments and calls ``indrnn_triton::indrnn_forward``, a
 torch.library custom op with a CPU implementation (:mod:`indrnn_triton.cpu`), the Triton kernels
-registered for CUDA (:mod:`indrnn_triton.triton_kernels`), a fake implementation for
+registered for CUDA (:mod:`indrnn_triton.kernels`), a fake implementation for
 torch.compile, and a backward that is itself a custom op (``indrnn_triton::indrnn_backward``).
 """
 
@@ -19,13 +19,14 @@ from . import _alloc
 from .cpu import cpu_backward, cpu_forward
 
 try:
-    from . import triton_kernels
+    from . import kernels
+    from .kernels import sequential
 except ImportError:  # Triton is optional off Linux; CUDA tensors then need it, CPU ones do not.
-    triton_kernels = None
+    kernels = sequential = None
 
 # With TRITON_INTERPRET=1 set before import, CPU tensors run the Triton kernels through Triton's
 # interpreter instead of the CPU path. Read at call time, so tests can switch it per test.
-cpu_uses_triton = triton_kernels is not None and triton_kernels.INTERPRET
+cpu_uses_triton = kernels is not None and kernels.INTERPRET
 
 _INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -49,11 +50,11 @@ def _tbh(x: Tensor, batch_first: bool) -> Tensor:
 def _backend(device: torch.device, use_triton: bool):
     if not use_triton:
         return cpu_forward, cpu_backward
-    if triton_kernels is None:
+    if kernels is None:
         raise RuntimeError(
             f"fused_indrnn on {device} needs Triton, which is not installed (pip install triton)"
         )
-    return triton_kernels.triton_forward, triton_kernels.triton_backward
+    return sequential.triton_forward, sequential.triton_backward
 
 
 def _state_shape(B: int, H: int, D: int) -> tuple[int, ...]:

@@ -37,9 +37,9 @@ def poison(monkeypatch):
 def backend(request, monkeypatch):
     """Run the test on the torch CPU path and on the Triton kernels (interpreted)."""
     if request.param == "triton":
-        if op.triton_kernels is None:
+        if op.kernels is None:
             pytest.fail("Triton kernels not importable (pip install triton)")
-        if not op.triton_kernels.INTERPRET:
+        if not op.kernels.INTERPRET:
             pytest.skip("TRITON_INTERPRET=0: the kernels are built for the GPU, not interpreted "
                         "on CPU tensors (tests/test_cuda.py runs them on a GPU)")
     monkeypatch.setattr(op, "cpu_uses_triton", request.param == "triton")

@@ -19,11 +19,11 @@ pytestmark = [
     pytest.mark.usefixtures("poison"),  # every buffer the op allocates starts as NaN
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
     pytest.mark.skipif(
-        op.triton_kernels is not None and op.triton_kernels.INTERPRET,
+        op.kernels is not None and op.kernels.INTERPRET,
         reason="TRITON_INTERPRET=1 interprets the kernels: export TRITON_INTERPRET=0",
     ),
 ]
-tk = op.triton_kernels
+tk = op.sequential
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 TOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 3e-2}
 FLAGS = {

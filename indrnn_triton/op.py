@@ -27,6 +27,9 @@ except ImportError:  # Triton is optional off Linux; CUDA tensors then need it, 
 # With TRITON_INTERPRET=1 set before import, CPU tensors run the Triton kernels through Triton's
 # interpreter instead of the CPU path. Read at call time, so tests can switch it per test.
 cpu_uses_triton = kernels is not None and kernels.INTERPRET
+# What "auto" means for CPU tensors run through the interpreter (no SMs to count); the tests set
+# it to "chunked" to run every op test through the chunked kernels.
+cpu_auto_method = "sequential"
 
 _INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 METHODS = ("auto", "sequential", "chunked")
@@ -72,7 +75,7 @@ def _tbh(x: Tensor, batch_first: bool) -> Tensor:
 def _backend(x: Tensor, D: int, method: str, use_triton: bool):
     """(forward, backward) launchers for (T, B, D*H) view x: the CPU path, or the Triton
     kernels of ``method`` ("auto" resolved by :func:`choose_method`; on CPU tensors, under the
-    interpreter, it means "sequential")."""
+    interpreter, it means ``cpu_auto_method``)."""
     if not use_triton:
         return cpu_forward, cpu_backward
     if kernels is None:
@@ -84,7 +87,7 @@ def _backend(x: Tensor, D: int, method: str, use_triton: bool):
             sms = torch.cuda.get_device_properties(x.device).multi_processor_count
             method = choose_method(x.shape[1] * x.shape[2], x.shape[0], x.dtype, sms)
         else:
-            method = "sequential"
+            method = cpu_auto_method
     module = chunked if method == "chunked" else sequential
     return module.triton_forward, module.triton_backward
 

@@ -33,16 +33,19 @@ def poison(monkeypatch):
     monkeypatch.setattr(alloc, "empty", nan_empty)
 
 
-@pytest.fixture(params=["torch", "triton"])
+@pytest.fixture(params=["torch", "triton", "chunked"])
 def backend(request, monkeypatch):
-    """Run the test on the torch CPU path and on the Triton kernels (interpreted)."""
-    if request.param == "triton":
+    """Run the test on the torch CPU path, on the sequential Triton kernels and on the chunked
+    ones (interpreted; "auto" then means the chunked method)."""
+    if request.param != "torch":
         if op.kernels is None:
             pytest.fail("Triton kernels not importable (pip install triton)")
         if not op.kernels.INTERPRET:
             pytest.skip("TRITON_INTERPRET=0: the kernels are built for the GPU, not interpreted "
                         "on CPU tensors (tests/test_cuda.py runs them on a GPU)")
-    monkeypatch.setattr(op, "cpu_uses_triton", request.param == "triton")
+    monkeypatch.setattr(op, "cpu_uses_triton", request.param != "torch")
+    monkeypatch.setattr(op, "cpu_auto_method",
+                        "chunked" if request.param == "chunked" else "sequential")
     return request.param
 
 

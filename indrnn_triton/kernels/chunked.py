@@ -346,9 +346,11 @@ def _bwd_carry_body(p_out, p_h0, p_u, p_mask, p_dout, p_dhn, p_maps, p_states, T
             else:
                 p_m = p_h
             b_h = tl.load(p_h, mask=m_bh, other=0).to(ACC)
-            b_c, _, _ = bwd_walk(p_h, p_g, p_m, p_h, d_o, d_g, d_m, b_h, b_c, b_h0, b_u, b_zero,
-                                 b_zero, n, s0 + n - 1, o_b, m_b, m_bh, HAS_MASK, HAS_DOUT,
-                                 False, ACC, CHUNK)
+            # (du and db of the walk are not needed here: the steps pass sums them.)
+            b_c, b_du_walk, b_db_walk = bwd_walk(p_h, p_g, p_m, p_h, d_o, d_g, d_m, b_h, b_c,
+                                                 b_h0, b_u, b_zero, b_zero, n, s0 + n - 1, o_b,
+                                                 m_b, m_bh, HAS_MASK, HAS_DOUT, False, ACC,
+                                                 CHUNK)
         else:
             b_c = b_P * b_c + b_Q
         p_map -= i64(B) * H

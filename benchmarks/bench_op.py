@@ -2,8 +2,9 @@
 
 For each (B, T, H), dtype and mode (``fwd``, ``bwd``, ``fwdbwd``) it times, in one run:
 
-- ``fused``: :func:`indrnn_triton.fused_indrnn` (Triton kernels on a GPU, the compiled CPU path
-  on CPU);
+- ``fused``: :func:`indrnn_triton.fused_indrnn` with ``method="auto"`` (Triton kernels on a GPU,
+  the compiled CPU path on CPU); ``fused_sequential`` and ``fused_chunked`` force the method
+  (the ``auto_picks`` column says which one ``"auto"`` chose);
 - ``fused_torch`` (CPU only): the same op on its torch CPU path, a few torch ops per time step
   (the fallback when the compiled path cannot be built);
 - ``naive_index``: autograd through ``for t in range(T): h = relu(pre[t] + b + u * h)``, the loop
@@ -46,6 +47,7 @@ from benchmarks.common import (
     write_results,
 )
 from indrnn_triton import fused_indrnn
+from indrnn_triton.op import choose_method
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MODES = ("fwd", "bwd", "fwdbwd")
@@ -69,7 +71,9 @@ PRESETS = {
     "gpu": dict(
         T_sweep=(256, 1024, 4096), BH=(64, 1024), T=1024,
         BH_sweep=((16, 1024), (64, 512), (64, 1024), (128, 1024), (256, 1024)),
-        extra=((64, 2048, 1024), (32, 1000, 256)), budget_s=0.1,
+        # The issue-10 long-sequence rows: small B x H, T >= 16384 (chunked territory).
+        extra=((64, 2048, 1024), (32, 1000, 256), (4, 32768, 1024), (1, 100_000, 256)),
+        budget_s=0.1,
         naive_max_T=1024, naive_max_BH=64 * 1024, naive_index_max_work=1024 * 1024 * 64 * 1024,
     ),
 }
@@ -109,13 +113,52 @@ def torch_cpu_path():
         op.cpu_uses_compiled = saved
 
 
-METHODS = {"fused": fused, "fused_torch": fused, "naive_index": naive_index,
-           "naive_unbind": naive_unbind}
+def fused_sequential(pre, u, b):
+    return fused_indrnn(pre, u, b, method="sequential")[0]
+
+
+def fused_chunked(pre, u, b):
+    return fused_indrnn(pre, u, b, method="chunked")[0]
+
+
+METHODS = {"fused": fused, "fused_sequential": fused_sequential, "fused_chunked": fused_chunked,
+           "fused_torch": fused, "naive_index": naive_index, "naive_unbind": naive_unbind}
+FUSED = ("fused", "fused_sequential", "fused_chunked")
+
+
+def auto_picks(B: int, T: int, H: int, dtype: torch.dtype, device: torch.device) -> str:
+    """The method ``"auto"`` runs for this case ("cpu path" off the GPU)."""
+    if device.type != "cuda":
+        return "cpu path"
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return choose_method(B * H, T, dtype, sms)
+
+
+def auto_check(rows: list[dict]) -> list[str]:
+    """Per case and mode: is "auto" within 10 % of the faster of the two forced methods?"""
+    lines, worst = [], 0.0
+    timed = {(r["dtype"], r["B"], r["T"], r["H"], r["mode"], r["method"]): r["ms"]
+             for r in rows if r.get("ms") is not None}
+    for key, auto_ms in timed.items():
+        if key[-1] != "fused":
+            continue
+        seq, chk = (timed.get(key[:-1] + (m,)) for m in ("fused_sequential", "fused_chunked"))
+        if seq is None or chk is None:
+            continue
+        ratio = auto_ms / min(seq, chk)
+        worst = max(worst, ratio)
+        if ratio > 1.1:
+            lines.append(f"auto is {ratio:.2f}x the better method at {key[:-1]}")
+    verdict = "within" if worst <= 1.1 else "NOT within"
+    return [f"**\"auto\" is {verdict} 10 % of the better of sequential/chunked on every timed "
+            f"case (worst: {worst:.2f}x of the better)**", *lines] if worst else []
 
 
 def skip_reason(method: str, B: int, T: int, H: int, preset: dict,
                 device: torch.device) -> str | None:
-    if method == "fused":
+    if method in ("fused_sequential", "fused_chunked") and device.type != "cuda":
+        return "GPU only (on CPU tensors every method is the CPU path)"
+    if method in FUSED:
         return None
     if method == "fused_torch":
         return None if device.type == "cpu" else "CPU only"
@@ -166,7 +209,8 @@ def run_case(B, T, H, dtype, device, preset, methods) -> list[dict]:
     b = (0.1 * torch.randn(H, device=device)).requires_grad_()
     g = torch.randn(T, B, H, dtype=dt, device=device)
     n_bytes = T * B * H * pre.element_size()
-    base = dict(dtype=dtype, B=B, T=T, H=H, BxH=B * H)
+    base = dict(dtype=dtype, B=B, T=T, H=H, BxH=B * H,
+                auto_picks=auto_picks(B, T, H, dt, device))
 
     copy_ms = copy_time(pre, preset["budget_s"])
     copy_gbs = MIN_ELEMS["copy"] * n_bytes / copy_ms / 1e6
@@ -248,8 +292,8 @@ def copy_frac_lines(rows: list[dict]) -> list[str]:
     ]
 
 
-COLUMNS = ["dtype", "B", "T", "H", "mode", "method", "ms", "GB/s", "copy_frac", "fused_speedup",
-           "saved_MB", "peak_MB", "skipped"]
+COLUMNS = ["dtype", "B", "T", "H", "auto_picks", "mode", "method", "ms", "GB/s", "copy_frac",
+           "fused_speedup", "saved_MB", "peak_MB", "skipped"]
 
 
 def main(argv=None) -> int:
@@ -276,6 +320,7 @@ def main(argv=None) -> int:
         md = write_results(out, "bench_op", rows, COLUMNS, env, notes=[
             *(target_lines(ratios) or ["(the T=1000, B=32, H=256 float32 case was not run)"]),
             *copy_frac_lines(rows),
+            *auto_check(rows),
             "GB/s from the minimum bytes (fwd 2, bwd 3, fwdbwd 5 (T, B, H) tensors); copy_frac "
             "= that over the same run's copy_ GB/s; fused_speedup = this row's time / fused "
             "time; saved_MB = bytes autograd keeps for backward; peak_MB = peak allocated "

@@ -95,12 +95,23 @@ def missing_tools() -> list[str]:
 
 def _kernels() -> dict:
     """name -> (the @triton.heuristics/@triton.autotune wrapper, a function building its args)."""
-    from indrnn_triton import triton_kernels as tk
+    from indrnn_triton import kernels
+    from indrnn_triton.kernels import chunked as ck
+    from indrnn_triton.kernels import sequential as tk
 
-    if tk.INTERPRET:
+    if kernels.INTERPRET:
         _refuse_interpreter()
-        raise RuntimeError("indrnn_triton.triton_kernels was imported with TRITON_INTERPRET=1")
-    return {"fwd": (tk._indrnn_fwd_kernel, _fwd_args), "bwd": (tk._indrnn_bwd_kernel, _bwd_args)}
+        raise RuntimeError("indrnn_triton.kernels was imported with TRITON_INTERPRET=1")
+    return {
+        "fwd": (tk._indrnn_fwd_kernel, _fwd_args), "bwd": (tk._indrnn_bwd_kernel, _bwd_args),
+        # The chunked method's three launches per direction (kernels/chunked.py).
+        "chunk_fwd_maps": (ck._fwd_maps_kernel, _chunk_args(_fwd_args)),
+        "chunk_fwd_carry": (ck._fwd_carry_kernel, _chunk_args(_fwd_args)),
+        "chunk_fwd_steps": (ck._fwd_steps_kernel, _chunk_args(_fwd_args)),
+        "chunk_bwd_maps": (ck._bwd_maps_kernel, _chunk_args(_bwd_args)),
+        "chunk_bwd_carry": (ck._bwd_carry_kernel, _chunk_args(_bwd_args)),
+        "chunk_bwd_steps": (ck._bwd_steps_kernel, _chunk_args(_bwd_args)),
+    }
 
 
 def _common_args(f: dict) -> dict:
@@ -131,6 +142,24 @@ def _bwd_args(dtype: str, f: dict) -> dict:
         p_dpre=Ptr(dtype), p_dh0=Ptr("float32"), p_du=Ptr("float32"), p_db=Ptr("float32"),
         s_out_t=B * H, s_out_b=H, s_out_h=1, s_do_t=B * H, s_do_b=H, s_do_h=1,
     )
+
+
+def _chunk_args(build):
+    """Arguments of a chunked kernel: the sequential kernel's, plus the chunk plan (B=64, H=1024
+    over T=1024 would be sequential; the same sizes keep the specialisation comparable), the
+    map and state buffers, and the flags the sequential kernels get from heuristics."""
+
+    def args(dtype: str, f: dict) -> dict:
+        a = build(dtype, f)
+        D = 2 if f["bidir"] else 1
+        NC, L = 16, 64
+        return dict(
+            a, NC=NC, L=L, s_map=D * NC * B * H, p_maps=Ptr("float32"), p_states=Ptr("float32"),
+            HAS_BIAS=True, HAS_H0=f["h0"], HAS_MASK=f["mask"], HAS_DOUT=True, HAS_DHN=f["dhn"],
+            ACC_F64=False,
+        )
+
+    return args
 
 
 def _unwrap(kernel):
@@ -344,6 +373,11 @@ def kernel_configs(kernel: str, which: str = "all") -> list[dict]:
     if which not in CONFIG_SETS:
         raise ValueError(f"which must be one of {CONFIG_SETS}, got {which!r}")
     _, _, configs = _unwrap(_kernels()[kernel][0])
+    if configs is None:  # the chunked kernels: one fixed tile, no autotuning
+        from indrnn_triton.kernels import chunked as ck
+
+        return [dict(kwargs=dict(BLOCK_B=ck.BLOCK_B, BLOCK_H=ck.BLOCK_H, CHUNK=ck.CHUNK),
+                     num_warps=ck.NUM_WARPS, num_stages=1)]
     rows = [
         dict(kwargs=dict(c.kwargs), num_warps=c.num_warps, num_stages=c.num_stages)
         for c in configs

@@ -139,7 +139,7 @@ def _states(t: Tensor | None, D: int) -> list[Tensor | None]:
 def cpu_forward(x, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_min_abs, reverse,
                 out, h_n, D):
     """Fill ``out`` (T, B, D*H view) and ``h_n`` (D states) in place; direction 1 runs
-    backwards in time. Same contract as ``triton_kernels.triton_forward``."""
+    backwards in time. Same contract as ``kernels.sequential.triton_forward``."""
     for d, (x_d, u_d, b_d, h0_d, o_d, hn_d) in enumerate(zip(
         _split(x, D), _split(weight_hh, D), _split(bias, D), _states(h0, D), _split(out, D),
         _states(h_n, D),
@@ -151,7 +151,7 @@ def cpu_forward(x, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_min_a
 def cpu_backward(grad_out, grad_hn, out, weight_hh, h0, mask, recurrent_max_abs,
                  recurrent_min_abs, reverse, grad_pre, grad_h0, D):
     """Fill ``grad_pre`` and ``grad_h0`` in place and return (du, db), each (D*H,). Same
-    contract as ``triton_kernels.triton_backward``."""
+    contract as ``kernels.sequential.triton_backward``."""
     parts = [
         _backward_one(g_d, ghn_d, o_d, u_d, h0_d, mask, recurrent_max_abs, recurrent_min_abs,
                       reverse or d == 1, gp_d, gh0_d)

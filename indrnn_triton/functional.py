@@ -46,6 +46,7 @@ def indrnn_recurrence(
     mask: Tensor | None = None,
     batch_first: bool = False,
     bidirectional: bool = False,
+    method: str = "auto",
 ) -> tuple[Tensor, Tensor]:
     """The IndRNN recurrence of one layer, one or both directions, on given pre-activations.
 
@@ -55,7 +56,7 @@ def indrnn_recurrence(
         weight_hh: (D*H,) recurrent weights, forward direction first.
         bias: (D*H,) or None, added inside the kernel.
         h0: (D, B, H) initial states (any float dtype), or None for zeros.
-        recurrent_max_abs, recurrent_min_abs, mask, batch_first: as in
+        recurrent_max_abs, recurrent_min_abs, mask, batch_first, method: as in
             :func:`indrnn_triton.fused_indrnn`.
         bidirectional: D = 2: the second half of the features runs from T-1 down to 0.
 
@@ -88,13 +89,14 @@ def indrnn_recurrence(
         out, h_n = fused_indrnn(pre, weight_hh, bias, None if h0 is None else h0[0],
                                 recurrent_max_abs=recurrent_max_abs,
                                 recurrent_min_abs=recurrent_min_abs, mask=mask,
-                                batch_first=batch_first)
+                                batch_first=batch_first, method=method)
         return out, h_n.unsqueeze(0)
     # Dtypes, devices, mask and clip bounds are checked on the forward direction's slices.
     r_max, r_min = _validate(pre[..., :H], weight_hh[:H], None if bias is None else bias[:H],
                              None if h0 is None else h0[0], mask, recurrent_max_abs,
-                             recurrent_min_abs, False, batch_first)
-    return _forward_op(pre, weight_hh, bias, h0, mask, r_max, r_min, False, batch_first, True)
+                             recurrent_min_abs, False, batch_first, method)
+    return _forward_op(pre, weight_hh, bias, h0, mask, r_max, r_min, False, batch_first, True,
+                       method)
 
 
 def indrnn_layer(
@@ -110,6 +112,7 @@ def indrnn_layer(
     batch_first: bool = False,
     bidirectional: bool = False,
     norm: Callable[[Tensor], Tensor] | None = None,
+    method: str = "auto",
 ) -> tuple[Tensor, Tensor]:
     """One IndRNN layer: h_t = relu(norm(W x_t) + b + clip(u) * h_{t-1}), both directions.
 
@@ -120,7 +123,7 @@ def indrnn_layer(
         x: (T, B, I), or (B, T, I) with ``batch_first``.
         weight_ih: (D*H, I): the forward direction's rows first, then the backward direction's.
         weight_hh: (D*H,). bias: (D*H,) or None. h0: (D, B, H) or None.
-        recurrent_max_abs, recurrent_min_abs, mask, batch_first, bidirectional: as in
+        recurrent_max_abs, recurrent_min_abs, mask, batch_first, bidirectional, method: as in
             :func:`indrnn_recurrence`.
         norm: optional function applied to the (T, B, D*H) pre-activations before the
             recurrence (e.g. ``lambda p: batch_norm_over_steps(p, mask, ...)``).
@@ -157,7 +160,8 @@ def indrnn_layer(
         pre = norm(pre)
     return indrnn_recurrence(pre, weight_hh, bias, h0, recurrent_max_abs=recurrent_max_abs,
                              recurrent_min_abs=recurrent_min_abs, mask=mask,
-                             batch_first=batch_first, bidirectional=bidirectional)
+                             batch_first=batch_first, bidirectional=bidirectional,
+                             method=method)
 
 
 def padding_free_input(x: Tensor, mask: Tensor | None) -> Tensor:

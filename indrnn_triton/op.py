@@ -2,7 +2,7 @@
 
 ``fused_indrnn`` validates its arguments and calls ``indrnn_triton::indrnn_forward``, a
 torch.library custom op with a CPU implementation (:mod:`indrnn_triton.cpu`), the Triton kernels
-registered for CUDA (:mod:`indrnn_triton.triton_kernels`), a fake implementation for
+registered for CUDA (:mod:`indrnn_triton.kernels`), a fake implementation for
 torch.compile, and a backward that is itself a custom op (``indrnn_triton::indrnn_backward``).
 """
 
@@ -19,18 +19,44 @@ from . import _alloc, cpu_compiled
 from .cpu import cpu_backward, cpu_forward
 
 try:
-    from . import triton_kernels
+    from . import kernels
+    from .kernels import chunked, sequential
 except ImportError:  # Triton is optional off Linux; CUDA tensors then need it, CPU ones do not.
-    triton_kernels = None
+    kernels = chunked = sequential = None
 
 # With TRITON_INTERPRET=1 set before import, CPU tensors run the Triton kernels through Triton's
 # interpreter instead of the CPU path. Read at call time, so tests can switch it per test.
-cpu_uses_triton = triton_kernels is not None and triton_kernels.INTERPRET
+cpu_uses_triton = kernels is not None and kernels.INTERPRET
 # Otherwise CPU tensors take the compiled kernels (indrnn_triton/csrc, built on first use; they
 # fall back to the torch CPU path if they cannot be built), or with False the torch CPU path.
 cpu_uses_compiled = True
+# What "auto" means for CPU tensors run through the interpreter (no SMs to count); the tests set
+# it to "chunked" to run every op test through the chunked kernels.
+cpu_auto_method = "sequential"
 
 _INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+METHODS = ("auto", "sequential", "chunked")
+
+# "auto" thresholds, per SM: documented estimates from the sequential kernels' H200 run
+# (benchmarks/results/nvidia-h200/bench_op.md, 132 SMs, T = 1024), not yet measured against the
+# chunked kernels. The sequential kernels reach 0.93 of copy bandwidth (forward, fp32) at
+# B x H = 262144 (~2000 elements per SM), but only 0.63 forward / 0.44 backward at 65536 (~500
+# per SM; bf16: 0.26 / 0.22) and 0.35 / 0.13 at 16384 (~124 per SM; bf16: 0.09 / 0.07): too few
+# independent chains to hide memory latency. The chunked kernels move 3/2 (forward) and 5/3
+# (backward) of the minimum bytes, so at best ~0.6 of copy: they should win below ~0.5.
+CHUNKED_MAX_ELEMS_PER_SM = {torch.float32: 256, torch.float64: 256,
+                            torch.float16: 512, torch.bfloat16: 512}
+# Below this many steps a few chunks of 64 cannot pay for two extra launches.
+CHUNKED_MIN_T = 256
+
+
+def choose_method(elements: int, T: int, dtype: torch.dtype, sm_count: int) -> str:
+    """The method ``"auto"`` runs on a GPU with ``sm_count`` SMs for ``elements`` = B x H x D
+    independent recurrences of ``T`` steps in ``dtype``: ``"chunked"`` when the sequential
+    kernels would leave the GPU waiting on memory latency, else ``"sequential"``."""
+    if T >= CHUNKED_MIN_T and elements <= CHUNKED_MAX_ELEMS_PER_SM[dtype] * sm_count:
+        return "chunked"
+    return "sequential"
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -49,16 +75,26 @@ def _tbh(x: Tensor, batch_first: bool) -> Tensor:
     return x.transpose(0, 1) if batch_first else x
 
 
-def _backend(device: torch.device, use_triton: bool):
+def _backend(x: Tensor, D: int, method: str, use_triton: bool):
+    """(forward, backward) launchers for (T, B, D*H) view x: the CPU path, or the Triton
+    kernels of ``method`` ("auto" resolved by :func:`choose_method`; on CPU tensors, under the
+    interpreter, it means ``cpu_auto_method``)."""
     if not use_triton:
         if cpu_uses_compiled:
             return cpu_compiled.compiled_forward, cpu_compiled.compiled_backward
         return cpu_forward, cpu_backward
-    if triton_kernels is None:
+    if kernels is None:
         raise RuntimeError(
-            f"fused_indrnn on {device} needs Triton, which is not installed (pip install triton)"
+            f"fused_indrnn on {x.device} needs Triton, which is not installed (pip install triton)"
         )
-    return triton_kernels.triton_forward, triton_kernels.triton_backward
+    if method == "auto":
+        if x.device.type == "cuda":
+            sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+            method = choose_method(x.shape[1] * x.shape[2], x.shape[0], x.dtype, sms)
+        else:
+            method = cpu_auto_method
+    module = chunked if method == "chunked" else sequential
+    return module.triton_forward, module.triton_backward
 
 
 def _state_shape(B: int, H: int, D: int) -> tuple[int, ...]:
@@ -66,7 +102,7 @@ def _state_shape(B: int, H: int, D: int) -> tuple[int, ...]:
 
 
 def _forward_impl(pre, weight_hh, bias, h0, mask, r_max, r_min, reverse, batch_first,
-                  bidirectional, use_triton):
+                  bidirectional, method, use_triton):
     D = 2 if bidirectional else 1
     x = _tbh(pre, batch_first)
     T, B, H = x.shape[0], x.shape[1], x.shape[2] // D
@@ -75,7 +111,7 @@ def _forward_impl(pre, weight_hh, bias, h0, mask, r_max, r_min, reverse, batch_f
     if T == 0 or B == 0 or H == 0:
         h_n.copy_(h0) if h0 is not None else h_n.zero_()
         return out, h_n
-    forward, _ = _backend(pre.device, use_triton)
+    forward, _ = _backend(x, D, method, use_triton)
     r_max = _clip_in_range(r_max, h_n.dtype)
     m = None if mask is None else _tbh(mask, batch_first)
     # Each direction reads and writes its own strided half: no flip, no concatenation.
@@ -84,7 +120,7 @@ def _forward_impl(pre, weight_hh, bias, h0, mask, r_max, r_min, reverse, batch_f
 
 
 def _backward_impl(grad_out, grad_hn, out, weight_hh, h0, mask, r_max, r_min, reverse,
-                   batch_first, bidirectional, use_triton):
+                   batch_first, bidirectional, method, use_triton):
     D = 2 if bidirectional else 1
     o = _tbh(out, batch_first)
     T, B, H = o.shape[0], o.shape[1], o.shape[2] // D
@@ -96,7 +132,7 @@ def _backward_impl(grad_out, grad_hn, out, weight_hh, h0, mask, r_max, r_min, re
         grad_pre.zero_()
         zeros = torch.zeros(D * H, dtype=acc, device=out.device)
         return grad_pre, zeros, zeros.clone(), grad_h0
-    _, backward = _backend(out.device, use_triton)
+    _, backward = _backend(o, D, method, use_triton)
     r_max = _clip_in_range(r_max, acc)
     g = None if grad_out is None else _tbh(grad_out, batch_first)
     m = None if mask is None else _tbh(mask, batch_first)
@@ -121,19 +157,22 @@ def _forward_op(
     reverse: bool,
     batch_first: bool,
     bidirectional: bool,
+    method: str = "auto",
 ) -> tuple[Tensor, Tensor]:
     return _forward_impl(pre, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_min_abs,
-                         reverse, batch_first, bidirectional, use_triton=cpu_uses_triton)
+                         reverse, batch_first, bidirectional, method, use_triton=cpu_uses_triton)
 
 
 @_forward_op.register_kernel("cuda")
-def _forward_cuda(*args):
-    return _forward_impl(*args, use_triton=True)
+def _forward_cuda(pre, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_min_abs, reverse,
+                  batch_first, bidirectional, method="auto"):
+    return _forward_impl(pre, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_min_abs,
+                         reverse, batch_first, bidirectional, method, use_triton=True)
 
 
 @_forward_op.register_fake
 def _forward_fake(pre, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_min_abs, reverse,
-                  batch_first, bidirectional):
+                  batch_first, bidirectional, method="auto"):
     D = 2 if bidirectional else 1
     T, B, DH = _tbh(pre, batch_first).shape
     return torch.empty_like(pre, memory_format=torch.contiguous_format), pre.new_empty(
@@ -154,20 +193,24 @@ def _backward_op(
     reverse: bool,
     batch_first: bool,
     bidirectional: bool,
+    method: str = "auto",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return _backward_impl(grad_out, grad_hn, out, weight_hh, h0, mask, recurrent_max_abs,
-                          recurrent_min_abs, reverse, batch_first, bidirectional,
+                          recurrent_min_abs, reverse, batch_first, bidirectional, method,
                           use_triton=cpu_uses_triton)
 
 
 @_backward_op.register_kernel("cuda")
-def _backward_cuda(*args):
-    return _backward_impl(*args, use_triton=True)
+def _backward_cuda(grad_out, grad_hn, out, weight_hh, h0, mask, recurrent_max_abs,
+                   recurrent_min_abs, reverse, batch_first, bidirectional, method="auto"):
+    return _backward_impl(grad_out, grad_hn, out, weight_hh, h0, mask, recurrent_max_abs,
+                          recurrent_min_abs, reverse, batch_first, bidirectional, method,
+                          use_triton=True)
 
 
 @_backward_op.register_fake
 def _backward_fake(grad_out, grad_hn, out, weight_hh, h0, mask, recurrent_max_abs,
-                   recurrent_min_abs, reverse, batch_first, bidirectional):
+                   recurrent_min_abs, reverse, batch_first, bidirectional, method="auto"):
     D = 2 if bidirectional else 1
     T, B, DH = _tbh(out, batch_first).shape
     acc = _acc_dtype(out.dtype)
@@ -180,11 +223,11 @@ def _backward_fake(grad_out, grad_hn, out, weight_hh, h0, mask, recurrent_max_ab
 
 
 def _setup_context(ctx, inputs, output):
-    pre, weight_hh, bias, h0, mask, r_max, r_min, reverse, batch_first, bidirectional = inputs
+    pre, weight_hh, bias, h0, mask, *flags = inputs
     out, _ = output
     # The ReLU derivative is [h > 0], so the output and h0 are all the activations kept.
     ctx.save_for_backward(out, weight_hh, h0, mask)
-    ctx.flags = (r_max, r_min, reverse, batch_first, bidirectional)
+    ctx.flags = tuple(flags)  # clip bounds, reverse, batch_first, bidirectional, method
     ctx.bias_dtype = None if bias is None else bias.dtype
 
 
@@ -196,7 +239,8 @@ def _backward(ctx, grad_out, grad_hn):
         du.to(weight_hh.dtype),
         None if ctx.bias_dtype is None else db.to(ctx.bias_dtype),
         None if h0 is None else dh0.to(h0.dtype),
-        None, None, None, None, None, None,
+        None,  # mask
+        *(None,) * len(ctx.flags),
     )
 
 
@@ -266,10 +310,12 @@ def _check_reverse_mode_only(*tensors) -> None:
 
 
 def _validate(pre, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_min_abs, reverse,
-              batch_first):
+              batch_first, method):
     for name, flag in (("reverse", reverse), ("batch_first", batch_first)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {flag!r}")
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
     _check_float_tensor("pre", pre, 3)
     layout = "(B, T, H)" if batch_first else "(T, B, H)"
     T, B, H = _tbh(pre, batch_first).shape
@@ -318,6 +364,7 @@ def fused_indrnn(
     mask: Tensor | None = None,
     reverse: bool = False,
     batch_first: bool = False,
+    method: str = "auto",
 ) -> tuple[Tensor, Tensor]:
     """Run the IndRNN recurrence h_t = relu(pre_t + bias + clip(u) * h_{t-1}) over all steps.
 
@@ -344,6 +391,14 @@ def fused_indrnn(
         reverse: run time from T-1 down to 0 (the backward direction of a bidirectional layer),
             without flipping memory.
         batch_first: ``pre`` (and ``mask``) are batch-major.
+        method: how the Triton kernels walk time. ``"sequential"``: one program per (batch,
+            hidden) tile runs all T steps; ``"chunked"``: time is cut into chunks run in
+            parallel, each chunk's steps composed into one map (exact up to float rounding),
+            for few B x H and long T; ``"auto"`` (default): picked per call from B x H, T, the
+            dtype and the GPU's SM count (:func:`indrnn_triton.op.choose_method`). On CPU
+            tensors the torch CPU path runs whatever the method, unless ``TRITON_INTERPRET=1``
+            was set before import: then ``"chunked"`` runs the chunked Triton kernels through
+            Triton's interpreter, and ``"auto"`` the sequential ones.
 
     Returns:
         ``(output, h_n)``: output in the layout and dtype of ``pre``; ``h_n`` (B, H) in float32
@@ -364,6 +419,6 @@ def fused_indrnn(
         (torch.Size([16, 4, 64]), torch.Size([4, 64]))
     """
     r_max, r_min = _validate(pre, weight_hh, bias, h0, mask, recurrent_max_abs,
-                             recurrent_min_abs, reverse, batch_first)
+                             recurrent_min_abs, reverse, batch_first, method)
     return _forward_op(pre, weight_hh, bias, h0, mask, r_max, r_min, reverse, batch_first,
-                       False)
+                       False, method)

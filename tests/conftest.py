@@ -33,20 +33,22 @@ def poison(monkeypatch):
     monkeypatch.setattr(alloc, "empty", nan_empty)
 
 
-@pytest.fixture(params=["torch", "compiled", "triton"])
+@pytest.fixture(params=["torch", "compiled", "triton", "chunked"])
 def backend(request, monkeypatch):
-    """Run the test on the torch CPU path, the compiled CPU path and the Triton kernels
-    (interpreted)."""
+    """Run the test on the torch CPU path, the compiled CPU path, the sequential Triton kernels
+    and the chunked ones (interpreted; "auto" then means the chunked method)."""
     if request.param == "compiled" and op.cpu_compiled.library() is None:
         pytest.fail("the compiled CPU kernels did not build (see the warning)")
-    if request.param == "triton":
-        if op.triton_kernels is None:
+    if request.param in ("triton", "chunked"):
+        if op.kernels is None:
             pytest.fail("Triton kernels not importable (pip install triton)")
-        if not op.triton_kernels.INTERPRET:
+        if not op.kernels.INTERPRET:
             pytest.skip("TRITON_INTERPRET=0: the kernels are built for the GPU, not interpreted "
                         "on CPU tensors (tests/test_cuda.py runs them on a GPU)")
-    monkeypatch.setattr(op, "cpu_uses_triton", request.param == "triton")
+    monkeypatch.setattr(op, "cpu_uses_triton", request.param in ("triton", "chunked"))
     monkeypatch.setattr(op, "cpu_uses_compiled", request.param == "compiled")
+    monkeypatch.setattr(op, "cpu_auto_method",
+                        "chunked" if request.param == "chunked" else "sequential")
     return request.param
 
 

@@ -31,7 +31,9 @@ def test_kernels_compile_for_sm80_sm90_without_spills(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = json.loads(out.read_text())
-    for kernel in ("fwd", "bwd"):
+    kernels = ("fwd", "bwd", "chunk_fwd_maps", "chunk_fwd_carry", "chunk_fwd_steps",
+               "chunk_bwd_maps", "chunk_bwd_carry", "chunk_bwd_steps")
+    for kernel in kernels:
         for arch in ("sm_80", "sm_90"):
             for dtype in ("float32", "float16", "bfloat16"):
                 sel = [r for r in rows
@@ -41,9 +43,13 @@ def test_kernels_compile_for_sm80_sm90_without_spills(tmp_path):
         assert r["registers"] > 0, r
         # Spills come from ptxas -v (Triton's own log, or a rerun): same binary as the cubin.
         assert r["ptxas_registers"] == r["registers"], r
-        # The (T, B, H) streams move 64-bit or wider vectors in the time loop.
+        # The (T, B, H) streams move 64-bit or wider vectors in the time loop. Only the kernels
+        # that write a (T, B, H) tensor store in their innermost loop (a maps kernel stores its
+        # chunk's map after the loop; a carry kernel's innermost loop is its step-by-step
+        # fallback, which stores nothing).
         assert max(map(int, r["loop_ld_global"])) >= 64, r
-        assert max(map(int, r["loop_st_global"])) >= 64, r
+        if r["kernel"] in ("fwd", "bwd") or r["kernel"].endswith("_steps"):
+            assert max(map(int, r["loop_st_global"])) >= 64, r
     spilling = [
         f"{r['kernel']} {r['arch']} {r['dtype']} flags={r['flags']} {r['config']} "
         f"warps={r['num_warps']}: {r['registers']} registers, {r['spill_store_bytes']} B spill "

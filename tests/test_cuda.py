@@ -19,11 +19,11 @@ pytestmark = [
     pytest.mark.usefixtures("poison"),  # every buffer the op allocates starts as NaN
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
     pytest.mark.skipif(
-        op.triton_kernels is not None and op.triton_kernels.INTERPRET,
+        op.kernels is not None and op.kernels.INTERPRET,
         reason="TRITON_INTERPRET=1 interprets the kernels: export TRITON_INTERPRET=0",
     ),
 ]
-tk = op.triton_kernels
+tk = op.sequential
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 TOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 3e-2}
 FLAGS = {
@@ -71,7 +71,7 @@ def _rel_err(a, b):
     return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-6)).item()
 
 
-def _check(dtype, T, B, H, f, *, grad=True, dev="cuda"):
+def _check(dtype, T, B, H, f, *, grad=True, dev="cuda", method="auto"):
     g = torch.Generator(device=dev).manual_seed(0)
     bf = f.get("batch_first", False)
     shape = (B, T, H) if bf else (T, B, H)
@@ -87,7 +87,7 @@ def _check(dtype, T, B, H, f, *, grad=True, dev="cuda"):
     kw = dict(mask=mask, reverse=f.get("reverse", False), batch_first=bf,
               recurrent_max_abs=1.0 if f.get("clip") else None,
               recurrent_min_abs=0.1 if f.get("clip") else 0.0)
-    out, h_n = fused_indrnn(pre, u, bias, h0, **kw)
+    out, h_n = fused_indrnn(pre, u, bias, h0, method=method, **kw)
     leaves = [t for t in (pre, u, bias, h0) if t is not None]
     ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
     it = iter(ref_leaves)
@@ -116,6 +116,25 @@ def _check(dtype, T, B, H, f, *, grad=True, dev="cuda"):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_kernels_match_reference(pinned, dtype, flags):
     _check(dtype, 33, 3, 130, FLAGS[flags])
+
+
+@pytest.mark.parametrize("flags", list(FLAGS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_chunked_kernels_match_reference(dtype, flags):
+    """The chunked kernels compiled: several 64-step chunks and a partial one, partial blocks."""
+    _check(dtype, 300, 3, 300, FLAGS[flags], method="chunked")
+
+
+def test_chunked_long_sequence_matches_sequential():
+    """T = 20000 with the papers' clip: chunked equals sequential to float32 rounding."""
+    T, B, H = 20000, 2, 256
+    g = torch.Generator(device="cuda").manual_seed(0)
+    pre = torch.rand(T, B, H, device="cuda", generator=g) - 0.3
+    u = torch.rand(H, device="cuda", generator=g) * 0.2 + 0.9
+    r = 2 ** (1 / T)
+    outs = [fused_indrnn(pre, u, recurrent_max_abs=r, method=m) for m in ("sequential", "chunked")]
+    for a, b in zip(*outs):
+        assert _rel_err(a, b) < 1e-5
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

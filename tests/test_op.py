@@ -116,7 +116,7 @@ def test_matches_reference(backend, shape, dtype, flags):
 
 
 def _gpu_config_ids():
-    import indrnn_triton.triton_kernels as tk
+    import indrnn_triton.kernels.sequential as tk
 
     return [f"B{c.kwargs['BLOCK_B']}-H{c.kwargs['BLOCK_H']}-w{c.num_warps}-C{c.kwargs['CHUNK']}"
             for c in tk.gpu_configs()]
@@ -128,8 +128,8 @@ def test_every_gpu_autotune_config_interpreted(monkeypatch, index):
     """Each config of the GPU autotune list through Triton's interpreter, every flag on, with
     T not a multiple of CHUNK and H not a multiple of BLOCK_H (tests/test_cuda.py runs the same
     list compiled, on a GPU)."""
+    import indrnn_triton.kernels.sequential as tk
     import indrnn_triton.op as op
-    import indrnn_triton.triton_kernels as tk
 
     if not tk.INTERPRET:
         pytest.skip("TRITON_INTERPRET=0: the kernels are built for the GPU")

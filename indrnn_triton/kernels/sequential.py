@@ -1,4 +1,4 @@
-"""Triton kernels for the fused IndRNN recurrence, forward and backward.
+"""The sequential method: one program per state tile walks the whole time axis.
 
 Layout: every (T, B, H) tensor is addressed through its three strides, so time-major,
 batch-major (``batch_first``) and arbitrarily strided inputs are read in place. One program owns
@@ -7,23 +7,28 @@ registers; time runs forwards or backwards (REVERSE) without flipping memory. A 
 runs the two directions of a bidirectional layer in one launch, on the two halves of the
 feature axis. Triton does not software-pipeline these loops (there is no dot), so each program
 issues the loads of CHUNK steps together before running the dependent chain over them.
-
-When ``TRITON_INTERPRET=1`` is set before this module is imported, the same kernels run on CPU
-tensors through Triton's interpreter: that is how the test-suite exercises them without a GPU.
 """
 
 from __future__ import annotations
 
-import os
-
-import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from . import _alloc
+from .. import _alloc
+from .common import (
+    HEURISTICS,
+    INTERPRET,
+    bwd_walk,
+    clip,
+    clip_args,
+    dense,
+    fwd_walk,
+    i64,
+    mask_arg,
+    tile,
+)
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 def _configs() -> list[triton.Config]:
     if INTERPRET:
@@ -65,47 +70,12 @@ def _prune(configs, named_args, **kwargs):
 _PRUNE = {"early_config_prune": _prune}
 
 
-_HEURISTICS = {
-    "HAS_H0": lambda a: a["p_h0"] is not None,
-    "HAS_MASK": lambda a: a["p_mask"] is not None,
-    # Accumulate in float64 only for float64 inputs (used by gradcheck); float32 otherwise.
-    "ACC_F64": lambda a: a["p_out"].dtype == torch.float64,
-}
-
-
 @triton.jit
-def _clip(b_u, r_max, r_min, CLIP_MAX: tl.constexpr, CLIP_MIN: tl.constexpr):
-    """clamp(sign(u) * max(|u|, m), -r, r) and a 0/1 mask of where u passed through unchanged.
-
-    A NaN weight stays NaN, as with torch.clamp (Triton's min/max would drop it by default).
-    """
-    b_keep = tl.full(b_u.shape, 1.0, b_u.dtype)
-    if CLIP_MIN:
-        b_small = tl.abs(b_u) < r_min
-        b_sign = tl.where(b_u > 0, 1.0, tl.where(b_u < 0, -1.0, 0.0)).to(b_u.dtype)
-        b_u = tl.where(b_small, b_sign * r_min, b_u)
-        b_keep = tl.where(b_small, 0.0, b_keep)
-    if CLIP_MAX:
-        # Kept where |u| <= r, so a NaN weight has no gradient, as under torch.clamp.
-        b_in = tl.abs(b_u) <= r_max
-        b_u = tl.minimum(tl.maximum(b_u, -r_max, propagate_nan=tl.PropagateNan.ALL), r_max,
-                         propagate_nan=tl.PropagateNan.ALL)
-        b_keep = tl.where(b_in, b_keep, 0.0)
-    return b_u, b_keep
-
-
-@triton.jit
-def _i64(x):
-    """x as an int64 scalar tensor (x may be a specialised constant, e.g. a stride of 1)."""
-    return x * tl.full([], 1, tl.int64)
-
-
-@triton.jit
-def _indrnn_fwd_body(
+def fwd_body(
     p_pre,  # pre-activations W x, (T, B, H) through strides s_pre_*
     p_u,  # recurrent weights u, (D*H,) contiguous
     p_b,  # bias, (D*H,) contiguous, or None
-    p_h0,  # initial state, (B, H) contiguous, or None
+    p_h0,  # states entering the steps, (B, H) blocks from element o_in on, or None (zeros)
     p_mask,  # step mask, (T, B) through strides s_m_*, nonzero = real step; or None
     p_out,  # output h, (T, B, H) through strides s_out_*, same dtype as pre
     p_hn,  # final state, (B, H) contiguous, accumulation dtype
@@ -117,6 +87,10 @@ def _indrnn_fwd_body(
     s_m_t, s_m_b,
     r_max,
     r_min,
+    s0,  # first step in processing order (time T-1-s0 when reversed)
+    n,  # steps to run; the program that reaches step T-1 writes h_n
+    o_in,  # offset of this direction's entering (B, H) state in p_h0
+    i_b,  # batch block
     CLIP_MAX: tl.constexpr,
     CLIP_MIN: tl.constexpr,
     REVERSE: tl.constexpr,
@@ -129,83 +103,59 @@ def _indrnn_fwd_body(
     CHUNK: tl.constexpr,
     I_D: tl.constexpr,  # direction: 1 = the second half of a bidirectional layer
 ):
+    """Steps s0 .. s0+n-1 of one direction for one state tile (the whole sequence here; one
+    time chunk in :mod:`.chunked`)."""
     ACC = tl.float64 if ACC_F64 else tl.float32
-    i_b = tl.program_id(0)
-    i_h = tl.program_id(1)
-    o_b = (i_b * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
-    o_h = (i_h * BLOCK_H + tl.arange(0, BLOCK_H)).to(tl.int64)
-    m_b = o_b < B
-    m_h = o_h < H
+    o_b, o_h, m_b, m_h, m_bh = tile(B, H, BLOCK_B, BLOCK_H, i_b, tl.program_id(1))
     o_f = I_D * H + o_h  # feature index along the D*H axis of pre, out, u and bias
-    o_s = I_D * _i64(B) * H  # start of this direction's (B, H) state
+    o_state = o_b[:, None] * H + o_h[None, :]
     if REVERSE:
         rev = 1
     else:
         rev = 0
-    m_bh = m_b[:, None] & m_h[None, :]
 
     b_u = tl.load(p_u + o_f, mask=m_h, other=0).to(ACC)
-    b_u, _ = _clip(b_u, r_max, r_min, CLIP_MAX, CLIP_MIN)
+    b_u, _ = clip(b_u, r_max, r_min, CLIP_MAX, CLIP_MIN)
     if HAS_BIAS:
         b_bias = tl.load(p_b + o_f, mask=m_h, other=0).to(ACC)
     else:
         b_bias = tl.zeros([BLOCK_H], dtype=ACC)
     if HAS_H0:
-        b_h = tl.load(p_h0 + o_s + o_b[:, None] * H + o_h[None, :], mask=m_bh, other=0).to(ACC)
+        b_h = tl.load(p_h0 + o_in + o_state, mask=m_bh, other=0).to(ACC)
     else:
         b_h = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
 
     # Time is walked through pointers that move one (signed, int64) stride per step, starting at
-    # t = T-1 when reversed, so no t * stride product can overflow and memory is never flipped.
-    t0 = _i64(T - 1) * rev
+    # t = T-1-s0 when reversed, so no t * stride product can overflow and memory is never flipped.
     sgn = 1 - 2 * rev
-    d_x = sgn * _i64(s_pre_t)
-    d_o = sgn * _i64(s_out_t)
-    d_m = sgn * _i64(s_m_t)
+    t0 = i64(T - 1) * rev + sgn * i64(s0)
+    d_x = sgn * i64(s_pre_t)
+    d_o = sgn * i64(s_out_t)
+    d_m = sgn * i64(s_m_t)
     p_x = p_pre + t0 * s_pre_t + o_b[:, None] * s_pre_b + o_f[None, :] * s_pre_h
     p_o = p_out + t0 * s_out_t + o_b[:, None] * s_out_b + o_f[None, :] * s_out_h
     if HAS_MASK:
         p_m = p_mask + t0 * s_m_t + o_b * s_m_b
-    for i in range(0, T, CHUNK):
-        # The inputs do not depend on the state: issue the loads of CHUNK steps at once so
-        # they are in flight together, then run the dependent chain over them.
-        xs = ()
-        ms = ()
-        # Pointers advance one stride per step (cheaper in registers than CHUNK offsets).
-        for j in tl.static_range(CHUNK):
-            valid = (o_b * 0 + i + j) < T
-            xs = xs + (tl.load(p_x, mask=m_bh & valid[:, None], other=0),)
-            p_x += d_x
-            if HAS_MASK:
-                ms = ms + (tl.load(p_m, mask=m_b & valid, other=0) != 0,)
-                p_m += d_m
-        for j in tl.static_range(CHUNK):
-            valid = (o_b * 0 + i + j) < T
-            # relu that keeps NaN, as torch.relu does (Triton's maximum drops NaN by default).
-            b_new = tl.maximum(xs[j].to(ACC) + b_bias[None, :] + b_u[None, :] * b_h, 0.0,
-                               propagate_nan=tl.PropagateNan.ALL)
-            if HAS_MASK:
-                valid = valid & ms[j]
-            b_h = tl.where(valid[:, None], b_new, b_h)
-            tl.store(p_o, b_h.to(p_out.dtype.element_ty),
-                     mask=m_bh & ((o_b * 0 + i + j) < T)[:, None])
-            p_o += d_o
-    o_state = o_s + o_b[:, None] * H + o_h[None, :]
-    tl.store(p_hn + o_state, b_h.to(p_hn.dtype.element_ty), mask=m_bh)
+    else:
+        p_m = p_x
+    b_h = fwd_walk(p_x, p_o, p_m, d_x, d_o, d_m, b_h, b_u, b_bias, n, o_b, m_b, m_bh, HAS_MASK,
+                   True, ACC, CHUNK)
+    tl.store(p_hn + I_D * i64(B) * H + o_state, b_h.to(p_hn.dtype.element_ty),
+             mask=m_bh & ((o_b * 0 + s0 + n) >= T)[:, None])
 
 
 @triton.jit
-def _indrnn_bwd_body(
+def bwd_body(
     p_out,  # forward output h, (T, B, H) through strides s_out_*
     p_h0,  # initial state, (B, H) contiguous, or None
     p_u,  # recurrent weights u, (D*H,) contiguous
     p_mask,  # step mask, (T, B) through strides s_m_*, or None
     p_dout,  # gradient of the output, (T, B, H) through strides s_do_*, or None
-    p_dhn,  # gradient of the final state, (B, H) contiguous, or None
+    p_dhn,  # gradients reaching the state after step s0+n-1, (B, H) blocks from o_c; or None
     p_dpre,  # gradient of pre, (T, B, H) through strides s_out_* (same layout as the output)
     p_dh0,  # gradient of h0, (B, H) contiguous, accumulation dtype
-    p_du,  # per-row partial sums of du over time, (B, H) contiguous, accumulation dtype
-    p_db,  # per-row partial sums of db over time, (B, H) contiguous, accumulation dtype
+    p_du,  # partial sums of du over these steps, (B, H) blocks from o_part, accumulation dtype
+    p_db,  # partial sums of db, laid out as p_du
     T,
     B,
     H,
@@ -214,6 +164,11 @@ def _indrnn_bwd_body(
     s_m_t, s_m_b,
     r_max,
     r_min,
+    s0,  # first step in processing order; the program that reaches step 0 writes dh0
+    n,  # steps to run, walked from processing step s0+n-1 down to s0
+    o_c,  # offset of this direction's (B, H) block in p_dhn
+    o_part,  # offset of this program's (B, H) block in p_du and p_db
+    i_b,  # batch block
     CLIP_MAX: tl.constexpr,
     CLIP_MIN: tl.constexpr,
     REVERSE: tl.constexpr,
@@ -227,101 +182,64 @@ def _indrnn_bwd_body(
     CHUNK: tl.constexpr,
     I_D: tl.constexpr,  # direction: 1 = the second half of a bidirectional layer
 ):
+    """The backward of steps s0 .. s0+n-1 of one direction for one state tile."""
     ACC = tl.float64 if ACC_F64 else tl.float32
-    i_b = tl.program_id(0)
-    i_h = tl.program_id(1)
-    o_b = (i_b * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
-    o_h = (i_h * BLOCK_H + tl.arange(0, BLOCK_H)).to(tl.int64)
-    m_b = o_b < B
-    m_h = o_h < H
+    o_b, o_h, m_b, m_h, m_bh = tile(B, H, BLOCK_B, BLOCK_H, i_b, tl.program_id(1))
     o_f = I_D * H + o_h  # feature index along the D*H axis of pre, out, u and bias
-    o_s = I_D * _i64(B) * H  # start of this direction's (B, H) state
+    o_state = o_b[:, None] * H + o_h[None, :]
+    o_s = I_D * i64(B) * H  # start of this direction's (B, H) state
     if REVERSE:
         rev = 1
     else:
         rev = 0
-    m_bh = m_b[:, None] & m_h[None, :]
-    o_state = o_s + o_b[:, None] * H + o_h[None, :]
 
     b_u = tl.load(p_u + o_f, mask=m_h, other=0).to(ACC)
-    b_u, b_keep = _clip(b_u, r_max, r_min, CLIP_MAX, CLIP_MIN)
+    b_u, b_keep = clip(b_u, r_max, r_min, CLIP_MAX, CLIP_MIN)
     if HAS_H0:
-        b_h0 = tl.load(p_h0 + o_state, mask=m_bh, other=0).to(ACC)
+        b_h0 = tl.load(p_h0 + o_s + o_state, mask=m_bh, other=0).to(ACC)
     else:
         b_h0 = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
     # b_c: the gradient reaching the state after the step being processed (dL/dh_n to start).
     if HAS_DHN:
-        b_c = tl.load(p_dhn + o_state, mask=m_bh, other=0).to(ACC)
+        b_c = tl.load(p_dhn + o_c + o_state, mask=m_bh, other=0).to(ACC)
     else:
         b_c = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
-    b_du = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
-    b_db = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
 
-    # Walk the forward processing order backwards, k = 0 .. T-1 being step T-1-k. The state
-    # before a step is the output of the step before it (h0 for the first step); it is kept for
-    # the next iteration, where it is the current output, so each output element is read once.
-    # Pointers move one signed int64 stride per step, backwards through processing order.
-    t_last = _i64(T - 1) * (1 - rev)
+    # Walk the processing order backwards from step s0+n-1. The state before a step is the
+    # output of the step before it (h0 for step 0); it is kept for the next iteration, where it
+    # is the current output, so each output element is read once. Pointers move one signed
+    # int64 stride per step, backwards through processing order.
     sgn = 2 * rev - 1
-    d_o = sgn * _i64(s_out_t)
-    d_g = sgn * _i64(s_do_t)
-    d_m = sgn * _i64(s_m_t)
+    t_last = i64(T - 1) * rev - sgn * i64(s0 + n - 1)
+    d_o = sgn * i64(s_out_t)
+    d_g = sgn * i64(s_do_t)
+    d_m = sgn * i64(s_m_t)
     o_out = o_b[:, None] * s_out_b + o_f[None, :] * s_out_h
     p_h = p_out + t_last * s_out_t + o_out
     p_dx = p_dpre + t_last * s_out_t + o_out
     if HAS_DOUT:
         p_g = p_dout + t_last * s_do_t + o_b[:, None] * s_do_b + o_f[None, :] * s_do_h
+    else:
+        p_g = p_h
     if HAS_MASK:
         p_m = p_mask + t_last * s_m_t + o_b * s_m_b
+    else:
+        p_m = p_h
     b_h = tl.load(p_h, mask=m_bh, other=0).to(ACC)
-    for i in range(0, T, CHUNK):
-        # Issue the CHUNK steps' loads together (they do not depend on the carried gradient).
-        hs = ()
-        gs = ()
-        ms = ()
-        # Pointers advance one stride per step (cheaper in registers than CHUNK offsets).
-        for j in tl.static_range(CHUNK):
-            valid = (o_b * 0 + i + j) < T
-            has_prev = (o_b * 0 + i + j) < T - 1
-            p_h += d_o
-            hs = hs + (tl.load(p_h, mask=m_bh & has_prev[:, None], other=0),)
-            if HAS_DOUT:
-                gs = gs + (tl.load(p_g, mask=m_bh & valid[:, None], other=0),)
-                p_g += d_g
-            if HAS_MASK:
-                ms = ms + (tl.load(p_m, mask=m_b & valid, other=0) != 0,)
-                p_m += d_m
-        for j in tl.static_range(CHUNK):
-            valid = (o_b * 0 + i + j) < T
-            has_prev = (o_b * 0 + i + j) < T - 1
-            b_prev = tl.where(has_prev[:, None], hs[j].to(ACC), b_h0)
-            b_g = b_c
-            if HAS_DOUT:
-                b_g += gs[j].to(ACC)
-            # The ReLU's gradient gate is "not h <= 0", as torch's threshold_backward: it is
-            # open at a NaN output.
-            b_live = ~(b_h <= 0)
-            if HAS_MASK:
-                # A padding step is the identity on the state: its gradient passes through.
-                b_d = tl.where(b_live & (valid & ms[j])[:, None], b_g, 0.0)
-                b_c = tl.where((valid & ms[j])[:, None], b_u[None, :] * b_d, b_g)
-            else:
-                b_d = tl.where(b_live & valid[:, None], b_g, 0.0)
-                b_c = tl.where(valid[:, None], b_u[None, :] * b_d, b_g)
-            tl.store(p_dx, b_d.to(p_dpre.dtype.element_ty), mask=m_bh & valid[:, None])
-            p_dx += d_o
-            b_du += b_d * b_prev
-            b_db += b_d
-            b_h = b_prev
-    tl.store(p_dh0 + o_state, b_c.to(p_dh0.dtype.element_ty), mask=m_bh)
+    b_zero = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
+    b_c, b_du, b_db = bwd_walk(p_h, p_g, p_m, p_dx, d_o, d_g, d_m, b_h, b_c, b_h0, b_u, b_zero,
+                               b_zero, n, s0 + n - 1, o_b, m_b, m_bh, HAS_MASK, HAS_DOUT, True,
+                               ACC, CHUNK)
+    tl.store(p_dh0 + o_s + o_state, b_c.to(p_dh0.dtype.element_ty),
+             mask=m_bh & ((o_b * 0 + s0) == 0)[:, None])
     # Per-row partials (every element written by exactly one program, whatever the tile), summed
-    # over B by the caller with torch.sum: deterministic, no atomics.
+    # over B (and chunks) by the caller with torch.sum: deterministic, no atomics.
     # A select, not a product with 0: du of a clipped weight is 0 even where the sum is NaN.
-    tl.store(p_du + o_state, tl.where(b_keep[None, :] > 0, b_du, 0.0), mask=m_bh)
-    tl.store(p_db + o_state, b_db, mask=m_bh)
+    tl.store(p_du + o_part + o_state, tl.where(b_keep[None, :] > 0, b_du, 0.0), mask=m_bh)
+    tl.store(p_db + o_part + o_state, b_db, mask=m_bh)
 
 
-@triton.heuristics({**_HEURISTICS, "HAS_BIAS": lambda a: a["p_b"] is not None})
+@triton.heuristics({**HEURISTICS, "HAS_BIAS": lambda a: a["p_b"] is not None})
 @triton.autotune(configs=_configs(), key=["H"], prune_configs_by=_PRUNE)
 @triton.jit(do_not_specialize=["T"])
 def _indrnn_fwd_kernel(
@@ -354,24 +272,27 @@ def _indrnn_fwd_kernel(
 ):
     # Direction and REVERSE are compile-time in each body: a runtime sign on the time
     # strides costs ~100 registers with a mask. A bidirectional launch compiles both.
+    i_b = tl.program_id(0)
     if BIDIR:
         if tl.program_id(2) == 0:
-            _indrnn_fwd_body(p_pre, p_u, p_b, p_h0, p_mask, p_out, p_hn, T, B, H, s_pre_t, s_pre_b,
-                s_pre_h, s_out_t, s_out_b, s_out_h, s_m_t, s_m_b, r_max, r_min, CLIP_MAX, CLIP_MIN,
-                False, HAS_BIAS, HAS_H0, HAS_MASK, ACC_F64, BLOCK_B, BLOCK_H, CHUNK, 0)
+            fwd_body(p_pre, p_u, p_b, p_h0, p_mask, p_out, p_hn, T, B, H, s_pre_t, s_pre_b,
+                s_pre_h, s_out_t, s_out_b, s_out_h, s_m_t, s_m_b, r_max, r_min, 0, T, 0, i_b,
+                CLIP_MAX, CLIP_MIN, False, HAS_BIAS, HAS_H0, HAS_MASK, ACC_F64, BLOCK_B, BLOCK_H,
+                CHUNK, 0)
         else:
-            _indrnn_fwd_body(p_pre, p_u, p_b, p_h0, p_mask, p_out, p_hn, T, B, H, s_pre_t, s_pre_b,
-                s_pre_h, s_out_t, s_out_b, s_out_h, s_m_t, s_m_b, r_max, r_min, CLIP_MAX, CLIP_MIN,
-                True, HAS_BIAS, HAS_H0, HAS_MASK, ACC_F64, BLOCK_B, BLOCK_H, CHUNK, 1)
+            fwd_body(p_pre, p_u, p_b, p_h0, p_mask, p_out, p_hn, T, B, H, s_pre_t, s_pre_b,
+                s_pre_h, s_out_t, s_out_b, s_out_h, s_m_t, s_m_b, r_max, r_min, 0, T, i64(B) * H,
+                i_b, CLIP_MAX, CLIP_MIN, True, HAS_BIAS, HAS_H0, HAS_MASK, ACC_F64, BLOCK_B,
+                BLOCK_H, CHUNK, 1)
     else:
-        _indrnn_fwd_body(p_pre, p_u, p_b, p_h0, p_mask, p_out, p_hn, T, B, H, s_pre_t, s_pre_b,
-            s_pre_h, s_out_t, s_out_b, s_out_h, s_m_t, s_m_b, r_max, r_min, CLIP_MAX, CLIP_MIN,
-            REVERSE, HAS_BIAS, HAS_H0, HAS_MASK, ACC_F64, BLOCK_B, BLOCK_H, CHUNK, 0)
+        fwd_body(p_pre, p_u, p_b, p_h0, p_mask, p_out, p_hn, T, B, H, s_pre_t, s_pre_b, s_pre_h,
+            s_out_t, s_out_b, s_out_h, s_m_t, s_m_b, r_max, r_min, 0, T, 0, i_b, CLIP_MAX,
+            CLIP_MIN, REVERSE, HAS_BIAS, HAS_H0, HAS_MASK, ACC_F64, BLOCK_B, BLOCK_H, CHUNK, 0)
 
 
 @triton.heuristics(
     {
-        **_HEURISTICS,
+        **HEURISTICS,
         "HAS_DOUT": lambda a: a["p_dout"] is not None,
         "HAS_DHN": lambda a: a["p_dhn"] is not None,
     }
@@ -412,50 +333,27 @@ def _indrnn_bwd_kernel(
 ):
     # Direction and REVERSE are compile-time in each body: a runtime sign on the time
     # strides costs ~100 registers with a mask. A bidirectional launch compiles both.
+    i_b = tl.program_id(0)
     if BIDIR:
         if tl.program_id(2) == 0:
-            _indrnn_bwd_body(p_out, p_h0, p_u, p_mask, p_dout, p_dhn, p_dpre, p_dh0, p_du, p_db, T,
-                B, H, s_out_t, s_out_b, s_out_h, s_do_t, s_do_b, s_do_h, s_m_t, s_m_b, r_max,
-                r_min, CLIP_MAX, CLIP_MIN, False, HAS_H0, HAS_MASK, HAS_DOUT, HAS_DHN, ACC_F64,
-                BLOCK_B, BLOCK_H, CHUNK, 0)
+            bwd_body(p_out, p_h0, p_u, p_mask, p_dout, p_dhn, p_dpre, p_dh0, p_du, p_db, T, B,
+                H, s_out_t, s_out_b, s_out_h, s_do_t, s_do_b, s_do_h, s_m_t, s_m_b, r_max, r_min,
+                0, T, 0, 0, i_b, CLIP_MAX, CLIP_MIN, False, HAS_H0, HAS_MASK, HAS_DOUT, HAS_DHN,
+                ACC_F64, BLOCK_B, BLOCK_H, CHUNK, 0)
         else:
-            _indrnn_bwd_body(p_out, p_h0, p_u, p_mask, p_dout, p_dhn, p_dpre, p_dh0, p_du, p_db, T,
-                B, H, s_out_t, s_out_b, s_out_h, s_do_t, s_do_b, s_do_h, s_m_t, s_m_b, r_max,
-                r_min, CLIP_MAX, CLIP_MIN, True, HAS_H0, HAS_MASK, HAS_DOUT, HAS_DHN, ACC_F64,
-                BLOCK_B, BLOCK_H, CHUNK, 1)
+            bwd_body(p_out, p_h0, p_u, p_mask, p_dout, p_dhn, p_dpre, p_dh0, p_du, p_db, T, B,
+                H, s_out_t, s_out_b, s_out_h, s_do_t, s_do_b, s_do_h, s_m_t, s_m_b, r_max, r_min,
+                0, T, i64(B) * H, i64(B) * H, i_b, CLIP_MAX, CLIP_MIN, True, HAS_H0, HAS_MASK,
+                HAS_DOUT, HAS_DHN, ACC_F64, BLOCK_B, BLOCK_H, CHUNK, 1)
     else:
-        _indrnn_bwd_body(p_out, p_h0, p_u, p_mask, p_dout, p_dhn, p_dpre, p_dh0, p_du, p_db, T, B,
-            H, s_out_t, s_out_b, s_out_h, s_do_t, s_do_b, s_do_h, s_m_t, s_m_b, r_max, r_min,
-            CLIP_MAX, CLIP_MIN, REVERSE, HAS_H0, HAS_MASK, HAS_DOUT, HAS_DHN, ACC_F64, BLOCK_B,
-            BLOCK_H, CHUNK, 0)
-
-
-def _clip_args(recurrent_max_abs: float | None, recurrent_min_abs: float) -> dict:
-    return dict(
-        r_max=float(recurrent_max_abs) if recurrent_max_abs is not None else 0.0,
-        r_min=float(recurrent_min_abs),
-        CLIP_MAX=recurrent_max_abs is not None,
-        CLIP_MIN=recurrent_min_abs > 0,
-    )
+        bwd_body(p_out, p_h0, p_u, p_mask, p_dout, p_dhn, p_dpre, p_dh0, p_du, p_db, T, B, H,
+            s_out_t, s_out_b, s_out_h, s_do_t, s_do_b, s_do_h, s_m_t, s_m_b, r_max, r_min, 0, T,
+            0, 0, i_b, CLIP_MAX, CLIP_MIN, REVERSE, HAS_H0, HAS_MASK, HAS_DOUT, HAS_DHN, ACC_F64,
+            BLOCK_B, BLOCK_H, CHUNK, 0)
 
 
 def _grid(B: int, H: int, D: int):
     return lambda meta: (triton.cdiv(B, meta["BLOCK_B"]), triton.cdiv(H, meta["BLOCK_H"]), D)
-
-
-def _mask_arg(mask: Tensor | None) -> tuple[Tensor | None, int, int]:
-    """(T, B) view of the mask as bytes (bool reinterpreted, never copied) and its strides."""
-    if mask is None:
-        return None, 0, 0
-    if mask.dtype == torch.bool:
-        mask = mask.view(torch.uint8)
-    return mask, mask.stride(0), mask.stride(1)
-
-
-def _dense(t: Tensor | None) -> Tensor | None:
-    """The kernels index the (H,) vectors and (B, H) states as packed arrays: a strided or
-    expanded (zero-stride) one is copied first (a few KB, never a (T, B, H) tensor)."""
-    return None if t is None else t.contiguous()
 
 
 def triton_forward(
@@ -477,12 +375,12 @@ def triton_forward(
     contiguous (B, H) states; ``mask``: (T, B) view. Direction 1 runs from T-1 down to 0.
     """
     T, B, H = x.shape[0], x.shape[1], x.shape[2] // D
-    mask, s_m_t, s_m_b = _mask_arg(mask)
+    mask, s_m_t, s_m_b = mask_arg(mask)
     _indrnn_fwd_kernel[_grid(B, H, D)](
-        x, _dense(weight_hh), _dense(bias), _dense(h0), mask, out, h_n,
+        x, dense(weight_hh), dense(bias), dense(h0), mask, out, h_n,
         T, B, H,
         *x.stride(), *out.stride(), s_m_t, s_m_b,
-        REVERSE=reverse, BIDIR=D == 2, **_clip_args(recurrent_max_abs, recurrent_min_abs),
+        REVERSE=reverse, BIDIR=D == 2, **clip_args(recurrent_max_abs, recurrent_min_abs),
     )
 
 
@@ -503,15 +401,15 @@ def triton_backward(
     """Launch the backward kernel over D directions; fills grad_pre and grad_h0 and returns
     (du, db), each (D*H,) in the accumulation dtype."""
     T, B, H = out.shape[0], out.shape[1], out.shape[2] // D
-    mask, s_m_t, s_m_b = _mask_arg(mask)
+    mask, s_m_t, s_m_b = mask_arg(mask)
     du = _alloc.empty(D, B, H, dtype=grad_h0.dtype, device=grad_h0.device)
     db = _alloc.empty(D, B, H, dtype=grad_h0.dtype, device=grad_h0.device)
     s_do = grad_out.stride() if grad_out is not None else (0, 0, 0)
     _indrnn_bwd_kernel[_grid(B, H, D)](
-        out, _dense(h0), _dense(weight_hh), mask, grad_out, _dense(grad_hn),
+        out, dense(h0), dense(weight_hh), mask, grad_out, dense(grad_hn),
         grad_pre, grad_h0, du, db,
         T, B, H,
         *out.stride(), *s_do, s_m_t, s_m_b,
-        REVERSE=reverse, BIDIR=D == 2, **_clip_args(recurrent_max_abs, recurrent_min_abs),
+        REVERSE=reverse, BIDIR=D == 2, **clip_args(recurrent_max_abs, recurrent_min_abs),
     )
     return du.sum(1).flatten(), db.sum(1).flatten()

@@ -77,10 +77,10 @@ DEFAULTS = {
 CPU_DEFAULTS = {
     "text": TaskDefaults(
         seq_len=50, hidden_size=256, num_layers=2, norm=None, dropout=0.0,
-        learning_rate=2e-3, batch_size=32, max_steps=1500, eval_steps=250,
+        learning_rate=2e-3, batch_size=32, max_steps=1000, eval_steps=200,
         lr_scheduler="linear", max_grad_norm=0.0, test_size=1000,
         note="cpu preset (the default without CUDA): 2 layers x 256, Adam 2e-3 decayed linearly "
-        "over 1500 steps, each evaluation on at most 1000 test windows (50 KB); --preset paper "
+        "over 1000 steps, each evaluation on at most 1000 test windows (50 KB); --preset paper "
         "for the paper's settings",
     ),
 }

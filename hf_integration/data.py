@@ -4,7 +4,8 @@
   generated from a seed.
 - :func:`load_mnist`: sequential MNIST, one pixel per step (T = 784), optionally permuted with a
   fixed-seed permutation (pMNIST), from the Hub (``ylecun/mnist``) or a local copy in its schema.
-- :func:`load_text`: byte-level language modelling on any file (vocabulary of 256 bytes).
+- :func:`load_text`: byte-level language modelling on any file (byte b is token id b, as in
+  :func:`hf_integration.tokenizer.byte_tokenizer`).
 
 Every builder returns a :class:`TaskData` whose datasets yield the model's keyword arguments
 (``inputs_embeds`` or ``input_ids``, and ``labels``) as torch tensors, ready for ``Trainer``.
@@ -20,6 +21,8 @@ import datasets
 import numpy as np
 import pyarrow
 import torch
+
+from .tokenizer import byte_tokenizer
 
 MNIST_HUB_ID = "ylecun/mnist"
 MNIST_SEQ_LEN = 28 * 28
@@ -41,6 +44,7 @@ class TaskData:
     input_size: int | None = None  # continuous features per step; None for token inputs
     vocab_size: int | None = None
     num_labels: int | None = None
+    tokenizer: object | None = None  # what turns text into the ids (token tasks)
 
 
 def adding_problem(num_samples: int, seq_len: int, seed: int) -> datasets.Dataset:
@@ -268,7 +272,9 @@ def load_text(path: str, seq_len: int, test_fraction: float = 0.1) -> TaskData:
     binary data, NUL bytes), with no decoding and no newline translation. They are split in
     order: the first ``1 - test_fraction`` for training, the rest for evaluation, each cut into
     non-overlapping windows of ``seq_len`` bytes (``input_ids`` == ``labels``, int64 in
-    [0, 256)). The evaluation loss in nats per byte divided by ln 2 is the bits per character.
+    [0, 256)). The task's tokenizer, :func:`hf_integration.tokenizer.byte_tokenizer`, gives
+    text the same ids and decodes the model's output (its vocabulary adds ``<pad>``, id 256).
+    The evaluation loss in nats per byte divided by ln 2 is the bits per character.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--data {path!r} is not a file")
@@ -284,9 +290,11 @@ def load_text(path: str, seq_len: int, test_fraction: float = 0.1) -> TaskData:
             f"in both the train ({len(train_bytes)} bytes) and test ({len(test_bytes)} bytes) "
             "parts; use a longer file or a smaller --seq-len"
         )
+    tokenizer = byte_tokenizer()
     return TaskData(
         train=_byte_chunks(train_bytes, seq_len),
         test=_byte_chunks(test_bytes, seq_len),
         seq_len=seq_len,
-        vocab_size=256,
+        vocab_size=len(tokenizer),
+        tokenizer=tokenizer,
     )

@@ -20,10 +20,23 @@ from transformers.modeling_outputs import (
     TokenClassifierOutput,
 )
 
-from indrnn_triton import IndRNN
-from indrnn_triton.modules import _NORM_CLASSES
-
 from .configuration_indrnn import IndRNNConfig
+
+# Where the folder is used without this project: transformers' own message for a missing import
+# ("pip install indrnn_triton") names a package that PyPI did not have when this was written.
+INSTALL_HINT = (
+    "this model's code (modeling_indrnn.py) runs on the indrnn-triton package (import name "
+    "indrnn_triton), which was not on PyPI when it was written: install it from the project's "
+    "source repository (pip install -e . in a clone of it), or with pip install indrnn-triton "
+    "where a release has been published since"
+)
+try:  # transformers' check of a remote-code file's imports skips try blocks
+    from indrnn_triton import IndRNN
+    from indrnn_triton.modules import _NORM_CLASSES
+except ModuleNotFoundError as err:
+    if err.name != "indrnn_triton":
+        raise
+    raise ImportError(f"No module named 'indrnn_triton': {INSTALL_HINT}") from err
 
 # transformers renamed the cache argument and output field from `past_key_values` to `cache`
 # (5.2x); the models accept both names and fill whichever field this version's outputs have.

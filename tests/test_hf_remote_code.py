@@ -82,3 +82,23 @@ def test_trust_remote_code_in_fresh_process(tmp_path):
     resaved = json.loads((tmp_path / "resaved" / "config.json").read_text())
     assert set(resaved["auto_map"]) == {"AutoConfig", *HEADS}
     assert (tmp_path / "resaved" / "modeling_indrnn.py").exists()
+
+
+def test_missing_indrnn_triton_error_says_where_to_get_it(tmp_path):
+    """Where the folder is used without indrnn_triton, trust_remote_code loading says how to get
+    it (the project's source repository), not transformers' `pip install indrnn_triton`."""
+    tiny_model(HEADS["AutoModel"]).save_pretrained(tmp_path / "model")
+    loader = (
+        "import sys\n"
+        "sys.modules['hf_integration'] = sys.modules['indrnn_triton'] = None  # not installed\n"
+        "import transformers\n"
+        "transformers.AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True)\n"
+    )
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", loader, str(tmp_path / "model")], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("ImportError: No module named 'indrnn_triton'"), error
+    assert "install it from the project's source repository" in error
+    assert "Run `pip install indrnn_triton`" not in result.stderr

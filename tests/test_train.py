@@ -15,9 +15,11 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, pipeline
 
+import indrnn_train
 from hf_integration import data, train
+from hf_integration.tokenizer import byte_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -202,7 +204,38 @@ def test_text_windows_are_the_file_bytes(text_file):
     assert bytes(train_ids.flatten().tolist()) == train_bytes[: len(train_ids) * T]
     test_ids = task.test[:]["input_ids"]
     assert bytes(test_ids.flatten().tolist()) == test_bytes[: len(test_ids) * T]
-    assert (task.vocab_size, task.seq_len) == (256, T)
+    assert (task.vocab_size, task.seq_len) == (257, T)  # 256 bytes and <pad>
+
+
+# Every byte that UTF-8 text can hold: ASCII with controls, 2-, 3- and 4-byte characters.
+ALL_UTF8 = "".join(map(chr, [*range(0x800), *range(0x800, 0x10000, 61), 0xFFFF, 0x10000,
+                             0x10FFFF, 0x40000, 0x80000, 0xC0000, 0xF0000]))
+ALL_UTF8 = "".join(c for c in ALL_UTF8 if not 0xD800 <= ord(c) < 0xE000)  # no lone surrogates
+
+
+def test_byte_tokenizer_ids_are_the_utf8_bytes_and_decode_back():
+    """The text task's tokenizer maps byte b to id b (what the model trains on) and back, adds
+    no special token, and pads with id 256 on the left."""
+    tok = byte_tokenizer()
+    raw = ALL_UTF8.encode("utf-8")
+    assert set(raw) == set(range(256)) - {0xC0, 0xC1, *range(0xF5, 0x100)}  # all UTF-8 can hold
+    assert tok(ALL_UTF8).input_ids == list(raw)
+    assert tok.decode(list(raw)) == ALL_UTF8
+    assert sorted(tok.get_vocab().values()) == list(range(257))
+    assert tok.convert_ids_to_tokens(256) == "<pad>" and tok.pad_token_id == 256
+    batch = tok(["ab", "c"], padding=True)
+    assert batch.input_ids == [[97, 98], [256, 99]] and batch.attention_mask[1] == [0, 1]
+    assert tok.decode([104, 0xC3]) == "h\ufffd"  # a cut UTF-8 character: U+FFFD, not an error
+
+
+def test_text_ids_are_the_tokenizers_ids(text_file):
+    """The ids the text model trains on are those its saved tokenizer gives the same text."""
+    task = data.load_text(str(text_file), seq_len=16, test_fraction=0.25)
+    ids = task.train[:4]["input_ids"].flatten().tolist()
+    text = TEXT.encode("utf-8")[: len(ids)].decode("utf-8")
+    assert task.tokenizer(text).input_ids == ids
+    assert task.tokenizer.decode(ids) == text
+    assert len(task.tokenizer) == task.vocab_size
 
 
 def test_text_too_short_names_data_flag(text_file):
@@ -253,7 +286,8 @@ def _exit_message(capsys, argv) -> tuple[int, str]:
         (["adding", "--dropout", "1.5"], "--dropout must be in [0, 1)"),
         (["adding", "--batch-size", "0"], "--batch-size: must be a positive integer"),
         (["adding", "--residual", "--num-layers", "2"], "--residual needs an odd"),
-        (["text", "--data", "x.txt", "--bidirectional"], "--bidirectional is not possible"),
+        (["text", "--data", str(REPO / "README.md"), "--bidirectional"],
+         "--bidirectional is not possible"),
         (["adding", "--data", "x"], "--data is not used by the adding task"),
         (["adding", "--seed", "-3"], "--seed: must be an integer >= 0, got -3"),
         (["adding", "--learning-rate", "inf"], "--lr: must be a finite number, got inf"),
@@ -308,6 +342,40 @@ def test_help_lists_every_flag_and_the_defaults(capsys):
     d = train.DEFAULTS["adding"]
     assert f"adding  T={d.seq_len}" in out and f"lr={d.learning_rate}" in out
     assert "paper" in out
+    c = indrnn_train.CPU_DEFAULTS["text"]
+    assert f"text    T={c.seq_len} layers={c.num_layers} hidden={c.hidden_size}" in out
+    assert "--preset" in out and f"test-size={c.test_size}" in out
+
+
+@pytest.mark.parametrize(("cuda", "argv", "preset"), [
+    (False, [], "cpu"), (True, [], "paper"), (True, ["--cpu"], "cpu"),
+    (False, ["--preset", "paper"], "paper"), (True, ["--preset", "cpu"], "cpu"),
+])
+def test_text_defaults_follow_the_device_unless_a_preset_is_given(monkeypatch, text_file, cuda,
+                                                                  argv, preset):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    args = train.parse_args(["text", "--data", str(text_file), *argv])
+    d = (train.DEFAULTS if preset == "paper" else indrnn_train.CPU_DEFAULTS)["text"]
+    assert args.preset == preset
+    assert (args.hidden_size, args.num_layers, args.batch_size, args.max_steps, args.test_size,
+            args.norm) == (d.hidden_size, d.num_layers, d.batch_size, d.max_steps, d.test_size,
+                           d.norm)
+    assert f"--preset {preset}" in indrnn_train.describe_defaults(args)
+    # a flag still overrides the preset's value
+    args = train.parse_args(["text", "--data", str(text_file), *argv, "--hidden-size", "64",
+                             "--norm", "none", "--test-size", "7"])
+    assert (args.hidden_size, args.norm, args.test_size) == (64, None, 7)
+
+
+def test_cpu_text_preset_is_small_and_bounds_evaluation():
+    cpu, paper = indrnn_train.CPU_DEFAULTS["text"], train.DEFAULTS["text"]
+    assert cpu.hidden_size * cpu.num_layers < paper.hidden_size * paper.num_layers / 10
+    assert cpu.test_size is not None and paper.test_size is None
+
+
+def test_preset_is_refused_for_tasks_without_presets(capsys):
+    code, err = _exit_message(capsys, ["adding", "--preset", "paper"])
+    assert code == 2 and "--preset applies to the text task only" in err
 
 
 @pytest.mark.parametrize(
@@ -343,6 +411,7 @@ def _check_outputs(out: Path, stdout: str, task: str, metric: str) -> dict:
     assert "AutoModelForSequenceClassification" in config["auto_map"]
     card = (out / "README.md").read_text()
     assert "library_name: transformers" in card and "trust_remote_code=True" in card
+    assert "install it from the project's source repository" in card  # not on PyPI
     assert "indrnn-train summary" in stdout
     for label in ("task", "device", "kernel path", "steps", "wall time", metric, "reloaded"):
         assert f"  {label} " in stdout, label
@@ -379,28 +448,81 @@ def test_cli_text_end_to_end(tmp_path, capsys, text_file):
     out = tmp_path / "text"
     assert train.main(["text", "--data", str(text_file), "-T", "12", "--num-layers", "2",
                        "--norm", "none", *TINY, "--output-dir", str(out)]) == 0
-    metrics = _check_outputs(out, capsys.readouterr().out, "text", "test bits per character")
+    stdout = capsys.readouterr().out
+    metrics = _check_outputs(out, stdout, "text", "test bits per character")
+    assert "indrnn-train: text: --preset cpu" in stdout  # this machine has no CUDA
     config = json.loads((out / "config.json").read_text())
-    assert config["vocab_size"] == 256 and "AutoModelForCausalLM" in config["auto_map"]
+    assert config["vocab_size"] == 257 and "AutoModelForCausalLM" in config["auto_map"]
     # bits per character = the evaluation loss (nats per byte) / ln 2
     assert metrics["final_metric"] == pytest.approx(metrics["eval"]["eval_loss"] / np.log(2))
     assert 0 < metrics["baseline"] < 8
 
+    # The folder holds its tokenizer: a text-generation pipeline needs nothing else, feeds the
+    # prompt's bytes alone and returns the text of the bytes the model generates after them.
+    assert (out / "tokenizer.json").is_file()
+    generate = pipeline("text-generation", model=str(out))
+    prompt = "the quick "
+    text = generate(prompt, max_new_tokens=12, do_sample=False)[0]["generated_text"]
+    model = AutoModelForCausalLM.from_pretrained(out)
+    ids = torch.tensor([list(prompt.encode())])
+    new = model.generate(ids, max_new_tokens=12, do_sample=False)[0, ids.shape[1]:].tolist()
+    new_bytes = bytes(i for i in new if i != 256)  # the pipeline skips <pad>, a special token
+    assert text == prompt + new_bytes.decode("utf-8", errors="replace")
+
 
 def test_cli_missing_data_file_exits_with_a_message(tmp_path, capsys):
-    code = train.main(["text", "--data", str(tmp_path / "missing.txt"), "--no-progress",
-                       "--output-dir", str(tmp_path / "o")])
-    assert code == 2
-    assert "--data" in capsys.readouterr().err
+    for argv in (["text", "--data", str(tmp_path / "missing.txt")],
+                 ["mnist", "--data", str(tmp_path / "missing")]):
+        code, err = _exit_message(capsys, [*argv, "--output-dir", str(tmp_path / "o")])
+        assert code == 2 and f"--data '{tmp_path / 'missing'}" in err
+    code, err = _exit_message(capsys, ["text", "--data", str(tmp_path)])
+    assert code == 2 and "is not a file" in err
 
 
 def test_console_entry_point_exit_code():
-    """`python -m hf_integration.train` (what indrnn-train runs) fails cleanly on a bad task."""
+    """`python -m hf_integration.train` fails cleanly on a bad task."""
     result = subprocess.run([sys.executable, "-m", "hf_integration.train", "sudoku"], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "invalid choice: 'sudoku'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# What the indrnn-train script runs (pyproject's entry point), then the heavy modules it loaded.
+ENTRY_POINT = r"""
+import re, sys
+from pathlib import Path
+line = re.search(r'^indrnn-train = "(.+):(.+)"$', Path("pyproject.toml").read_text(), re.M)
+module = __import__(line[1])
+try:
+    code = getattr(module, line[2])(sys.argv[1:])
+except SystemExit as exit:
+    code = exit.code
+heavy = sorted({"torch", "transformers", "datasets", "numpy"} & set(sys.modules))
+print("HEAVY", heavy, file=sys.stderr)
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [(["--help"], 0, ""), (["sudoku"], 2, "invalid choice: 'sudoku'"),
+     (["adding", "--lr", "0"], 2, "--learning-rate must be > 0"),
+     (["text"], 2, "the text task needs --data"),
+     (["text", "--data", "missing.txt"], 2, "--data 'missing.txt' does not exist"),
+     (["text", "--data", "README.md", "--dropout", "2"], 2, "--dropout must be in [0, 1)")],
+)
+def test_help_and_argument_errors_import_no_heavy_module(argv, code, message):
+    """`indrnn-train --help` and bad flags answer before torch, transformers and datasets are
+    imported (they took 4-10 s to load on 2 busy cores)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", ENTRY_POINT, *argv], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == code, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert "HEAVY []" in result.stderr
+    if argv == ["--help"]:
+        assert "--preset" in result.stdout
 
 
 @pytest.mark.slow

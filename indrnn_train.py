@@ -1,0 +1,353 @@
+"""The front end of ``indrnn-train``: its flags, the per-task defaults and their checks.
+
+This module imports only the standard library, so that ``indrnn-train --help`` and a bad flag
+answer at once; torch, transformers and datasets are imported by ``hf_integration.train`` once
+the arguments are valid. It lives outside ``hf_integration`` because importing that package
+registers the models with transformers' Auto classes, which imports both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import textwrap
+from dataclasses import dataclass
+
+TASKS = ("adding", "mnist", "pmnist", "text")
+# Long runs (mnist: 100 000 steps) lose at most this many steps to a crash; short ones (the
+# adding quick start: 2000) write a checkpoint or two.
+DEFAULT_SAVE_STEPS = 1000
+
+
+@dataclass(frozen=True)
+class TaskDefaults:
+    seq_len: int | None
+    hidden_size: int
+    num_layers: int
+    norm: str | None
+    dropout: float
+    learning_rate: float
+    batch_size: int
+    max_steps: int
+    eval_steps: int
+    lr_scheduler: str
+    max_grad_norm: float
+    note: str
+    test_size: int | None = None  # evaluate on at most this many test examples; None: all
+
+
+# The papers' settings, except where `note` says otherwise (the adding quick start is tuned to
+# finish on 2 CPU cores in a few minutes; the paper's own settings are one flag away).
+DEFAULTS = {
+    "adding": TaskDefaults(
+        seq_len=100, hidden_size=128, num_layers=2, norm=None, dropout=0.0,
+        learning_rate=2e-3, batch_size=50, max_steps=2000, eval_steps=100,
+        lr_scheduler="linear", max_grad_norm=0.0,
+        note="IndRNN paper: 2 layers x 128, batch 50, MSE, |u| <= 2^(1/T); the paper's Adam lr "
+        "is 2e-4 held constant, the default here is 2e-3 decayed linearly over 2000 steps so "
+        "that T = 100 converges in minutes on 2 CPU cores (paper: --learning-rate 2e-4 "
+        "--lr-scheduler constant)",
+    ),
+    "mnist": TaskDefaults(
+        seq_len=784, hidden_size=128, num_layers=6, norm="batch", dropout=0.1,
+        learning_rate=2e-4, batch_size=32, max_steps=100_000, eval_steps=2000,
+        lr_scheduler="constant", max_grad_norm=0.0,
+        note="IndRNN paper: 6 layers x 128, batch norm after every layer, dropout 0.1, Adam 2e-4, "
+        "batch 32, |u| <= 2^(1/784); the paper also divides the lr by 10 on plateaus",
+    ),
+    "pmnist": TaskDefaults(
+        seq_len=784, hidden_size=128, num_layers=6, norm="batch", dropout=0.1,
+        learning_rate=2e-4, batch_size=32, max_steps=100_000, eval_steps=2000,
+        lr_scheduler="constant", max_grad_norm=0.0,
+        note="as mnist, with the pixels in a fixed random order (--permutation-seed)",
+    ),
+    "text": TaskDefaults(
+        seq_len=50, hidden_size=2000, num_layers=6, norm="batch", dropout=0.25,
+        learning_rate=2e-4, batch_size=128, max_steps=50_000, eval_steps=1000,
+        lr_scheduler="constant", max_grad_norm=0.0,
+        note="Deep IndRNN paper, char-level PTB: 6 layers x 2000, T = 50, batch norm, Adam 2e-4",
+    ),
+}
+
+# Tasks whose defaults depend on the device (--preset): "paper" is DEFAULTS, "cpu" is this. The
+# paper's text model (25 M parameters, batch 128) took 356 s for 20 steps on 2 CPU cores and 25 s
+# per evaluation; this one learns in minutes there.
+CPU_DEFAULTS = {
+    "text": TaskDefaults(
+        seq_len=50, hidden_size=256, num_layers=2, norm=None, dropout=0.0,
+        learning_rate=2e-3, batch_size=32, max_steps=1000, eval_steps=200,
+        lr_scheduler="linear", max_grad_norm=0.0, test_size=1000,
+        note="cpu preset (the default without CUDA): 2 layers x 256, Adam 2e-3 decayed linearly "
+        "over 1000 steps, each evaluation on at most 1000 test windows (50 KB); --preset paper "
+        "for the paper's settings",
+    ),
+}
+# The defaults a preset sets (also the fields a flag overrides).
+_DEFAULT_FIELDS = ("seq_len", "hidden_size", "num_layers", "norm", "dropout", "learning_rate",
+                   "batch_size", "max_steps", "eval_steps", "lr_scheduler", "max_grad_norm",
+                   "test_size")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def _optional_finite_float(text: str) -> float | None:
+    return None if text.lower() == "none" else _finite_float(text)
+
+
+def _defaults_help() -> str:
+    lines = ["per-task defaults (any flag overrides them):"]
+    for task, d in DEFAULTS.items():
+        lines.append(
+            f"  {task:7s} T={d.seq_len or 'from data'} layers={d.num_layers} "
+            f"hidden={d.hidden_size} norm={d.norm} dropout={d.dropout} lr={d.learning_rate} "
+            f"({d.lr_scheduler}) batch={d.batch_size} steps={d.max_steps}"
+        )
+        lines.append(textwrap.fill(d.note, width=96, break_on_hyphens=False,
+                                   initial_indent=" " * 10,
+                                   subsequent_indent=" " * 10))
+        if task in CPU_DEFAULTS:
+            c = CPU_DEFAULTS[task]
+            lines.append(
+                f"  {task:7s} T={c.seq_len} layers={c.num_layers} hidden={c.hidden_size} "
+                f"norm={c.norm} dropout={c.dropout} lr={c.learning_rate} ({c.lr_scheduler}) "
+                f"batch={c.batch_size} steps={c.max_steps} test-size={c.test_size}"
+            )
+            lines.append(textwrap.fill(c.note, width=96, break_on_hyphens=False,
+                                       initial_indent=" " * 10,
+                                       subsequent_indent=" " * 10))
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="indrnn-train",
+        description="Train an IndRNN (indrnn-triton) on the papers' tasks with transformers' "
+        "Trainer; save, reload and evaluate it.",
+        epilog=_defaults_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("task", nargs="?", default="adding", choices=TASKS,
+                   help="adding (default): the adding problem; mnist / pmnist: sequential / "
+                   "permuted MNIST, one pixel per step; text: byte-level LM on --data")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=None,
+                   help="mnist/pmnist: a local copy of ylecun/mnist (save_to_disk folder, "
+                   "parquet/arrow folder or file; default: load it from the Hub); text: the "
+                   "file to model, read as raw bytes (required)")
+    g.add_argument("--seq-len", "-T", type=int, default=None,
+                   help="sequence length T (adding default 100, text default 50; MNIST is 784)")
+    g.add_argument("--train-size", type=_positive_int, default=None,
+                   help="adding: training sequences (default batch-size x max-steps x "
+                   "processes: every step sees new sequences, as in the paper)")
+    g.add_argument("--test-size", type=_positive_int, default=None,
+                   help="adding: test sequences generated (default 1000); other tasks: evaluate "
+                   "on at most this many test examples (default: all; text --preset cpu: 1000)")
+    g.add_argument("--permutation-seed", type=_nonnegative_int, default=0,
+                   help="pmnist: seed of the fixed pixel permutation (default 0)")
+    g.add_argument("--test-fraction", type=_finite_float, default=0.1,
+                   help="text (and MNIST data without a test split): fraction held out for "
+                   "testing (default 0.1)")
+    m = p.add_argument_group("model")
+    m.add_argument("--preset", choices=("cpu", "paper"), default=None,
+                   help="text: the defaults below: cpu (a small model that learns in minutes on "
+                   "a CPU) or paper (the Deep IndRNN paper's 6 x 2000); default: paper when "
+                   "CUDA is available (and --cpu is not given), else cpu")
+    m.add_argument("--hidden-size", type=_positive_int, default=None,
+                   help="units per layer (default: per task, below)")
+    m.add_argument("--num-layers", type=_positive_int, default=None,
+                   help="IndRNN layers (default: per task, below)")
+    m.add_argument("--norm", choices=("none", "batch", "layer"), default=None,
+                   help="normalisation after every layer (default: per task, below)")
+    m.add_argument("--dropout", type=_finite_float, default=None,
+                   help="dropout between layers (default: per task, below)")
+    m.add_argument("--residual", action="store_true",
+                   help="residual IndRNN (needs an odd --num-layers >= 3)")
+    m.add_argument("--bidirectional", action="store_true",
+                   help="bidirectional layers (classification tasks only)")
+    m.add_argument("--recurrent-max-abs", type=_optional_finite_float, default=None,
+                   help="clip |u| to this bound ('none' for no clip; default 2^(1/T))")
+    m.add_argument("--recurrent-min-abs", type=_finite_float, default=0.0,
+                   help="raise |u| to at least this value (default 0)")
+    m.add_argument("--last-layer-init-near-one", action="store_true",
+                   help="initialise the last layer's recurrent weights uniformly in "
+                   "[2^(-1/T), 2^(1/T)] (helps the adding problem at T = 5000)")
+    t = p.add_argument_group("training")
+    t.add_argument("--learning-rate", "--lr", type=_finite_float, default=None,
+                   help="Adam learning rate (default: per task, below)")
+    t.add_argument("--lr-scheduler", choices=("constant", "linear", "cosine"), default=None,
+                   help="learning-rate schedule (Trainer's lr_scheduler_type; default: per task, "
+                   "below)")
+    t.add_argument("--warmup-steps", type=_nonnegative_int, default=0,
+                   help="lr warmup steps (default 0)")
+    t.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="training batch size per device (default: per task, below)")
+    t.add_argument("--eval-batch-size", type=_positive_int, default=None,
+                   help="evaluation batch size per device (default 10 x --batch-size)")
+    t.add_argument("--max-steps", type=_positive_int, default=None,
+                   help="optimizer steps (default: per task, below)")
+    t.add_argument("--eval-steps", type=_positive_int, default=None,
+                   help="evaluate on the test set every this many steps, for the learning curve "
+                   "(default: per task: adding 100, mnist 2000, text 1000)")
+    t.add_argument("--logging-steps", type=_positive_int, default=None,
+                   help="log the training loss every this many steps (default eval-steps / 4)")
+    t.add_argument("--max-grad-norm", type=_finite_float, default=None,
+                   help="clip the gradient norm (default 0 = no clipping, as in the papers)")
+    t.add_argument("--seed", type=_nonnegative_int, default=0,
+                   help="seed of the model init and the data (default 0)")
+    t.add_argument("--cpu", action="store_true",
+                   help="train on the CPU even when CUDA is available (set automatically "
+                   "under torchrun without CUDA, so that the Trainer runs DDP with gloo)")
+    t.add_argument("--cpu-threads", type=_positive_int, default=1,
+                   help="torch threads when training on the CPU (default 1: the CPU path runs "
+                   "many small ops per time step; on 2 busy cores 2 threads trained the adding "
+                   "model 3x slower; raise it for large batches or hidden sizes)")
+    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    o = p.add_argument_group("output")
+    o.add_argument("--output-dir", default=None,
+                   help="where the model, card, metrics, curve and checkpoints go (default "
+                   "out/indrnn-TASK)")
+    o.add_argument("--save-steps", type=_nonnegative_int, default=DEFAULT_SAVE_STEPS,
+                   help="write a resumable checkpoint (OUTPUT_DIR/checkpoint-STEP) every this "
+                   f"many steps and at the end (default {DEFAULT_SAVE_STEPS}; 0: only on "
+                   "SIGINT/SIGTERM)")
+    o.add_argument("--save-total-limit", type=_positive_int, default=2,
+                   help="keep only the newest this many checkpoints (default 2)")
+    o.add_argument("--resume", action="store_true",
+                   help="continue from the newest complete checkpoint in --output-dir, with the "
+                   "same flags (starts from step 0 when there is none)")
+    o.add_argument("--overwrite-output-dir", action="store_true",
+                   help="delete the checkpoints of an earlier run in --output-dir and start over")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse ``argv`` and fill the task's defaults; errors exit with code 2 and a message."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.command = " ".join(["indrnn-train", *(sys.argv[1:] if argv is None else argv)])
+    if args.preset is not None and args.task not in CPU_DEFAULTS:
+        parser.error(f"--preset applies to the {' and '.join(CPU_DEFAULTS)} task only; the "
+                     f"{args.task} defaults do not depend on the device")
+    if args.task in ("mnist", "pmnist"):
+        if args.seq_len not in (None, 784):
+            parser.error(f"--seq-len is fixed at 784 for {args.task} (one pixel per step), "
+                         f"got {args.seq_len}")
+    if args.task == "text" and args.data is None:
+        parser.error("the text task needs --data PATH, the file to model (read as raw bytes)")
+    if args.task == "adding" and args.data is not None:
+        parser.error("--data is not used by the adding task (its data is generated)")
+    if args.data is not None and not os.path.exists(args.data):
+        parser.error(f"--data {args.data!r} does not exist")
+    if args.task == "text" and not os.path.isfile(args.data):
+        parser.error(f"--data {args.data!r} is not a file (the text task reads one file)")
+    unset = [name for name in _DEFAULT_FIELDS if getattr(args, name) is None]
+    if args.norm == "none":
+        args.norm = None
+    _fill(args, DEFAULTS[args.task], unset)
+    if args.seq_len < 2:
+        parser.error(f"--seq-len must be >= 2, got {args.seq_len}")
+    if not 0.0 <= args.dropout < 1.0:
+        parser.error(f"--dropout must be in [0, 1), got {args.dropout}")
+    if args.learning_rate <= 0:
+        parser.error(f"--learning-rate must be > 0, got {args.learning_rate}")
+    if args.max_grad_norm < 0:
+        parser.error(f"--max-grad-norm must be >= 0, got {args.max_grad_norm}")
+    if args.warmup_steps < 0:
+        parser.error(f"--warmup-steps must be >= 0, got {args.warmup_steps}")
+    if not 0.0 < args.test_fraction < 1.0:
+        parser.error(f"--test-fraction must be in (0, 1), got {args.test_fraction}")
+    if args.bidirectional and args.task == "text":
+        parser.error("--bidirectional is not possible for the text task (a causal LM)")
+    if args.recurrent_max_abs is None and "--recurrent-max-abs" not in _flags(argv):
+        args.recurrent_max_abs = 2 ** (1 / args.seq_len)
+    if args.recurrent_max_abs is not None and args.recurrent_max_abs <= 0:
+        parser.error(f"--recurrent-max-abs must be > 0 or 'none', got {args.recurrent_max_abs}")
+    if args.recurrent_min_abs < 0:
+        parser.error(f"--recurrent-min-abs must be >= 0, got {args.recurrent_min_abs}")
+    if args.recurrent_max_abs is not None and args.recurrent_min_abs > args.recurrent_max_abs:
+        parser.error(f"--recurrent-min-abs ({args.recurrent_min_abs}) must not exceed "
+                     f"--recurrent-max-abs ({args.recurrent_max_abs})")
+    if args.resume and args.overwrite_output_dir:
+        parser.error("--resume and --overwrite-output-dir exclude each other")
+    if args.last_layer_init_near_one and (args.recurrent_max_abs or 0) < 1:
+        parser.error("--last-layer-init-near-one needs --recurrent-max-abs >= 1")
+    if args.task in CPU_DEFAULTS:  # asks torch about the device: only once the flags are valid
+        if args.preset is None:
+            args.preset = "paper" if _cuda_available(args) else "cpu"
+        if args.preset == "cpu":
+            _fill(args, CPU_DEFAULTS[args.task], unset)
+    if args.residual and (args.num_layers < 3 or args.num_layers % 2 == 0):
+        parser.error(f"--residual needs an odd --num-layers >= 3, got {args.num_layers}")
+    if args.logging_steps is None:
+        args.logging_steps = max(1, args.eval_steps // 4)
+    if args.eval_batch_size is None:
+        args.eval_batch_size = 10 * args.batch_size
+    if args.train_size is None:  # every step sees new sequences, on every process
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        args.train_size = args.batch_size * args.max_steps * world_size
+    if args.output_dir is None:
+        args.output_dir = os.path.join("out", f"indrnn-{args.task}")
+    return args
+
+
+def _fill(args: argparse.Namespace, defaults: TaskDefaults, names: list[str]) -> None:
+    for name in names:
+        setattr(args, name, getattr(defaults, name))
+
+
+def _cuda_available(args: argparse.Namespace) -> bool:
+    if args.cpu:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def describe_defaults(args: argparse.Namespace) -> str | None:
+    """The preset of a task whose defaults depend on the device, in one line (None for the
+    other tasks)."""
+    if args.task not in CPU_DEFAULTS:
+        return None
+    other = "cpu" if args.preset == "paper" else "paper"
+    return (f"{args.task}: --preset {args.preset} (default: paper with CUDA, cpu without): "
+            f"{args.num_layers} layers x {args.hidden_size}, batch {args.batch_size}, "
+            f"{args.max_steps} steps, evaluating on {args.test_size or 'all the'} test windows "
+            f"(flags override each value; --preset {other} for the other defaults)")
+
+
+def _flags(argv) -> list[str]:
+    argv = sys.argv[1:] if argv is None else argv
+    return [a.split("=", 1)[0] for a in argv]
+
+
+def main(argv=None) -> int:
+    """Entry point of ``indrnn-train``: parse, then train with ``hf_integration.train``."""
+    args = parse_args(argv)
+    from hf_integration import train
+
+    return train.execute(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

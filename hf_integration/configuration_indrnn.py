@@ -11,6 +11,7 @@ import numpy as np
 from transformers import PreTrainedConfig
 
 _NORMS = (None, "batch", "layer")
+_NORM_POSITIONS = ("before", "after")
 _POOLINGS = ("last", "mean")
 _INPUT_WEIGHT_INITS = ("kaiming_uniform", "xavier_uniform", "rnn_uniform")
 
@@ -37,13 +38,26 @@ class IndRNNConfig(PreTrainedConfig):
         bidirectional (`bool`, defaults to `False`):
             Run every layer in both directions (not for the causal LM).
         dropout (`float`, defaults to 0.0):
-            Dropout between IndRNN layers and before the heads.
+            Dropout between IndRNN layers (one mask per sequence), and before the heads unless
+            `dropout_last` is set.
+        dropout_last (`float`, *optional*):
+            Dropout of the last IndRNN layer's output, one mask per sequence shared by all
+            steps (the authors' `droplast`), inside the base model (`last_hidden_state` and the
+            last hidden state include it); the heads then add no dropout of their own. `None`:
+            the heads drop their input with `dropout` (the models' behaviour before this
+            option).
         recurrent_max_abs (`float`, *optional*):
             Clip |u| to this bound inside the kernel; the papers use 2 ** (1 / T).
         recurrent_min_abs (`float`, defaults to 0.0):
             Raise |u| to at least this value.
         norm (`str`, *optional*):
-            Normalisation after every layer: `None`, `"batch"` or `"layer"`.
+            Normalisation of every layer: `None`, `"batch"` or `"layer"`, placed by
+            `norm_position`.
+        norm_position (`str`, defaults to `"before"`):
+            `"before"`: of the pre-activations W x, before the recurrence (the authors'
+            language model); `"after"`: of each layer's output, after the recurrence, with a
+            shift of its own (the authors' sequential-MNIST and action-recognition networks).
+            The default keeps the meaning of configs saved before this option existed.
         residual (`bool`, defaults to `False`):
             The Deep IndRNN paper's residual network; needs an odd `num_hidden_layers` >= 3
             (an input layer, then blocks of two layers).
@@ -90,9 +104,11 @@ class IndRNNConfig(PreTrainedConfig):
     num_hidden_layers: int = 2
     bidirectional: bool = False
     dropout: float = 0.0
+    dropout_last: float | None = None
     recurrent_max_abs: float | None = None
     recurrent_min_abs: float = 0.0
     norm: str | None = None
+    norm_position: str = "before"
     residual: bool = False
     classifier_pooling: str = "last"
     initializer_range: float = 0.02
@@ -149,6 +165,11 @@ class IndRNNConfig(PreTrainedConfig):
         return ["linear_attention"] * self.num_hidden_layers
 
     @property
+    def head_dropout(self) -> float:
+        """The heads' dropout: `dropout`, or none when the base model applies `dropout_last`."""
+        return self.dropout if self.dropout_last is None else 0.0
+
+    @property
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
@@ -160,9 +181,16 @@ class IndRNNConfig(PreTrainedConfig):
         for name in ("bidirectional", "residual", "use_cache", "tie_word_embeddings"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        dropout = _check_real("dropout", self.dropout)
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        probabilities = {"dropout": self.dropout}
+        if self.dropout_last is not None:
+            probabilities["dropout_last"] = self.dropout_last
+        for name, value in probabilities.items():
+            if not 0.0 <= _check_real(name, value) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
+        if self.norm_position not in _NORM_POSITIONS:
+            raise ValueError(
+                f"norm_position must be one of {_NORM_POSITIONS}, got {self.norm_position!r}"
+            )
         if self.recurrent_max_abs is not None:
             r_max = _check_real("recurrent_max_abs", self.recurrent_max_abs)
             if r_max <= 0:

@@ -158,6 +158,8 @@ class IndRNNModel(IndRNNPreTrainedModel):
             recurrent_max_abs=config.recurrent_max_abs,
             recurrent_min_abs=config.recurrent_min_abs,
             norm=config.norm,
+            norm_position=config.norm_position,
+            dropout_last=config.dropout_last or 0.0,
             residual=config.residual,
             recurrent_init=_pair(config.recurrent_init),
             last_layer_recurrent_init=_pair(config.last_layer_recurrent_init),
@@ -364,7 +366,7 @@ class IndRNNForSequenceClassification(IndRNNPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.model = IndRNNModel(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.head_dropout)
         self.classifier = _head(config.hidden_size * config.num_directions, config.num_labels)
         self.post_init()
 
@@ -452,7 +454,7 @@ class IndRNNForTokenClassification(IndRNNPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.model = IndRNNModel(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.head_dropout)
         self.classifier = _head(config.hidden_size * config.num_directions, config.num_labels)
         self.post_init()
 
@@ -529,7 +531,7 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
             )
         super().__init__(config)
         self.model = IndRNNModel(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.head_dropout)
         self.lm_head = _head(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 

@@ -51,6 +51,7 @@ class TaskDefaults:
     hidden_size: int
     num_layers: int
     norm: str | None
+    norm_position: str
     dropout: float
     learning_rate: float
     batch_size: int
@@ -65,7 +66,7 @@ class TaskDefaults:
 # finish on 2 CPU cores in a few minutes; the paper's own settings are one flag away).
 DEFAULTS = {
     "adding": TaskDefaults(
-        seq_len=100, hidden_size=128, num_layers=2, norm=None, dropout=0.0,
+        seq_len=100, hidden_size=128, num_layers=2, norm=None, norm_position="after", dropout=0.0,
         learning_rate=2e-3, batch_size=50, max_steps=2000, eval_steps=100,
         lr_scheduler="linear", max_grad_norm=0.0,
         note="IndRNN paper: 2 layers x 128, batch 50, MSE, |u| <= 2^(1/T); the paper's Adam lr "
@@ -74,20 +75,21 @@ DEFAULTS = {
         "--lr-scheduler constant)",
     ),
     "mnist": TaskDefaults(
-        seq_len=784, hidden_size=128, num_layers=6, norm="batch", dropout=0.1,
-        learning_rate=2e-4, batch_size=32, max_steps=100_000, eval_steps=2000,
+        seq_len=784, hidden_size=128, num_layers=6, norm="batch", norm_position="after",
+        dropout=0.1, learning_rate=2e-4, batch_size=32, max_steps=100_000, eval_steps=2000,
         lr_scheduler="constant", max_grad_norm=0.0,
         note="IndRNN paper: 6 layers x 128, batch norm after every layer, dropout 0.1, Adam 2e-4, "
         "batch 32, |u| <= 2^(1/784); the paper also divides the lr by 10 on plateaus",
     ),
     "pmnist": TaskDefaults(
-        seq_len=784, hidden_size=128, num_layers=6, norm="batch", dropout=0.1,
-        learning_rate=2e-4, batch_size=32, max_steps=100_000, eval_steps=2000,
+        seq_len=784, hidden_size=128, num_layers=6, norm="batch", norm_position="after",
+        dropout=0.1, learning_rate=2e-4, batch_size=32, max_steps=100_000, eval_steps=2000,
         lr_scheduler="constant", max_grad_norm=0.0,
         note="as mnist, with the pixels in a fixed random order (--permutation-seed)",
     ),
     "text": TaskDefaults(
-        seq_len=50, hidden_size=2000, num_layers=6, norm="batch", dropout=0.25,
+        seq_len=50, hidden_size=2000, num_layers=6, norm="batch", norm_position="before",
+        dropout=0.25,
         learning_rate=2e-4, batch_size=128, max_steps=50_000, eval_steps=1000,
         lr_scheduler="constant", max_grad_norm=0.0,
         note="Deep IndRNN paper, char-level PTB: 6 layers x 2000, T = 50, batch norm, Adam 2e-4",
@@ -125,7 +127,8 @@ def _defaults_help() -> str:
     for task, d in DEFAULTS.items():
         lines.append(
             f"  {task:7s} T={d.seq_len or 'from data'} layers={d.num_layers} "
-            f"hidden={d.hidden_size} norm={d.norm} dropout={d.dropout} lr={d.learning_rate} "
+            f"hidden={d.hidden_size} norm={d.norm} ({d.norm_position}) dropout={d.dropout} "
+            f"lr={d.learning_rate} "
             f"({d.lr_scheduler}) batch={d.batch_size} steps={d.max_steps}"
         )
         lines.append(textwrap.fill(d.note, width=96, break_on_hyphens=False,
@@ -169,9 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--num-layers", type=_positive_int, default=None,
                    help="IndRNN layers (default: per task, below)")
     m.add_argument("--norm", choices=("none", "batch", "layer"), default=None,
-                   help="normalisation after every layer (default: per task, below)")
+                   help="normalisation of every layer (default: per task, below)")
+    m.add_argument("--norm-position", choices=("before", "after"), default=None,
+                   help="normalise each layer's pre-activations before the recurrence, or its "
+                   "output after it (default: per task as in the authors' scripts: after for "
+                   "adding and MNIST, before for text)")
     m.add_argument("--dropout", type=_finite_float, default=None,
                    help="dropout between layers (default: per task, below)")
+    m.add_argument("--dropout-last", type=_finite_float, default=None,
+                   help="dropout of the last layer's output, one mask per sequence (the "
+                   "authors' droplast); default: the head drops its input with --dropout")
     m.add_argument("--residual", action="store_true",
                    help="residual IndRNN (needs an odd --num-layers >= 3)")
     m.add_argument("--bidirectional", action="store_true",
@@ -246,7 +256,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("the text task needs --data PATH, the file to model (read as raw bytes)")
     if args.task == "adding" and args.data is not None:
         parser.error("--data is not used by the adding task (its data is generated)")
-    for name in ("seq_len", "hidden_size", "num_layers", "dropout", "learning_rate",
+    for name in ("seq_len", "hidden_size", "num_layers", "norm_position", "dropout",
+                 "learning_rate",
                  "batch_size", "max_steps", "eval_steps", "lr_scheduler", "max_grad_norm"):
         if getattr(args, name) is None:
             setattr(args, name, getattr(d, name))
@@ -258,6 +269,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--seq-len must be >= 2, got {args.seq_len}")
     if not 0.0 <= args.dropout < 1.0:
         parser.error(f"--dropout must be in [0, 1), got {args.dropout}")
+    if args.dropout_last is not None and not 0.0 <= args.dropout_last < 1.0:
+        parser.error(f"--dropout-last must be in [0, 1), got {args.dropout_last}")
     if args.learning_rate <= 0:
         parser.error(f"--learning-rate must be > 0, got {args.learning_rate}")
     if args.max_grad_norm < 0:
@@ -371,6 +384,8 @@ def build_config(args, task):
         recurrent_max_abs=args.recurrent_max_abs,
         recurrent_min_abs=args.recurrent_min_abs,
         norm=args.norm,
+        norm_position=args.norm_position,
+        dropout_last=args.dropout_last,
         residual=args.residual,
     )
     if args.last_layer_init_near_one:
@@ -779,7 +794,8 @@ def run(args) -> dict:
         "train": train_out.metrics,
         "settings": {
             k: getattr(args, k)
-            for k in ("seq_len", "hidden_size", "num_layers", "norm", "dropout", "residual",
+            for k in ("seq_len", "hidden_size", "num_layers", "norm", "norm_position", "dropout",
+                      "dropout_last", "residual",
                       "bidirectional", "recurrent_max_abs", "recurrent_min_abs",
                       "last_layer_init_near_one", "learning_rate", "lr_scheduler",
                       "warmup_steps", "batch_size", "max_steps", "max_grad_norm",

@@ -14,6 +14,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from .functional import (
     batch_norm_over_steps,
+    check_norm_position,
     dropout_over_time,
     indrnn_recurrence,
     padding_free_input,
@@ -43,6 +44,13 @@ def _positive_int(name: str, value) -> int:
 def _bool(name: str, value) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
+def _probability(name: str, value) -> float:
+    value = _check_real(name, value, allow_none=False)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1), got {value}")
     return value
 
 
@@ -122,41 +130,54 @@ def _check_input_dtype(name: str, x: Tensor, weight: Tensor) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-class _StepBatchNorm(nn.Module):
-    """Batch norm of (T, B, F) pre-activations; statistics over real (unmasked) steps only."""
+class _StepNorm(nn.Module):
+    """The parameters both norms share: a scale ``weight`` (starts at 1) and, with ``shift``,
+    a ``bias`` (starts at 0)."""
 
-    def __init__(self, num_features: int, momentum: float, eps: float, device, dtype):
+    def __init__(self, num_features: int, shift: bool, device, dtype):
         super().__init__()
         factory = dict(device=device, dtype=dtype)
-        self.momentum, self.eps = momentum, eps
         self.weight = nn.Parameter(torch.ones(num_features, **factory))
+        self.bias = nn.Parameter(torch.zeros(num_features, **factory)) if shift else None
+
+    def reset_parameters(self, init=nn.init) -> None:
+        init.ones_(self.weight)
+        if self.bias is not None:
+            init.zeros_(self.bias)
+
+
+class _StepBatchNorm(_StepNorm):
+    """Batch norm of (T, B, F) features; statistics over real (unmasked) steps only."""
+
+    def __init__(self, num_features: int, momentum: float, eps: float, shift: bool, device,
+                 dtype):
+        super().__init__(num_features, shift, device, dtype)
+        factory = dict(device=device, dtype=dtype)
+        self.momentum, self.eps = momentum, eps
         self.register_buffer("running_mean", torch.zeros(num_features, **factory))
         self.register_buffer("running_var", torch.ones(num_features, **factory))
 
     def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
         return batch_norm_over_steps(x, mask, self.weight, self.running_mean, self.running_var,
                                      training=self.training, momentum=self.momentum,
-                                     eps=self.eps)
+                                     eps=self.eps, bias=self.bias)
 
     def reset_parameters(self, init=nn.init) -> None:
-        init.ones_(self.weight)
+        super().reset_parameters(init)
         init.zeros_(self.running_mean)
         init.ones_(self.running_var)
 
 
-class _StepLayerNorm(nn.Module):
-    """Layer norm of each step's D*H pre-activations (padding needs no special care)."""
+class _StepLayerNorm(_StepNorm):
+    """Layer norm of each step's D*H features (padding needs no special care)."""
 
-    def __init__(self, num_features: int, momentum: float, eps: float, device, dtype):
-        super().__init__()
+    def __init__(self, num_features: int, momentum: float, eps: float, shift: bool, device,
+                 dtype):
+        super().__init__(num_features, shift, device, dtype)
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(num_features, device=device, dtype=dtype))
 
     def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
-        return F.layer_norm(x, self.weight.shape, self.weight, None, self.eps)
-
-    def reset_parameters(self, init=nn.init) -> None:
-        init.ones_(self.weight)
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
 
 
 _NORM_CLASSES = {"batch": _StepBatchNorm, "layer": _StepLayerNorm}
@@ -178,8 +199,9 @@ class IndRNN(nn.Module):
         output, h_n = rnn(x, mask=mask)   # mask: (B, T), False = padding
 
     Layer k computes ``pre_k = W_k x_k`` with ONE GEMM (``F.linear``, no bias) for all steps
-    and both directions, optionally normalises it (``norm``), then runs the fused recurrence
-    (bias added in the kernel; the state stays float32 across all steps). A bidirectional
+    and both directions, then runs the fused recurrence (bias added in the kernel; the state
+    stays float32 across all steps); ``norm`` normalises the pre-activations before the
+    recurrence or its output after it (``norm_position``). A bidirectional
     layer's recurrence reads the two halves of the GEMM output in place and writes the two
     halves of one output buffer (see :func:`indrnn_triton.functional.indrnn_recurrence`): no
     flip, no concatenation of (T, B, H) tensors, forwards or backwards.
@@ -188,8 +210,10 @@ class IndRNN(nn.Module):
         input_size: features I of the input.
         hidden_size: hidden units H per direction.
         num_layers: stacked layers; layer k > 0 takes the D*H outputs of layer k-1.
-        bias: a per-unit bias (added in the kernel). With ``norm`` it is the only shift
-            (the norms have a scale, no shift).
+        bias: a per-unit bias (added in the kernel, inside the ReLU). With
+            ``norm_position="before"`` it is the only shift (the norms have a scale, no
+            shift); with ``"after"`` each norm also gets a shift (``norms[k].bias``), see
+            ``norm_position``. False: no bias and no norm shift.
         batch_first: input, output and mask are (B, T, ...) instead of (T, B, ...). h_n and hx
             stay (num_layers*D, B, H), as in ``torch.nn.RNN``.
         dropout: probability of dropping features of each layer's output before the next layer
@@ -201,11 +225,10 @@ class IndRNN(nn.Module):
             (the papers use r = 2 ** (1 / T), or MAG ** (1 / T)); None for no clip.
             :meth:`constrain_` clamps the parameters themselves.
         recurrent_min_abs: m: |u| is raised to at least m inside the kernel (0 stays 0).
-        norm: None, ``"batch"`` or ``"layer"``: normalise each layer's pre-activations ``W x``
-            before the recurrence (the authors' default placement, "BN before" the recurrent
-            ReLU). ``"batch"``: statistics per feature over the real steps of the batch only
+        norm: None, ``"batch"`` or ``"layer"``: normalise every layer, where ``norm_position``
+            says. ``"batch"``: statistics per feature over the real steps of the batch only
             (never padding), running statistics (momentum ``norm_momentum``) in eval mode.
-            ``"layer"``: over the D*H features of each step. Scale parameter, no shift.
+            ``"layer"``: over the D*H features of each step.
         residual: the Deep IndRNN paper's pre-activation residual network (the authors'
             ``ResidualNet``: ``fc0``, blocks of ``[norm, recurrence, dropout, fc] x 2`` plus an
             identity shortcut, then a last ``norm, recurrence``). In this layer-wise form the
@@ -215,6 +238,29 @@ class IndRNN(nn.Module):
             (1 + 2 per residual block, e.g. 11 = 5 blocks); all pre-activations have D*H
             features, so any input_size works.
         device, dtype: factory arguments of the parameters.
+
+    Keyword-only options:
+        norm_position: where ``norm`` goes (default ``"before"``, this module's behaviour
+            since its first release; the authors' own default is ``"after"``):
+
+            - ``"before"``: on the pre-activations, ``h = relu(norm(W x) + b + u * h)``: the
+              authors' language-model networks ("bn_before"). Scale only: the bias ``b``,
+              added right after the norm, is the shift.
+            - ``"after"``: on the layer's output, ``output = norm(relu(W x + b + u * h))``:
+              the authors' default ("bn_after"), used by their sequential-MNIST,
+              action-recognition and dense networks and every one of their run scripts but
+              the language model's. ``b`` stays inside the ReLU (the authors' ``fc`` bias)
+              and the norm gets its own shift ``norms[k].bias`` (the authors' affine batch
+              norm): after a ReLU the features are no longer zero-centred, and a layer's
+              output must be able to carry an offset. For layers 0..L-2 that shift is
+              redundant with the next layer's bias (``W (n + s) + b = W n + (W s + b)``);
+              for the last layer it is the output's offset, which a head without a bias
+              (e.g. a tied language-model head) would otherwise lack. h_n and ``hx`` are the
+              recurrence's states, never normalised; at padding positions the output is the
+              normalised carried state.
+        dropout_last: probability of dropping features of the LAST layer's output, in
+            training, with one mask per sequence (the authors' ``droplast``; default 0).
+            ``dropout`` covers the other layers' outputs.
 
     Keyword-only initialisation options (each overridable; defaults follow the authors' code):
         recurrent_init: (low, high) for the recurrent weights, uniform. Default (0, r) with
@@ -228,13 +274,14 @@ class IndRNN(nn.Module):
             ``"xavier_uniform"``, ``"rnn_uniform"`` (U(-1/sqrt(H), 1/sqrt(H)) as nn.RNN), or a
             callable ``f(weight)`` for each ``weight_ih_l{k}``, after the default: it fills
             the weight in place, or returns a tensor of the weight's shape to copy in.
-        Biases start at 0, norm scales at 1.
+        Biases (and norm shifts) start at 0, norm scales at 1.
         norm_momentum, norm_eps: of the batch / layer norm.
 
     Parameters (per layer k, both directions stacked, forward direction first):
         ``weight_ih_l{k}`` (D*H, I_k) with I_0 = input_size, I_k = D*H;
         ``weight_hh_l{k}`` (D*H,); ``bias_l{k}`` (D*H,) (None without ``bias``);
-        ``norms[k].weight`` (D*H,) and, for batch norm, ``norms[k].running_mean`` /
+        ``norms[k].weight`` (D*H,), with ``norm_position="after"`` and ``bias``
+        ``norms[k].bias`` (D*H,), and, for batch norm, ``norms[k].running_mean`` /
         ``running_var``.
 
     Inputs: ``x, hx=None, mask=None, *, output_layers=False``
@@ -262,7 +309,8 @@ class IndRNN(nn.Module):
 
     Copies of (T, B, ·) tensors: none in the recurrence. Each layer allocates its GEMM output
     and its recurrence output (the one saved for backward); ``norm`` adds its own output (and
-    a batch norm's statistics pass), ``dropout`` in training its masked copy, a PackedSequence
+    a batch norm's statistics pass), ``dropout`` / ``dropout_last`` in training a masked
+    copy, a PackedSequence
     input one pad copy of the input and one pack copy of the output.
     """
 
@@ -287,6 +335,8 @@ class IndRNN(nn.Module):
         input_weight_init: str | Callable[[Tensor], object] = "kaiming_uniform",
         norm_momentum: float = 0.1,
         norm_eps: float = 1e-5,
+        norm_position: str = "before",
+        dropout_last: float = 0.0,
     ):
         super().__init__()
         self.input_size = _positive_int("input_size", input_size)
@@ -296,10 +346,8 @@ class IndRNN(nn.Module):
         self.batch_first = _bool("batch_first", batch_first)
         self.bidirectional = _bool("bidirectional", bidirectional)
         self.residual = _bool("residual", residual)
-        dropout = _check_real("dropout", dropout, allow_none=False)
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be a probability in [0, 1), got {dropout}")
-        self.dropout = dropout
+        self.dropout = _probability("dropout", dropout)
+        self.dropout_last = _probability("dropout_last", dropout_last)
         if dropout > 0 and self.num_layers == 1:
             warnings.warn(
                 f"dropout={dropout} has no effect with num_layers=1: it applies between layers",
@@ -310,6 +358,7 @@ class IndRNN(nn.Module):
         if norm not in _NORMS:
             raise ValueError(f"norm must be None, 'batch' or 'layer', got {norm!r}")
         self.norm = norm
+        self.norm_position = check_norm_position(norm_position)
         if self.residual and (self.num_layers < 3 or self.num_layers % 2 == 0):
             raise ValueError(
                 "residual=True needs an odd num_layers >= 3 (one input layer, then residual "
@@ -350,7 +399,8 @@ class IndRNN(nn.Module):
         self.norms = None
         if norm is not None:
             self.norms = nn.ModuleList(
-                _NORM_CLASSES[norm](DH, norm_momentum, norm_eps, device, dtype)
+                _NORM_CLASSES[norm](DH, norm_momentum, norm_eps,
+                                    self.bias and self.norm_position == "after", device, dtype)
                 for _ in range(self.num_layers)
             )
         self.reset_parameters()
@@ -498,7 +548,8 @@ class IndRNN(nn.Module):
         shortcut: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Layer ``k`` alone: dropout of its input (k > 0, in training), the GEMM (plus the
-        residual shortcut), the norm, then the recurrence. Chaining the layers from 0 to
+        residual shortcut), the recurrence with the norm before or after it, and for the last
+        layer ``dropout_last`` of its output (in training). Chaining the layers from 0 to
         num_layers - 1 is :meth:`forward` on a padded tensor; running them one at a time lets
         a caller wrap each one, e.g. in activation checkpointing (the Hugging Face models do).
 
@@ -539,13 +590,18 @@ class IndRNN(nn.Module):
             pre = F.linear(x, weight_ih)
         if self.residual and k % 2 == 0:
             shortcut = pre
-        if self.norms is not None:
-            pre = self.norms[k](pre, mask)
+        norm = None if self.norms is None else self.norms[k]
+        if norm is not None and self.norm_position == "before":
+            pre = norm(pre, mask)
         out, h_n = indrnn_recurrence(
             pre, getattr(self, f"weight_hh_l{k}"), getattr(self, f"bias_l{k}"), h0,
             recurrent_max_abs=self.recurrent_max_abs, recurrent_min_abs=self.recurrent_min_abs,
             mask=mask, batch_first=self.batch_first, bidirectional=self.bidirectional,
         )
+        if norm is not None and self.norm_position == "after":
+            out = norm(out, mask)
+        if k == self.num_layers - 1:
+            out = dropout_over_time(out, self.dropout_last, self.training, self.batch_first)
         return out, h_n, shortcut
 
     def extra_repr(self) -> str:
@@ -553,7 +609,8 @@ class IndRNN(nn.Module):
         for name, default in (("num_layers", 1), ("bias", True), ("batch_first", False),
                               ("dropout", 0.0), ("bidirectional", False),
                               ("recurrent_max_abs", None), ("recurrent_min_abs", 0.0),
-                              ("norm", None), ("residual", False)):
+                              ("norm", None), ("residual", False), ("norm_position", "before"),
+                              ("dropout_last", 0.0)):
             value = getattr(self, name)
             if value != default:
                 s += f", {name}={value!r}"

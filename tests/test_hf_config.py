@@ -20,13 +20,14 @@ def test_auto_config_round_trip(tmp_path):
     config = AutoConfig.for_model(
         "indrnn", input_size=2, hidden_size=16, num_hidden_layers=2,
         recurrent_max_abs=2 ** (1 / 500), num_labels=1, norm="layer", classifier_pooling="mean",
+        norm_position="after", dropout_last=0.2,
     )
     assert isinstance(config, IndRNNConfig)
     config.save_pretrained(tmp_path)
     loaded = AutoConfig.from_pretrained(tmp_path)
     assert isinstance(loaded, IndRNNConfig)
     for name in ("input_size", "hidden_size", "recurrent_max_abs", "num_labels", "norm",
-                 "classifier_pooling", "embedding_size"):
+                 "classifier_pooling", "embedding_size", "norm_position", "dropout_last"):
         assert getattr(loaded, name) == getattr(config, name), name
 
 
@@ -46,6 +47,9 @@ def test_auto_config_round_trip(tmp_path):
         ("recurrent_max_abs", float("inf")),
         ("recurrent_min_abs", -1.0),
         ("norm", "group"),
+        ("norm_position", "middle"),
+        ("dropout_last", 1.0),
+        ("dropout_last", "0.1"),
         ("classifier_pooling", "max"),
         ("initializer_range", -1.0),
         ("embedding_init_std", "big"),

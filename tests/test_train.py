@@ -251,6 +251,8 @@ def _exit_message(capsys, argv) -> tuple[int, str]:
         (["adding", "-T", "0"], "--seq-len must be >= 2, got 0"),
         (["mnist", "--seq-len", "100"], "--seq-len is fixed at 784"),
         (["adding", "--dropout", "1.5"], "--dropout must be in [0, 1)"),
+        (["adding", "--dropout-last", "1"], "--dropout-last must be in [0, 1)"),
+        (["adding", "--norm-position", "middle"], "--norm-position: invalid choice"),
         (["adding", "--batch-size", "0"], "--batch-size: must be a positive integer"),
         (["adding", "--residual", "--num-layers", "2"], "--residual needs an odd"),
         (["text", "--data", "x.txt", "--bidirectional"], "--bidirectional is not possible"),
@@ -293,6 +295,18 @@ def test_defaults_follow_the_task_and_flags_override():
     assert args.hidden_size == 64 and args.recurrent_max_abs is None
     args = train.parse_args(["adding", "-T", "500", "--norm", "layer"])
     assert args.recurrent_max_abs == pytest.approx(2 ** (1 / 500)) and args.norm == "layer"
+
+
+def test_norm_position_follows_the_authors_script_of_each_task():
+    """bn_after in the authors' MNIST (and every other) script, bn_before in the LM's."""
+    assert train.parse_args(["mnist"]).norm_position == "after"
+    assert train.parse_args(["pmnist"]).norm_position == "after"
+    assert train.parse_args(["text", "--data", "x.txt"]).norm_position == "before"
+    args = train.parse_args(["mnist", "--norm-position", "before", "--dropout-last", "0.2"])
+    assert (args.norm_position, args.dropout_last) == ("before", 0.2)
+    config = train.build_config(args, data.TaskData(None, None, 784, input_size=1,
+                                                    num_labels=10))
+    assert (config.norm_position, config.dropout_last) == ("before", 0.2)
 
 
 def test_help_lists_every_flag_and_the_defaults(capsys):

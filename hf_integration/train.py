@@ -59,6 +59,9 @@ class TaskDefaults:
     eval_steps: int
     lr_scheduler: str
     max_grad_norm: float
+    grad_clip_value: float
+    weight_decay: float
+    recurrent_max_mag: float
     note: str
 
 
@@ -68,8 +71,10 @@ DEFAULTS = {
     "adding": TaskDefaults(
         seq_len=100, hidden_size=128, num_layers=2, norm=None, norm_position="after", dropout=0.0,
         learning_rate=2e-3, batch_size=50, max_steps=2000, eval_steps=100,
-        lr_scheduler="linear", max_grad_norm=0.0,
-        note="IndRNN paper: 2 layers x 128, batch 50, MSE, |u| <= 2^(1/T); the paper's Adam lr "
+        lr_scheduler="linear", max_grad_norm=0.0, grad_clip_value=10.0, weight_decay=0.0,
+        recurrent_max_mag=2.0,
+        note="IndRNN paper: 2 layers x 128, batch 50, MSE, |u| <= 2^(1/T), gradients clamped "
+        "to +-10, no weight decay (the authors' adding script); the paper's Adam lr "
         "is 2e-4 held constant, the default here is 2e-3 decayed linearly over 2000 steps so "
         "that T = 100 converges in minutes on 2 CPU cores (paper: --learning-rate 2e-4 "
         "--lr-scheduler constant)",
@@ -77,22 +82,28 @@ DEFAULTS = {
     "mnist": TaskDefaults(
         seq_len=784, hidden_size=128, num_layers=6, norm="batch", norm_position="after",
         dropout=0.1, learning_rate=2e-4, batch_size=32, max_steps=100_000, eval_steps=2000,
-        lr_scheduler="constant", max_grad_norm=0.0,
-        note="IndRNN paper: 6 layers x 128, batch norm after every layer, dropout 0.1, Adam 2e-4, "
-        "batch 32, |u| <= 2^(1/784); the paper also divides the lr by 10 on plateaus",
+        lr_scheduler="constant", max_grad_norm=0.0, grad_clip_value=10.0, weight_decay=1e-4,
+        recurrent_max_mag=5.0,
+        note="IndRNN paper and the authors' script: 6 layers x 128, batch norm after every "
+        "layer, dropout 0.1, Adam 2e-4, batch 32, |u| <= 5^(1/784), gradients clamped to +-10, "
+        "weight decay 1e-4 except recurrent weights and biases; the authors also divide the lr "
+        "by 10 on plateaus",
     ),
     "pmnist": TaskDefaults(
         seq_len=784, hidden_size=128, num_layers=6, norm="batch", norm_position="after",
         dropout=0.1, learning_rate=2e-4, batch_size=32, max_steps=100_000, eval_steps=2000,
-        lr_scheduler="constant", max_grad_norm=0.0,
+        lr_scheduler="constant", max_grad_norm=0.0, grad_clip_value=10.0, weight_decay=1e-4,
+        recurrent_max_mag=5.0,
         note="as mnist, with the pixels in a fixed random order (--permutation-seed)",
     ),
     "text": TaskDefaults(
         seq_len=50, hidden_size=2000, num_layers=6, norm="batch", norm_position="before",
         dropout=0.25,
         learning_rate=2e-4, batch_size=128, max_steps=50_000, eval_steps=1000,
-        lr_scheduler="constant", max_grad_norm=0.0,
-        note="Deep IndRNN paper, char-level PTB: 6 layers x 2000, T = 50, batch norm, Adam 2e-4",
+        lr_scheduler="constant", max_grad_norm=0.0, grad_clip_value=10.0, weight_decay=1e-4,
+        recurrent_max_mag=2.0,
+        note="Deep IndRNN paper, char-level PTB: 6 layers x 2000, T = 50, batch norm before the "
+        "recurrence, Adam 2e-4, |u| <= 2^(1/T), gradients clamped to +-10, weight decay 1e-4",
     ),
 }
 
@@ -186,13 +197,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="residual IndRNN (needs an odd --num-layers >= 3)")
     m.add_argument("--bidirectional", action="store_true",
                    help="bidirectional layers (classification tasks only)")
+    m.add_argument("--recurrent-max-mag", type=_finite_float, default=None,
+                   help="clip |u| to MAG^(1/T), the papers' way of giving the bound (default: "
+                   "per task as in the authors' scripts: 2 for adding and text, 5 for MNIST)")
     m.add_argument("--recurrent-max-abs", type=_optional_finite_float, default=None,
-                   help="clip |u| to this bound ('none' for no clip; default 2^(1/T))")
+                   help="clip |u| to this bound instead ('none' for no clip)")
     m.add_argument("--recurrent-min-abs", type=_finite_float, default=0.0,
                    help="raise |u| to at least this value (default 0)")
     m.add_argument("--last-layer-init-near-one", action="store_true",
                    help="initialise the last layer's recurrent weights uniformly in "
-                   "[2^(-1/T), 2^(1/T)] (helps the adding problem at T = 5000)")
+                   "[1/r, r], r the clip bound (helps the adding problem at T = 5000)")
     t = p.add_argument_group("training")
     t.add_argument("--learning-rate", "--lr", type=_finite_float, default=None,
                    help="Adam learning rate (default: per task, below)")
@@ -213,7 +227,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--logging-steps", type=_positive_int, default=None,
                    help="log the training loss every this many steps (default eval-steps / 4)")
     t.add_argument("--max-grad-norm", type=_finite_float, default=None,
-                   help="clip the gradient norm (default 0 = no clipping, as in the papers)")
+                   help="clip the gradient norm (default 0: no norm clipping; the authors clamp "
+                   "each element instead, --grad-clip-value)")
+    t.add_argument("--grad-clip-value", type=_finite_float, default=None,
+                   help="clamp every gradient element to [-V, V] before each step (default: 10, "
+                   "the authors' gradclipvalue; 0: off)")
+    t.add_argument("--weight-decay", type=_finite_float, default=None,
+                   help="Adam L2 weight decay of every parameter but the recurrent weights and "
+                   "biases (default: per task as in the authors' scripts: 1e-4 for MNIST and "
+                   "text, 0 for adding)")
+    t.add_argument("--no-constrain", action="store_true",
+                   help="do not clamp the recurrent weights to the clip bound after each step "
+                   "(default: clamp them, as the authors do, so a weight at the bound keeps "
+                   "learning; off: the kernel's clip alone, which gives a weight beyond the "
+                   "bound zero gradient)")
     t.add_argument("--seed", type=_nonnegative_int, default=0,
                    help="seed of the model init and the data (default 0)")
     t.add_argument("--cpu", action="store_true",
@@ -258,7 +285,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--data is not used by the adding task (its data is generated)")
     for name in ("seq_len", "hidden_size", "num_layers", "norm_position", "dropout",
                  "learning_rate",
-                 "batch_size", "max_steps", "eval_steps", "lr_scheduler", "max_grad_norm"):
+                 "batch_size", "max_steps", "eval_steps", "lr_scheduler", "max_grad_norm",
+                 "grad_clip_value", "weight_decay"):
         if getattr(args, name) is None:
             setattr(args, name, getattr(d, name))
     if args.norm is None:
@@ -273,8 +301,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--dropout-last must be in [0, 1), got {args.dropout_last}")
     if args.learning_rate <= 0:
         parser.error(f"--learning-rate must be > 0, got {args.learning_rate}")
-    if args.max_grad_norm < 0:
-        parser.error(f"--max-grad-norm must be >= 0, got {args.max_grad_norm}")
+    for flag in ("max_grad_norm", "grad_clip_value", "weight_decay"):
+        if getattr(args, flag) < 0:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
     if args.warmup_steps < 0:
         parser.error(f"--warmup-steps must be >= 0, got {args.warmup_steps}")
     if not 0.0 < args.test_fraction < 1.0:
@@ -283,8 +312,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--bidirectional is not possible for the text task (a causal LM)")
     if args.residual and (args.num_layers < 3 or args.num_layers % 2 == 0):
         parser.error(f"--residual needs an odd --num-layers >= 3, got {args.num_layers}")
+    if args.recurrent_max_mag is not None and "--recurrent-max-abs" in _flags(argv):
+        parser.error("--recurrent-max-mag and --recurrent-max-abs both give the clip bound: "
+                     "pass one")
     if args.recurrent_max_abs is None and "--recurrent-max-abs" not in _flags(argv):
-        args.recurrent_max_abs = 2 ** (1 / args.seq_len)
+        if args.recurrent_max_mag is None:
+            args.recurrent_max_mag = d.recurrent_max_mag
+        if args.recurrent_max_mag <= 0:
+            parser.error(f"--recurrent-max-mag must be > 0, got {args.recurrent_max_mag}")
+        args.recurrent_max_abs = args.recurrent_max_mag ** (1 / args.seq_len)
     if args.recurrent_max_abs is not None and args.recurrent_max_abs <= 0:
         parser.error(f"--recurrent-max-abs must be > 0 or 'none', got {args.recurrent_max_abs}")
     if args.recurrent_min_abs < 0:
@@ -501,8 +537,7 @@ def training_arguments(args):
         learning_rate=args.learning_rate,
         lr_scheduler_type=args.lr_scheduler,
         warmup_steps=args.warmup_steps,
-        weight_decay=0.0,
-        optim="adamw_torch",  # with weight_decay 0 this is Adam, as in the papers
+        weight_decay=args.weight_decay,  # torch.optim.Adam's L2 (run() passes the class)
         max_grad_norm=args.max_grad_norm,
         eval_strategy="steps",
         eval_steps=args.eval_steps,
@@ -596,11 +631,17 @@ def _finite_weights(model) -> bool:
     return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
 
-def guarded_trainer(guard: RunGuard, **kwargs):
-    """A ``Trainer`` that reports a non-finite training loss to ``guard``."""
+def guarded_trainer(guard: RunGuard, callbacks=(), **kwargs):
+    """A ``Trainer`` that reports a non-finite training loss to ``guard``, with ``callbacks``
+    and the authors' weight-decay groups (:func:`hf_integration.recipe.decays`)."""
     from transformers import Trainer
 
+    from .recipe import decays
+
     class GuardedTrainer(Trainer):
+        def get_decay_parameter_names(self, model):
+            return [name for name, _ in model.named_parameters() if decays(name)]
+
         def training_step(self, *args, **kw):
             loss = super().training_step(*args, **kw)
             # One host sync per step, as the Trainer's own NaN filter of the logged loss does.
@@ -608,7 +649,17 @@ def guarded_trainer(guard: RunGuard, **kwargs):
                 guard.bad_loss = loss.item()
             return loss
 
-    return GuardedTrainer(callbacks=[guard.callback()], **kwargs)
+    return GuardedTrainer(callbacks=[guard.callback(), *callbacks], **kwargs)
+
+
+def recipe_callbacks(args) -> list:
+    """The authors' per-step gradient clamp and recurrent-weight constraint, as asked."""
+    from .recipe import ClampGradientsCallback, ConstrainRecurrentWeightsCallback
+
+    callbacks = [ClampGradientsCallback(args.grad_clip_value)] if args.grad_clip_value else []
+    if not args.no_constrain:
+        callbacks.append(ConstrainRecurrentWeightsCallback())
+    return callbacks
 
 
 def plot_learning_curve(log_history: list[dict], args, metric: Metric, base: float, path: str):
@@ -745,7 +796,12 @@ def run(args) -> dict:
     )
     targs = training_arguments(args)
     guard = RunGuard()
-    trainer = guarded_trainer(guard, model=model, args=targs, **trainer_kwargs)
+    # Adam with L2 weight decay (added to the gradient), as the authors' scripts; AdamW's
+    # decoupled decay would be another recipe.
+    trainer = guarded_trainer(guard, callbacks=recipe_callbacks(args), model=model, args=targs,
+                              optimizer_cls_and_kwargs=(torch.optim.Adam,
+                                                        {"lr": args.learning_rate}),
+                              **trainer_kwargs)
     resume_from = _checkpoint_to_resume(args, trainer)
     with guard:
         train_out = trainer.train(resume_from_checkpoint=resume_from)
@@ -799,6 +855,7 @@ def run(args) -> dict:
                       "bidirectional", "recurrent_max_abs", "recurrent_min_abs",
                       "last_layer_init_near_one", "learning_rate", "lr_scheduler",
                       "warmup_steps", "batch_size", "max_steps", "max_grad_norm",
+                      "grad_clip_value", "weight_decay", "recurrent_max_mag", "no_constrain",
                       "train_size", "seed")
         },
         "command": args.command,

@@ -463,7 +463,10 @@ def test_reproduce_adding_tiny_series_and_resume(tmp_path, capsys):
     assert "--learning-rate 0.0002 --lr-scheduler constant" in runs[0]["command"]
     assert (tmp_path / "adding_curves.png").read_bytes()[:4] == b"\x89PNG"
     table = (tmp_path / "adding_results.md").read_text()
-    assert "| 6 | 4 |" in table and table.rstrip().endswith("| yes | 5.0 |")
+    assert "| 6 | 4 |" in table and table.rstrip().endswith("| yes | 5.0 | 2.0 | 10.0 | yes |")
+    # The authors' recipe by default: MAG 2, gradient clamp 10, recurrent weights constrained.
+    assert "--recurrent-max-mag 2.0 --grad-clip-value 10.0" in runs[0]["command"]
+    assert "--no-constrain" not in runs[0]["command"] and runs[0]["constrain"]
     assert not (tmp_path / "models").exists()
 
 
@@ -762,3 +765,60 @@ def test_ctrl_c_outside_the_training_loop_exits_130_without_a_traceback(tmp_path
     monkeypatch.setattr(train, "run", interrupted)
     assert train.main(["adding", "--output-dir", str(tmp_path / "out")]) == 130
     assert capsys.readouterr().err.strip() == "indrnn-train: interrupted"
+
+
+# ---------------------------------------------------------------------------- the authors' recipe
+
+
+def test_recipe_defaults_follow_the_authors_scripts():
+    """MAG 2 (adding, text) or 5 (MNIST) as r = MAG^(1/T); gradients clamped to +-10; weight
+    decay 1e-4 except for the adding problem; recurrent weights clamped after each step."""
+    for argv, mag, decay in ((["adding", "-T", "500"], 2.0, 0.0), (["mnist"], 5.0, 1e-4),
+                             (["pmnist"], 5.0, 1e-4), (["text", "--data", "x.txt"], 2.0, 1e-4)):
+        args = train.parse_args(argv)
+        assert args.recurrent_max_abs == pytest.approx(mag ** (1 / args.seq_len))
+        assert (args.recurrent_max_mag, args.weight_decay) == (mag, decay)
+        assert args.grad_clip_value == 10.0 and args.max_grad_norm == 0.0
+        assert not args.no_constrain
+    args = train.parse_args(["adding", "-T", "100", "--recurrent-max-mag", "3",
+                             "--grad-clip-value", "0", "--weight-decay", "0.01", "--no-constrain"])
+    assert args.recurrent_max_abs == pytest.approx(3 ** (1 / 100))
+    assert (args.grad_clip_value, args.weight_decay, args.no_constrain) == (0.0, 0.01, True)
+    assert train.recipe_callbacks(args) == []
+    assert train.parse_args(["adding", "--recurrent-max-abs", "1.5"]).recurrent_max_abs == 1.5
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["adding", "--recurrent-max-mag", "2", "--recurrent-max-abs", "1.1"], "both give the clip"),
+    (["adding", "--recurrent-max-mag", "0"], "--recurrent-max-mag must be > 0, got 0.0"),
+    (["adding", "--grad-clip-value", "-1"], "--grad-clip-value must be >= 0, got -1.0"),
+    (["adding", "--weight-decay", "-1e-4"], "--weight-decay must be >= 0, got -0.0001"),
+    (["adding", "--max-grad-norm", "-1"], "--max-grad-norm must be >= 0, got -1.0"),
+])
+def test_recipe_flag_errors(capsys, argv, message):
+    code, err = _exit_message(capsys, argv)
+    assert code == 2 and message in err
+
+
+def test_optimizer_is_adam_with_l2_decay_except_recurrent_weights_and_biases(tmp_path):
+    args = train.parse_args(["mnist", "--hidden-size", "4", "--num-layers", "2",
+                             "--dropout-last", "0.1", "--output-dir", str(tmp_path)])
+    task = data.TaskData(None, None, 784, input_size=1, num_labels=10)
+    model = train.auto_class("mnist").from_config(train.build_config(args, task))
+    trainer = train.guarded_trainer(
+        train.RunGuard(), callbacks=train.recipe_callbacks(args), model=model,
+        args=train.training_arguments(args),
+        optimizer_cls_and_kwargs=(torch.optim.Adam, {"lr": args.learning_rate}))
+    optimizer = trainer.create_optimizer()
+    assert type(optimizer) is torch.optim.Adam
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = {g["weight_decay"]: sorted(names[id(p)] for p in g["params"])
+              for g in optimizer.param_groups}
+    assert set(groups) == {1e-4, 0.0}
+    assert all("weight_hh" in n or "bias" in n for n in groups[0.0])
+    assert {"model.rnn.weight_hh_l0", "model.rnn.bias_l1", "model.rnn.norms.0.bias",
+            "classifier.bias"} <= set(groups[0.0])
+    assert {"model.rnn.weight_ih_l0", "model.rnn.norms.1.weight",
+            "classifier.weight"} <= set(groups[1e-4])
+    kinds = {type(c).__name__ for c in trainer.callback_handler.callbacks}
+    assert {"ClampGradientsCallback", "ConstrainRecurrentWeightsCallback"} <= kinds

@@ -387,9 +387,10 @@ class IndRNN(nn.Module):
 
         factory = dict(device=device, dtype=dtype)
         D = self.num_directions
-        DH = D * self.hidden_size
-        for k in range(self.num_layers):
-            fan_in = self.input_size if k == 0 else DH
+        # Layer k: I_k input features, H_k units per direction (all H in a plain stack).
+        self.layer_sizes = self._layer_sizes()
+        for k, (fan_in, units) in enumerate(self.layer_sizes):
+            DH = D * units
             self.register_parameter(f"weight_ih_l{k}",
                                     nn.Parameter(torch.empty(DH, fan_in, **factory)))
             self.register_parameter(f"weight_hh_l{k}", nn.Parameter(torch.empty(DH, **factory)))
@@ -399,11 +400,22 @@ class IndRNN(nn.Module):
         self.norms = None
         if norm is not None:
             self.norms = nn.ModuleList(
-                _NORM_CLASSES[norm](DH, norm_momentum, norm_eps,
+                _NORM_CLASSES[norm](D * units, norm_momentum, norm_eps,
                                     self.bias and self.norm_position == "after", device, dtype)
-                for _ in range(self.num_layers)
+                for _, units in self.layer_sizes
             )
         self.reset_parameters()
+
+    def _layer_sizes(self) -> list[tuple[int, int]]:
+        """(I_k, H_k) of every layer: input features and units per direction."""
+        DH = self.num_directions * self.hidden_size
+        return [(self.input_size if k == 0 else DH, self.hidden_size)
+                for k in range(self.num_layers)]
+
+    @property
+    def output_size(self) -> int:
+        """Features of the output: D * H of the last layer."""
+        return self.num_directions * self.layer_sizes[-1][1]
 
     @property
     def num_directions(self) -> int:
@@ -418,9 +430,9 @@ class IndRNN(nn.Module):
         functions leave alone the tensors a checkpoint has loaded.
         """
         with torch.no_grad():
-            for k in range(self.num_layers):
+            for k, (_, units) in enumerate(self.layer_sizes):
                 _init_input_weight_(getattr(self, f"weight_ih_l{k}"), self.input_weight_init,
-                                    self.hidden_size, init)
+                                    units, init)
                 last = k == self.num_layers - 1
                 low, high = self.last_layer_recurrent_init if last else self.recurrent_init
                 init.uniform_(getattr(self, f"weight_hh_l{k}"), low, high)
@@ -453,8 +465,7 @@ class IndRNN(nn.Module):
         _check_input_dtype("x", x, self.weight_ih_l0)
         T, B = (x.shape[1], x.shape[0]) if self.batch_first else x.shape[:2]
         if hx is not None:
-            want = (self.num_layers * self.num_directions, B, self.hidden_size)
-            _check_state("hx", hx, want, "(num_layers*D, B, H)", x.device)
+            self._check_hx(hx, B, x.device)
         if mask is not None:
             if not isinstance(mask, Tensor):
                 raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
@@ -463,6 +474,19 @@ class IndRNN(nn.Module):
                 raise ValueError(f"mask must have shape {name} = {want}, got {tuple(mask.shape)}")
             if mask.dtype.is_floating_point or mask.dtype.is_complex:
                 raise TypeError(f"mask must be bool or an integer dtype, got {mask.dtype}")
+
+    def _check_hx(self, hx, B: int, device) -> None:
+        want = (self.num_layers * self.num_directions, B, self.hidden_size)
+        _check_state("hx", hx, want, "(num_layers*D, B, H)", device)
+
+    def _layer_state(self, hx, k: int):
+        """Layer k's (D, B, H_k) part of ``hx``."""
+        D = self.num_directions
+        return hx[k * D:(k + 1) * D]
+
+    def _final_state(self, h_ns: list[Tensor]):
+        """h_n from the layers' (D, B, H_k) states."""
+        return torch.cat(h_ns) if len(h_ns) > 1 else h_ns[0]
 
     def _padded_from_packed(self, x: PackedSequence) -> tuple[Tensor, Tensor, Tensor]:
         padded, lengths = pad_packed_sequence(x, batch_first=self.batch_first)
@@ -523,17 +547,16 @@ class IndRNN(nn.Module):
                                  "give the padding)")
             x, lengths, mask = self._padded_from_packed(packed)
         self._check_inputs(x, hx, mask)
-        D = self.num_directions
         h_ns, layers = [], []
         layer_in, shortcut = x, None
         for k in range(self.num_layers):
             layer_in, h_n, shortcut = self.forward_layer(
-                k, layer_in, None if hx is None else hx[k * D:(k + 1) * D], mask, shortcut
+                k, layer_in, None if hx is None else self._layer_state(hx, k), mask, shortcut
             )
             h_ns.append(h_n)
             if output_layers:
                 layers.append(layer_in)
-        h_n = torch.cat(h_ns) if len(h_ns) > 1 else h_ns[0]
+        h_n = self._final_state(h_ns)
         if packed is not None:
             layers = [self._packed_from_padded(y, lengths, packed) for y in layers]
             return self._packed_from_padded(layer_in, lengths, packed), h_n, tuple(layers)
@@ -565,13 +588,7 @@ class IndRNN(nn.Module):
             ``(output, h_n, shortcut)``: output as x with D*H features; h_n (D, B, H) float32;
             shortcut: the pre-activations to hand to layer k+1 (None without ``residual``).
         """
-        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < self.num_layers:
-            raise ValueError(f"k must be a layer index in [0, {self.num_layers}), got {k!r}")
-        want = self.input_size if k == 0 else self.num_directions * self.hidden_size
-        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != want:
-            layout = "(B, T, I_k)" if self.batch_first else "(T, B, I_k)"
-            raise ValueError(f"x must have shape {layout} with I_{k} = {want} for layer {k}, "
-                             f"got {_shape_of(x)}")
+        self._check_layer_input(k, x)
         adds_shortcut = self.residual and k >= 2 and k % 2 == 0
         if adds_shortcut and shortcut is None:
             raise ValueError(f"shortcut must be the one layer {k - 1} returned: layer {k} of a "
@@ -590,6 +607,23 @@ class IndRNN(nn.Module):
             pre = F.linear(x, weight_ih)
         if self.residual and k % 2 == 0:
             shortcut = pre
+        out, h_n = self._recurrence(k, pre, h0, mask)
+        if k == self.num_layers - 1:
+            out = dropout_over_time(out, self.dropout_last, self.training, self.batch_first)
+        return out, h_n, shortcut
+
+    def _check_layer_input(self, k, x) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < self.num_layers:
+            raise ValueError(f"k must be a layer index in [0, {self.num_layers}), got {k!r}")
+        want = self.layer_sizes[k][0]
+        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != want:
+            layout = "(B, T, I_k)" if self.batch_first else "(T, B, I_k)"
+            raise ValueError(f"x must have shape {layout} with I_{k} = {want} for layer {k}, "
+                             f"got {_shape_of(x)}")
+
+    def _recurrence(self, k: int, pre: Tensor, h0, mask) -> tuple[Tensor, Tensor]:
+        """Layer k from its pre-activations: the norm where ``norm_position`` puts it, around
+        the fused recurrence."""
         norm = None if self.norms is None else self.norms[k]
         if norm is not None and self.norm_position == "before":
             pre = norm(pre, mask)
@@ -600,9 +634,7 @@ class IndRNN(nn.Module):
         )
         if norm is not None and self.norm_position == "after":
             out = norm(out, mask)
-        if k == self.num_layers - 1:
-            out = dropout_over_time(out, self.dropout_last, self.training, self.batch_first)
-        return out, h_n, shortcut
+        return out, h_n
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
@@ -615,6 +647,167 @@ class IndRNN(nn.Module):
             if value != default:
                 s += f", {name}={value!r}"
         return s
+
+
+def dense_layer_plan(hidden_size: int, growth_rate: int, block_config, bottleneck: int
+                     ) -> list[tuple[str, int]]:
+    """The layers of a :class:`DenseIndRNN` in order, as ``(kind, units per direction)``:
+    ``"first"``, then per dense layer an optional ``"bottleneck"`` and a ``"growth"`` layer,
+    and a ``"transition"`` halving the features after every block (the last one included)."""
+    plan, features = [("first", hidden_size)], hidden_size
+    for layers in block_config:
+        for _ in range(layers):
+            if bottleneck:
+                plan.append(("bottleneck", bottleneck * growth_rate))
+            plan.append(("growth", growth_rate))
+            features += growth_rate
+        features //= 2
+        plan.append(("transition", features))
+    return plan
+
+
+class DenseIndRNN(IndRNN):
+    r"""The Deep IndRNN paper's dense IndRNN (the authors' ``DenseNet``), on the same layers as
+    :class:`IndRNN` (one GEMM, the norm before or after, the fused recurrence per layer).
+
+    The stack, with F the features carried (per direction)::
+
+        first layer      input_size -> hidden_size                        F = hidden_size
+        for each block (block_config[i] dense layers):
+            dense layer  [bottleneck F -> bottleneck*growth_rate,] -> growth_rate,
+                         output: concat(its input, the growth_rate new)   F += growth_rate
+            transition   F -> F // 2                                      F = F // 2
+
+    Each dense layer therefore reads the concatenation of the block's input and every earlier
+    dense layer's new features. A transition follows every block, the last one included (the
+    authors' ``--add_last_layer``, in every one of their run scripts): the output has
+    D * F features (:attr:`output_size`). The authors' sequential-MNIST network is
+    ``DenseIndRNN(1, 96, growth_rate=16, block_config=(8, 6, 4), bottleneck=4,
+    norm="batch", norm_position="after")``.
+
+    Layers are numbered in that order (``layer_kinds[k]`` says which is which); parameters,
+    norms and options are those of :class:`IndRNN` (layer k has ``D * H_k`` units,
+    ``layer_sizes[k] = (I_k, H_k)``), without ``num_layers`` and ``residual``. ``dropout``
+    drops each layer's new output (one mask per sequence) before it is concatenated or read,
+    for every layer but the last, which ``dropout_last`` covers (the authors use separate rates
+    per kind of layer; one rate serves all here). ``bottleneck=0``: each dense layer is one
+    IndRNN layer, F -> growth_rate.
+
+    Input and output as :class:`IndRNN` (batched only), except the states: ``hx`` is None or a
+    sequence of num_layers tensors (D, B, H_k), and h_n is such a tuple. In
+    :meth:`forward_layer` the ``shortcut`` slot carries a dense layer's input from its
+    bottleneck layer to its growth layer, which concatenates it with its own output.
+
+    Copies: each dense layer concatenates (T, B, D*F) features (``torch.cat``, as the authors).
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        growth_rate: int,
+        block_config=(8, 6, 4),
+        bottleneck: int = 4,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        recurrent_max_abs: float | None = None,
+        recurrent_min_abs: float = 0.0,
+        norm: str | None = None,
+        device=None,
+        dtype=None,
+        **options,
+    ):
+        self.growth_rate = _positive_int("growth_rate", growth_rate)
+        if (not isinstance(block_config, (tuple, list)) or not block_config
+                or any(isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1
+                       for n in block_config)):
+            raise ValueError(f"block_config must be a non-empty sequence of positive ints (dense "
+                             f"layers per block), got {block_config!r}")
+        self.block_config = tuple(int(n) for n in block_config)
+        if isinstance(bottleneck, bool) or not isinstance(bottleneck, numbers.Integral) \
+                or bottleneck < 0:
+            raise ValueError(f"bottleneck must be an int >= 0 (0: none), got {bottleneck!r}")
+        self.bottleneck = int(bottleneck)
+        plan = dense_layer_plan(_positive_int("hidden_size", hidden_size), self.growth_rate,
+                                self.block_config, self.bottleneck)
+        self.layer_kinds = tuple(kind for kind, _ in plan)
+        self._plan = plan
+        super().__init__(input_size, hidden_size, len(plan), bias, batch_first, dropout,
+                         bidirectional, recurrent_max_abs, recurrent_min_abs, norm, False,
+                         device, dtype, **options)
+
+    def _layer_sizes(self) -> list[tuple[int, int]]:
+        D, sizes = self.num_directions, []
+        carried, previous = None, None  # F of the stream, units of the previous layer
+        for kind, units in self._plan:
+            if kind == "first":
+                fan_in = self.input_size
+            elif kind == "growth" and self.bottleneck:
+                fan_in = D * previous
+            else:
+                fan_in = D * carried
+            sizes.append((fan_in, units))
+            carried = {"growth": (carried or 0) + units, "bottleneck": carried}.get(kind, units)
+            previous = units
+        return sizes
+
+    def _check_hx(self, hx, B: int, device) -> None:
+        if not isinstance(hx, (tuple, list)) or len(hx) != self.num_layers:
+            got = f"{len(hx)} tensors" if isinstance(hx, (tuple, list)) else _shape_of(hx)
+            raise ValueError(f"hx must be None or a sequence of num_layers = {self.num_layers} "
+                             f"tensors (D, B, H_k), got {got}")
+        for k, (h, (_, units)) in enumerate(zip(hx, self.layer_sizes, strict=True)):
+            _check_state(f"hx[{k}]", h, (self.num_directions, B, units), "(D, B, H_k)", device)
+
+    def _layer_state(self, hx, k: int):
+        return hx[k]
+
+    def _final_state(self, h_ns: list[Tensor]) -> tuple[Tensor, ...]:
+        return tuple(h_ns)
+
+    def forward(self, x, hx=None, mask=None, *, output_layers: bool = False) -> tuple:
+        if isinstance(x, Tensor) and x.dim() == 2:
+            raise ValueError("x must be batched, (T, B, input_size) or (B, T, input_size): "
+                             f"DenseIndRNN takes no unbatched sequence, got {tuple(x.shape)}")
+        return super().forward(x, hx, mask, output_layers=output_layers)
+
+    def forward_layer(
+        self,
+        k: int,
+        x: Tensor,
+        h0: Tensor | None = None,
+        mask: Tensor | None = None,
+        shortcut: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Layer ``k`` alone (as :meth:`IndRNN.forward_layer`): the GEMM, the recurrence with
+        its norm, dropout of its output, then what its kind hands on: a growth layer returns
+        the concatenation of its dense layer's input and its output; a bottleneck layer
+        returns its output and, as ``shortcut``, its input, which the growth layer after it
+        must be given."""
+        self._check_layer_input(k, x)
+        kind = self.layer_kinds[k]
+        if kind == "growth" and self.bottleneck and shortcut is None:
+            raise ValueError(f"shortcut must be the one layer {k - 1} returned: layer {k} of a "
+                             "DenseIndRNN concatenates its dense layer's input, got None")
+        # Later layers read outputs, which are finite at padding (the carried state).
+        x_in = padding_free_input(x, mask) if k == 0 else x
+        out, h_n = self._recurrence(k, F.linear(x_in, getattr(self, f"weight_ih_l{k}")), h0,
+                                    mask)
+        last = k == self.num_layers - 1
+        out = dropout_over_time(out, self.dropout_last if last else self.dropout,
+                                self.training, self.batch_first)
+        if kind == "bottleneck":
+            return out, h_n, x
+        if kind == "growth":
+            return torch.cat([shortcut if self.bottleneck else x, out], -1), h_n, None
+        return out, h_n, None
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr().replace(f", num_layers={self.num_layers}", "")
+        return (s + f", growth_rate={self.growth_rate}, block_config={self.block_config}, "
+                f"bottleneck={self.bottleneck}")
 
 
 class IndRNNCell(nn.Module):

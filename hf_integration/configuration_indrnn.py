@@ -61,6 +61,17 @@ class IndRNNConfig(PreTrainedConfig):
         residual (`bool`, defaults to `False`):
             The Deep IndRNN paper's residual network; needs an odd `num_hidden_layers` >= 3
             (an input layer, then blocks of two layers).
+        dense_growth_rate (`int`, *optional*):
+            Build the Deep IndRNN paper's dense network (`indrnn_triton.DenseIndRNN`) with this
+            growth rate: a first layer of `hidden_size` units, dense blocks of
+            `dense_block_config` dense layers, a transition halving the features after each
+            block. `num_hidden_layers` is then derived (every IndRNN layer counts, bottleneck
+            and transition layers included) and the output has the last transition's units.
+        dense_block_config (`list[int]`, defaults to `[8, 6, 4]`):
+            Dense layers per block (with `dense_growth_rate`).
+        dense_bottleneck (`int`, defaults to 4):
+            Each dense layer starts with a bottleneck IndRNN layer of `dense_bottleneck *
+            dense_growth_rate` units (0: none).
         classifier_pooling (`str`, defaults to `"last"`):
             How `IndRNNForSequenceClassification` pools a sequence: `"last"` takes the output at
             each sequence's last real step (and, for bidirectional models, the backward direction
@@ -110,6 +121,9 @@ class IndRNNConfig(PreTrainedConfig):
     norm: str | None = None
     norm_position: str = "before"
     residual: bool = False
+    dense_growth_rate: int | None = None
+    dense_block_config: list[int] | None = None
+    dense_bottleneck: int = 4
     classifier_pooling: str = "last"
     initializer_range: float = 0.02
     embedding_init_std: float = 1.0
@@ -170,6 +184,19 @@ class IndRNNConfig(PreTrainedConfig):
         return self.dropout if self.dropout_last is None else 0.0
 
     @property
+    def rnn_output_units(self) -> int:
+        """Units per direction of the last IndRNN layer (what the heads read, D times)."""
+        if self.dense_growth_rate is None:
+            return self.hidden_size
+        return self._dense_plan()[-1][1]
+
+    def _dense_plan(self) -> list:
+        from indrnn_triton.modules import dense_layer_plan
+
+        return dense_layer_plan(self.hidden_size, self.dense_growth_rate,
+                                self.dense_block_config, self.dense_bottleneck)
+
+    @property
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
@@ -210,6 +237,8 @@ class IndRNNConfig(PreTrainedConfig):
                 "residual=True needs an odd num_hidden_layers >= 3 (an input layer, then "
                 f"residual blocks of 2 layers), got num_hidden_layers={self.num_hidden_layers}"
             )
+        if self.dense_growth_rate is not None:
+            self._validate_dense()
         if self.norm not in _NORMS:
             raise ValueError(f"norm must be one of {_NORMS}, got {self.norm!r}")
         if self.classifier_pooling not in _POOLINGS:
@@ -237,11 +266,31 @@ class IndRNNConfig(PreTrainedConfig):
                 "last_layer_recurrent_init", self.last_layer_recurrent_init
             )
         if self.tie_word_embeddings and self.input_size is None:
-            if self.embedding_size != self.hidden_size:
+            if self.embedding_size != self.rnn_output_units:
                 raise ValueError(
-                    "tie_word_embeddings=True needs embedding_size == hidden_size, got "
-                    f"embedding_size={self.embedding_size}, hidden_size={self.hidden_size}"
+                    "tie_word_embeddings=True needs embedding_size == the last layer's units "
+                    f"({self.rnn_output_units}; hidden_size without dense layers), got "
+                    f"embedding_size={self.embedding_size}"
                 )
+
+    def _validate_dense(self) -> None:
+        _check_positive_int("dense_growth_rate", self.dense_growth_rate)
+        if self.dense_block_config is None:
+            self.dense_block_config = [8, 6, 4]  # the authors' default (8,6,4)
+        blocks = self.dense_block_config
+        if (isinstance(blocks, str) or not isinstance(blocks, (list, tuple)) or not blocks):
+            raise ValueError(f"dense_block_config must be a non-empty list of positive ints, "
+                             f"got {blocks!r}")
+        for n in blocks:
+            _check_positive_int("dense_block_config entries", n)
+        self.dense_block_config = list(blocks)
+        if isinstance(self.dense_bottleneck, bool) or not isinstance(
+                self.dense_bottleneck, numbers.Integral) or self.dense_bottleneck < 0:
+            raise ValueError(f"dense_bottleneck must be an int >= 0, got {self.dense_bottleneck!r}")
+        if self.residual:
+            raise ValueError("residual=True and dense_growth_rate exclude each other: choose "
+                             "the residual or the dense network")
+        self.num_hidden_layers = len(self._dense_plan())
 
 
 def _to_python(value):

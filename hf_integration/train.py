@@ -195,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "authors' droplast); default: the head drops its input with --dropout")
     m.add_argument("--residual", action="store_true",
                    help="residual IndRNN (needs an odd --num-layers >= 3)")
+    m.add_argument("--dense-growth-rate", type=_positive_int, default=None,
+                   help="the Deep IndRNN paper's dense network with this growth rate "
+                   "(--hidden-size: its first layer; --num-layers is then derived)")
+    m.add_argument("--dense-blocks", type=_positive_int, nargs="+", default=[8, 6, 4],
+                   help="dense layers per block (default 8 6 4, the authors')")
+    m.add_argument("--dense-bottleneck", type=_nonnegative_int, default=4,
+                   help="bottleneck layer of BOTTLENECK x growth-rate units at the start of "
+                   "each dense layer (default 4, the authors'; 0: none)")
     m.add_argument("--bidirectional", action="store_true",
                    help="bidirectional layers (classification tasks only)")
     m.add_argument("--recurrent-max-mag", type=_finite_float, default=None,
@@ -310,6 +318,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--test-fraction must be in (0, 1), got {args.test_fraction}")
     if args.bidirectional and args.task == "text":
         parser.error("--bidirectional is not possible for the text task (a causal LM)")
+    if args.residual and args.dense_growth_rate is not None:
+        parser.error("--residual and --dense-growth-rate exclude each other")
     if args.residual and (args.num_layers < 3 or args.num_layers % 2 == 0):
         parser.error(f"--residual needs an odd --num-layers >= 3, got {args.num_layers}")
     if args.recurrent_max_mag is not None and "--recurrent-max-abs" in _flags(argv):
@@ -424,6 +434,10 @@ def build_config(args, task):
         dropout_last=args.dropout_last,
         residual=args.residual,
     )
+    if args.dense_growth_rate is not None:
+        kwargs.update(dense_growth_rate=args.dense_growth_rate,
+                      dense_block_config=args.dense_blocks,
+                      dense_bottleneck=args.dense_bottleneck)
     if args.last_layer_init_near_one:
         kwargs["last_layer_recurrent_init"] = "near_one"
     if task.input_size is not None:
@@ -832,6 +846,9 @@ def run(args) -> dict:
         "model": f"{type(model).__name__}: {args.num_layers} x {args.hidden_size}"
         + (f", norm={args.norm}" if args.norm else "")
         + (", residual" if args.residual else "")
+        + (f", dense (growth {args.dense_growth_rate}, blocks {args.dense_blocks}, "
+           f"bottleneck {args.dense_bottleneck}, {model.config.num_hidden_layers} IndRNN layers)"
+           if args.dense_growth_rate is not None else "")
         + (", bidirectional" if args.bidirectional else "")
         + f", {sum(p.numel() for p in model.parameters()):,} parameters",
         "device": device_name(device),
@@ -851,7 +868,8 @@ def run(args) -> dict:
         "settings": {
             k: getattr(args, k)
             for k in ("seq_len", "hidden_size", "num_layers", "norm", "norm_position", "dropout",
-                      "dropout_last", "residual",
+                      "dropout_last", "residual", "dense_growth_rate", "dense_blocks",
+                      "dense_bottleneck",
                       "bidirectional", "recurrent_max_abs", "recurrent_min_abs",
                       "last_layer_init_near_one", "learning_rate", "lr_scheduler",
                       "warmup_steps", "batch_size", "max_steps", "max_grad_norm",

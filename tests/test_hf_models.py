@@ -315,16 +315,19 @@ def _count_layer_runs(model) -> list:
 
 
 @pytest.mark.parametrize("case", ["sequence_classification", "causal_lm", "continuous",
-                                  "norm_after_dropout_last"])
+                                  "norm_after_dropout_last", "dense"])
 def test_gradient_checkpointing_per_layer_same_gradients(case):
     ids, mask = padded_batch(random_tokens([6, 9, 4]), "right")
     overrides = dict(num_hidden_layers=3, dropout=0.3)  # dropout: the recomputation's RNG
     if case == "norm_after_dropout_last":
         overrides.update(norm="batch", norm_position="after", dropout_last=0.4)
+    if case == "dense":  # first, growth, transition: 3 layers, the growth one concatenates
+        overrides.update(dense_growth_rate=4, dense_block_config=[1], dense_bottleneck=0,
+                         norm="batch", norm_position="after")
     if case == "causal_lm":
         model = tiny_model(IndRNNForCausalLM, **overrides)
         inputs = {"input_ids": ids, "labels": ids}
-    elif case in ("continuous", "norm_after_dropout_last"):
+    elif case in ("continuous", "norm_after_dropout_last", "dense"):
         model = tiny_model(IndRNNForSequenceClassification, input_size=3, num_labels=1,
                            **overrides)
         inputs = {"inputs_embeds": torch.randn(3, 9, 3), "labels": torch.randn(3)}
@@ -424,6 +427,8 @@ DEEP_OPTIONS = [
     {"norm": "batch", "dropout": 0.1},
     {"norm": "batch", "norm_position": "after", "dropout_last": 0.2},
     {"norm": "layer", "norm_position": "after", "bidirectional": True},
+    {"dense_growth_rate": 4, "dense_block_config": [2, 1], "dense_bottleneck": 2, "norm": "batch",
+     "norm_position": "after", "bidirectional": True, "dropout": 0.1},
     {"norm": "layer", "residual": True, "num_hidden_layers": 3},
     {"norm": "batch", "bidirectional": True, "residual": True, "num_hidden_layers": 3},
 ]
@@ -576,3 +581,20 @@ def test_dropout_last_replaces_the_heads_dropout():
     kept = (dropped != 0).any(1, keepdim=True)  # one mask per sequence and feature
     torch.testing.assert_close(dropped, 2.0 * plain * kept)
     assert ((plain != 0).any(1, keepdim=True) & ~kept).any()
+
+
+def test_dense_models_hidden_states_and_cached_generation_steps():
+    """A dense causal LM: one hidden state per IndRNN layer, and feeding a sequence in two
+    calls through the cache gives the logits of one call."""
+    model = tiny_model(IndRNNForCausalLM, dense_growth_rate=3, dense_block_config=[1, 1],
+                       dense_bottleneck=2, embedding_size=5, tie_word_embeddings=True)
+    rnn = model.model.rnn
+    assert model.config.num_hidden_layers == rnn.num_layers == 7
+    assert rnn.output_size == model.config.rnn_output_units == 5
+    ids = torch.randint(3, VOCAB, (2, 7))
+    out = model(input_ids=ids, output_hidden_states=True)
+    # embeddings; first 12; bottleneck 6; growth 12 + 3; transition 7; 6; 7 + 3; transition 5
+    assert [h.shape[-1] for h in out.hidden_states] == [5, 12, 6, 15, 7, 6, 10, 5]
+    first = model(input_ids=ids[:, :4], use_cache=True)
+    rest = model(input_ids=ids[:, 4:], cache=cache_of(first), use_cache=True)
+    torch.testing.assert_close(torch.cat([first.logits, rest.logits], 1), out.logits)

@@ -794,6 +794,8 @@ def test_recipe_defaults_follow_the_authors_scripts():
     (["adding", "--grad-clip-value", "-1"], "--grad-clip-value must be >= 0, got -1.0"),
     (["adding", "--weight-decay", "-1e-4"], "--weight-decay must be >= 0, got -0.0001"),
     (["adding", "--max-grad-norm", "-1"], "--max-grad-norm must be >= 0, got -1.0"),
+    (["adding", "--residual", "--num-layers", "3", "--dense-growth-rate", "4"],
+     "--residual and --dense-growth-rate exclude each other"),
 ])
 def test_recipe_flag_errors(capsys, argv, message):
     code, err = _exit_message(capsys, argv)
@@ -822,3 +824,15 @@ def test_optimizer_is_adam_with_l2_decay_except_recurrent_weights_and_biases(tmp
             "classifier.weight"} <= set(groups[1e-4])
     kinds = {type(c).__name__ for c in trainer.callback_handler.callbacks}
     assert {"ClampGradientsCallback", "ConstrainRecurrentWeightsCallback"} <= kinds
+
+
+def test_dense_flags_build_a_dense_model():
+    args = train.parse_args(["mnist", "--hidden-size", "6", "--dense-growth-rate", "2",
+                             "--dense-blocks", "2", "1", "--dense-bottleneck", "0"])
+    config = train.build_config(args, data.TaskData(None, None, 784, input_size=1,
+                                                    num_labels=10))
+    assert (config.dense_growth_rate, config.dense_block_config) == (2, [2, 1])
+    assert config.num_hidden_layers == 1 + 3 + 2
+    model = train.auto_class("mnist").from_config(config)
+    assert type(model.model.rnn).__name__ == "DenseIndRNN"
+    assert model.model.rnn.norm_position == "after"

@@ -792,7 +792,7 @@ def test_recipe_defaults_follow_the_authors_scripts():
     (["adding", "--recurrent-max-mag", "2", "--recurrent-max-abs", "1.1"], "both give the clip"),
     (["adding", "--recurrent-max-mag", "0"], "--recurrent-max-mag must be > 0, got 0.0"),
     (["adding", "--grad-clip-value", "-1"], "--grad-clip-value must be >= 0, got -1.0"),
-    (["adding", "--weight-decay", "-1e-4"], "--weight-decay must be >= 0, got -0.0001"),
+    (["adding", "--weight-decay=-1e-4"], "--weight-decay must be >= 0, got -0.0001"),
     (["adding", "--max-grad-norm", "-1"], "--max-grad-norm must be >= 0, got -1.0"),
     (["adding", "--residual", "--num-layers", "3", "--dense-growth-rate", "4"],
      "--residual and --dense-growth-rate exclude each other"),
@@ -809,7 +809,7 @@ def test_optimizer_is_adam_with_l2_decay_except_recurrent_weights_and_biases(tmp
     model = train.auto_class("mnist").from_config(train.build_config(args, task))
     trainer = train.guarded_trainer(
         train.RunGuard(), callbacks=train.recipe_callbacks(args), model=model,
-        args=train.training_arguments(args),
+        args=train.training_arguments(args), eval_dataset=datasets.Dataset.from_dict({"x": [0]}),
         optimizer_cls_and_kwargs=(torch.optim.Adam, {"lr": args.learning_rate}))
     optimizer = trainer.create_optimizer()
     assert type(optimizer) is torch.optim.Adam

@@ -320,6 +320,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--bidirectional is not possible for the text task (a causal LM)")
     if args.residual and args.dense_growth_rate is not None:
         parser.error("--residual and --dense-growth-rate exclude each other")
+    if args.dense_growth_rate is not None:  # the dense network's IndRNN layers, all kinds
+        from indrnn_triton.modules import dense_layer_plan
+
+        args.num_layers = len(dense_layer_plan(args.hidden_size, args.dense_growth_rate,
+                                               args.dense_blocks, args.dense_bottleneck))
     if args.residual and (args.num_layers < 3 or args.num_layers % 2 == 0):
         parser.error(f"--residual needs an odd --num-layers >= 3, got {args.num_layers}")
     if args.recurrent_max_mag is not None and "--recurrent-max-abs" in _flags(argv):

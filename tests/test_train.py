@@ -470,18 +470,40 @@ def test_reproduce_adding_tiny_series_and_resume(tmp_path, capsys):
     assert not (tmp_path / "models").exists()
 
 
-def test_reproduce_mnist_recipe_builds_the_paper_arguments(monkeypatch, mnist_dir, tmp_path):
+def test_reproduce_mnist_recipe_builds_the_authors_arguments(monkeypatch, mnist_dir, tmp_path):
     script = _load_script("reproduce_mnist")
     seen = []
     monkeypatch.setattr(script.train, "run", lambda args: seen.append(args) or {
         "final_metric": 50.0, "steps": args.max_steps, "train_seconds": 1.0, "device": "cpu"})
     script.main(["--tasks", "pmnist", "--data", str(mnist_dir), "--max-steps", "3",
                  "--out", str(tmp_path)])
-    (args,) = seen
-    assert (args.task, args.num_layers, args.hidden_size, args.norm) == ("pmnist", 6, 128, "batch")
-    assert (args.dropout, args.learning_rate, args.batch_size, args.seq_len) == (0.1, 2e-4, 32, 784)
-    assert args.recurrent_max_abs == pytest.approx(2 ** (1 / 784))
-    assert json.loads((tmp_path / "mnist_results.json").read_text())[0]["paper_error_%"] == 4.0
+    plain6, plain12, residual, dense = seen
+    for args in seen:  # the authors' recipe
+        assert (args.task, args.norm, args.norm_position) == ("pmnist", "batch", "after")
+        assert (args.learning_rate, args.batch_size, args.seq_len) == (2e-4, 32, 784)
+        assert args.recurrent_max_abs == pytest.approx(5 ** (1 / 784))
+        assert (args.grad_clip_value, args.weight_decay, args.no_constrain) == (10.0, 1e-4, False)
+        assert args.last_layer_init_near_one
+    assert (plain6.num_layers, plain6.hidden_size, plain6.dropout) == (6, 128, 0.1)
+    assert plain12.num_layers == 12 and residual.residual and residual.num_layers == 11
+    assert (dense.dense_growth_rate, dense.dense_blocks, dense.dense_bottleneck) == (16, [8, 6, 4],
+                                                                                   4)
+    assert (dense.hidden_size, dense.num_layers, dense.dropout, dense.dropout_last) == (
+        96, 40, 0.2, 0.1)
+    rows = json.loads((tmp_path / "mnist_results.json").read_text())
+    assert [r["paper_error_%"] for r in rows] == [4.0, 3.16, 2.98, 2.8]
+
+
+def test_reproduce_mnist_dry_run_prints_settings_and_trains_every_configuration(capsys):
+    rows = _load_script("reproduce_mnist").main(["--dry-run", "--tasks", "pmnist"])
+    out = capsys.readouterr().out
+    assert [(r["config"], r["steps"]) for r in rows] == [
+        ("plain6", 2), ("plain12", 2), ("residual", 2), ("dense", 2)]
+    assert "40 IndRNN layers" in rows[-1]["model"]
+    for setting in ("norm_position             after", "recurrent_max_mag         5.0",
+                    "grad_clip_value           10.0", "weight_decay              0.0001",
+                    "dense_blocks              [8, 6, 4]", "max_steps                 150000"):
+        assert setting in out, setting
 
 
 def test_cli_without_matplotlib_still_saves_everything_else(tmp_path, capsys, monkeypatch):

@@ -27,6 +27,7 @@ class TaskDefaults:
     hidden_size: int
     num_layers: int
     norm: str | None
+    norm_position: str
     dropout: float
     learning_rate: float
     batch_size: int
@@ -34,6 +35,9 @@ class TaskDefaults:
     eval_steps: int
     lr_scheduler: str
     max_grad_norm: float
+    grad_clip_value: float
+    weight_decay: float
+    recurrent_max_mag: float
     note: str
     test_size: int | None = None  # evaluate on at most this many test examples; None: all
 
@@ -42,32 +46,41 @@ class TaskDefaults:
 # finish on 2 CPU cores in a few minutes; the paper's own settings are one flag away).
 DEFAULTS = {
     "adding": TaskDefaults(
-        seq_len=100, hidden_size=128, num_layers=2, norm=None, dropout=0.0,
+        seq_len=100, hidden_size=128, num_layers=2, norm=None, norm_position="after", dropout=0.0,
         learning_rate=2e-3, batch_size=50, max_steps=2000, eval_steps=100,
-        lr_scheduler="linear", max_grad_norm=0.0,
-        note="IndRNN paper: 2 layers x 128, batch 50, MSE, |u| <= 2^(1/T); the paper's Adam lr "
+        lr_scheduler="linear", max_grad_norm=0.0, grad_clip_value=10.0, weight_decay=0.0,
+        recurrent_max_mag=2.0,
+        note="IndRNN paper: 2 layers x 128, batch 50, MSE, |u| <= 2^(1/T), gradients clamped "
+        "to +-10, no weight decay (the authors' adding script); the paper's Adam lr "
         "is 2e-4 held constant, the default here is 2e-3 decayed linearly over 2000 steps so "
         "that T = 100 converges in minutes on 2 CPU cores (paper: --learning-rate 2e-4 "
         "--lr-scheduler constant)",
     ),
     "mnist": TaskDefaults(
-        seq_len=784, hidden_size=128, num_layers=6, norm="batch", dropout=0.1,
-        learning_rate=2e-4, batch_size=32, max_steps=100_000, eval_steps=2000,
-        lr_scheduler="constant", max_grad_norm=0.0,
-        note="IndRNN paper: 6 layers x 128, batch norm after every layer, dropout 0.1, Adam 2e-4, "
-        "batch 32, |u| <= 2^(1/784); the paper also divides the lr by 10 on plateaus",
+        seq_len=784, hidden_size=128, num_layers=6, norm="batch", norm_position="after",
+        dropout=0.1, learning_rate=2e-4, batch_size=32, max_steps=100_000, eval_steps=2000,
+        lr_scheduler="constant", max_grad_norm=0.0, grad_clip_value=10.0, weight_decay=1e-4,
+        recurrent_max_mag=5.0,
+        note="IndRNN paper and the authors' script: 6 layers x 128, batch norm after every "
+        "layer, dropout 0.1, Adam 2e-4, batch 32, |u| <= 5^(1/784), gradients clamped to +-10, "
+        "weight decay 1e-4 except recurrent weights and biases; the authors also divide the lr "
+        "by 10 on plateaus",
     ),
     "pmnist": TaskDefaults(
-        seq_len=784, hidden_size=128, num_layers=6, norm="batch", dropout=0.1,
-        learning_rate=2e-4, batch_size=32, max_steps=100_000, eval_steps=2000,
-        lr_scheduler="constant", max_grad_norm=0.0,
+        seq_len=784, hidden_size=128, num_layers=6, norm="batch", norm_position="after",
+        dropout=0.1, learning_rate=2e-4, batch_size=32, max_steps=100_000, eval_steps=2000,
+        lr_scheduler="constant", max_grad_norm=0.0, grad_clip_value=10.0, weight_decay=1e-4,
+        recurrent_max_mag=5.0,
         note="as mnist, with the pixels in a fixed random order (--permutation-seed)",
     ),
     "text": TaskDefaults(
-        seq_len=50, hidden_size=2000, num_layers=6, norm="batch", dropout=0.25,
+        seq_len=50, hidden_size=2000, num_layers=6, norm="batch", norm_position="before",
+        dropout=0.25,
         learning_rate=2e-4, batch_size=128, max_steps=50_000, eval_steps=1000,
-        lr_scheduler="constant", max_grad_norm=0.0,
-        note="Deep IndRNN paper, char-level PTB: 6 layers x 2000, T = 50, batch norm, Adam 2e-4",
+        lr_scheduler="constant", max_grad_norm=0.0, grad_clip_value=10.0, weight_decay=1e-4,
+        recurrent_max_mag=2.0,
+        note="Deep IndRNN paper, char-level PTB: 6 layers x 2000, T = 50, batch norm before the "
+        "recurrence, Adam 2e-4, |u| <= 2^(1/T), gradients clamped to +-10, weight decay 1e-4",
     ),
 }
 
@@ -76,18 +89,19 @@ DEFAULTS = {
 # per evaluation; this one learns in minutes there.
 CPU_DEFAULTS = {
     "text": TaskDefaults(
-        seq_len=50, hidden_size=256, num_layers=2, norm=None, dropout=0.0,
-        learning_rate=2e-3, batch_size=32, max_steps=1000, eval_steps=200,
-        lr_scheduler="linear", max_grad_norm=0.0, test_size=1000,
+        seq_len=50, hidden_size=256, num_layers=2, norm=None, norm_position="before",
+        dropout=0.0, learning_rate=2e-3, batch_size=32, max_steps=1000, eval_steps=200,
+        lr_scheduler="linear", max_grad_norm=0.0, grad_clip_value=10.0, weight_decay=1e-4,
+        recurrent_max_mag=2.0, test_size=1000,
         note="cpu preset (the default without CUDA): 2 layers x 256, Adam 2e-3 decayed linearly "
         "over 1000 steps, each evaluation on at most 1000 test windows (50 KB); --preset paper "
         "for the paper's settings",
     ),
 }
 # The defaults a preset sets (also the fields a flag overrides).
-_DEFAULT_FIELDS = ("seq_len", "hidden_size", "num_layers", "norm", "dropout", "learning_rate",
-                   "batch_size", "max_steps", "eval_steps", "lr_scheduler", "max_grad_norm",
-                   "test_size")
+_DEFAULT_FIELDS = ("seq_len", "hidden_size", "num_layers", "norm", "norm_position", "dropout",
+                   "learning_rate", "batch_size", "max_steps", "eval_steps", "lr_scheduler",
+                   "max_grad_norm", "grad_clip_value", "weight_decay", "test_size")
 
 
 def _positive_int(text: str) -> int:
@@ -120,7 +134,8 @@ def _defaults_help() -> str:
     for task, d in DEFAULTS.items():
         lines.append(
             f"  {task:7s} T={d.seq_len or 'from data'} layers={d.num_layers} "
-            f"hidden={d.hidden_size} norm={d.norm} dropout={d.dropout} lr={d.learning_rate} "
+            f"hidden={d.hidden_size} norm={d.norm} ({d.norm_position}) dropout={d.dropout} "
+            f"lr={d.learning_rate} "
             f"({d.lr_scheduler}) batch={d.batch_size} steps={d.max_steps}"
         )
         lines.append(textwrap.fill(d.note, width=96, break_on_hyphens=False,
@@ -178,20 +193,38 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--num-layers", type=_positive_int, default=None,
                    help="IndRNN layers (default: per task, below)")
     m.add_argument("--norm", choices=("none", "batch", "layer"), default=None,
-                   help="normalisation after every layer (default: per task, below)")
+                   help="normalisation of every layer (default: per task, below)")
+    m.add_argument("--norm-position", choices=("before", "after"), default=None,
+                   help="normalise each layer's pre-activations before the recurrence, or its "
+                   "output after it (default: per task as in the authors' scripts: after for "
+                   "adding and MNIST, before for text)")
     m.add_argument("--dropout", type=_finite_float, default=None,
                    help="dropout between layers (default: per task, below)")
+    m.add_argument("--dropout-last", type=_finite_float, default=None,
+                   help="dropout of the last layer's output, one mask per sequence (the "
+                   "authors' droplast); default: the head drops its input with --dropout")
     m.add_argument("--residual", action="store_true",
                    help="residual IndRNN (needs an odd --num-layers >= 3)")
+    m.add_argument("--dense-growth-rate", type=_positive_int, default=None,
+                   help="the Deep IndRNN paper's dense network with this growth rate "
+                   "(--hidden-size: its first layer; --num-layers is then derived)")
+    m.add_argument("--dense-blocks", type=_positive_int, nargs="+", default=[8, 6, 4],
+                   help="dense layers per block (default 8 6 4, the authors')")
+    m.add_argument("--dense-bottleneck", type=_nonnegative_int, default=4,
+                   help="bottleneck layer of BOTTLENECK x growth-rate units at the start of "
+                   "each dense layer (default 4, the authors'; 0: none)")
     m.add_argument("--bidirectional", action="store_true",
                    help="bidirectional layers (classification tasks only)")
+    m.add_argument("--recurrent-max-mag", type=_finite_float, default=None,
+                   help="clip |u| to MAG^(1/T), the papers' way of giving the bound (default: "
+                   "per task as in the authors' scripts: 2 for adding and text, 5 for MNIST)")
     m.add_argument("--recurrent-max-abs", type=_optional_finite_float, default=None,
-                   help="clip |u| to this bound ('none' for no clip; default 2^(1/T))")
+                   help="clip |u| to this bound instead ('none' for no clip)")
     m.add_argument("--recurrent-min-abs", type=_finite_float, default=0.0,
                    help="raise |u| to at least this value (default 0)")
     m.add_argument("--last-layer-init-near-one", action="store_true",
                    help="initialise the last layer's recurrent weights uniformly in "
-                   "[2^(-1/T), 2^(1/T)] (helps the adding problem at T = 5000)")
+                   "[1/r, r], r the clip bound (helps the adding problem at T = 5000)")
     t = p.add_argument_group("training")
     t.add_argument("--learning-rate", "--lr", type=_finite_float, default=None,
                    help="Adam learning rate (default: per task, below)")
@@ -212,7 +245,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--logging-steps", type=_positive_int, default=None,
                    help="log the training loss every this many steps (default eval-steps / 4)")
     t.add_argument("--max-grad-norm", type=_finite_float, default=None,
-                   help="clip the gradient norm (default 0 = no clipping, as in the papers)")
+                   help="clip the gradient norm (default 0: no norm clipping; the authors clamp "
+                   "each element instead, --grad-clip-value)")
+    t.add_argument("--grad-clip-value", type=_finite_float, default=None,
+                   help="clamp every gradient element to [-V, V] before each step (default: 10, "
+                   "the authors' gradclipvalue; 0: off)")
+    t.add_argument("--weight-decay", type=_finite_float, default=None,
+                   help="Adam L2 weight decay of every parameter but the recurrent weights and "
+                   "biases (default: per task as in the authors' scripts: 1e-4 for MNIST and "
+                   "text, 0 for adding)")
+    t.add_argument("--no-constrain", action="store_true",
+                   help="do not clamp the recurrent weights to the clip bound after each step "
+                   "(default: clamp them, as the authors do, so a weight at the bound keeps "
+                   "learning; off: the kernel's clip alone, which gives a weight beyond the "
+                   "bound zero gradient)")
     t.add_argument("--seed", type=_nonnegative_int, default=0,
                    help="seed of the model init and the data (default 0)")
     t.add_argument("--cpu", action="store_true",
@@ -269,18 +315,30 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--seq-len must be >= 2, got {args.seq_len}")
     if not 0.0 <= args.dropout < 1.0:
         parser.error(f"--dropout must be in [0, 1), got {args.dropout}")
+    if args.dropout_last is not None and not 0.0 <= args.dropout_last < 1.0:
+        parser.error(f"--dropout-last must be in [0, 1), got {args.dropout_last}")
     if args.learning_rate <= 0:
         parser.error(f"--learning-rate must be > 0, got {args.learning_rate}")
-    if args.max_grad_norm < 0:
-        parser.error(f"--max-grad-norm must be >= 0, got {args.max_grad_norm}")
+    for flag in ("max_grad_norm", "grad_clip_value", "weight_decay"):
+        if getattr(args, flag) < 0:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
     if args.warmup_steps < 0:
         parser.error(f"--warmup-steps must be >= 0, got {args.warmup_steps}")
     if not 0.0 < args.test_fraction < 1.0:
         parser.error(f"--test-fraction must be in (0, 1), got {args.test_fraction}")
     if args.bidirectional and args.task == "text":
         parser.error("--bidirectional is not possible for the text task (a causal LM)")
+    if args.residual and args.dense_growth_rate is not None:
+        parser.error("--residual and --dense-growth-rate exclude each other")
+    if args.recurrent_max_mag is not None and "--recurrent-max-abs" in _flags(argv):
+        parser.error("--recurrent-max-mag and --recurrent-max-abs both give the clip bound: "
+                     "pass one")
     if args.recurrent_max_abs is None and "--recurrent-max-abs" not in _flags(argv):
-        args.recurrent_max_abs = 2 ** (1 / args.seq_len)
+        if args.recurrent_max_mag is None:
+            args.recurrent_max_mag = DEFAULTS[args.task].recurrent_max_mag
+        if args.recurrent_max_mag <= 0:
+            parser.error(f"--recurrent-max-mag must be > 0, got {args.recurrent_max_mag}")
+        args.recurrent_max_abs = args.recurrent_max_mag ** (1 / args.seq_len)
     if args.recurrent_max_abs is not None and args.recurrent_max_abs <= 0:
         parser.error(f"--recurrent-max-abs must be > 0 or 'none', got {args.recurrent_max_abs}")
     if args.recurrent_min_abs < 0:
@@ -297,6 +355,11 @@ def parse_args(argv=None) -> argparse.Namespace:
             args.preset = "paper" if _cuda_available(args) else "cpu"
         if args.preset == "cpu":
             _fill(args, CPU_DEFAULTS[args.task], unset)
+    if args.dense_growth_rate is not None:  # the dense network's IndRNN layers, all kinds
+        from indrnn_triton.modules import dense_layer_plan
+
+        args.num_layers = len(dense_layer_plan(args.hidden_size, args.dense_growth_rate,
+                                               args.dense_blocks, args.dense_bottleneck))
     if args.residual and (args.num_layers < 3 or args.num_layers % 2 == 0):
         parser.error(f"--residual needs an odd --num-layers >= 3, got {args.num_layers}")
     if args.logging_steps is None:

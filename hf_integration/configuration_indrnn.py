@@ -11,6 +11,7 @@ import numpy as np
 from transformers import PreTrainedConfig
 
 _NORMS = (None, "batch", "layer")
+_NORM_POSITIONS = ("before", "after")
 _POOLINGS = ("last", "mean")
 _INPUT_WEIGHT_INITS = ("kaiming_uniform", "xavier_uniform", "rnn_uniform")
 
@@ -37,16 +38,40 @@ class IndRNNConfig(PreTrainedConfig):
         bidirectional (`bool`, defaults to `False`):
             Run every layer in both directions (not for the causal LM).
         dropout (`float`, defaults to 0.0):
-            Dropout between IndRNN layers and before the heads.
+            Dropout between IndRNN layers (one mask per sequence), and before the heads unless
+            `dropout_last` is set.
+        dropout_last (`float`, *optional*):
+            Dropout of the last IndRNN layer's output, one mask per sequence shared by all
+            steps (the authors' `droplast`), inside the base model (`last_hidden_state` and the
+            last hidden state include it); the heads then add no dropout of their own. `None`:
+            the heads drop their input with `dropout` (the models' behaviour before this
+            option).
         recurrent_max_abs (`float`, *optional*):
             Clip |u| to this bound inside the kernel; the papers use 2 ** (1 / T).
         recurrent_min_abs (`float`, defaults to 0.0):
             Raise |u| to at least this value.
         norm (`str`, *optional*):
-            Normalisation after every layer: `None`, `"batch"` or `"layer"`.
+            Normalisation of every layer: `None`, `"batch"` or `"layer"`, placed by
+            `norm_position`.
+        norm_position (`str`, defaults to `"before"`):
+            `"before"`: of the pre-activations W x, before the recurrence (the authors'
+            language model); `"after"`: of each layer's output, after the recurrence, with a
+            shift of its own (the authors' sequential-MNIST and action-recognition networks).
+            The default keeps the meaning of configs saved before this option existed.
         residual (`bool`, defaults to `False`):
             The Deep IndRNN paper's residual network; needs an odd `num_hidden_layers` >= 3
             (an input layer, then blocks of two layers).
+        dense_growth_rate (`int`, *optional*):
+            Build the Deep IndRNN paper's dense network (`indrnn_triton.DenseIndRNN`) with this
+            growth rate: a first layer of `hidden_size` units, dense blocks of
+            `dense_block_config` dense layers, a transition halving the features after each
+            block. `num_hidden_layers` is then derived (every IndRNN layer counts, bottleneck
+            and transition layers included) and the output has the last transition's units.
+        dense_block_config (`list[int]`, defaults to `[8, 6, 4]`):
+            Dense layers per block (with `dense_growth_rate`).
+        dense_bottleneck (`int`, defaults to 4):
+            Each dense layer starts with a bottleneck IndRNN layer of `dense_bottleneck *
+            dense_growth_rate` units (0: none).
         classifier_pooling (`str`, defaults to `"last"`):
             How `IndRNNForSequenceClassification` pools a sequence: `"last"` takes the output at
             each sequence's last real step (and, for bidirectional models, the backward direction
@@ -90,10 +115,15 @@ class IndRNNConfig(PreTrainedConfig):
     num_hidden_layers: int = 2
     bidirectional: bool = False
     dropout: float = 0.0
+    dropout_last: float | None = None
     recurrent_max_abs: float | None = None
     recurrent_min_abs: float = 0.0
     norm: str | None = None
+    norm_position: str = "before"
     residual: bool = False
+    dense_growth_rate: int | None = None
+    dense_block_config: list[int] | None = None
+    dense_bottleneck: int = 4
     classifier_pooling: str = "last"
     initializer_range: float = 0.02
     embedding_init_std: float = 1.0
@@ -149,6 +179,24 @@ class IndRNNConfig(PreTrainedConfig):
         return ["linear_attention"] * self.num_hidden_layers
 
     @property
+    def head_dropout(self) -> float:
+        """The heads' dropout: `dropout`, or none when the base model applies `dropout_last`."""
+        return self.dropout if self.dropout_last is None else 0.0
+
+    @property
+    def rnn_output_units(self) -> int:
+        """Units per direction of the last IndRNN layer (what the heads read, D times)."""
+        if self.dense_growth_rate is None:
+            return self.hidden_size
+        return self._dense_plan()[-1][1]
+
+    def _dense_plan(self) -> list:
+        from indrnn_triton.modules import dense_layer_plan
+
+        return dense_layer_plan(self.hidden_size, self.dense_growth_rate,
+                                self.dense_block_config, self.dense_bottleneck)
+
+    @property
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
@@ -160,9 +208,16 @@ class IndRNNConfig(PreTrainedConfig):
         for name in ("bidirectional", "residual", "use_cache", "tie_word_embeddings"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        dropout = _check_real("dropout", self.dropout)
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        probabilities = {"dropout": self.dropout}
+        if self.dropout_last is not None:
+            probabilities["dropout_last"] = self.dropout_last
+        for name, value in probabilities.items():
+            if not 0.0 <= _check_real(name, value) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
+        if self.norm_position not in _NORM_POSITIONS:
+            raise ValueError(
+                f"norm_position must be one of {_NORM_POSITIONS}, got {self.norm_position!r}"
+            )
         if self.recurrent_max_abs is not None:
             r_max = _check_real("recurrent_max_abs", self.recurrent_max_abs)
             if r_max <= 0:
@@ -182,6 +237,8 @@ class IndRNNConfig(PreTrainedConfig):
                 "residual=True needs an odd num_hidden_layers >= 3 (an input layer, then "
                 f"residual blocks of 2 layers), got num_hidden_layers={self.num_hidden_layers}"
             )
+        if self.dense_growth_rate is not None:
+            self._validate_dense()
         if self.norm not in _NORMS:
             raise ValueError(f"norm must be one of {_NORMS}, got {self.norm!r}")
         if self.classifier_pooling not in _POOLINGS:
@@ -209,11 +266,31 @@ class IndRNNConfig(PreTrainedConfig):
                 "last_layer_recurrent_init", self.last_layer_recurrent_init
             )
         if self.tie_word_embeddings and self.input_size is None:
-            if self.embedding_size != self.hidden_size:
+            if self.embedding_size != self.rnn_output_units:
                 raise ValueError(
-                    "tie_word_embeddings=True needs embedding_size == hidden_size, got "
-                    f"embedding_size={self.embedding_size}, hidden_size={self.hidden_size}"
+                    "tie_word_embeddings=True needs embedding_size == the last layer's units "
+                    f"({self.rnn_output_units}; hidden_size without dense layers), got "
+                    f"embedding_size={self.embedding_size}"
                 )
+
+    def _validate_dense(self) -> None:
+        _check_positive_int("dense_growth_rate", self.dense_growth_rate)
+        if self.dense_block_config is None:
+            self.dense_block_config = [8, 6, 4]  # the authors' default (8,6,4)
+        blocks = self.dense_block_config
+        if (isinstance(blocks, str) or not isinstance(blocks, (list, tuple)) or not blocks):
+            raise ValueError(f"dense_block_config must be a non-empty list of positive ints, "
+                             f"got {blocks!r}")
+        for n in blocks:
+            _check_positive_int("dense_block_config entries", n)
+        self.dense_block_config = list(blocks)
+        if isinstance(self.dense_bottleneck, bool) or not isinstance(
+                self.dense_bottleneck, numbers.Integral) or self.dense_bottleneck < 0:
+            raise ValueError(f"dense_bottleneck must be an int >= 0, got {self.dense_bottleneck!r}")
+        if self.residual:
+            raise ValueError("residual=True and dense_growth_rate exclude each other: choose "
+                             "the residual or the dense network")
+        self.num_hidden_layers = len(self._dense_plan())
 
 
 def _to_python(value):

@@ -31,7 +31,7 @@ INSTALL_HINT = (
     "where a release has been published since"
 )
 try:  # transformers' check of a remote-code file's imports skips try blocks
-    from indrnn_triton import IndRNN
+    from indrnn_triton import DenseIndRNN, IndRNN
     from indrnn_triton.modules import _NORM_CLASSES
 except ModuleNotFoundError as err:
     if err.name != "indrnn_triton":
@@ -189,21 +189,26 @@ class IndRNNModel(IndRNNPreTrainedModel):
         else:
             self.embeddings = None
             rnn_input_size = config.input_size
-        self.rnn = IndRNN(
-            rnn_input_size,
-            config.hidden_size,
-            num_layers=config.num_hidden_layers,
+        options = dict(
             batch_first=True,
             dropout=config.dropout,
             bidirectional=config.bidirectional,
             recurrent_max_abs=config.recurrent_max_abs,
             recurrent_min_abs=config.recurrent_min_abs,
             norm=config.norm,
-            residual=config.residual,
+            norm_position=config.norm_position,
+            dropout_last=config.dropout_last or 0.0,
             recurrent_init=_pair(config.recurrent_init),
             last_layer_recurrent_init=_pair(config.last_layer_recurrent_init),
             input_weight_init=config.input_weight_init,
         )
+        if config.dense_growth_rate is None:
+            self.rnn = IndRNN(rnn_input_size, config.hidden_size,
+                              num_layers=config.num_hidden_layers, residual=config.residual,
+                              **options)
+        else:
+            self.rnn = DenseIndRNN(rnn_input_size, config.hidden_size, config.dense_growth_rate,
+                                   config.dense_block_config, config.dense_bottleneck, **options)
         self.rnn_input_size = rnn_input_size
         self.layers = nn.ModuleList(IndRNNLayer(self.rnn, k) for k in range(self.rnn.num_layers))
         self.post_init()
@@ -238,7 +243,8 @@ class IndRNNModel(IndRNNPreTrainedModel):
                 `config.use_cache` outside training for unidirectional models).
             output_hidden_states: also return `hidden_states`, num_hidden_layers + 1 tensors:
                 the IndRNN stack's input, then each layer's output ((batch, time, 2 *
-                hidden_size) for bidirectional layers).
+                hidden_size) for bidirectional layers; with dense layers each growth layer's
+                output is the concatenation it hands on).
             past_key_values, cache_params: other names of `cache` (before transformers 5.2x;
                 transformers' older recurrent models).
             cache_position: accepted for transformers' callers and unused: the recurrent
@@ -414,8 +420,8 @@ class IndRNNForSequenceClassification(IndRNNPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.model = IndRNNModel(config)
-        self.dropout = nn.Dropout(config.dropout)
-        self.classifier = _head(config.hidden_size * config.num_directions, config.num_labels)
+        self.dropout = nn.Dropout(config.head_dropout)
+        self.classifier = _head(config.rnn_output_units * config.num_directions, config.num_labels)
         self.post_init()
 
     def forward(
@@ -470,7 +476,7 @@ class IndRNNForSequenceClassification(IndRNNPreTrainedModel):
             last = torch.where(mask, steps, -1).amax(1).clamp(min=0)
             first = torch.where(mask, steps, seq_len).amin(1).clamp(max=seq_len - 1)
         rows = torch.arange(batch_size, device=hidden_states.device)
-        hidden = self.config.hidden_size
+        hidden = self.config.rnn_output_units
         forward = hidden_states[rows, last, :hidden]
         if not self.config.bidirectional:
             return forward
@@ -507,8 +513,8 @@ class IndRNNForTokenClassification(IndRNNPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.model = IndRNNModel(config)
-        self.dropout = nn.Dropout(config.dropout)
-        self.classifier = _head(config.hidden_size * config.num_directions, config.num_labels)
+        self.dropout = nn.Dropout(config.head_dropout)
+        self.classifier = _head(config.rnn_output_units * config.num_directions, config.num_labels)
         self.post_init()
 
     def forward(
@@ -585,8 +591,8 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
             )
         super().__init__(config)
         self.model = IndRNNModel(config)
-        self.dropout = nn.Dropout(config.dropout)
-        self.lm_head = _head(config.hidden_size, config.vocab_size, bias=False)
+        self.dropout = nn.Dropout(config.head_dropout)
+        self.lm_head = _head(config.rnn_output_units, config.vocab_size, bias=False)
         self.post_init()
 
     def generate(self, inputs=None, *args, **kwargs):

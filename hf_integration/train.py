@@ -116,8 +116,14 @@ def build_config(args, task):
         recurrent_max_abs=args.recurrent_max_abs,
         recurrent_min_abs=args.recurrent_min_abs,
         norm=args.norm,
+        norm_position=args.norm_position,
+        dropout_last=args.dropout_last,
         residual=args.residual,
     )
+    if args.dense_growth_rate is not None:
+        kwargs.update(dense_growth_rate=args.dense_growth_rate,
+                      dense_block_config=args.dense_blocks,
+                      dense_bottleneck=args.dense_bottleneck)
     if args.last_layer_init_near_one:
         kwargs["last_layer_recurrent_init"] = "near_one"
     if task.input_size is not None:
@@ -233,8 +239,7 @@ def training_arguments(args):
         learning_rate=args.learning_rate,
         lr_scheduler_type=args.lr_scheduler,
         warmup_steps=args.warmup_steps,
-        weight_decay=0.0,
-        optim="adamw_torch",  # with weight_decay 0 this is Adam, as in the papers
+        weight_decay=args.weight_decay,  # torch.optim.Adam's L2 (run() passes the class)
         max_grad_norm=args.max_grad_norm,
         eval_strategy="steps",
         eval_steps=args.eval_steps,
@@ -328,11 +333,17 @@ def _finite_weights(model) -> bool:
     return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
 
-def guarded_trainer(guard: RunGuard, **kwargs):
-    """A ``Trainer`` that reports a non-finite training loss to ``guard``."""
+def guarded_trainer(guard: RunGuard, callbacks=(), **kwargs):
+    """A ``Trainer`` that reports a non-finite training loss to ``guard``, with ``callbacks``
+    and the authors' weight-decay groups (:func:`hf_integration.recipe.decays`)."""
     from transformers import Trainer
 
+    from .recipe import decays
+
     class GuardedTrainer(Trainer):
+        def get_decay_parameter_names(self, model):
+            return [name for name, _ in model.named_parameters() if decays(name)]
+
         def training_step(self, *args, **kw):
             loss = super().training_step(*args, **kw)
             # One host sync per step, as the Trainer's own NaN filter of the logged loss does.
@@ -340,7 +351,17 @@ def guarded_trainer(guard: RunGuard, **kwargs):
                 guard.bad_loss = loss.item()
             return loss
 
-    return GuardedTrainer(callbacks=[guard.callback()], **kwargs)
+    return GuardedTrainer(callbacks=[guard.callback(), *callbacks], **kwargs)
+
+
+def recipe_callbacks(args) -> list:
+    """The authors' per-step gradient clamp and recurrent-weight constraint, as asked."""
+    from .recipe import ClampGradientsCallback, ConstrainRecurrentWeightsCallback
+
+    callbacks = [ClampGradientsCallback(args.grad_clip_value)] if args.grad_clip_value else []
+    if not args.no_constrain:
+        callbacks.append(ConstrainRecurrentWeightsCallback())
+    return callbacks
 
 
 def plot_learning_curve(log_history: list[dict], args, metric: Metric, base: float, path: str):
@@ -495,7 +516,12 @@ def run(args) -> dict:
     )
     targs = training_arguments(args)
     guard = RunGuard()
-    trainer = guarded_trainer(guard, model=model, args=targs, **trainer_kwargs)
+    # Adam with L2 weight decay (added to the gradient), as the authors' scripts; AdamW's
+    # decoupled decay would be another recipe.
+    trainer = guarded_trainer(guard, callbacks=recipe_callbacks(args), model=model, args=targs,
+                              optimizer_cls_and_kwargs=(torch.optim.Adam,
+                                                        {"lr": args.learning_rate}),
+                              **trainer_kwargs)
     resume_from = _checkpoint_to_resume(args, trainer)
     with guard:
         train_out = trainer.train(resume_from_checkpoint=resume_from)
@@ -526,6 +552,9 @@ def run(args) -> dict:
         "model": f"{type(model).__name__}: {args.num_layers} x {args.hidden_size}"
         + (f", norm={args.norm}" if args.norm else "")
         + (", residual" if args.residual else "")
+        + (f", dense (growth {args.dense_growth_rate}, blocks {args.dense_blocks}, "
+           f"bottleneck {args.dense_bottleneck}, {model.config.num_hidden_layers} IndRNN layers)"
+           if args.dense_growth_rate is not None else "")
         + (", bidirectional" if args.bidirectional else "")
         + f", {sum(p.numel() for p in model.parameters()):,} parameters",
         "device": device_name(device),
@@ -544,10 +573,13 @@ def run(args) -> dict:
         "train": train_out.metrics,
         "settings": {
             k: getattr(args, k)
-            for k in ("seq_len", "hidden_size", "num_layers", "norm", "dropout", "residual",
+            for k in ("seq_len", "hidden_size", "num_layers", "norm", "norm_position", "dropout",
+                      "dropout_last", "residual", "dense_growth_rate", "dense_blocks",
+                      "dense_bottleneck",
                       "bidirectional", "recurrent_max_abs", "recurrent_min_abs",
                       "last_layer_init_near_one", "learning_rate", "lr_scheduler",
                       "warmup_steps", "batch_size", "max_steps", "max_grad_norm",
+                      "grad_clip_value", "weight_decay", "recurrent_max_mag", "no_constrain",
                       "train_size", "seed", "preset")
         },
         "command": args.command,

@@ -112,9 +112,12 @@ def indrnn_layer(
     batch_first: bool = False,
     bidirectional: bool = False,
     norm: Callable[[Tensor], Tensor] | None = None,
+    norm_position: str = "before",
     method: str = "auto",
 ) -> tuple[Tensor, Tensor]:
-    """One IndRNN layer: h_t = relu(norm(W x_t) + b + clip(u) * h_{t-1}), both directions.
+    """One IndRNN layer: h_t = relu(norm(W x_t) + b + clip(u) * h_{t-1}), both directions
+    (or, with ``norm_position="after"``, output_t = norm(h_t) with h_t = relu(W x_t + b +
+    clip(u) * h_{t-1})).
 
     ``W x`` is ONE GEMM (``F.linear``, no bias) over all steps and both directions; the bias
     is added inside the recurrence kernel.
@@ -125,8 +128,11 @@ def indrnn_layer(
         weight_hh: (D*H,). bias: (D*H,) or None. h0: (D, B, H) or None.
         recurrent_max_abs, recurrent_min_abs, mask, batch_first, bidirectional, method: as in
             :func:`indrnn_recurrence`.
-        norm: optional function applied to the (T, B, D*H) pre-activations before the
-            recurrence (e.g. ``lambda p: batch_norm_over_steps(p, mask, ...)``).
+        norm: optional function of a (T, B, D*H) tensor (e.g. ``lambda p:
+            batch_norm_over_steps(p, mask, ...)``), applied where ``norm_position`` says.
+        norm_position: ``"before"``: ``norm`` takes the pre-activations ``W x`` and the
+            recurrence runs on its result; ``"after"``: the recurrence runs on ``W x`` and
+            ``norm`` takes its output (the recurrence's state, h_n, is not normalised).
 
     Returns:
         ``(output, h_n)``: output (T, B, D*H) or (B, T, D*H); h_n (D, B, H) float32.
@@ -155,13 +161,27 @@ def indrnn_layer(
             f"weight_hh must have shape (D*H,) = ({weight_ih.shape[0]},) to match weight_ih "
             f"{tuple(weight_ih.shape)}, got {tuple(weight_hh.shape)}"
         )
+    check_norm_position(norm_position)
     pre = F.linear(padding_free_input(x, mask), weight_ih)
-    if norm is not None:
+    if norm is not None and norm_position == "before":
         pre = norm(pre)
-    return indrnn_recurrence(pre, weight_hh, bias, h0, recurrent_max_abs=recurrent_max_abs,
-                             recurrent_min_abs=recurrent_min_abs, mask=mask,
-                             batch_first=batch_first, bidirectional=bidirectional,
-                             method=method)
+    out, h_n = indrnn_recurrence(pre, weight_hh, bias, h0, recurrent_max_abs=recurrent_max_abs,
+                                 recurrent_min_abs=recurrent_min_abs, mask=mask,
+                                 batch_first=batch_first, bidirectional=bidirectional,
+                                 method=method)
+    if norm is not None and norm_position == "after":
+        out = norm(out)
+    return out, h_n
+
+
+NORM_POSITIONS = ("before", "after")
+
+
+def check_norm_position(norm_position) -> str:
+    """``norm_position`` itself, or a ValueError naming the two placements."""
+    if norm_position not in NORM_POSITIONS:
+        raise ValueError(f"norm_position must be one of {NORM_POSITIONS}, got {norm_position!r}")
+    return norm_position
 
 
 def padding_free_input(x: Tensor, mask: Tensor | None) -> Tensor:
@@ -193,6 +213,7 @@ def batch_norm_over_steps(
     running_var: Tensor | None,
     *,
     training: bool,
+    bias: Tensor | None = None,
     momentum: float = 0.1,
     eps: float = 1e-5,
 ) -> Tensor:
@@ -204,8 +225,9 @@ def batch_norm_over_steps(
     given, are updated in place as ``torch.nn.BatchNorm1d`` does (unbiased variance, weight
     ``momentum``) and used in eval mode; they are left alone when this runs inside a backward
     pass (the recomputation of activation checkpointing). ``weight`` scales the normalised
-    features (no shift: the IndRNN layer's bias, added right after, is the shift). Padding
-    positions are normalised too (their values are ignored by the recurrence).
+    features and ``bias`` shifts them (None: no shift; before the recurrence the IndRNN
+    layer's own bias, added right after, is the shift). Padding positions are normalised too,
+    with the real steps' statistics.
     """
     use_batch = training or running_mean is None
     # Activation checkpointing recomputing this forward inside backward: the first forward
@@ -215,7 +237,7 @@ def batch_norm_over_steps(
     recomputing = use_batch and running_mean is not None and _inside_backward()
     if mask is None or not use_batch:
         # Every step is real, or the running statistics are used: torch's fused batch norm.
-        flat = F.batch_norm(x.flatten(0, 1), running_mean, running_var, weight, None, use_batch,
+        flat = F.batch_norm(x.flatten(0, 1), running_mean, running_var, weight, bias, use_batch,
                             0.0 if recomputing else momentum, eps)
         return flat.view(x.shape)
     acc = torch.promote_types(x.dtype, torch.float32)
@@ -235,7 +257,8 @@ def batch_norm_over_steps(
     scale = torch.rsqrt(var + eps)
     if weight is not None:
         scale = scale * weight
-    return ((x - mean) * scale).to(x.dtype)
+    y = (x - mean) * scale
+    return (y if bias is None else y + bias).to(x.dtype)
 
 
 def dropout_over_time(x: Tensor, p: float, training: bool, batch_first: bool = False) -> Tensor:

@@ -14,6 +14,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from .functional import (
     batch_norm_over_steps,
+    check_norm_position,
     dropout_over_time,
     indrnn_recurrence,
     padding_free_input,
@@ -43,6 +44,13 @@ def _positive_int(name: str, value) -> int:
 def _bool(name: str, value) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
+def _probability(name: str, value) -> float:
+    value = _check_real(name, value, allow_none=False)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1), got {value}")
     return value
 
 
@@ -122,41 +130,54 @@ def _check_input_dtype(name: str, x: Tensor, weight: Tensor) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-class _StepBatchNorm(nn.Module):
-    """Batch norm of (T, B, F) pre-activations; statistics over real (unmasked) steps only."""
+class _StepNorm(nn.Module):
+    """The parameters both norms share: a scale ``weight`` (starts at 1) and, with ``shift``,
+    a ``bias`` (starts at 0)."""
 
-    def __init__(self, num_features: int, momentum: float, eps: float, device, dtype):
+    def __init__(self, num_features: int, shift: bool, device, dtype):
         super().__init__()
         factory = dict(device=device, dtype=dtype)
-        self.momentum, self.eps = momentum, eps
         self.weight = nn.Parameter(torch.ones(num_features, **factory))
+        self.bias = nn.Parameter(torch.zeros(num_features, **factory)) if shift else None
+
+    def reset_parameters(self, init=nn.init) -> None:
+        init.ones_(self.weight)
+        if self.bias is not None:
+            init.zeros_(self.bias)
+
+
+class _StepBatchNorm(_StepNorm):
+    """Batch norm of (T, B, F) features; statistics over real (unmasked) steps only."""
+
+    def __init__(self, num_features: int, momentum: float, eps: float, shift: bool, device,
+                 dtype):
+        super().__init__(num_features, shift, device, dtype)
+        factory = dict(device=device, dtype=dtype)
+        self.momentum, self.eps = momentum, eps
         self.register_buffer("running_mean", torch.zeros(num_features, **factory))
         self.register_buffer("running_var", torch.ones(num_features, **factory))
 
     def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
         return batch_norm_over_steps(x, mask, self.weight, self.running_mean, self.running_var,
                                      training=self.training, momentum=self.momentum,
-                                     eps=self.eps)
+                                     eps=self.eps, bias=self.bias)
 
     def reset_parameters(self, init=nn.init) -> None:
-        init.ones_(self.weight)
+        super().reset_parameters(init)
         init.zeros_(self.running_mean)
         init.ones_(self.running_var)
 
 
-class _StepLayerNorm(nn.Module):
-    """Layer norm of each step's D*H pre-activations (padding needs no special care)."""
+class _StepLayerNorm(_StepNorm):
+    """Layer norm of each step's D*H features (padding needs no special care)."""
 
-    def __init__(self, num_features: int, momentum: float, eps: float, device, dtype):
-        super().__init__()
+    def __init__(self, num_features: int, momentum: float, eps: float, shift: bool, device,
+                 dtype):
+        super().__init__(num_features, shift, device, dtype)
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(num_features, device=device, dtype=dtype))
 
     def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
-        return F.layer_norm(x, self.weight.shape, self.weight, None, self.eps)
-
-    def reset_parameters(self, init=nn.init) -> None:
-        init.ones_(self.weight)
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
 
 
 _NORM_CLASSES = {"batch": _StepBatchNorm, "layer": _StepLayerNorm}
@@ -178,8 +199,9 @@ class IndRNN(nn.Module):
         output, h_n = rnn(x, mask=mask)   # mask: (B, T), False = padding
 
     Layer k computes ``pre_k = W_k x_k`` with ONE GEMM (``F.linear``, no bias) for all steps
-    and both directions, optionally normalises it (``norm``), then runs the fused recurrence
-    (bias added in the kernel; the state stays float32 across all steps). A bidirectional
+    and both directions, then runs the fused recurrence (bias added in the kernel; the state
+    stays float32 across all steps); ``norm`` normalises the pre-activations before the
+    recurrence or its output after it (``norm_position``). A bidirectional
     layer's recurrence reads the two halves of the GEMM output in place and writes the two
     halves of one output buffer (see :func:`indrnn_triton.functional.indrnn_recurrence`): no
     flip, no concatenation of (T, B, H) tensors, forwards or backwards.
@@ -188,8 +210,10 @@ class IndRNN(nn.Module):
         input_size: features I of the input.
         hidden_size: hidden units H per direction.
         num_layers: stacked layers; layer k > 0 takes the D*H outputs of layer k-1.
-        bias: a per-unit bias (added in the kernel). With ``norm`` it is the only shift
-            (the norms have a scale, no shift).
+        bias: a per-unit bias (added in the kernel, inside the ReLU). With
+            ``norm_position="before"`` it is the only shift (the norms have a scale, no
+            shift); with ``"after"`` each norm also gets a shift (``norms[k].bias``), see
+            ``norm_position``. False: no bias and no norm shift.
         batch_first: input, output and mask are (B, T, ...) instead of (T, B, ...). h_n and hx
             stay (num_layers*D, B, H), as in ``torch.nn.RNN``.
         dropout: probability of dropping features of each layer's output before the next layer
@@ -201,11 +225,10 @@ class IndRNN(nn.Module):
             (the papers use r = 2 ** (1 / T), or MAG ** (1 / T)); None for no clip.
             :meth:`constrain_` clamps the parameters themselves.
         recurrent_min_abs: m: |u| is raised to at least m inside the kernel (0 stays 0).
-        norm: None, ``"batch"`` or ``"layer"``: normalise each layer's pre-activations ``W x``
-            before the recurrence (the authors' default placement, "BN before" the recurrent
-            ReLU). ``"batch"``: statistics per feature over the real steps of the batch only
+        norm: None, ``"batch"`` or ``"layer"``: normalise every layer, where ``norm_position``
+            says. ``"batch"``: statistics per feature over the real steps of the batch only
             (never padding), running statistics (momentum ``norm_momentum``) in eval mode.
-            ``"layer"``: over the D*H features of each step. Scale parameter, no shift.
+            ``"layer"``: over the D*H features of each step.
         residual: the Deep IndRNN paper's pre-activation residual network (the authors'
             ``ResidualNet``: ``fc0``, blocks of ``[norm, recurrence, dropout, fc] x 2`` plus an
             identity shortcut, then a last ``norm, recurrence``). In this layer-wise form the
@@ -215,6 +238,29 @@ class IndRNN(nn.Module):
             (1 + 2 per residual block, e.g. 11 = 5 blocks); all pre-activations have D*H
             features, so any input_size works.
         device, dtype: factory arguments of the parameters.
+
+    Keyword-only options:
+        norm_position: where ``norm`` goes (default ``"before"``, this module's behaviour
+            since its first release; the authors' own default is ``"after"``):
+
+            - ``"before"``: on the pre-activations, ``h = relu(norm(W x) + b + u * h)``: the
+              authors' language-model networks ("bn_before"). Scale only: the bias ``b``,
+              added right after the norm, is the shift.
+            - ``"after"``: on the layer's output, ``output = norm(relu(W x + b + u * h))``:
+              the authors' default ("bn_after"), used by their sequential-MNIST,
+              action-recognition and dense networks and every one of their run scripts but
+              the language model's. ``b`` stays inside the ReLU (the authors' ``fc`` bias)
+              and the norm gets its own shift ``norms[k].bias`` (the authors' affine batch
+              norm): after a ReLU the features are no longer zero-centred, and a layer's
+              output must be able to carry an offset. For layers 0..L-2 that shift is
+              redundant with the next layer's bias (``W (n + s) + b = W n + (W s + b)``);
+              for the last layer it is the output's offset, which a head without a bias
+              (e.g. a tied language-model head) would otherwise lack. h_n and ``hx`` are the
+              recurrence's states, never normalised; at padding positions the output is the
+              normalised carried state.
+        dropout_last: probability of dropping features of the LAST layer's output, in
+            training, with one mask per sequence (the authors' ``droplast``; default 0).
+            ``dropout`` covers the other layers' outputs.
 
     Keyword-only initialisation options (each overridable; defaults follow the authors' code):
         recurrent_init: (low, high) for the recurrent weights, uniform. Default (0, r) with
@@ -228,13 +274,14 @@ class IndRNN(nn.Module):
             ``"xavier_uniform"``, ``"rnn_uniform"`` (U(-1/sqrt(H), 1/sqrt(H)) as nn.RNN), or a
             callable ``f(weight)`` for each ``weight_ih_l{k}``, after the default: it fills
             the weight in place, or returns a tensor of the weight's shape to copy in.
-        Biases start at 0, norm scales at 1.
+        Biases (and norm shifts) start at 0, norm scales at 1.
         norm_momentum, norm_eps: of the batch / layer norm.
 
     Parameters (per layer k, both directions stacked, forward direction first):
         ``weight_ih_l{k}`` (D*H, I_k) with I_0 = input_size, I_k = D*H;
         ``weight_hh_l{k}`` (D*H,); ``bias_l{k}`` (D*H,) (None without ``bias``);
-        ``norms[k].weight`` (D*H,) and, for batch norm, ``norms[k].running_mean`` /
+        ``norms[k].weight`` (D*H,), with ``norm_position="after"`` and ``bias``
+        ``norms[k].bias`` (D*H,), and, for batch norm, ``norms[k].running_mean`` /
         ``running_var``.
 
     Inputs: ``x, hx=None, mask=None, *, output_layers=False``
@@ -262,7 +309,8 @@ class IndRNN(nn.Module):
 
     Copies of (T, B, ·) tensors: none in the recurrence. Each layer allocates its GEMM output
     and its recurrence output (the one saved for backward); ``norm`` adds its own output (and
-    a batch norm's statistics pass), ``dropout`` in training its masked copy, a PackedSequence
+    a batch norm's statistics pass), ``dropout`` / ``dropout_last`` in training a masked
+    copy, a PackedSequence
     input one pad copy of the input and one pack copy of the output.
     """
 
@@ -287,6 +335,8 @@ class IndRNN(nn.Module):
         input_weight_init: str | Callable[[Tensor], object] = "kaiming_uniform",
         norm_momentum: float = 0.1,
         norm_eps: float = 1e-5,
+        norm_position: str = "before",
+        dropout_last: float = 0.0,
     ):
         super().__init__()
         self.input_size = _positive_int("input_size", input_size)
@@ -296,10 +346,8 @@ class IndRNN(nn.Module):
         self.batch_first = _bool("batch_first", batch_first)
         self.bidirectional = _bool("bidirectional", bidirectional)
         self.residual = _bool("residual", residual)
-        dropout = _check_real("dropout", dropout, allow_none=False)
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be a probability in [0, 1), got {dropout}")
-        self.dropout = dropout
+        self.dropout = _probability("dropout", dropout)
+        self.dropout_last = _probability("dropout_last", dropout_last)
         if dropout > 0 and self.num_layers == 1:
             warnings.warn(
                 f"dropout={dropout} has no effect with num_layers=1: it applies between layers",
@@ -310,6 +358,7 @@ class IndRNN(nn.Module):
         if norm not in _NORMS:
             raise ValueError(f"norm must be None, 'batch' or 'layer', got {norm!r}")
         self.norm = norm
+        self.norm_position = check_norm_position(norm_position)
         if self.residual and (self.num_layers < 3 or self.num_layers % 2 == 0):
             raise ValueError(
                 "residual=True needs an odd num_layers >= 3 (one input layer, then residual "
@@ -338,9 +387,10 @@ class IndRNN(nn.Module):
 
         factory = dict(device=device, dtype=dtype)
         D = self.num_directions
-        DH = D * self.hidden_size
-        for k in range(self.num_layers):
-            fan_in = self.input_size if k == 0 else DH
+        # Layer k: I_k input features, H_k units per direction (all H in a plain stack).
+        self.layer_sizes = self._layer_sizes()
+        for k, (fan_in, units) in enumerate(self.layer_sizes):
+            DH = D * units
             self.register_parameter(f"weight_ih_l{k}",
                                     nn.Parameter(torch.empty(DH, fan_in, **factory)))
             self.register_parameter(f"weight_hh_l{k}", nn.Parameter(torch.empty(DH, **factory)))
@@ -350,10 +400,22 @@ class IndRNN(nn.Module):
         self.norms = None
         if norm is not None:
             self.norms = nn.ModuleList(
-                _NORM_CLASSES[norm](DH, norm_momentum, norm_eps, device, dtype)
-                for _ in range(self.num_layers)
+                _NORM_CLASSES[norm](D * units, norm_momentum, norm_eps,
+                                    self.bias and self.norm_position == "after", device, dtype)
+                for _, units in self.layer_sizes
             )
         self.reset_parameters()
+
+    def _layer_sizes(self) -> list[tuple[int, int]]:
+        """(I_k, H_k) of every layer: input features and units per direction."""
+        DH = self.num_directions * self.hidden_size
+        return [(self.input_size if k == 0 else DH, self.hidden_size)
+                for k in range(self.num_layers)]
+
+    @property
+    def output_size(self) -> int:
+        """Features of the output: D * H of the last layer."""
+        return self.num_directions * self.layer_sizes[-1][1]
 
     @property
     def num_directions(self) -> int:
@@ -368,9 +430,9 @@ class IndRNN(nn.Module):
         functions leave alone the tensors a checkpoint has loaded.
         """
         with torch.no_grad():
-            for k in range(self.num_layers):
+            for k, (_, units) in enumerate(self.layer_sizes):
                 _init_input_weight_(getattr(self, f"weight_ih_l{k}"), self.input_weight_init,
-                                    self.hidden_size, init)
+                                    units, init)
                 last = k == self.num_layers - 1
                 low, high = self.last_layer_recurrent_init if last else self.recurrent_init
                 init.uniform_(getattr(self, f"weight_hh_l{k}"), low, high)
@@ -403,8 +465,7 @@ class IndRNN(nn.Module):
         _check_input_dtype("x", x, self.weight_ih_l0)
         T, B = (x.shape[1], x.shape[0]) if self.batch_first else x.shape[:2]
         if hx is not None:
-            want = (self.num_layers * self.num_directions, B, self.hidden_size)
-            _check_state("hx", hx, want, "(num_layers*D, B, H)", x.device)
+            self._check_hx(hx, B, x.device)
         if mask is not None:
             if not isinstance(mask, Tensor):
                 raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
@@ -413,6 +474,19 @@ class IndRNN(nn.Module):
                 raise ValueError(f"mask must have shape {name} = {want}, got {tuple(mask.shape)}")
             if mask.dtype.is_floating_point or mask.dtype.is_complex:
                 raise TypeError(f"mask must be bool or an integer dtype, got {mask.dtype}")
+
+    def _check_hx(self, hx, B: int, device) -> None:
+        want = (self.num_layers * self.num_directions, B, self.hidden_size)
+        _check_state("hx", hx, want, "(num_layers*D, B, H)", device)
+
+    def _layer_state(self, hx, k: int):
+        """Layer k's (D, B, H_k) part of ``hx``."""
+        D = self.num_directions
+        return hx[k * D:(k + 1) * D]
+
+    def _final_state(self, h_ns: list[Tensor]):
+        """h_n from the layers' (D, B, H_k) states."""
+        return torch.cat(h_ns) if len(h_ns) > 1 else h_ns[0]
 
     def _padded_from_packed(self, x: PackedSequence) -> tuple[Tensor, Tensor, Tensor]:
         padded, lengths = pad_packed_sequence(x, batch_first=self.batch_first)
@@ -473,17 +547,16 @@ class IndRNN(nn.Module):
                                  "give the padding)")
             x, lengths, mask = self._padded_from_packed(packed)
         self._check_inputs(x, hx, mask)
-        D = self.num_directions
         h_ns, layers = [], []
         layer_in, shortcut = x, None
         for k in range(self.num_layers):
             layer_in, h_n, shortcut = self.forward_layer(
-                k, layer_in, None if hx is None else hx[k * D:(k + 1) * D], mask, shortcut
+                k, layer_in, None if hx is None else self._layer_state(hx, k), mask, shortcut
             )
             h_ns.append(h_n)
             if output_layers:
                 layers.append(layer_in)
-        h_n = torch.cat(h_ns) if len(h_ns) > 1 else h_ns[0]
+        h_n = self._final_state(h_ns)
         if packed is not None:
             layers = [self._packed_from_padded(y, lengths, packed) for y in layers]
             return self._packed_from_padded(layer_in, lengths, packed), h_n, tuple(layers)
@@ -498,7 +571,8 @@ class IndRNN(nn.Module):
         shortcut: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Layer ``k`` alone: dropout of its input (k > 0, in training), the GEMM (plus the
-        residual shortcut), the norm, then the recurrence. Chaining the layers from 0 to
+        residual shortcut), the recurrence with the norm before or after it, and for the last
+        layer ``dropout_last`` of its output (in training). Chaining the layers from 0 to
         num_layers - 1 is :meth:`forward` on a padded tensor; running them one at a time lets
         a caller wrap each one, e.g. in activation checkpointing (the Hugging Face models do).
 
@@ -514,13 +588,7 @@ class IndRNN(nn.Module):
             ``(output, h_n, shortcut)``: output as x with D*H features; h_n (D, B, H) float32;
             shortcut: the pre-activations to hand to layer k+1 (None without ``residual``).
         """
-        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < self.num_layers:
-            raise ValueError(f"k must be a layer index in [0, {self.num_layers}), got {k!r}")
-        want = self.input_size if k == 0 else self.num_directions * self.hidden_size
-        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != want:
-            layout = "(B, T, I_k)" if self.batch_first else "(T, B, I_k)"
-            raise ValueError(f"x must have shape {layout} with I_{k} = {want} for layer {k}, "
-                             f"got {_shape_of(x)}")
+        self._check_layer_input(k, x)
         adds_shortcut = self.residual and k >= 2 and k % 2 == 0
         if adds_shortcut and shortcut is None:
             raise ValueError(f"shortcut must be the one layer {k - 1} returned: layer {k} of a "
@@ -539,25 +607,207 @@ class IndRNN(nn.Module):
             pre = F.linear(x, weight_ih)
         if self.residual and k % 2 == 0:
             shortcut = pre
-        if self.norms is not None:
-            pre = self.norms[k](pre, mask)
+        out, h_n = self._recurrence(k, pre, h0, mask)
+        if k == self.num_layers - 1:
+            out = dropout_over_time(out, self.dropout_last, self.training, self.batch_first)
+        return out, h_n, shortcut
+
+    def _check_layer_input(self, k, x) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < self.num_layers:
+            raise ValueError(f"k must be a layer index in [0, {self.num_layers}), got {k!r}")
+        want = self.layer_sizes[k][0]
+        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != want:
+            layout = "(B, T, I_k)" if self.batch_first else "(T, B, I_k)"
+            raise ValueError(f"x must have shape {layout} with I_{k} = {want} for layer {k}, "
+                             f"got {_shape_of(x)}")
+
+    def _recurrence(self, k: int, pre: Tensor, h0, mask) -> tuple[Tensor, Tensor]:
+        """Layer k from its pre-activations: the norm where ``norm_position`` puts it, around
+        the fused recurrence."""
+        norm = None if self.norms is None else self.norms[k]
+        if norm is not None and self.norm_position == "before":
+            pre = norm(pre, mask)
         out, h_n = indrnn_recurrence(
             pre, getattr(self, f"weight_hh_l{k}"), getattr(self, f"bias_l{k}"), h0,
             recurrent_max_abs=self.recurrent_max_abs, recurrent_min_abs=self.recurrent_min_abs,
             mask=mask, batch_first=self.batch_first, bidirectional=self.bidirectional,
         )
-        return out, h_n, shortcut
+        if norm is not None and self.norm_position == "after":
+            out = norm(out, mask)
+        return out, h_n
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         for name, default in (("num_layers", 1), ("bias", True), ("batch_first", False),
                               ("dropout", 0.0), ("bidirectional", False),
                               ("recurrent_max_abs", None), ("recurrent_min_abs", 0.0),
-                              ("norm", None), ("residual", False)):
+                              ("norm", None), ("residual", False), ("norm_position", "before"),
+                              ("dropout_last", 0.0)):
             value = getattr(self, name)
             if value != default:
                 s += f", {name}={value!r}"
         return s
+
+
+def dense_layer_plan(hidden_size: int, growth_rate: int, block_config, bottleneck: int
+                     ) -> list[tuple[str, int]]:
+    """The layers of a :class:`DenseIndRNN` in order, as ``(kind, units per direction)``:
+    ``"first"``, then per dense layer an optional ``"bottleneck"`` and a ``"growth"`` layer,
+    and a ``"transition"`` halving the features after every block (the last one included)."""
+    plan, features = [("first", hidden_size)], hidden_size
+    for layers in block_config:
+        for _ in range(layers):
+            if bottleneck:
+                plan.append(("bottleneck", bottleneck * growth_rate))
+            plan.append(("growth", growth_rate))
+            features += growth_rate
+        features //= 2
+        plan.append(("transition", features))
+    return plan
+
+
+class DenseIndRNN(IndRNN):
+    r"""The Deep IndRNN paper's dense IndRNN (the authors' ``DenseNet``), on the same layers as
+    :class:`IndRNN` (one GEMM, the norm before or after, the fused recurrence per layer).
+
+    The stack, with F the features carried (per direction)::
+
+        first layer      input_size -> hidden_size                        F = hidden_size
+        for each block (block_config[i] dense layers):
+            dense layer  [bottleneck F -> bottleneck*growth_rate,] -> growth_rate,
+                         output: concat(its input, the growth_rate new)   F += growth_rate
+            transition   F -> F // 2                                      F = F // 2
+
+    Each dense layer therefore reads the concatenation of the block's input and every earlier
+    dense layer's new features. A transition follows every block, the last one included (the
+    authors' ``--add_last_layer``, in every one of their run scripts): the output has
+    D * F features (:attr:`output_size`). The authors' sequential-MNIST network is
+    ``DenseIndRNN(1, 96, growth_rate=16, block_config=(8, 6, 4), bottleneck=4,
+    norm="batch", norm_position="after")``.
+
+    Layers are numbered in that order (``layer_kinds[k]`` says which is which); parameters,
+    norms and options are those of :class:`IndRNN` (layer k has ``D * H_k`` units,
+    ``layer_sizes[k] = (I_k, H_k)``), without ``num_layers`` and ``residual``. ``dropout``
+    drops each layer's new output (one mask per sequence) before it is concatenated or read,
+    for every layer but the last, which ``dropout_last`` covers (the authors use separate rates
+    per kind of layer; one rate serves all here). ``bottleneck=0``: each dense layer is one
+    IndRNN layer, F -> growth_rate.
+
+    Input and output as :class:`IndRNN` (batched only), except the states: ``hx`` is None or a
+    sequence of num_layers tensors (D, B, H_k), and h_n is such a tuple. In
+    :meth:`forward_layer` the ``shortcut`` slot carries a dense layer's input from its
+    bottleneck layer to its growth layer, which concatenates it with its own output.
+
+    Copies: each dense layer concatenates (T, B, D*F) features (``torch.cat``, as the authors).
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        growth_rate: int,
+        block_config=(8, 6, 4),
+        bottleneck: int = 4,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        recurrent_max_abs: float | None = None,
+        recurrent_min_abs: float = 0.0,
+        norm: str | None = None,
+        device=None,
+        dtype=None,
+        **options,
+    ):
+        self.growth_rate = _positive_int("growth_rate", growth_rate)
+        if (not isinstance(block_config, (tuple, list)) or not block_config
+                or any(isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1
+                       for n in block_config)):
+            raise ValueError(f"block_config must be a non-empty sequence of positive ints (dense "
+                             f"layers per block), got {block_config!r}")
+        self.block_config = tuple(int(n) for n in block_config)
+        if isinstance(bottleneck, bool) or not isinstance(bottleneck, numbers.Integral) \
+                or bottleneck < 0:
+            raise ValueError(f"bottleneck must be an int >= 0 (0: none), got {bottleneck!r}")
+        self.bottleneck = int(bottleneck)
+        plan = dense_layer_plan(_positive_int("hidden_size", hidden_size), self.growth_rate,
+                                self.block_config, self.bottleneck)
+        self.layer_kinds = tuple(kind for kind, _ in plan)
+        self._plan = plan
+        super().__init__(input_size, hidden_size, len(plan), bias, batch_first, dropout,
+                         bidirectional, recurrent_max_abs, recurrent_min_abs, norm, False,
+                         device, dtype, **options)
+
+    def _layer_sizes(self) -> list[tuple[int, int]]:
+        D, sizes = self.num_directions, []
+        carried, previous = None, None  # F of the stream, units of the previous layer
+        for kind, units in self._plan:
+            if kind == "first":
+                fan_in = self.input_size
+            elif kind == "growth" and self.bottleneck:
+                fan_in = D * previous
+            else:
+                fan_in = D * carried
+            sizes.append((fan_in, units))
+            carried = {"growth": (carried or 0) + units, "bottleneck": carried}.get(kind, units)
+            previous = units
+        return sizes
+
+    def _check_hx(self, hx, B: int, device) -> None:
+        if not isinstance(hx, (tuple, list)) or len(hx) != self.num_layers:
+            got = f"{len(hx)} tensors" if isinstance(hx, (tuple, list)) else _shape_of(hx)
+            raise ValueError(f"hx must be None or a sequence of num_layers = {self.num_layers} "
+                             f"tensors (D, B, H_k), got {got}")
+        for k, (h, (_, units)) in enumerate(zip(hx, self.layer_sizes, strict=True)):
+            _check_state(f"hx[{k}]", h, (self.num_directions, B, units), "(D, B, H_k)", device)
+
+    def _layer_state(self, hx, k: int):
+        return hx[k]
+
+    def _final_state(self, h_ns: list[Tensor]) -> tuple[Tensor, ...]:
+        return tuple(h_ns)
+
+    def forward(self, x, hx=None, mask=None, *, output_layers: bool = False) -> tuple:
+        if isinstance(x, Tensor) and x.dim() == 2:
+            raise ValueError("x must be batched, (T, B, input_size) or (B, T, input_size): "
+                             f"DenseIndRNN takes no unbatched sequence, got {tuple(x.shape)}")
+        return super().forward(x, hx, mask, output_layers=output_layers)
+
+    def forward_layer(
+        self,
+        k: int,
+        x: Tensor,
+        h0: Tensor | None = None,
+        mask: Tensor | None = None,
+        shortcut: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Layer ``k`` alone (as :meth:`IndRNN.forward_layer`): the GEMM, the recurrence with
+        its norm, dropout of its output, then what its kind hands on: a growth layer returns
+        the concatenation of its dense layer's input and its output; a bottleneck layer
+        returns its output and, as ``shortcut``, its input, which the growth layer after it
+        must be given."""
+        self._check_layer_input(k, x)
+        kind = self.layer_kinds[k]
+        if kind == "growth" and self.bottleneck and shortcut is None:
+            raise ValueError(f"shortcut must be the one layer {k - 1} returned: layer {k} of a "
+                             "DenseIndRNN concatenates its dense layer's input, got None")
+        # Later layers read outputs, which are finite at padding (the carried state).
+        x_in = padding_free_input(x, mask) if k == 0 else x
+        out, h_n = self._recurrence(k, F.linear(x_in, getattr(self, f"weight_ih_l{k}")), h0,
+                                    mask)
+        last = k == self.num_layers - 1
+        out = dropout_over_time(out, self.dropout_last if last else self.dropout,
+                                self.training, self.batch_first)
+        if kind == "bottleneck":
+            return out, h_n, x
+        if kind == "growth":
+            return torch.cat([shortcut if self.bottleneck else x, out], -1), h_n, None
+        return out, h_n, None
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr().replace(f", num_layers={self.num_layers}", "")
+        return (s + f", growth_rate={self.growth_rate}, block_config={self.block_config}, "
+                f"bottleneck={self.bottleneck}")
 
 
 class IndRNNCell(nn.Module):

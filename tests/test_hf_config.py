@@ -20,13 +20,14 @@ def test_auto_config_round_trip(tmp_path):
     config = AutoConfig.for_model(
         "indrnn", input_size=2, hidden_size=16, num_hidden_layers=2,
         recurrent_max_abs=2 ** (1 / 500), num_labels=1, norm="layer", classifier_pooling="mean",
+        norm_position="after", dropout_last=0.2,
     )
     assert isinstance(config, IndRNNConfig)
     config.save_pretrained(tmp_path)
     loaded = AutoConfig.from_pretrained(tmp_path)
     assert isinstance(loaded, IndRNNConfig)
     for name in ("input_size", "hidden_size", "recurrent_max_abs", "num_labels", "norm",
-                 "classifier_pooling", "embedding_size"):
+                 "classifier_pooling", "embedding_size", "norm_position", "dropout_last"):
         assert getattr(loaded, name) == getattr(config, name), name
 
 
@@ -46,6 +47,10 @@ def test_auto_config_round_trip(tmp_path):
         ("recurrent_max_abs", float("inf")),
         ("recurrent_min_abs", -1.0),
         ("norm", "group"),
+        ("norm_position", "middle"),
+        ("dense_growth_rate", 0),
+        ("dropout_last", 1.0),
+        ("dropout_last", "0.1"),
         ("classifier_pooling", "max"),
         ("initializer_range", -1.0),
         ("embedding_init_std", "big"),
@@ -161,3 +166,26 @@ def test_interrupted_config_write_leaves_no_config_json(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         config.save_pretrained(tmp_path)
     assert not (tmp_path / "config.json").exists()  # before: an empty config.json
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(dense_block_config=[2, 0]), "dense_block_config entries must be a positive int"),
+    (dict(dense_block_config="8,6,4"), "dense_block_config must be a non-empty list"),
+    (dict(dense_bottleneck=-1), "dense_bottleneck must be an int >= 0"),
+    (dict(residual=True, num_hidden_layers=3), "residual=True and dense_growth_rate exclude"),
+    (dict(tie_word_embeddings=True), r"embedding_size == the last layer's units \(6"),
+])
+def test_dense_fields_are_checked(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        IndRNNConfig(**(dict(hidden_size=8, dense_growth_rate=2, dense_block_config=[2])
+                        | overrides))
+
+
+def test_dense_config_derives_the_layer_count_and_round_trips(tmp_path):
+    config = IndRNNConfig(hidden_size=8, dense_growth_rate=2)
+    assert config.dense_block_config == [8, 6, 4]  # the authors' default
+    assert config.num_hidden_layers == 1 + 2 * 18 + 3
+    assert len(config.layer_types) == config.num_hidden_layers
+    config.save_pretrained(tmp_path)
+    loaded = IndRNNConfig.from_pretrained(tmp_path)
+    assert (loaded.num_hidden_layers, loaded.dense_block_config) == (40, [8, 6, 4])

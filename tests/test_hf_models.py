@@ -326,14 +326,20 @@ def _count_layer_runs(model) -> list:
     return runs
 
 
-@pytest.mark.parametrize("case", ["sequence_classification", "causal_lm", "continuous"])
+@pytest.mark.parametrize("case", ["sequence_classification", "causal_lm", "continuous",
+                                  "norm_after_dropout_last", "dense"])
 def test_gradient_checkpointing_per_layer_same_gradients(case):
     ids, mask = padded_batch(random_tokens([6, 9, 4]), "right")
     overrides = dict(num_hidden_layers=3, dropout=0.3)  # dropout: the recomputation's RNG
+    if case == "norm_after_dropout_last":
+        overrides.update(norm="batch", norm_position="after", dropout_last=0.4)
+    if case == "dense":  # first, growth, transition: 3 layers, the growth one concatenates
+        overrides.update(dense_growth_rate=4, dense_block_config=[1], dense_bottleneck=0,
+                         norm="batch", norm_position="after")
     if case == "causal_lm":
         model = tiny_model(IndRNNForCausalLM, **overrides)
         inputs = {"input_ids": ids, "labels": ids}
-    elif case == "continuous":
+    elif case in ("continuous", "norm_after_dropout_last", "dense"):
         model = tiny_model(IndRNNForSequenceClassification, input_size=3, num_labels=1,
                            **overrides)
         inputs = {"inputs_embeds": torch.randn(3, 9, 3), "labels": torch.randn(3)}
@@ -389,12 +395,14 @@ def test_gradient_checkpointing_with_a_cache_updates_it_once():
         assert torch.equal(plain, checkpointed)
 
 
+@pytest.mark.parametrize("position", ["before", "after"])
 @pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
-def test_gradient_checkpointing_updates_batch_norm_statistics_once(padded):
+def test_gradient_checkpointing_updates_batch_norm_statistics_once(padded, position):
     """The recomputation in backward must not move the running statistics a second time."""
     ids, mask = padded_batch(random_tokens([6, 9, 4] if padded else [9, 9, 9]), "right")
     labels = torch.tensor([0, 1, 2])
-    models = [tiny_model(IndRNNForSequenceClassification, norm="batch").train() for _ in "ab"]
+    models = [tiny_model(IndRNNForSequenceClassification, norm="batch",
+                         norm_position=position).train() for _ in "ab"]
     models[1].activation_checkpointing_enable()
     for model in models:
         for _ in range(2):
@@ -429,6 +437,10 @@ def test_registration_on_import():
 
 DEEP_OPTIONS = [
     {"norm": "batch", "dropout": 0.1},
+    {"norm": "batch", "norm_position": "after", "dropout_last": 0.2},
+    {"norm": "layer", "norm_position": "after", "bidirectional": True},
+    {"dense_growth_rate": 4, "dense_block_config": [2, 1], "dense_bottleneck": 2, "norm": "batch",
+     "norm_position": "after", "bidirectional": True, "dropout": 0.1},
     {"norm": "layer", "residual": True, "num_hidden_layers": 3},
     {"norm": "batch", "bidirectional": True, "residual": True, "num_hidden_layers": 3},
 ]
@@ -595,3 +607,35 @@ def test_cache_params_is_an_alias_of_cache():
                                          "cache_params"):
         model(input_ids=ids, cache=IndRNNCache(model.config),
               cache_params=IndRNNCache(model.config))
+
+
+def test_dropout_last_replaces_the_heads_dropout():
+    """dropout_last drops the last layer's output once per sequence inside the base model; the
+    heads then drop nothing more. Unset, the heads drop with `dropout` as before."""
+    assert tiny_model(IndRNNForCausalLM, dropout=0.3).dropout.p == 0.3
+    model = tiny_model(IndRNNForCausalLM, dropout=0.3, dropout_last=0.5)
+    assert model.dropout.p == 0.0 and model.model.rnn.dropout_last == 0.5
+    base = tiny_model(IndRNNModel, dropout_last=0.5)
+    ids = torch.randint(3, VOCAB, (4, 6))
+    plain = base(input_ids=ids).last_hidden_state
+    dropped = base.train()(input_ids=ids).last_hidden_state
+    kept = (dropped != 0).any(1, keepdim=True)  # one mask per sequence and feature
+    torch.testing.assert_close(dropped, 2.0 * plain * kept)
+    assert ((plain != 0).any(1, keepdim=True) & ~kept).any()
+
+
+def test_dense_models_hidden_states_and_cached_generation_steps():
+    """A dense causal LM: one hidden state per IndRNN layer, and feeding a sequence in two
+    calls through the cache gives the logits of one call."""
+    model = tiny_model(IndRNNForCausalLM, dense_growth_rate=3, dense_block_config=[1, 1],
+                       dense_bottleneck=2, embedding_size=5, tie_word_embeddings=True)
+    rnn = model.model.rnn
+    assert model.config.num_hidden_layers == rnn.num_layers == 7
+    assert rnn.output_size == model.config.rnn_output_units == 5
+    ids = torch.randint(3, VOCAB, (2, 7))
+    out = model(input_ids=ids, output_hidden_states=True)
+    # embeddings; first 12; bottleneck 6; growth 12 + 3; transition 7; 6; 7 + 3; transition 5
+    assert [h.shape[-1] for h in out.hidden_states] == [5, 12, 6, 15, 7, 6, 10, 5]
+    first = model(input_ids=ids[:, :4], use_cache=True)
+    rest = model(input_ids=ids[:, 4:], cache=cache_of(first), use_cache=True)
+    torch.testing.assert_close(torch.cat([first.logits, rest.logits], 1), out.logits)

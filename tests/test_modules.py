@@ -24,10 +24,26 @@ F64 = dict(dtype=torch.float64)
 # ----------------------------------------------------------------------------------------------
 
 
+def _reference_norm(rnn: IndRNN, k: int, x, m):
+    """Layer k's norm of (T, B, F) features x, real steps m, with boolean indexing."""
+    norm = rnn.norms[k]
+    if rnn.norm == "batch":
+        if rnn.training:
+            real = x[m] if m is not None else x.reshape(-1, x.shape[-1])
+            mean, var = real.mean(0), real.var(0, unbiased=False)
+        else:
+            mean, var = norm.running_mean, norm.running_var
+    else:
+        mean = x.mean(-1, keepdim=True)
+        var = x.var(-1, unbiased=False, keepdim=True)
+    y = (x - mean) / torch.sqrt(var + norm.eps) * norm.weight
+    return y if norm.bias is None else y + norm.bias
+
+
 def reference_forward(rnn: IndRNN, x, hx=None, mask=None, output_layers=False):
     """What ``rnn(x, hx, mask, output_layers=...)`` computes, in plain PyTorch (dropout: eval
     mode only)."""
-    assert not (rnn.training and rnn.dropout > 0)
+    assert not (rnn.training and (rnn.dropout > 0 or rnn.dropout_last > 0))
     bf = rnn.batch_first
     inp = x.transpose(0, 1) if bf else x
     m = None if mask is None else (mask.t() if bf else mask) != 0
@@ -39,19 +55,8 @@ def reference_forward(rnn: IndRNN, x, hx=None, mask=None, output_layers=False):
             if k >= 2:
                 pre = pre + stream
             stream = pre
-        if rnn.norm == "batch":
-            bn = rnn.norms[k]
-            if rnn.training:
-                real = pre[m] if m is not None else pre.reshape(-1, pre.shape[-1])
-                mean, var = real.mean(0), real.var(0, unbiased=False)
-            else:
-                mean, var = bn.running_mean, bn.running_var
-            pre = (pre - mean) / torch.sqrt(var + bn.eps) * bn.weight
-        elif rnn.norm == "layer":
-            ln = rnn.norms[k]
-            mean = pre.mean(-1, keepdim=True)
-            var = pre.var(-1, unbiased=False, keepdim=True)
-            pre = (pre - mean) / torch.sqrt(var + ln.eps) * ln.weight
+        if rnn.norm is not None and rnn.norm_position == "before":
+            pre = _reference_norm(rnn, k, pre, m)
         u, b = getattr(rnn, f"weight_hh_l{k}"), getattr(rnn, f"bias_l{k}")
         outs = []
         for d in range(D):
@@ -65,6 +70,8 @@ def reference_forward(rnn: IndRNN, x, hx=None, mask=None, output_layers=False):
             outs.append(o)
             h_ns.append(h)
         inp = torch.cat(outs, -1)
+        if rnn.norm is not None and rnn.norm_position == "after":
+            inp = _reference_norm(rnn, k, inp, m)
         layers.append(inp.transpose(0, 1) if bf else inp)
     if output_layers:
         return layers[-1], torch.stack(h_ns), tuple(layers)
@@ -168,6 +175,25 @@ PARITY_CASES = {
     "residual_no_norm": (dict(num_layers=3, residual=True), dict(mask="right")),
     "dropout_eval": (
         dict(num_layers=3, dropout=0.5, bidirectional=True), dict(eval=True, mask="right")
+    ),
+    "batch_norm_after_train_mask": (
+        dict(num_layers=2, norm="batch", norm_position="after", bidirectional=True),
+        dict(mask="left"),
+    ),
+    "batch_norm_after_eval_batch_first_hx": (
+        dict(num_layers=2, norm="batch", norm_position="after", batch_first=True),
+        dict(eval=True, mask="right", hx=True),
+    ),
+    "batch_norm_after_no_bias": (
+        dict(num_layers=2, norm="batch", norm_position="after", bias=False), dict(mask="right")
+    ),
+    "layer_norm_after_residual": (
+        dict(num_layers=3, norm="layer", norm_position="after", residual=True),
+        dict(mask="right"),
+    ),
+    "dropout_last_eval": (
+        dict(num_layers=2, dropout=0.3, dropout_last=0.5, norm="batch",
+             norm_position="after"), dict(eval=True, mask="right")
     ),
 }
 
@@ -338,6 +364,22 @@ def test_functional_layer_matches_reference():
         torch.testing.assert_close(a, w)
 
 
+def test_functional_layer_norm_after_normalises_the_output_not_the_state():
+    x, mask = make_input(), padding_mask([T, 2, 5, 1], T)
+    w_ih, u = torch.randn(2 * H, IN, **F64), torch.empty(2 * H, **F64).uniform_(-0.5, 1.2)
+    norm = lambda y: (y - 1.0) * 2.0  # noqa: E731  (any function shows where it is applied)
+    out, h_n = indrnn_layer(x, w_ih, u, mask=mask, bidirectional=True, norm=norm,
+                            norm_position="after")
+    plain_out, plain_h_n = indrnn_layer(x, w_ih, u, mask=mask, bidirectional=True)
+    torch.testing.assert_close(out, norm(plain_out))
+    torch.testing.assert_close(h_n, plain_h_n)
+    before, _ = indrnn_layer(x, w_ih, u, mask=mask, bidirectional=True, norm=norm)
+    torch.testing.assert_close(before, indrnn_layer(x, w_ih * 2.0, u, -2.0 * torch.ones(2 * H,
+                               **F64), mask=mask, bidirectional=True)[0])
+    with pytest.raises(ValueError, match="norm_position must be one of"):
+        indrnn_layer(x, w_ih, u, norm=norm, norm_position="inside")
+
+
 # ----------------------------------------------------------------------------------------------
 # Padding, streaming, the cell.
 # ----------------------------------------------------------------------------------------------
@@ -362,8 +404,10 @@ def test_padded_batch_equals_each_sequence_alone(left, batch_first):
         torch.testing.assert_close(h_n[:, i], h_i[:, 0], atol=1e-12, rtol=1e-10)
 
 
-def test_batch_statistics_ignore_padding():
-    rnn = randomise_(IndRNN(IN, H, num_layers=2, norm="batch", bidirectional=True, **F64))
+@pytest.mark.parametrize("position", ["before", "after"])
+def test_batch_statistics_ignore_padding(position):
+    rnn = randomise_(IndRNN(IN, H, num_layers=2, norm="batch", bidirectional=True,
+                            norm_position=position, **F64))
     mask = padding_mask([T, 2, 4, 1], T)
     x = make_input()
     garbage = torch.where(mask.unsqueeze(-1), x, torch.full_like(x, 1e3))
@@ -383,6 +427,21 @@ def test_batch_norm_running_statistics_over_real_steps(masked):
     x = make_input()
     rnn(x, mask=mask if masked else None)
     real = (x @ rnn.weight_ih_l0.t())[mask].detach()
+    torch.testing.assert_close(bn.running_mean, 0.1 * real.mean(0))
+    torch.testing.assert_close(bn.running_var, 0.9 + 0.1 * real.var(0, unbiased=True))
+
+
+def test_batch_norm_after_running_statistics_are_those_of_the_real_outputs():
+    rnn = randomise_(IndRNN(IN, H, norm="batch", norm_position="after", **F64))
+    bn = rnn.norms[0]
+    bn.running_mean.zero_()
+    bn.running_var.fill_(1.0)
+    mask = padding_mask([T, 2, 4, 1], T)
+    x = make_input()
+    rnn(x, mask=mask)
+    with torch.no_grad():
+        state, _ = indrnn_layer(x, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_l0, mask=mask)
+    real = state[mask]
     torch.testing.assert_close(bn.running_mean, 0.1 * real.mean(0))
     torch.testing.assert_close(bn.running_var, 0.9 + 0.1 * real.var(0, unbiased=True))
 
@@ -476,6 +535,28 @@ def test_dropout_mask_is_shared_over_time_and_only_in_training():
     torch.testing.assert_close(out_eval, reference_forward(rnn, x)[0])
 
 
+def test_dropout_last_drops_the_last_output_once_per_sequence_in_training_only():
+    # u = 0: each step depends on its own input only, so a constant input gives identical
+    # steps exactly when the last layer's dropout mask is shared by all steps.
+    rnn = randomise_(IndRNN(IN, 64, num_layers=2, dropout_last=0.5, **F64))
+    with torch.no_grad():
+        for k in range(2):
+            getattr(rnn, f"weight_hh_l{k}").zero_()
+        rnn.weight_ih_l1.zero_()
+        rnn.bias_l1.fill_(1.0)  # every output of the last layer is 1 without dropout
+    x = torch.randn(1, B, IN, **F64).expand(T, B, IN)
+    out_train, _, layers = rnn(x, output_layers=True)
+    torch.testing.assert_close(out_train, out_train[:1].expand_as(out_train), atol=0, rtol=0)
+    rnn.eval()
+    out_eval, _ = rnn(x)
+    torch.testing.assert_close(out_eval, torch.ones_like(out_eval))
+    dropped = out_train == 0
+    assert 0.3 < dropped.double().mean() < 0.7
+    torch.testing.assert_close(out_train[~dropped], 2.0 * out_eval[~dropped])
+    assert layers[-1] is out_train
+    torch.testing.assert_close(out_eval, reference_forward(rnn, x)[0])
+
+
 def test_dropout_over_time_values():
     x = torch.rand(5, 8, 64, **F64) + 0.5
     y = dropout_over_time(x, 0.25, training=True)
@@ -536,15 +617,17 @@ def test_constrain_clamps_recurrent_weights_in_place():
 # ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("position", ["before", "after"])
 @pytest.mark.parametrize("use_reentrant", [True, False])
 @pytest.mark.parametrize("masked", [True, False])
-def test_activation_checkpointing_updates_batch_norm_statistics_once(use_reentrant, masked):
+def test_activation_checkpointing_updates_batch_norm_statistics_once(use_reentrant, masked,
+                                                                     position):
     """Under torch.utils.checkpoint (both kinds) the recomputation in backward gives the same
     gradients and leaves the running statistics as one forward left them."""
-    plain = randomise_(IndRNN(IN, H, num_layers=3, bidirectional=True, residual=True,
-                              norm="batch", recurrent_max_abs=1.1))
-    ckpt = IndRNN(IN, H, num_layers=3, bidirectional=True, residual=True, norm="batch",
-                  recurrent_max_abs=1.1)
+    kw = dict(num_layers=3, bidirectional=True, residual=True, norm="batch",
+              recurrent_max_abs=1.1, norm_position=position)
+    plain = randomise_(IndRNN(IN, H, **kw))
+    ckpt = IndRNN(IN, H, **kw)
     ckpt.load_state_dict(plain.state_dict())
     x = torch.randn(T, B, IN, requires_grad=True)  # the reentrant kind needs an input that does
     mask = padding_mask([T, 2, 5, 3], T) if masked else None
@@ -683,6 +766,9 @@ CONSTRUCTOR_ERRORS = [
     (dict(last_layer_recurrent_init="near_one"), ValueError, "recurrent_max_abs, which must"),
     (dict(input_weight_init="orthogonal"), ValueError, "input_weight_init must be one of"),
     (dict(norm="batch", norm_eps=0.0), ValueError, "norm_eps > 0"),
+    (dict(norm="batch", norm_position="middle"), ValueError,
+     r"norm_position must be one of \('before', 'after'\), got 'middle'"),
+    (dict(dropout_last=1.0), ValueError, r"dropout_last must be a probability in \[0, 1\)"),
 ]
 
 

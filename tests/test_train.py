@@ -284,6 +284,8 @@ def _exit_message(capsys, argv) -> tuple[int, str]:
         (["adding", "-T", "0"], "--seq-len must be >= 2, got 0"),
         (["mnist", "--seq-len", "100"], "--seq-len is fixed at 784"),
         (["adding", "--dropout", "1.5"], "--dropout must be in [0, 1)"),
+        (["adding", "--dropout-last", "1"], "--dropout-last must be in [0, 1)"),
+        (["adding", "--norm-position", "middle"], "--norm-position: invalid choice"),
         (["adding", "--batch-size", "0"], "--batch-size: must be a positive integer"),
         (["adding", "--residual", "--num-layers", "2"], "--residual needs an odd"),
         (["text", "--data", str(REPO / "README.md"), "--bidirectional"],
@@ -327,6 +329,18 @@ def test_defaults_follow_the_task_and_flags_override():
     assert args.hidden_size == 64 and args.recurrent_max_abs is None
     args = train.parse_args(["adding", "-T", "500", "--norm", "layer"])
     assert args.recurrent_max_abs == pytest.approx(2 ** (1 / 500)) and args.norm == "layer"
+
+
+def test_norm_position_follows_the_authors_script_of_each_task():
+    """bn_after in the authors' MNIST (and every other) script, bn_before in the LM's."""
+    assert train.parse_args(["mnist"]).norm_position == "after"
+    assert train.parse_args(["pmnist"]).norm_position == "after"
+    assert train.parse_args(["text", "--data", "x.txt"]).norm_position == "before"
+    args = train.parse_args(["mnist", "--norm-position", "before", "--dropout-last", "0.2"])
+    assert (args.norm_position, args.dropout_last) == ("before", 0.2)
+    config = train.build_config(args, data.TaskData(None, None, 784, input_size=1,
+                                                    num_labels=10))
+    assert (config.norm_position, config.dropout_last) == ("before", 0.2)
 
 
 def test_help_lists_every_flag_and_the_defaults(capsys):
@@ -571,22 +585,47 @@ def test_reproduce_adding_tiny_series_and_resume(tmp_path, capsys):
     assert "--learning-rate 0.0002 --lr-scheduler constant" in runs[0]["command"]
     assert (tmp_path / "adding_curves.png").read_bytes()[:4] == b"\x89PNG"
     table = (tmp_path / "adding_results.md").read_text()
-    assert "| 6 | 4 |" in table and table.rstrip().endswith("| yes | 5.0 |")
+    assert "| 6 | 4 |" in table and table.rstrip().endswith("| yes | 5.0 | 2.0 | 10.0 | yes |")
+    # The authors' recipe by default: MAG 2, gradient clamp 10, recurrent weights constrained.
+    assert "--recurrent-max-mag 2.0 --grad-clip-value 10.0" in runs[0]["command"]
+    assert "--no-constrain" not in runs[0]["command"] and runs[0]["constrain"]
     assert not (tmp_path / "models").exists()
 
 
-def test_reproduce_mnist_recipe_builds_the_paper_arguments(monkeypatch, mnist_dir, tmp_path):
+def test_reproduce_mnist_recipe_builds_the_authors_arguments(monkeypatch, mnist_dir, tmp_path):
     script = _load_script("reproduce_mnist")
     seen = []
     monkeypatch.setattr(script.train, "run", lambda args: seen.append(args) or {
         "final_metric": 50.0, "steps": args.max_steps, "train_seconds": 1.0, "device": "cpu"})
     script.main(["--tasks", "pmnist", "--data", str(mnist_dir), "--max-steps", "3",
                  "--out", str(tmp_path)])
-    (args,) = seen
-    assert (args.task, args.num_layers, args.hidden_size, args.norm) == ("pmnist", 6, 128, "batch")
-    assert (args.dropout, args.learning_rate, args.batch_size, args.seq_len) == (0.1, 2e-4, 32, 784)
-    assert args.recurrent_max_abs == pytest.approx(2 ** (1 / 784))
-    assert json.loads((tmp_path / "mnist_results.json").read_text())[0]["paper_error_%"] == 4.0
+    plain6, plain12, residual, dense = seen
+    for args in seen:  # the authors' recipe
+        assert (args.task, args.norm, args.norm_position) == ("pmnist", "batch", "after")
+        assert (args.learning_rate, args.batch_size, args.seq_len) == (2e-4, 32, 784)
+        assert args.recurrent_max_abs == pytest.approx(5 ** (1 / 784))
+        assert (args.grad_clip_value, args.weight_decay, args.no_constrain) == (10.0, 1e-4, False)
+        assert args.last_layer_init_near_one
+    assert (plain6.num_layers, plain6.hidden_size, plain6.dropout) == (6, 128, 0.1)
+    assert plain12.num_layers == 12 and residual.residual and residual.num_layers == 11
+    assert (dense.dense_growth_rate, dense.dense_blocks, dense.dense_bottleneck) == (16, [8, 6, 4],
+                                                                                   4)
+    assert (dense.hidden_size, dense.num_layers, dense.dropout, dense.dropout_last) == (
+        96, 40, 0.2, 0.1)
+    rows = json.loads((tmp_path / "mnist_results.json").read_text())
+    assert [r["paper_error_%"] for r in rows] == [4.0, 3.16, 2.98, 2.8]
+
+
+def test_reproduce_mnist_dry_run_prints_settings_and_trains_every_configuration(capsys):
+    rows = _load_script("reproduce_mnist").main(["--dry-run", "--tasks", "pmnist"])
+    out = capsys.readouterr().out
+    assert [(r["config"], r["steps"]) for r in rows] == [
+        ("plain6", 2), ("plain12", 2), ("residual", 2), ("dense", 2)]
+    assert "40 IndRNN layers" in rows[-1]["model"]
+    for setting in ("norm_position             after", "recurrent_max_mag         5.0",
+                    "grad_clip_value           10.0", "weight_decay              0.0001",
+                    "dense_blocks              [8, 6, 4]", "max_steps                 150000"):
+        assert setting in out, setting
 
 
 def test_cli_without_matplotlib_still_saves_everything_else(tmp_path, capsys, monkeypatch):
@@ -870,3 +909,74 @@ def test_ctrl_c_outside_the_training_loop_exits_130_without_a_traceback(tmp_path
     monkeypatch.setattr(train, "run", interrupted)
     assert train.main(["adding", "--output-dir", str(tmp_path / "out")]) == 130
     assert capsys.readouterr().err.strip() == "indrnn-train: interrupted"
+
+
+# ---------------------------------------------------------------------------- the authors' recipe
+
+
+def test_recipe_defaults_follow_the_authors_scripts():
+    """MAG 2 (adding, text) or 5 (MNIST) as r = MAG^(1/T); gradients clamped to +-10; weight
+    decay 1e-4 except for the adding problem; recurrent weights clamped after each step."""
+    for argv, mag, decay in ((["adding", "-T", "500"], 2.0, 0.0), (["mnist"], 5.0, 1e-4),
+                             (["pmnist"], 5.0, 1e-4), (["text", "--data", "x.txt"], 2.0, 1e-4)):
+        args = train.parse_args(argv)
+        assert args.recurrent_max_abs == pytest.approx(mag ** (1 / args.seq_len))
+        assert (args.recurrent_max_mag, args.weight_decay) == (mag, decay)
+        assert args.grad_clip_value == 10.0 and args.max_grad_norm == 0.0
+        assert not args.no_constrain
+    args = train.parse_args(["adding", "-T", "100", "--recurrent-max-mag", "3",
+                             "--grad-clip-value", "0", "--weight-decay", "0.01", "--no-constrain"])
+    assert args.recurrent_max_abs == pytest.approx(3 ** (1 / 100))
+    assert (args.grad_clip_value, args.weight_decay, args.no_constrain) == (0.0, 0.01, True)
+    assert train.recipe_callbacks(args) == []
+    assert train.parse_args(["adding", "--recurrent-max-abs", "1.5"]).recurrent_max_abs == 1.5
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["adding", "--recurrent-max-mag", "2", "--recurrent-max-abs", "1.1"], "both give the clip"),
+    (["adding", "--recurrent-max-mag", "0"], "--recurrent-max-mag must be > 0, got 0.0"),
+    (["adding", "--grad-clip-value", "-1"], "--grad-clip-value must be >= 0, got -1.0"),
+    (["adding", "--weight-decay=-1e-4"], "--weight-decay must be >= 0, got -0.0001"),
+    (["adding", "--max-grad-norm", "-1"], "--max-grad-norm must be >= 0, got -1.0"),
+    (["adding", "--residual", "--num-layers", "3", "--dense-growth-rate", "4"],
+     "--residual and --dense-growth-rate exclude each other"),
+])
+def test_recipe_flag_errors(capsys, argv, message):
+    code, err = _exit_message(capsys, argv)
+    assert code == 2 and message in err
+
+
+def test_optimizer_is_adam_with_l2_decay_except_recurrent_weights_and_biases(tmp_path):
+    args = train.parse_args(["mnist", "--hidden-size", "4", "--num-layers", "2",
+                             "--dropout-last", "0.1", "--output-dir", str(tmp_path)])
+    task = data.TaskData(None, None, 784, input_size=1, num_labels=10)
+    model = train.auto_class("mnist").from_config(train.build_config(args, task))
+    trainer = train.guarded_trainer(
+        train.RunGuard(), callbacks=train.recipe_callbacks(args), model=model,
+        args=train.training_arguments(args), eval_dataset=datasets.Dataset.from_dict({"x": [0]}),
+        optimizer_cls_and_kwargs=(torch.optim.Adam, {"lr": args.learning_rate}))
+    optimizer = trainer.create_optimizer()
+    assert type(optimizer) is torch.optim.Adam
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = {g["weight_decay"]: sorted(names[id(p)] for p in g["params"])
+              for g in optimizer.param_groups}
+    assert set(groups) == {1e-4, 0.0}
+    assert all("weight_hh" in n or "bias" in n for n in groups[0.0])
+    assert {"model.rnn.weight_hh_l0", "model.rnn.bias_l1", "model.rnn.norms.0.bias",
+            "classifier.bias"} <= set(groups[0.0])
+    assert {"model.rnn.weight_ih_l0", "model.rnn.norms.1.weight",
+            "classifier.weight"} <= set(groups[1e-4])
+    kinds = {type(c).__name__ for c in trainer.callback_handler.callbacks}
+    assert {"ClampGradientsCallback", "ConstrainRecurrentWeightsCallback"} <= kinds
+
+
+def test_dense_flags_build_a_dense_model():
+    args = train.parse_args(["mnist", "--hidden-size", "6", "--dense-growth-rate", "2",
+                             "--dense-blocks", "2", "1", "--dense-bottleneck", "0"])
+    config = train.build_config(args, data.TaskData(None, None, 784, input_size=1,
+                                                    num_labels=10))
+    assert (config.dense_growth_rate, config.dense_block_config) == (2, [2, 1])
+    assert config.num_hidden_layers == 1 + 3 + 2
+    model = train.auto_class("mnist").from_config(config)
+    assert type(model.model.rnn).__name__ == "DenseIndRNN"
+    assert model.model.rnn.norm_position == "after"

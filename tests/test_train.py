@@ -331,11 +331,15 @@ def test_defaults_follow_the_task_and_flags_override():
     assert args.recurrent_max_abs == pytest.approx(2 ** (1 / 500)) and args.norm == "layer"
 
 
-def test_norm_position_follows_the_authors_script_of_each_task():
+def test_norm_position_follows_the_authors_script_of_each_task(tmp_path):
     """bn_after in the authors' MNIST (and every other) script, bn_before in the LM's."""
     assert train.parse_args(["mnist"]).norm_position == "after"
     assert train.parse_args(["pmnist"]).norm_position == "after"
-    assert train.parse_args(["text", "--data", "x.txt"]).norm_position == "before"
+    text = tmp_path / "x.txt"
+    text.write_bytes(b"some text")
+    for preset in ("cpu", "paper"):
+        args = train.parse_args(["text", "--data", str(text), "--preset", preset])
+        assert args.norm_position == "before"
     args = train.parse_args(["mnist", "--norm-position", "before", "--dropout-last", "0.2"])
     assert (args.norm_position, args.dropout_last) == ("before", 0.2)
     config = train.build_config(args, data.TaskData(None, None, 784, input_size=1,
@@ -914,11 +918,14 @@ def test_ctrl_c_outside_the_training_loop_exits_130_without_a_traceback(tmp_path
 # ---------------------------------------------------------------------------- the authors' recipe
 
 
-def test_recipe_defaults_follow_the_authors_scripts():
+def test_recipe_defaults_follow_the_authors_scripts(tmp_path):
     """MAG 2 (adding, text) or 5 (MNIST) as r = MAG^(1/T); gradients clamped to +-10; weight
     decay 1e-4 except for the adding problem; recurrent weights clamped after each step."""
+    text = tmp_path / "x.txt"
+    text.write_bytes(b"some text")
     for argv, mag, decay in ((["adding", "-T", "500"], 2.0, 0.0), (["mnist"], 5.0, 1e-4),
-                             (["pmnist"], 5.0, 1e-4), (["text", "--data", "x.txt"], 2.0, 1e-4)):
+                             (["pmnist"], 5.0, 1e-4), (["text", "--data", str(text)], 2.0, 1e-4),
+                             (["text", "--data", str(text), "--preset", "paper"], 2.0, 1e-4)):
         args = train.parse_args(argv)
         assert args.recurrent_max_abs == pytest.approx(mag ** (1 / args.seq_len))
         assert (args.recurrent_max_mag, args.weight_decay) == (mag, decay)

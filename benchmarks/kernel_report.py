@@ -96,12 +96,14 @@ def missing_tools() -> list[str]:
 def _kernels() -> dict:
     """name -> (the @triton.heuristics/@triton.autotune wrapper, a function building its args)."""
     from indrnn_triton import kernels
+    from indrnn_triton.kernels import fused_linear as fl
     from indrnn_triton.kernels import sequential as tk
 
     if kernels.INTERPRET:
         _refuse_interpreter()
         raise RuntimeError("indrnn_triton.kernels was imported with TRITON_INTERPRET=1")
-    return {"fwd": (tk._indrnn_fwd_kernel, _fwd_args), "bwd": (tk._indrnn_bwd_kernel, _bwd_args)}
+    return {"fwd": (tk._indrnn_fwd_kernel, _fwd_args), "bwd": (tk._indrnn_bwd_kernel, _bwd_args),
+            "fused": (fl._fused_linear_fwd_kernel, _fused_args)}
 
 
 def _common_args(f: dict) -> dict:
@@ -122,6 +124,18 @@ def _fwd_args(dtype: str, f: dict) -> dict:
         _common_args(f),
         p_pre=Ptr(dtype), p_b=Ptr("float32"), p_out=Ptr(dtype), p_hn=Ptr("float32"),
         s_pre_t=B * H, s_pre_b=H, s_pre_h=1, s_out_t=B * H, s_out_b=H, s_out_h=1,
+    )
+
+
+def _fused_args(dtype: str, f: dict) -> dict:
+    """The fused projection + recurrence kernel, x (T, B, K) and W (H, K) contiguous, K = H;
+    float32 with TF32 tensor cores (torch.backends.cuda.matmul.allow_tf32 = True)."""
+    return dict(
+        _common_args(f), K=H,
+        p_x=Ptr(dtype), p_w=Ptr(dtype), p_b=Ptr("float32"), p_out=Ptr(dtype),
+        p_hn=Ptr("float32"),
+        s_x_t=B * H, s_x_b=H, s_x_i=1, s_w_h=H, s_w_i=1, s_out_t=B * H, s_out_b=H, s_out_h=1,
+        PRECISION="tf32" if dtype == "float32" else "ieee",
     )
 
 
@@ -232,6 +246,13 @@ def ptx_memory_ops(ptx: str) -> dict:
     )
 
 
+def tensor_core_ops(ptx: str) -> dict:
+    """Tensor-core instructions in PTX text: warp-level ``mma.sync`` (sm_80) and warpgroup
+    ``wgmma.mma_async`` (sm_90)."""
+    return dict(mma_sync=len(re.findall(r"\bmma\.sync\b", ptx)),
+                wgmma=len(re.findall(r"\bwgmma\.mma_async\b", ptx)))
+
+
 def cubin_resources(cubin: bytes) -> dict:
     """REG, STACK, LOCAL, SHARED of the cubin's one function, from cuobjdump."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
@@ -335,6 +356,7 @@ def compile_one(kernel: str, arch: int, dtype: str, flags: str, config: dict) ->
         **spills,
         shared_dynamic=int(compiled.metadata.shared),
         **ptx_memory_ops(compiled.asm["ptx"]),
+        **tensor_core_ops(compiled.asm["ptx"]),
     )
 
 
@@ -417,7 +439,7 @@ def format_table(rows: list[dict]) -> str:
     """Markdown table, one row per compiled variant."""
     head = ["kernel", "arch", "dtype", "flags", "config", "warps", "stages", "regs",
             "spill st/ld B", "smem B", "global loads", "global stores", "loop loads", "loop stores",
-            "loop smem ops/barriers"]
+            "loop smem ops/barriers", "mma/wgmma"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [
@@ -426,7 +448,7 @@ def format_table(rows: list[dict]) -> str:
             f"{r['spill_store_bytes']}/{r['spill_load_bytes']}",
             max(r["shared_dynamic"], r["shared_static"]), _widths(r["ld_global"]),
             _widths(r["st_global"]), _widths(r["loop_ld_global"]), _widths(r["loop_st_global"]),
-            f"{r['loop_shared_ops']}/{r['loop_barriers']}",
+            f"{r['loop_shared_ops']}/{r['loop_barriers']}", f"{r['mma_sync']}/{r['wgmma']}",
         ]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
@@ -447,7 +469,10 @@ def summary(rows: list[dict]) -> str:
                 f"{k} {a}: {len(sel)} variants, registers {min(regs)}-{max(regs)}, "
                 f"max spill stores {max(r['spill_store_bytes'] for r in sel)} B, time-loop global "
                 f"load widths {lds} bits, store widths {sts} bits, time-loop barriers up to "
-                f"{max(r['loop_barriers'] for r in sel)}"
+                f"{max(r['loop_barriers'] for r in sel)}, tensor-core instructions "
+                f"(mma.sync/wgmma) "
+                f"{min(r['mma_sync'] for r in sel)}-{max(r['mma_sync'] for r in sel)}/"
+                f"{min(r['wgmma'] for r in sel)}-{max(r['wgmma'] for r in sel)}"
             )
     return "\n".join(out)
 

@@ -258,6 +258,7 @@ def _fused_linear_fwd_kernel(
             CLIP_MIN, REVERSE, HAS_BIAS, HAS_H0, HAS_MASK, ACC_F64, PRECISION, BLOCK_B, BLOCK_H,
             BLOCK_K, CT, 0)
 
+
 def triton_forward(
     x: Tensor,
     weight_ih: Tensor,

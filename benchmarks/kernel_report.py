@@ -42,7 +42,8 @@ from pathlib import Path
 
 ARCHS = (80, 90)
 DTYPES = ("float32", "float16", "bfloat16")
-CONFIG_SETS = ("all", "representative")
+CONFIG_SETS = ("all", "representative", "largest")
+KERNELS = ("fwd", "bwd", "fused")
 
 # Shape the specialisation is taken from: a contiguous (T, B, H) launch; H and B multiples of 16
 # as in any real model, so pointers and outer strides carry tt.divisibility=16.
@@ -363,7 +364,8 @@ def compile_one(kernel: str, arch: int, dtype: str, flags: str, config: dict) ->
 def kernel_configs(kernel: str, which: str = "all") -> list[dict]:
     """The autotune configs of a kernel as plain dicts. ``representative``: the largest tile, the
     tallest (most batch rows) and the deepest (most steps in flight: the product of the other
-    integer parameters, e.g. CHUNK, and num_stages), the ones that need most registers."""
+    integer parameters, e.g. CHUNK, and num_stages), the ones that need most registers.
+    ``largest``: the first of those only."""
     if which not in CONFIG_SETS:
         raise ValueError(f"which must be one of {CONFIG_SETS}, got {which!r}")
     _, _, configs = _unwrap(_kernels()[kernel][0])
@@ -386,15 +388,20 @@ def kernel_configs(kernel: str, which: str = "all") -> list[dict]:
         max(rows, key=lambda r: (r["kwargs"]["BLOCK_B"], size(r), depth(r))),
         max(rows, key=lambda r: (depth(r), size(r))),
     ]
+    if which == "largest":
+        return picks[:1]
     return [r for i, r in enumerate(picks) if r not in picks[:i]]
 
 
 def report(
     archs=ARCHS, dtypes=DTYPES, flag_sets=tuple(FLAG_SETS), configs: str = "all", jobs: int = 1,
-    progress: bool = False,
+    progress: bool = False, kernels=KERNELS,
 ) -> list[dict]:
     """Compile every (kernel, arch, dtype, flag set, config) and return one row per variant."""
     _refuse_interpreter()
+    for k in kernels:
+        if k not in KERNELS:
+            raise ValueError(f"kernels must be among {KERNELS}, got {k!r}")
     for a in archs:
         if a not in ARCHS:
             raise ValueError(f"archs must be among {ARCHS}, got {a!r}")
@@ -408,7 +415,7 @@ def report(
         raise RuntimeError(f"Triton's NVIDIA backend tools are missing: {missing_tools()}")
     tasks = [
         (k, a, d, f, c)
-        for k in _kernels()
+        for k in kernels
         for c in kernel_configs(k, configs)
         for a in archs
         for d in dtypes
@@ -483,12 +490,15 @@ def main(argv=None) -> int:
     p.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=DTYPES)
     p.add_argument("--flags", nargs="+", default=list(FLAG_SETS), choices=list(FLAG_SETS))
     p.add_argument("--configs", default="all", choices=CONFIG_SETS)
+    p.add_argument("--kernels", nargs="+", default=list(KERNELS), choices=KERNELS,
+                   help="fwd/bwd: the recurrence kernels; fused: projection + recurrence")
     p.add_argument("--jobs", type=int, default=1, help="compile in this many processes")
     p.add_argument("--json", type=Path, help="also write the rows as JSON to this path")
     p.add_argument("--md", type=Path, help="also write the table and summary to this path")
     args = p.parse_args(argv)
     try:
-        rows = report(args.archs, args.dtypes, args.flags, args.configs, args.jobs, progress=True)
+        rows = report(args.archs, args.dtypes, args.flags, args.configs, args.jobs, progress=True,
+                      kernels=args.kernels)
     except RuntimeError as e:
         print(f"kernel_report: {e}", file=sys.stderr)
         return 2

@@ -225,8 +225,8 @@ def fused_indrnn_linear(
         rounded to it before the recurrence, unlike the unfused path); ``h_n`` (B, H) in
         float32 (float64 for float64 inputs).
 
-    On a GPU the recurrence runs as a scan over chunks of up to 32 steps, which needs the
-    product of 32 clipped weights to stay finite: |clip(u)| < 16 (see
+    On a GPU the recurrence runs as a scan over chunks of 16 steps, which needs the product of
+    16 clipped weights to stay finite: |clip(u)| < 256 (see
     :mod:`indrnn_triton.kernels.fused_linear`); the papers' clip 2^(1/T) is far inside.
 
     Example:

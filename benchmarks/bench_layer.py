@@ -2,11 +2,15 @@
 
 Every model has input size = hidden size = H, 1 or 2 layers, time-major input (T, B, H). One
 timed call runs the forward and the backward to the input and every parameter
-(``torch.autograd.grad`` against a random output gradient). On a GPU the torch layers run
-cuDNN. ``indrnn_speedup`` is a model's time over IndRNN's in the same run and configuration.
+(``torch.autograd.grad`` against a random output gradient), or with ``--forward-only`` the
+forward under ``torch.no_grad``. On a GPU the torch layers run cuDNN. ``indrnn_speedup`` is a
+model's time over IndRNN's in the same run and configuration. ``indrnn_fused`` is the same
+IndRNN with the input projection fused into the recurrence kernel (``fused_projection=True``).
 
     PYTHONPATH=. python benchmarks/bench_layer.py --quick      # CPU, a couple of minutes
     PYTHONPATH=. python benchmarks/bench_layer.py              # GPU grid on CUDA
+    PYTHONPATH=. python benchmarks/bench_layer.py --grid fused --layers 1 --dtypes float32 \
+        bfloat16 --models indrnn_fused rnn_relu gru lstm [--forward-only]   # issue 11 targets
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 from torch import nn
 
 from benchmarks.common import (
+    FusedIndRNN,
     add_common_args,
     bench,
     environment,
@@ -35,6 +40,7 @@ from indrnn_triton import IndRNN
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 MODELS = {
     "indrnn": lambda H, L: IndRNN(H, H, num_layers=L),
+    "indrnn_fused": lambda H, L: FusedIndRNN(IndRNN(H, H, num_layers=L)),
     "rnn_relu": lambda H, L: nn.RNN(H, H, num_layers=L, nonlinearity="relu"),
     "gru": lambda H, L: nn.GRU(H, H, num_layers=L),
     "lstm": lambda H, L: nn.LSTM(H, H, num_layers=L),
@@ -48,10 +54,14 @@ GRIDS = {
     "gpu": dict(T_sweep=T_SWEEP, BH=(64, 512), T=1024,
                 BH_sweep=((16, 512), (64, 512), (256, 512), (128, 1024)),
                 budget_s=0.2),
+    # The fused projection's targets (issue 11): B = 64, T = 1024, I = H = 512, and where it
+    # may lose (few rows per W tile, short T).
+    "fused": dict(T_sweep=(256, 1024), BH=(64, 512), T=1024, BH_sweep=((16, 512), (256, 512)),
+                  budget_s=0.2),
 }
 
 
-def run_case(B, T, H, layers, dtype, device, budget_s, models) -> list[dict]:
+def run_case(B, T, H, layers, dtype, device, budget_s, models, forward_only=False) -> list[dict]:
     dt = DTYPES[dtype]
     torch.manual_seed(0)
     x = torch.randn(T, B, H, dtype=dt, device=device, requires_grad=True)
@@ -62,6 +72,9 @@ def run_case(B, T, H, layers, dtype, device, budget_s, models) -> list[dict]:
         inputs = (x, *model.parameters())
 
         def step(model=model, inputs=inputs):
+            if forward_only:
+                with torch.no_grad():
+                    return model(x)
             return torch.autograd.grad(model(x)[0], inputs, g)
 
         ms = bench(step, device, budget_s=budget_s)
@@ -69,7 +82,8 @@ def run_case(B, T, H, layers, dtype, device, budget_s, models) -> list[dict]:
         peak = peak_bytes(step, device)
         saved = saved_bytes(lambda model=model: model(x))
         rows.append(dict(
-            dtype=dtype, layers=layers, B=B, T=T, H=H, BxH=B * H, model=name, ms=ms,
+            dtype=dtype, layers=layers, B=B, T=T, H=H, BxH=B * H, model=name,
+            timed="forward" if forward_only else "forward+backward", ms=ms,
             indrnn_speedup=None if base_ms is None or name == "indrnn" else ms / base_ms,
             saved_MB=saved / 2**20, peak_MB=peak / 2**20,
         ))
@@ -88,8 +102,8 @@ def headline(rows: list[dict]) -> list[str]:
     return lines
 
 
-COLUMNS = ["dtype", "layers", "B", "T", "H", "model", "ms", "indrnn_speedup", "saved_MB",
-           "peak_MB"]
+COLUMNS = ["dtype", "layers", "B", "T", "H", "model", "timed", "ms", "indrnn_speedup",
+           "saved_MB", "peak_MB"]
 
 
 def main(argv=None) -> int:
@@ -99,12 +113,18 @@ def main(argv=None) -> int:
     p.add_argument("--dtypes", nargs="+", choices=DTYPES, default=["float32"],
                    help="model and input dtype (the whole model is converted)")
     p.add_argument("--layers", nargs="+", type=int, default=[1, 2])
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--models", nargs="+", default=[m for m in MODELS if m != "indrnn_fused"],
+                   choices=list(MODELS))
+    p.add_argument("--grid", choices=list(GRIDS), help="shape grid (default: quick with "
+                   "--quick, else gpu on CUDA, cpu on CPU)")
+    p.add_argument("--forward-only", action="store_true",
+                   help="time the forward under torch.no_grad instead of forward+backward")
     args = p.parse_args(argv)
     if any(n < 1 for n in args.layers):
         raise ValueError(f"--layers must be >= 1, got {args.layers}")
     device = setup(args)
-    grid = GRIDS["quick" if args.quick else "gpu" if device.type == "cuda" else "cpu"]
+    grid = GRIDS[args.grid or ("quick" if args.quick else "gpu" if device.type == "cuda"
+                               else "cpu")]
     models = ["indrnn", *[m for m in args.models if m != "indrnn"]]
     out = results_dir(device, args.out)
 
@@ -114,9 +134,9 @@ def main(argv=None) -> int:
     env = environment(device)
     for L in args.layers:  # first-call costs (imports, op registration) land outside the figures
         for d in args.dtypes:
-            run_case(16, 4, grid["BH"][1], L, d, device, 0.01, models)
+            run_case(16, 4, grid["BH"][1], L, d, device, 0.01, models, args.forward_only)
     for B, T, H, L, d in progress(cases, "bench_layer"):
-        rows += run_case(B, T, H, L, d, device, grid["budget_s"], models)
+        rows += run_case(B, T, H, L, d, device, grid["budget_s"], models, args.forward_only)
         # Rewritten after every case, so a run cut short by a time limit keeps what it measured.
         md = write_results(out, "bench_layer", rows, COLUMNS, env, notes=[
             "indrnn_speedup = the model's time / IndRNN's time, same run and configuration; "

@@ -1,5 +1,9 @@
 """Peak memory of an IndRNN forward pass (training mode, graph kept for backward) vs nn.RNN(relu).
 
+Also the forward under ``torch.no_grad`` (``grad=False`` rows), where ``indrnn_fused`` (the
+input projection inside the recurrence kernel, ``fused_projection=True``) allocates no
+(T, B, H) pre buffer: on a GPU its peak is the layers' outputs alone.
+
 For each model: ``peak`` is the most tensor memory alive at once during the forward, above what
 existed before it (input and parameters); ``kept`` is what is still alive after the forward (the
 output and everything autograd saved for backward). Both are also given in units of one
@@ -18,6 +22,7 @@ outputs; its other scratch is (B, H)). CUDA: ``torch.cuda.max_memory_allocated``
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import weakref
@@ -28,6 +33,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from benchmarks.common import FusedIndRNN
 from indrnn_triton import IndRNN
 
 MIB = 2**20
@@ -62,8 +68,14 @@ class TensorMemory(TorchDispatchMode):
         return result
 
 
-def measure(model: nn.Module, x: torch.Tensor) -> dict:
-    """Peak and kept bytes of ``model(x)`` with autograd recording, above the starting point."""
+def measure(model: nn.Module, x: torch.Tensor, grad: bool = True) -> dict:
+    """Peak and kept bytes of ``model(x)`` (autograd recording when ``grad``), above the
+    starting point."""
+    with torch.set_grad_enabled(grad):
+        return _measure(model, x)
+
+
+def _measure(model: nn.Module, x: torch.Tensor) -> dict:
     if x.device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -97,23 +109,25 @@ def main() -> None:
     for bidirectional in (False, True):
         D = 2 if bidirectional else 1
         unit = T * B * D * H * x.element_size() / MIB
+        indrnn = IndRNN(In, H, num_layers=L, bidirectional=bidirectional,
+                        recurrent_max_abs=2 ** (1 / T))
         models = {
-            "indrnn": IndRNN(In, H, num_layers=L, bidirectional=bidirectional,
-                             recurrent_max_abs=2 ** (1 / T)),
+            "indrnn": indrnn,
+            "indrnn_fused": FusedIndRNN(indrnn),
             "rnn_relu": nn.RNN(In, H, num_layers=L, bidirectional=bidirectional,
                                nonlinearity="relu"),
         }
-        for name, model in models.items():
+        for (name, model), grad in itertools.product(models.items(), (True, False)):
             model.to(device)
-            measure(model, x)  # warm-up: lazy initialisation is not the forward's memory
-            row = dict(model=name, bidirectional=bidirectional, unit_mib=unit,
-                       **measure(model, x))
+            measure(model, x, grad)  # warm-up: lazy initialisation is not the forward's memory
+            row = dict(model=name, bidirectional=bidirectional, grad=grad, unit_mib=unit,
+                       **measure(model, x, grad))
             row["peak_units"] = row["peak_mib"] / unit
             row["kept_units"] = row["kept_mib"] / unit
             rows.append(row)
-            print(f"{name:9s} D={D}  peak {row['peak_mib']:8.1f} MiB ({row['peak_units']:.2f} u)"
-                  f"  kept {row['kept_mib']:8.1f} MiB ({row['kept_units']:.2f} u)"
-                  f"  unit {unit:.1f} MiB")
+            print(f"{name:12s} D={D} grad={grad!s:5s}  peak {row['peak_mib']:8.1f} MiB "
+                  f"({row['peak_units']:.2f} u)  kept {row['kept_mib']:8.1f} MiB "
+                  f"({row['kept_units']:.2f} u)  unit {unit:.1f} MiB")
     result = dict(
         shape=dict(T=T, B=B, input_size=In, hidden_size=H, num_layers=L, dtype="float32"),
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else

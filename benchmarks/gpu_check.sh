@@ -4,7 +4,7 @@
 #   benchmarks/gpu_check.sh [OUT_DIR]        (default: $OUT, else benchmarks/results/gpu-check)
 #
 # Run from the repository root; the project need not be installed (PYTHONPATH=. is set). Every
-# step has a `timeout`, the whole run stays under 8 minutes, and a step that fails or times out
+# step has a `timeout`, the whole run stays under 11 minutes, and a step that fails or times out
 # does not stop the next one; the benchmarks rewrite their results after every case, so a step
 # cut short keeps what it measured. summary.txt lists each step's exit status and time.
 set -u
@@ -45,7 +45,7 @@ cat "$OUT_DIR/environment.txt"
 
 # 1. Resource report for every config (compiled in parallel; it also fills Triton's cache with
 #    the kernels the autotuner will launch below, the same cache keys).
-step kernel_report 60 "$PY" benchmarks/kernel_report.py --jobs 16 \
+step kernel_report 90 "$PY" benchmarks/kernel_report.py --jobs 16 \
     --json "$OUT_DIR/kernel_report.json" --md "$OUT_DIR/kernel_report.md"
 
 # 2. CUDA tests: kernels vs the float64 reference, every dtype and flag, NaN-poisoned buffers,
@@ -59,6 +59,18 @@ step bench_op 170 "$PY" benchmarks/bench_op.py --preset gpu --threads 0 --out "$
 
 # 4. The layer: IndRNN vs cuDNN nn.RNN(relu), GRU, LSTM, 1 and 2 layers, T 256..4096.
 step bench_layer 80 "$PY" benchmarks/bench_layer.py --threads 0 --out "$OUT_DIR"
+
+# 5. The fused projection (issue 11): one layer, bf16 and fp32, B=64 T=1024 I=H=512 (and where
+#    it may lose), unfused IndRNN vs fused vs cuDNN; forward alone, then forward+backward.
+step bench_fused_fwd 60 "$PY" benchmarks/bench_layer.py --threads 0 --grid fused --layers 1 \
+    --dtypes float32 bfloat16 --models indrnn_fused rnn_relu gru lstm --forward-only \
+    --no-plots --out "$OUT_DIR/fused_fwd"
+step bench_fused 60 "$PY" benchmarks/bench_layer.py --threads 0 --grid fused --layers 1 \
+    --dtypes float32 bfloat16 --models indrnn_fused rnn_relu gru lstm --no-plots \
+    --out "$OUT_DIR/fused"
+
+# 6. Peak memory, training and no_grad: the fused layer allocates no (T, B, H) pre buffer.
+step bench_memory 30 "$PY" benchmarks/bench_memory.py --out "$OUT_DIR/memory.json"
 
 echo "total $((SECONDS - START))s" | tee -a "$OUT_DIR/summary.txt"
 cat "$OUT_DIR/summary.txt"

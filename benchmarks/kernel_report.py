@@ -42,7 +42,8 @@ from pathlib import Path
 
 ARCHS = (80, 90)
 DTYPES = ("float32", "float16", "bfloat16")
-CONFIG_SETS = ("all", "representative")
+CONFIG_SETS = ("all", "representative", "largest")
+KERNELS = ("fwd", "bwd", "fused")
 
 # Shape the specialisation is taken from: a contiguous (T, B, H) launch; H and B multiples of 16
 # as in any real model, so pointers and outer strides carry tt.divisibility=16.
@@ -97,6 +98,7 @@ def _kernels() -> dict:
     """name -> (the @triton.heuristics/@triton.autotune wrapper, a function building its args)."""
     from indrnn_triton import kernels
     from indrnn_triton.kernels import chunked as ck
+    from indrnn_triton.kernels import fused_linear as fl
     from indrnn_triton.kernels import sequential as tk
 
     if kernels.INTERPRET:
@@ -111,6 +113,8 @@ def _kernels() -> dict:
         "chunk_bwd_maps": (ck._bwd_maps_kernel, _chunk_args(_bwd_args)),
         "chunk_bwd_carry": (ck._bwd_carry_kernel, _chunk_args(_bwd_args)),
         "chunk_bwd_steps": (ck._bwd_steps_kernel, _chunk_args(_bwd_args)),
+        # The projection fused with the recurrence (kernels/fused_linear.py).
+        "fused": (fl._fused_linear_fwd_kernel, _fused_args),
     }
 
 
@@ -132,6 +136,18 @@ def _fwd_args(dtype: str, f: dict) -> dict:
         _common_args(f),
         p_pre=Ptr(dtype), p_b=Ptr("float32"), p_out=Ptr(dtype), p_hn=Ptr("float32"),
         s_pre_t=B * H, s_pre_b=H, s_pre_h=1, s_out_t=B * H, s_out_b=H, s_out_h=1,
+    )
+
+
+def _fused_args(dtype: str, f: dict) -> dict:
+    """The fused projection + recurrence kernel, x (T, B, K) and W (H, K) contiguous, K = H;
+    float32 with TF32 tensor cores (torch.backends.cuda.matmul.allow_tf32 = True)."""
+    return dict(
+        _common_args(f), K=H,
+        p_x=Ptr(dtype), p_w=Ptr(dtype), p_b=Ptr("float32"), p_out=Ptr(dtype),
+        p_hn=Ptr("float32"),
+        s_x_t=B * H, s_x_b=H, s_x_i=1, s_w_h=H, s_w_i=1, s_out_t=B * H, s_out_b=H, s_out_h=1,
+        PRECISION="tf32" if dtype == "float32" else "ieee",
     )
 
 
@@ -260,6 +276,13 @@ def ptx_memory_ops(ptx: str) -> dict:
     )
 
 
+def tensor_core_ops(ptx: str) -> dict:
+    """Tensor-core instructions in PTX text: warp-level ``mma.sync`` (sm_80) and warpgroup
+    ``wgmma.mma_async`` (sm_90)."""
+    return dict(mma_sync=len(re.findall(r"\bmma\.sync\b", ptx)),
+                wgmma=len(re.findall(r"\bwgmma\.mma_async\b", ptx)))
+
+
 def cubin_resources(cubin: bytes) -> dict:
     """REG, STACK, LOCAL, SHARED of the cubin's one function, from cuobjdump."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
@@ -363,13 +386,15 @@ def compile_one(kernel: str, arch: int, dtype: str, flags: str, config: dict) ->
         **spills,
         shared_dynamic=int(compiled.metadata.shared),
         **ptx_memory_ops(compiled.asm["ptx"]),
+        **tensor_core_ops(compiled.asm["ptx"]),
     )
 
 
 def kernel_configs(kernel: str, which: str = "all") -> list[dict]:
     """The autotune configs of a kernel as plain dicts. ``representative``: the largest tile, the
     tallest (most batch rows) and the deepest (most steps in flight: the product of the other
-    integer parameters, e.g. CHUNK, and num_stages), the ones that need most registers."""
+    integer parameters, e.g. CHUNK, and num_stages), the ones that need most registers.
+    ``largest``: the first of those only."""
     if which not in CONFIG_SETS:
         raise ValueError(f"which must be one of {CONFIG_SETS}, got {which!r}")
     _, _, configs = _unwrap(_kernels()[kernel][0])
@@ -397,15 +422,20 @@ def kernel_configs(kernel: str, which: str = "all") -> list[dict]:
         max(rows, key=lambda r: (r["kwargs"]["BLOCK_B"], size(r), depth(r))),
         max(rows, key=lambda r: (depth(r), size(r))),
     ]
+    if which == "largest":
+        return picks[:1]
     return [r for i, r in enumerate(picks) if r not in picks[:i]]
 
 
 def report(
     archs=ARCHS, dtypes=DTYPES, flag_sets=tuple(FLAG_SETS), configs: str = "all", jobs: int = 1,
-    progress: bool = False,
+    progress: bool = False, kernels=KERNELS,
 ) -> list[dict]:
     """Compile every (kernel, arch, dtype, flag set, config) and return one row per variant."""
     _refuse_interpreter()
+    for k in kernels:
+        if k not in KERNELS:
+            raise ValueError(f"kernels must be among {KERNELS}, got {k!r}")
     for a in archs:
         if a not in ARCHS:
             raise ValueError(f"archs must be among {ARCHS}, got {a!r}")
@@ -419,7 +449,7 @@ def report(
         raise RuntimeError(f"Triton's NVIDIA backend tools are missing: {missing_tools()}")
     tasks = [
         (k, a, d, f, c)
-        for k in _kernels()
+        for k in kernels
         for c in kernel_configs(k, configs)
         for a in archs
         for d in dtypes
@@ -450,7 +480,7 @@ def format_table(rows: list[dict]) -> str:
     """Markdown table, one row per compiled variant."""
     head = ["kernel", "arch", "dtype", "flags", "config", "warps", "stages", "regs",
             "spill st/ld B", "smem B", "global loads", "global stores", "loop loads", "loop stores",
-            "loop smem ops/barriers"]
+            "loop smem ops/barriers", "mma/wgmma"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [
@@ -459,7 +489,7 @@ def format_table(rows: list[dict]) -> str:
             f"{r['spill_store_bytes']}/{r['spill_load_bytes']}",
             max(r["shared_dynamic"], r["shared_static"]), _widths(r["ld_global"]),
             _widths(r["st_global"]), _widths(r["loop_ld_global"]), _widths(r["loop_st_global"]),
-            f"{r['loop_shared_ops']}/{r['loop_barriers']}",
+            f"{r['loop_shared_ops']}/{r['loop_barriers']}", f"{r['mma_sync']}/{r['wgmma']}",
         ]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
@@ -480,7 +510,10 @@ def summary(rows: list[dict]) -> str:
                 f"{k} {a}: {len(sel)} variants, registers {min(regs)}-{max(regs)}, "
                 f"max spill stores {max(r['spill_store_bytes'] for r in sel)} B, time-loop global "
                 f"load widths {lds} bits, store widths {sts} bits, time-loop barriers up to "
-                f"{max(r['loop_barriers'] for r in sel)}"
+                f"{max(r['loop_barriers'] for r in sel)}, tensor-core instructions "
+                f"(mma.sync/wgmma) "
+                f"{min(r['mma_sync'] for r in sel)}-{max(r['mma_sync'] for r in sel)}/"
+                f"{min(r['wgmma'] for r in sel)}-{max(r['wgmma'] for r in sel)}"
             )
     return "\n".join(out)
 
@@ -491,12 +524,15 @@ def main(argv=None) -> int:
     p.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=DTYPES)
     p.add_argument("--flags", nargs="+", default=list(FLAG_SETS), choices=list(FLAG_SETS))
     p.add_argument("--configs", default="all", choices=CONFIG_SETS)
+    p.add_argument("--kernels", nargs="+", default=list(KERNELS), choices=KERNELS,
+                   help="fwd/bwd: the recurrence kernels; fused: projection + recurrence")
     p.add_argument("--jobs", type=int, default=1, help="compile in this many processes")
     p.add_argument("--json", type=Path, help="also write the rows as JSON to this path")
     p.add_argument("--md", type=Path, help="also write the table and summary to this path")
     args = p.parse_args(argv)
     try:
-        rows = report(args.archs, args.dtypes, args.flags, args.configs, args.jobs, progress=True)
+        rows = report(args.archs, args.dtypes, args.flags, args.configs, args.jobs, progress=True,
+                      kernels=args.kernels)
     except RuntimeError as e:
         print(f"kernel_report: {e}", file=sys.stderr)
         return 2

@@ -5,7 +5,9 @@
   and write the two halves of one preallocated (T, B, 2H) output: no flip, no concatenation, no
   copy of a (T, B, H) tensor, forwards or backwards (the op's two-direction form).
 - :func:`indrnn_layer` is one whole layer: one GEMM for all steps and both directions, an
-  optional normalisation of the pre-activations, then the recurrence (bias added in the kernel).
+  optional normalisation of the pre-activations, then the recurrence (bias added in the kernel);
+  or, without a norm, the projection fused into the recurrence kernel
+  (:func:`indrnn_triton.fused_indrnn_linear`), chosen by :func:`use_fused_projection`.
 - :func:`batch_norm_over_steps` is batch normalisation whose statistics cover real steps only.
 - :func:`dropout_over_time` is dropout with one mask shared by all time steps.
 """
@@ -19,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .fused_linear import _linear_forward_op, fused_indrnn_linear, prepare
 from .op import _forward_op, _tbh, _validate, fused_indrnn
 
 # ----------------------------------------------------------------------------------------------
@@ -99,6 +102,28 @@ def indrnn_recurrence(
                        method)
 
 
+def use_fused_projection(fused_projection: bool | None, device: torch.device,
+                         dtype: torch.dtype, *, has_norm: bool) -> bool:
+    """Whether :func:`indrnn_layer` runs the projection inside the recurrence kernel.
+
+    ``fused_projection`` True or False forces the choice (True with a norm is an error: a norm
+    between the GEMM and the recurrence needs pre in memory). None picks: today always the
+    unfused path (one cuBLAS GEMM, then the recurrence kernel), on every device and dtype,
+    because the fused kernel has not yet been measured on a GPU; on CPU the fused op is the
+    GEMM and the recurrence anyway. Revisit with benchmarks/bench_layer.py on a GPU.
+    """
+    if fused_projection is not None and not isinstance(fused_projection, bool):
+        raise TypeError(f"fused_projection must be True, False or None, got {fused_projection!r}")
+    if fused_projection and has_norm:
+        raise ValueError(
+            "fused_projection=True cannot apply norm: a norm of the pre-activations needs them "
+            "in memory; pass norm=None or fused_projection=False/None"
+        )
+    if fused_projection is not None:
+        return fused_projection
+    return False
+
+
 def indrnn_layer(
     x: Tensor,
     weight_ih: Tensor,
@@ -114,6 +139,7 @@ def indrnn_layer(
     norm: Callable[[Tensor], Tensor] | None = None,
     norm_position: str = "before",
     method: str = "auto",
+    fused_projection: bool | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One IndRNN layer: h_t = relu(norm(W x_t) + b + clip(u) * h_{t-1}), both directions
     (or, with ``norm_position="after"``, output_t = norm(h_t) with h_t = relu(W x_t + b +
@@ -133,6 +159,10 @@ def indrnn_layer(
         norm_position: ``"before"``: ``norm`` takes the pre-activations ``W x`` and the
             recurrence runs on its result; ``"after"``: the recurrence runs on ``W x`` and
             ``norm`` takes its output (the recurrence's state, h_n, is not normalised).
+        fused_projection: True runs ``W x`` inside the recurrence kernel
+            (:func:`indrnn_triton.fused_indrnn_linear`, both directions in one launch: pre is
+            never stored), False the GEMM then the recurrence, None lets
+            :func:`use_fused_projection` choose (today: unfused). Not with ``norm``.
 
     Returns:
         ``(output, h_n)``: output (T, B, D*H) or (B, T, D*H); h_n (D, B, H) float32.
@@ -162,6 +192,19 @@ def indrnn_layer(
             f"{tuple(weight_ih.shape)}, got {tuple(weight_hh.shape)}"
         )
     check_norm_position(norm_position)
+    if use_fused_projection(fused_projection, x.device, x.dtype, has_norm=norm is not None):
+        if bidirectional:
+            x, weight_ih, r_max, r_min = prepare(x, weight_ih, weight_hh, bias, h0, mask,
+                                                 recurrent_max_abs, recurrent_min_abs, False,
+                                                 batch_first, True)
+            return _linear_forward_op(x, weight_ih, weight_hh, bias, h0, mask, r_max, r_min,
+                                      False, batch_first, True)
+        out, h_n = fused_indrnn_linear(x, weight_ih, weight_hh, bias,
+                                       None if h0 is None else h0[0],
+                                       recurrent_max_abs=recurrent_max_abs,
+                                       recurrent_min_abs=recurrent_min_abs, mask=mask,
+                                       batch_first=batch_first)
+        return out, h_n.unsqueeze(0)
     pre = F.linear(padding_free_input(x, mask), weight_ih)
     if norm is not None and norm_position == "before":
         pre = norm(pre)

@@ -17,7 +17,7 @@ triton = pytest.importorskip("triton", reason="Triton is not installed")
 TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 
 
-def test_kernels_compile_for_sm80_sm90_without_spills(tmp_path):
+def _compile_report(tmp_path, *args) -> list[dict]:
     missing = [str(TOOLS / n) for n in ("ptxas", "cuobjdump") if not (TOOLS / n).is_file()]
     if missing:
         pytest.skip(f"Triton's NVIDIA backend tools are missing: {missing}")
@@ -25,14 +25,27 @@ def test_kernels_compile_for_sm80_sm90_without_spills(tmp_path):
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     out = tmp_path / "report.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "kernel_report.py"),
-         "--configs", "representative", "--flags", "plain", "bidir", "--json", str(out)],
+        [sys.executable, str(ROOT / "benchmarks" / "kernel_report.py"), *args,
+         "--flags", "plain", "bidir", "--json", str(out)],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    rows = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def _spills(rows: list[dict]) -> list[str]:
+    return [
+        f"{r['kernel']} {r['arch']} {r['dtype']} flags={r['flags']} {r['config']} "
+        f"warps={r['num_warps']}: {r['registers']} registers, {r['spill_store_bytes']} B spill "
+        f"stores, {r['spill_load_bytes']} B spill loads"
+        for r in rows if r["spill_store_bytes"] or r["spill_load_bytes"]
+    ]
+
+
+def test_kernels_compile_for_sm80_sm90_without_spills(tmp_path):
     kernels = ("fwd", "bwd", "chunk_fwd_maps", "chunk_fwd_carry", "chunk_fwd_steps",
                "chunk_bwd_maps", "chunk_bwd_carry", "chunk_bwd_steps")
+    rows = _compile_report(tmp_path, "--kernels", *kernels, "--configs", "representative")
     for kernel in kernels:
         for arch in ("sm_80", "sm_90"):
             for dtype in ("float32", "float16", "bfloat16"):
@@ -50,12 +63,23 @@ def test_kernels_compile_for_sm80_sm90_without_spills(tmp_path):
         assert max(map(int, r["loop_ld_global"])) >= 64, r
         if r["kernel"] in ("fwd", "bwd") or r["kernel"].endswith("_steps"):
             assert max(map(int, r["loop_st_global"])) >= 64, r
-    spilling = [
-        f"{r['kernel']} {r['arch']} {r['dtype']} flags={r['flags']} {r['config']} "
-        f"warps={r['num_warps']}: {r['registers']} registers, {r['spill_store_bytes']} B spill "
-        f"stores, {r['spill_load_bytes']} B spill loads"
-        for r in rows if r["spill_store_bytes"] or r["spill_load_bytes"]
-    ]
+    spilling = _spills(rows)
+    assert not spilling, "register spills:\n" + "\n".join(spilling)
+
+
+def test_fused_kernel_compiles_with_tensor_cores_without_spills(tmp_path):
+    """The projection + recurrence kernel, its largest tile (the most registers), every dtype,
+    the common flags and every feature in a bidirectional launch: tensor-core instructions in
+    the PTX (mma.sync; wgmma where Triton picks it for sm_90), no spills. The full config list
+    compiles in benchmarks/kernel_report.py (gpu_check.sh)."""
+    rows = _compile_report(tmp_path, "--kernels", "fused", "--configs", "largest")
+    got = {(r["arch"], r["dtype"], r["flags"]) for r in rows}
+    assert got == {(a, d, f) for a in ("sm_80", "sm_90") for d in ("float32", "float16",
+                   "bfloat16") for f in ("plain", "bidir")}
+    for r in rows:
+        assert r["kernel"] == "fused" and r["ptxas_registers"] == r["registers"] > 0, r
+        assert r["mma_sync"] + r["wgmma"] > 0, r
+    spilling = _spills(rows)
     assert not spilling, "register spills:\n" + "\n".join(spilling)
 
 

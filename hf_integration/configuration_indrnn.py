@@ -12,6 +12,7 @@ from transformers import PreTrainedConfig
 
 _NORMS = (None, "batch", "layer")
 _NORM_POSITIONS = ("before", "after")
+_METHODS = ("auto", "sequential", "chunked")  # indrnn_triton.op.METHODS
 _POOLINGS = ("last", "mean")
 _INPUT_WEIGHT_INITS = ("kaiming_uniform", "xavier_uniform", "rnn_uniform")
 
@@ -58,6 +59,12 @@ class IndRNNConfig(PreTrainedConfig):
             language model); `"after"`: of each layer's output, after the recurrence, with a
             shift of its own (the authors' sequential-MNIST and action-recognition networks).
             The default keeps the meaning of configs saved before this option existed.
+        method (`str`, defaults to `"auto"`):
+            Which recurrence kernels run on a GPU: `"auto"`, `"sequential"` or `"chunked"`
+            (the time-parallel scan for small batches of long sequences); no effect on results.
+        fused_projection (`bool`, *optional*):
+            `True` computes each layer's input projection inside the recurrence kernel (needs
+            `norm=None` and `residual=False`), `False` never, `None` lets the library choose.
         residual (`bool`, defaults to `False`):
             The Deep IndRNN paper's residual network; needs an odd `num_hidden_layers` >= 3
             (an input layer, then blocks of two layers).
@@ -120,6 +127,8 @@ class IndRNNConfig(PreTrainedConfig):
     recurrent_min_abs: float = 0.0
     norm: str | None = None
     norm_position: str = "before"
+    method: str = "auto"
+    fused_projection: bool | None = None
     residual: bool = False
     dense_growth_rate: int | None = None
     dense_block_config: list[int] | None = None
@@ -214,6 +223,11 @@ class IndRNNConfig(PreTrainedConfig):
         for name, value in probabilities.items():
             if not 0.0 <= _check_real(name, value) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value}")
+        if self.method not in _METHODS:
+            raise ValueError(f"method must be one of {_METHODS}, got {self.method!r}")
+        if self.fused_projection is not None and not isinstance(self.fused_projection, bool):
+            raise ValueError(f"fused_projection must be true, false or null, got "
+                             f"{self.fused_projection!r}")
         if self.norm_position not in _NORM_POSITIONS:
             raise ValueError(
                 f"norm_position must be one of {_NORM_POSITIONS}, got {self.norm_position!r}"

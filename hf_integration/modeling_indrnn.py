@@ -198,6 +198,8 @@ class IndRNNModel(IndRNNPreTrainedModel):
             norm=config.norm,
             norm_position=config.norm_position,
             dropout_last=config.dropout_last or 0.0,
+            method=config.method,
+            fused_projection=config.fused_projection,
             recurrent_init=_pair(config.recurrent_init),
             last_layer_recurrent_init=_pair(config.last_layer_recurrent_init),
             input_weight_init=config.input_weight_init,

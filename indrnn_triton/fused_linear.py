@@ -36,7 +36,7 @@ def _forward_impl_linear(x, weight_ih, weight_hh, bias, h0, mask, r_max, r_min, 
                          batch_first, bidirectional, use_triton):
     if not use_triton:
         return _forward_impl(F.linear(x, weight_ih), weight_hh, bias, h0, mask, r_max, r_min,
-                             reverse, batch_first, bidirectional, use_triton=False)
+                             reverse, batch_first, bidirectional, "auto", use_triton=False)
     if _kernel is None:
         raise RuntimeError(
             f"fused_indrnn_linear on {x.device} needs Triton, which is not installed "
@@ -185,8 +185,9 @@ def prepare(x, weight_ih, weight_hh, bias, h0, mask, recurrent_max_abs, recurren
         h0 = h0[0] if isinstance(h0, Tensor) else h0
     # A stand-in for pre (a broadcast scalar: no memory) carries the shapes to the checks.
     pre = x.new_empty(()).expand(*x.shape[:2], H)
+    # The method names the recurrence kernels of the unfused op: the fused kernel has one.
     r_max, r_min = _validate(pre, weight_hh, bias, h0, mask, recurrent_max_abs,
-                             recurrent_min_abs, reverse, batch_first)
+                             recurrent_min_abs, reverse, batch_first, "auto")
     return x, weight_ih, r_max, r_min
 
 

@@ -16,10 +16,12 @@ from .functional import (
     batch_norm_over_steps,
     check_norm_position,
     dropout_over_time,
+    indrnn_layer,
     indrnn_recurrence,
     padding_free_input,
+    use_fused_projection,
 )
-from .op import _check_real, check_clip, fused_indrnn
+from .op import _check_real, check_clip, check_method, fused_indrnn
 from .reference import clip_recurrent_weight
 
 _NORMS = (None, "batch", "layer")
@@ -277,6 +279,15 @@ class IndRNN(nn.Module):
         Biases (and norm shifts) start at 0, norm scales at 1.
         norm_momentum, norm_eps: of the batch / layer norm.
 
+    Keyword-only execution options (no effect on the maths):
+        method: ``"auto"`` (default), ``"sequential"`` or ``"chunked"``: which recurrence
+            kernels run on a GPU (see :func:`indrnn_triton.fused_indrnn`).
+        fused_projection: ``True`` runs each layer's projection inside the recurrence kernel
+            (:func:`indrnn_triton.fused_indrnn_linear`: pre never goes to memory; needs
+            ``norm=None`` and ``residual=False``), ``False`` the GEMM then the recurrence,
+            ``None`` (default) lets :func:`indrnn_triton.functional.use_fused_projection`
+            choose (today the unfused path, until measured on a GPU).
+
     Parameters (per layer k, both directions stacked, forward direction first):
         ``weight_ih_l{k}`` (D*H, I_k) with I_0 = input_size, I_k = D*H;
         ``weight_hh_l{k}`` (D*H,); ``bias_l{k}`` (D*H,) (None without ``bias``);
@@ -337,6 +348,8 @@ class IndRNN(nn.Module):
         norm_eps: float = 1e-5,
         norm_position: str = "before",
         dropout_last: float = 0.0,
+        method: str = "auto",
+        fused_projection: bool | None = None,
     ):
         super().__init__()
         self.input_size = _positive_int("input_size", input_size)
@@ -359,6 +372,14 @@ class IndRNN(nn.Module):
             raise ValueError(f"norm must be None, 'batch' or 'layer', got {norm!r}")
         self.norm = norm
         self.norm_position = check_norm_position(norm_position)
+        self.method = check_method(method)
+        if fused_projection is not None and not isinstance(fused_projection, bool):
+            raise TypeError(f"fused_projection must be True, False or None, got "
+                            f"{fused_projection!r}")
+        if fused_projection and (norm is not None or residual):
+            raise ValueError("fused_projection=True needs norm=None and residual=False: a norm "
+                             "or a residual shortcut of the pre-activations needs them in memory")
+        self.fused_projection = fused_projection
         if self.residual and (self.num_layers < 3 or self.num_layers % 2 == 0):
             raise ValueError(
                 "residual=True needs an odd num_layers >= 3 (one input layer, then residual "
@@ -595,19 +616,33 @@ class IndRNN(nn.Module):
                              "residual IndRNN adds it, got None")
         if k > 0:
             x = dropout_over_time(x, self.dropout, self.training, self.batch_first)
-        else:
-            # Later layers read outputs, which are finite at padding (the carried state).
-            x = padding_free_input(x, mask)
         weight_ih = getattr(self, f"weight_ih_l{k}")
-        if adds_shortcut:
-            # The shortcut is added by the GEMM itself: pre = pre_{k-2} + x W^T.
-            pre = torch.addmm(shortcut.flatten(0, 1), x.flatten(0, 1),
-                              weight_ih.t()).view(shortcut.shape)
+        if not adds_shortcut and use_fused_projection(
+            self.fused_projection, x.device, x.dtype,
+            has_norm=self.norms is not None or self.residual,
+        ):
+            # The projection inside the recurrence kernel: pre never goes to memory (the op
+            # keeps padding values out of the weight gradient itself).
+            out, h_n = indrnn_layer(
+                x, weight_ih, getattr(self, f"weight_hh_l{k}"), getattr(self, f"bias_l{k}"), h0,
+                recurrent_max_abs=self.recurrent_max_abs,
+                recurrent_min_abs=self.recurrent_min_abs, mask=mask,
+                batch_first=self.batch_first, bidirectional=self.bidirectional,
+                fused_projection=True,
+            )
         else:
-            pre = F.linear(x, weight_ih)
-        if self.residual and k % 2 == 0:
-            shortcut = pre
-        out, h_n = self._recurrence(k, pre, h0, mask)
+            if k == 0:
+                # Later layers read outputs, which are finite at padding (the carried state).
+                x = padding_free_input(x, mask)
+            if adds_shortcut:
+                # The shortcut is added by the GEMM itself: pre = pre_{k-2} + x W^T.
+                pre = torch.addmm(shortcut.flatten(0, 1), x.flatten(0, 1),
+                                  weight_ih.t()).view(shortcut.shape)
+            else:
+                pre = F.linear(x, weight_ih)
+            if self.residual and k % 2 == 0:
+                shortcut = pre
+            out, h_n = self._recurrence(k, pre, h0, mask)
         if k == self.num_layers - 1:
             out = dropout_over_time(out, self.dropout_last, self.training, self.batch_first)
         return out, h_n, shortcut
@@ -631,6 +666,7 @@ class IndRNN(nn.Module):
             pre, getattr(self, f"weight_hh_l{k}"), getattr(self, f"bias_l{k}"), h0,
             recurrent_max_abs=self.recurrent_max_abs, recurrent_min_abs=self.recurrent_min_abs,
             mask=mask, batch_first=self.batch_first, bidirectional=self.bidirectional,
+            method=self.method,
         )
         if norm is not None and self.norm_position == "after":
             out = norm(out, mask)
@@ -642,7 +678,8 @@ class IndRNN(nn.Module):
                               ("dropout", 0.0), ("bidirectional", False),
                               ("recurrent_max_abs", None), ("recurrent_min_abs", 0.0),
                               ("norm", None), ("residual", False), ("norm_position", "before"),
-                              ("dropout_last", 0.0)):
+                              ("dropout_last", 0.0), ("method", "auto"),
+                              ("fused_projection", None)):
             value = getattr(self, name)
             if value != default:
                 s += f", {name}={value!r}"
@@ -734,6 +771,9 @@ class DenseIndRNN(IndRNN):
                                 self.block_config, self.bottleneck)
         self.layer_kinds = tuple(kind for kind, _ in plan)
         self._plan = plan
+        if options.get("fused_projection"):
+            raise ValueError("fused_projection=True is not available for DenseIndRNN (its "
+                             "layers run the GEMM, then the recurrence)")
         super().__init__(input_size, hidden_size, len(plan), bias, batch_first, dropout,
                          bidirectional, recurrent_max_abs, recurrent_min_abs, norm, False,
                          device, dtype, **options)

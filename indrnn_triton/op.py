@@ -309,13 +309,19 @@ def _check_reverse_mode_only(*tensors) -> None:
         )
 
 
+def check_method(method) -> str:
+    """``method`` itself, or a ValueError naming the methods."""
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
+    return method
+
+
 def _validate(pre, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_min_abs, reverse,
               batch_first, method):
     for name, flag in (("reverse", reverse), ("batch_first", batch_first)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {flag!r}")
-    if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
+    check_method(method)
     _check_float_tensor("pre", pre, 3)
     layout = "(B, T, H)" if batch_first else "(T, B, H)"
     T, B, H = _tbh(pre, batch_first).shape

@@ -906,3 +906,41 @@ def test_output_at_padding_repeats_the_carried_state():
     # backward direction its initial state (zeros) until the first real step from the end.
     torch.testing.assert_close(fwd[3:, 1], fwd[2, 1].expand(T - 3, H), rtol=0, atol=0)
     torch.testing.assert_close(bwd[3:, 1], torch.zeros(T - 3, H, **F64), rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Execution options: the recurrence method and the fused projection change no result.
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_method_and_fused_projection_change_no_result(backend, bidirectional):
+    """IndRNN(method=...) reaches the op (the chunked kernels under the interpreter), and
+    fused_projection=True (the projection inside the kernel) equals the GEMM + recurrence."""
+    kw = dict(num_layers=2, bidirectional=bidirectional, recurrent_max_abs=1.1, batch_first=True)
+    plain = randomise_(IndRNN(IN, H, **kw))
+    x = torch.randn(B, T, IN, requires_grad=True)
+    mask = padding_mask([T, 2, 5, 3], T, batch_first=True)
+    g = torch.randn(B, T, (2 if bidirectional else 1) * H)
+    out, h_n = plain(x, mask=mask)
+    want = torch.autograd.grad((out * g).sum() + h_n.sum(), [x, *plain.parameters()])
+    for options in (dict(method="chunked"), dict(method="sequential"),
+                    dict(fused_projection=True)):
+        other = IndRNN(IN, H, **kw, **options)
+        other.load_state_dict(plain.state_dict())
+        o, hn = other(x, mask=mask)
+        torch.testing.assert_close(o, out, rtol=1e-5, atol=1e-5, msg=str(options))
+        torch.testing.assert_close(hn, h_n, rtol=1e-5, atol=1e-5, msg=str(options))
+        got = torch.autograd.grad((o * g).sum() + hn.sum(), [x, *other.parameters()])
+        for a, w in zip(got, want, strict=True):
+            torch.testing.assert_close(a, w, rtol=1e-4, atol=1e-5, msg=str(options))
+
+
+def test_execution_option_errors():
+    with pytest.raises(ValueError, match="method must be one of 'auto', 'sequential', 'chunked'"):
+        IndRNN(IN, H, method="parallel")
+    with pytest.raises(TypeError, match="fused_projection must be True, False or None"):
+        IndRNN(IN, H, fused_projection="yes")
+    with pytest.raises(ValueError, match="fused_projection=True needs norm=None"):
+        IndRNN(IN, H, norm="batch", fused_projection=True)
+    assert "method='chunked'" in repr(IndRNN(IN, H, method="chunked"))

@@ -6,7 +6,8 @@
 # Run from the repository root; the project need not be installed (PYTHONPATH=. is set). Every
 # step has a `timeout` (the limits sum to 530 s, under a 10-minute command limit), and a step
 # that fails or times out does not stop the next one; the benchmarks rewrite their results after
-# every case, so a step cut short keeps what it measured. summary.txt lists each step's exit status and time.
+# every case, so a step cut short keeps what it measured. summary.txt lists each step's exit
+# status and time.
 set -u
 
 OUT_DIR=${1:-${OUT:-benchmarks/results/gpu-check}}

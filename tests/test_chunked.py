@@ -90,16 +90,17 @@ def test_all_padding_chunks_rows_and_steps(chunked):
 def test_product_of_u_overflowing_a_chunk_falls_back_to_steps(chunked, monkeypatch):
     """|u| = 50 without a clip: over the first 32-step chunk (20 real steps, 12 of padding) the
     composed factors U and P are 50^20, while the recurrence stays bounded (h sits on the fixed
-    point h = 1 of h = relu(1 - u + u h), then is reset and alternates between 0.5 and 0).
-    Applying that map would cancel two ~1e34 terms into rounding noise; the carry passes must
-    walk the chunk step by step instead (forward and backward)."""
+    point h = 1 of h = relu(1 - u + u h) up to step 32, the first of the next chunk, which
+    depends on the carried state; then it is reset and alternates between 0.5 and 0).
+    Applying that map would cancel two ~1e34 terms into rounding noise (h = 0 instead of 1
+    entering step 32); the carry passes must walk the chunk step by step instead."""
     monkeypatch.setattr(chunked, "MIN_CHUNK", 32)
     T, B = 40, 2
     u = torch.tensor([50.0, -50.0, 0.5])
     steps = torch.arange(T)[:, None, None].expand(T, B, 3)
     fixed = (1 - u).expand(T, B, 3)
-    late = torch.where(steps % 2 == 0, torch.tensor(-100.0), torch.tensor(0.5))
-    pre = torch.where(steps < 20, fixed, late).contiguous()
+    late = torch.where(steps % 2 == 1, torch.tensor(-100.0), torch.tensor(0.5))
+    pre = torch.where(steps <= 32, fixed, late).contiguous()
     mask = (torch.arange(T) < 20) | (torch.arange(T) >= 32)
     mask = mask[:, None].expand(T, B)
     h0 = torch.ones(B, 3)

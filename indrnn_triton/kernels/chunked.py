@@ -57,6 +57,9 @@ else:
     # Each chunk writes 4 (forward) or 2 (backward) accumulation-dtype numbers per element for
     # L steps of input: at L >= 64 that is at most 1/16 of the traffic of one fp32 input.
     MIN_CHUNK = 64
+# Steps of loads in flight in the carry passes' step-by-step fallback: it runs only where a map
+# is unsafe, and deeper prefetch there made ptxas spill (bidirectional backward carry, sm_80).
+FALLBACK_CHUNK = tl.constexpr(2)
 # Programs per SM the chunk length aims for (latency hiding: many independent chains).
 PROGRAMS_PER_SM = 16
 
@@ -210,7 +213,7 @@ def _fwd_carry_body(p_pre, p_u, p_b, p_h0, p_mask, p_maps, p_states, T, B, H, NC
             else:
                 p_m = p_x
             b_h = fwd_walk(p_x, p_x, p_m, d_x, d_x, d_m, b_h, b_u, b_bias, tl.minimum(T - s0, L),
-                           o_b, m_b, m_bh, HAS_MASK, False, ACC, CHUNK)
+                           o_b, m_b, m_bh, HAS_MASK, False, ACC, FALLBACK_CHUNK)
         else:
             b_h = tl.minimum(tl.maximum(b_A + b_U * b_h, b_L, propagate_nan=tl.PropagateNan.ALL),
                              b_H, propagate_nan=tl.PropagateNan.ALL)
@@ -350,7 +353,7 @@ def _bwd_carry_body(p_out, p_h0, p_u, p_mask, p_dout, p_dhn, p_maps, p_states, T
             b_c, b_du_walk, b_db_walk = bwd_walk(p_h, p_g, p_m, p_h, d_o, d_g, d_m, b_h, b_c,
                                                  b_h0, b_u, b_zero, b_zero, n, s0 + n - 1, o_b,
                                                  m_b, m_bh, HAS_MASK, HAS_DOUT, False, ACC,
-                                                 CHUNK)
+                                                 FALLBACK_CHUNK)
         else:
             b_c = b_P * b_c + b_Q
         p_map -= i64(B) * H

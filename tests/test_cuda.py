@@ -162,7 +162,7 @@ def test_bidirectional_launch_matches_two_references(pinned, dtype):
     ref_out = torch.cat([o for o, _ in halves], -1)
     ref_hn = torch.stack([h for _, h in halves])
     tol = TOL[dtype]
-    assert _rel_err(out, ref_out) < tol and _rel_err(h_n, ref_hn) < tol
+    assert _rel_err(out.cpu(), ref_out) < tol and _rel_err(h_n.cpu(), ref_hn) < tol
     g_out = torch.randn(out.shape, device="cuda", generator=g)
     grads = torch.autograd.grad((out.float() * g_out).sum() + h_n.sum(), leaves)
     ref_grads = torch.autograd.grad((ref_out * g_out.double()).sum() + ref_hn.sum(), refs)
@@ -272,3 +272,47 @@ def test_hf_causal_lm_bf16_generation_on_cuda():
     assert out.logits.dtype == torch.bfloat16
     for layer in cache.layers:
         assert layer.recurrent_states[0].dtype == torch.float32
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("flags", ["plain", "all"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_fused_projection_kernel_matches_reference(monkeypatch, dtype, flags, bidirectional):
+    """fused_indrnn_linear compiled (the projection tile and the in-tile scan on tensor cores)
+    against F.linear + the float64 reference, outputs and all five gradients, awkward I, T, H."""
+    from indrnn_triton.functional import indrnn_layer
+
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    f = FLAGS[flags]
+    T, B, n_in, H = 70, 3, 17, 130
+    D = 2 if bidirectional else 1
+    g = torch.Generator(device="cuda").manual_seed(0)
+    bf = f.get("batch_first", False)
+    x = torch.randn((B, T, n_in) if bf else (T, B, n_in), device="cuda", generator=g).to(dtype)
+    w = (torch.randn(D * H, n_in, device="cuda", generator=g) * n_in ** -0.5).to(dtype)
+    u = torch.rand(D * H, device="cuda", generator=g) * 2.4 - 1.2
+    b = 0.1 * torch.randn(D * H, device="cuda", generator=g)
+    h0 = torch.rand(D, B, H, device="cuda", generator=g) if f.get("h0") else None
+    mask = None
+    if f.get("mask"):
+        mask = _mask(f["mask"], T, B, "cuda")
+        mask = mask.T.contiguous() if bf else mask
+    kw = dict(mask=mask, batch_first=bf, bidirectional=bidirectional,
+              recurrent_max_abs=1.0 if f.get("clip") else None,
+              recurrent_min_abs=0.1 if f.get("clip") else 0.0)
+    leaves = [t.requires_grad_() for t in (x, w, u, b) + ((h0,) if h0 is not None else ())]
+    out, h_n = indrnn_layer(*leaves[:4], h0, fused_projection=True, **kw)
+    # The reference: float64 on the CPU (F.linear, then the recurrence's CPU path).
+    ref = [t.detach().cpu().double().requires_grad_() for t in leaves]
+    ref_kw = dict(kw, mask=None if mask is None else mask.cpu())
+    ref_out, ref_hn = indrnn_layer(*ref[:4], ref[4] if h0 is not None else None,
+                                   fused_projection=False, **ref_kw)
+    tol = TOL[dtype]
+    assert _rel_err(out.cpu(), ref_out) < tol and _rel_err(h_n.cpu(), ref_hn) < tol
+    g_out = torch.randn(out.shape, device="cuda", generator=g)
+    grads = torch.autograd.grad((out.float() * g_out).sum() + h_n.sum(), leaves)
+    ref_grads = torch.autograd.grad((ref_out * g_out.cpu().double()).sum() + ref_hn.sum(), ref)
+    for name, a, r in zip(("x", "weight_ih", "weight_hh", "bias", "h0"), grads, ref_grads,
+                          strict=False):
+        assert torch.isfinite(a).all(), name
+        assert _rel_err(a.cpu(), r) < 2 * tol, name

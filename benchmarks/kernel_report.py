@@ -43,7 +43,8 @@ from pathlib import Path
 ARCHS = (80, 90)
 DTYPES = ("float32", "float16", "bfloat16")
 CONFIG_SETS = ("all", "representative", "largest")
-KERNELS = ("fwd", "bwd", "fused")
+KERNELS = ("fwd", "bwd", "chunk_fwd_maps", "chunk_fwd_carry", "chunk_fwd_steps", "chunk_bwd_maps",
+           "chunk_bwd_carry", "chunk_bwd_steps", "fused")
 
 # Shape the specialisation is taken from: a contiguous (T, B, H) launch; H and B multiples of 16
 # as in any real model, so pointers and outer strides carry tt.divisibility=16.

@@ -200,7 +200,12 @@ class IndRNNConfig(PreTrainedConfig):
         return self._dense_plan()[-1][1]
 
     def _dense_plan(self) -> list:
-        from indrnn_triton.modules import dense_layer_plan
+        # In a try block: transformers checks the imports of a remote-code file outside them,
+        # and the model file gives the message for a missing indrnn_triton.
+        try:
+            from indrnn_triton.modules import dense_layer_plan
+        except ModuleNotFoundError:
+            raise
 
         return dense_layer_plan(self.hidden_size, self.dense_growth_rate,
                                 self.dense_block_config, self.dense_bottleneck)

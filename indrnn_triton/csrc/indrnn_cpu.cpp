@@ -133,24 +133,26 @@ S* row(const View& v, int64_t d, int64_t H, int64_t t, int64_t b) {
          d * H * v.stride[2];
 }
 
-// u' = clamp(sign(u) max(|u|, m), -r, r), computed in double so that a bound above the dtype's
-// range clips nothing; keep = the gradient of u passes (torch's rules for where and clamp:
-// NaN u is not raised to m and is blocked by the clamp).
+// u' = clamp(sign(u) max(|u|, m), -r, r) in the accumulation type, the bounds rounded to it as
+// torch rounds a Python float compared with a float32 tensor (a weight equal to float32(r) is
+// kept; op.py turns a bound above the type's range into no bound). keep = the gradient of u
+// passes (torch's rules for where and clamp: NaN u is not raised to m, the clamp blocks it).
 template <class A>
 void clip_weights(const Params& p, int64_t d, A* u, A* keep) {
+  const A m = static_cast<A>(p.min_abs), r = static_cast<A>(p.max_abs);
   for (int64_t i = 0; i < p.H; ++i) {
-    double w = load(p.u, (d * p.H + i) * p.u.stride[0]);
-    double v = w;
+    const A w = static_cast<A>(load(p.u, (d * p.H + i) * p.u.stride[0]));
+    A v = w;
     bool pass = true;
-    if (p.min_abs > 0 && std::fabs(w) < p.min_abs) {
-      v = w > 0 ? p.min_abs : (w < 0 ? -p.min_abs : 0.0);
+    if (p.min_abs > 0 && std::fabs(w) < m) {
+      v = w > 0 ? m : (w < 0 ? -m : A(0));
       pass = false;
     }
     if (p.has_max) {
-      pass = pass && w >= -p.max_abs && w <= p.max_abs;
-      v = v > p.max_abs ? p.max_abs : (v < -p.max_abs ? -p.max_abs : v);
+      pass = pass && w >= -r && w <= r;
+      v = v > r ? r : (v < -r ? -r : v);
     }
-    u[i] = static_cast<A>(v);
+    u[i] = v;
     keep[i] = pass ? A(1) : A(0);
   }
 }

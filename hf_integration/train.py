@@ -493,6 +493,7 @@ def run(args) -> dict:
 
     if use_cpu(args) or not torch.cuda.is_available():
         torch.set_num_threads(args.cpu_threads)
+        torch.set_flush_denormal(not args.keep_denormals)
     if args.no_progress:  # also the bars of every checkpoint's "Writing model shards"
         transformers.utils.logging.disable_progress_bar()
     transformers.set_seed(args.seed)

@@ -33,12 +33,17 @@ def poison(monkeypatch):
     monkeypatch.setattr(alloc, "empty", nan_empty)
 
 
-@pytest.fixture(params=["torch", "compiled", "triton", "chunked"])
+@pytest.fixture(params=["torch", "compiled", "compiled-streaming", "triton", "chunked"])
 def backend(request, monkeypatch):
-    """Run the test on the torch CPU path, the compiled CPU path, the sequential Triton kernels
-    and the chunked ones (interpreted; "auto" then means the chunked method)."""
-    if request.param == "compiled" and op.cpu_compiled.library() is None:
+    """Run the test on the torch CPU path, the compiled CPU path (twice: as it runs, and with
+    every output written by its streaming stores, which it otherwise keeps for outputs of 8 MiB
+    and more), the sequential Triton kernels and the chunked ones (interpreted; "auto" then
+    means the chunked method)."""
+    compiled = request.param.startswith("compiled")
+    if compiled and op.cpu_compiled.library() is None:
         pytest.fail("the compiled CPU kernels did not build (see the warning)")
+    if request.param == "compiled-streaming":
+        monkeypatch.setattr(op.cpu_compiled, "STREAM_MIN_BYTES", 0)
     if request.param in ("triton", "chunked"):
         if op.kernels is None:
             pytest.fail("Triton kernels not importable (pip install triton)")
@@ -46,7 +51,7 @@ def backend(request, monkeypatch):
             pytest.skip("TRITON_INTERPRET=0: the kernels are built for the GPU, not interpreted "
                         "on CPU tensors (tests/test_cuda.py runs them on a GPU)")
     monkeypatch.setattr(op, "cpu_uses_triton", request.param in ("triton", "chunked"))
-    monkeypatch.setattr(op, "cpu_uses_compiled", request.param == "compiled")
+    monkeypatch.setattr(op, "cpu_uses_compiled", compiled)
     monkeypatch.setattr(op, "cpu_auto_method",
                         "chunked" if request.param == "chunked" else "sequential")
     return request.param

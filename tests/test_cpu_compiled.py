@@ -175,3 +175,34 @@ def test_broken_compiler_in_a_fresh_process_falls_back(tmp_path):
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "None"
     assert res.stderr.count("could not build the compiled CPU kernels") == 1, res.stderr
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["cached", "streaming"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_16bit_stores_round_as_torch(dtype, stream, monkeypatch):
+    """The SIMD loops convert float32 results to float16 (F16C) and bfloat16 (integer code) in
+    8 lanes at a time, the generic loops one value at a time. With u = 0 the output is exactly
+    relu(x + b) in float32 then rounded, so both must give torch's conversion bit for bit: ties,
+    subnormals, overflow to infinity and NaN included, in the vector body and the scalar head and
+    tail (H = 37 and a row offset that misaligns the streaming stores)."""
+    monkeypatch.setattr(cc, "STREAM_MIN_BYTES", 0 if stream else 1 << 62)
+    T, B, H = 5, 3, 37
+    info = torch.finfo(dtype)
+    base = torch.randn(T, B, H + 1).to(dtype)
+    # exact halfway cases, the subnormal range, values that round past the largest finite one
+    b = torch.randn(H, dtype=torch.float64)
+    b[:8] = (torch.arange(8) - 4) * info.eps / 2
+    b[8:16] = info.tiny * torch.linspace(-2, 2, 8, dtype=torch.float64)
+    # finite in float32 (the state stays finite: u h = 0), rounded to infinity by the store
+    b[16:20] = info.max * torch.tensor([0.9999, 1.0, 1.001, 1.002], dtype=torch.float64)
+    b[20] = math.nan
+    b = b.float()
+    x = base[..., 1:]  # a row offset of one element: the stores start unaligned
+    u = torch.zeros(H)
+    for batch_first in (False, True):
+        xs = x.transpose(0, 1) if batch_first else x
+        out, _ = fused_indrnn(xs, u, b, batch_first=batch_first)
+        want = torch.relu(xs.float() + b).to(dtype)
+        assert torch.equal(out.isnan(), want.isnan())
+        keep = ~want.isnan()
+        assert torch.equal(out[keep].view(torch.int16), want[keep].view(torch.int16))

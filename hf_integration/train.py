@@ -485,15 +485,33 @@ def summary(results: dict) -> str:
     return f"{bar}\n  indrnn-train summary\n{bar}\n{body}\n{bar}"
 
 
+def flushes_denormals() -> bool:
+    """Whether this thread's float32 arithmetic flushes denormals to zero right now."""
+    return (torch.tensor([1e-39]) * 1.0).item() == 0.0
+
+
 def run(args) -> dict:
-    """Train, evaluate, save, reload, re-evaluate; return the results (also in metrics.json)."""
+    """Train, evaluate, save, reload, re-evaluate; return the results (also in metrics.json).
+
+    On the CPU it sets torch's thread count (``--cpu-threads``, kept afterwards) and flushes
+    denormals to zero for the run (``--keep-denormals`` turns that off); the caller's denormal
+    mode comes back when it returns."""
+    if not (use_cpu(args) or not torch.cuda.is_available()):
+        return _run(args)
+    torch.set_num_threads(args.cpu_threads)
+    before = flushes_denormals()
+    torch.set_flush_denormal(not args.keep_denormals)
+    try:
+        return _run(args)
+    finally:
+        torch.set_flush_denormal(before)
+
+
+def _run(args) -> dict:
     start = time.perf_counter()
     import transformers
     from transformers import Trainer, default_data_collator
 
-    if use_cpu(args) or not torch.cuda.is_available():
-        torch.set_num_threads(args.cpu_threads)
-        torch.set_flush_denormal(not args.keep_denormals)
     if args.no_progress:  # also the bars of every checkpoint's "Writing model shards"
         transformers.utils.logging.disable_progress_bar()
     transformers.set_seed(args.seed)

@@ -453,6 +453,28 @@ def test_cli_adding_end_to_end(tmp_path, capsys):
     assert [e["step"] for e in log if "eval_loss" in e][:2] == [3, 6]
 
 
+@pytest.mark.parametrize("keep", [False, True], ids=["flush", "keep-denormals"])
+def test_cpu_run_flushes_denormals_and_restores_the_callers_mode(tmp_path, capsys, monkeypatch,
+                                                                 keep):
+    """On the CPU the run computes with denormals flushed to zero unless --keep-denormals; the
+    mode seen inside the training step is recorded, and the caller's mode is back afterwards."""
+    import transformers
+
+    seen = []
+    original = transformers.Trainer.training_step
+
+    def record(self, *args, **kwargs):
+        seen.append(train.flushes_denormals())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.Trainer, "training_step", record)
+    assert not train.flushes_denormals()
+    flags = ["adding", "-T", "6", "--test-size", "20", *TINY, "--output-dir", str(tmp_path)]
+    assert train.main(flags + (["--keep-denormals"] if keep else [])) == 0
+    assert seen and set(seen) == {not keep}
+    assert not train.flushes_denormals()
+
+
 def test_cli_pmnist_end_to_end_on_local_data(tmp_path, capsys, mnist_dir):
     out = tmp_path / "pmnist"
     assert train.main(["pmnist", "--data", str(mnist_dir), "--num-layers", "2", *TINY,

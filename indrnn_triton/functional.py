@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .fused_linear import _linear_forward_op, fused_indrnn_linear, prepare
-from .op import _forward_op, _tbh, _validate, fused_indrnn
+from .op import _tbh, _validate, fused_indrnn, recurrence
 
 # ----------------------------------------------------------------------------------------------
 # Public functions.
@@ -98,8 +98,8 @@ def indrnn_recurrence(
     r_max, r_min = _validate(pre[..., :H], weight_hh[:H], None if bias is None else bias[:H],
                              None if h0 is None else h0[0], mask, recurrent_max_abs,
                              recurrent_min_abs, False, batch_first, method)
-    return _forward_op(pre, weight_hh, bias, h0, mask, r_max, r_min, False, batch_first, True,
-                       method)
+    return recurrence(pre, weight_hh, bias, h0, mask, r_max, r_min, False, batch_first, True,
+                      method)
 
 
 def use_fused_projection(fused_projection: bool | None, device: torch.device,

@@ -247,6 +247,63 @@ def _backward(ctx, grad_out, grad_hn):
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _EagerRecurrence(torch.autograd.Function):
+    """The custom op's forward and autograd formula without the dispatcher, for eager calls on
+    plain CPU/CUDA tensors (see :func:`recurrence`): the same implementation functions, saved
+    tensors and flags, minus tens of microseconds of Python dispatch per call. Gradients that
+    autograd would only fill with zeros (an unused output) arrive as None, which the kernels
+    skip. Under ``create_graph=True`` the backward goes through the custom op, so that a double
+    backward raises its error (no formula registered) instead of treating the gradient as a
+    constant."""
+
+    @staticmethod
+    def forward(ctx, pre, weight_hh, bias, h0, mask, *flags):
+        ctx.set_materialize_grads(False)
+        use_triton = pre.device.type == "cuda" or cpu_uses_triton
+        output = _forward_impl(pre, weight_hh, bias, h0, mask, *flags, use_triton=use_triton)
+        _setup_context(ctx, (pre, weight_hh, bias, h0, mask, *flags), output)
+        ctx.use_triton = use_triton
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_hn):
+        if torch.is_grad_enabled():  # create_graph=True
+            return _backward(ctx, grad_out, grad_hn)
+        out, weight_hh, h0, mask = ctx.saved_tensors
+        grad_pre, du, db, dh0 = _backward_impl(grad_out, grad_hn, out, weight_hh, h0, mask,
+                                               *ctx.flags, use_triton=ctx.use_triton)
+        return (
+            grad_pre,
+            du.to(weight_hh.dtype),
+            None if ctx.bias_dtype is None else db.to(ctx.bias_dtype),
+            None if h0 is None else dh0.to(h0.dtype),
+            None,  # mask
+            *(None,) * len(ctx.flags),
+        )
+
+
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
+def recurrence(pre, weight_hh, bias, h0, mask, r_max, r_min, reverse, batch_first,
+               bidirectional, method):
+    """The op on checked arguments: the registered custom op where torch's machinery needs it
+    (torch.compile, FakeTensor and other dispatch modes, tensor subclasses, meta tensors), the
+    same computation through :class:`_EagerRecurrence` otherwise, and the implementation alone
+    when no gradient is wanted."""
+    args = (pre, weight_hh, bias, h0, mask, r_max, r_min, reverse, batch_first, bidirectional,
+            method)
+    tensors = (pre, weight_hh, bias, h0, mask)
+    if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0
+            or pre.device.type not in ("cpu", "cuda")
+            or any(t is not None and type(t) not in _PLAIN for t in tensors)):
+        return _forward_op(*args)
+    if torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (pre, weight_hh, bias, h0)):
+        return _EagerRecurrence.apply(*args)
+    return _forward_impl(*args, use_triton=pre.device.type == "cuda" or cpu_uses_triton)
+
+
 def _check_float_tensor(name: str, t, ndim: int) -> None:
     if not isinstance(t, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -426,5 +483,5 @@ def fused_indrnn(
     """
     r_max, r_min = _validate(pre, weight_hh, bias, h0, mask, recurrent_max_abs,
                              recurrent_min_abs, reverse, batch_first, method)
-    return _forward_op(pre, weight_hh, bias, h0, mask, r_max, r_min, reverse, batch_first,
-                       False, method)
+    return recurrence(pre, weight_hh, bias, h0, mask, r_max, r_min, reverse, batch_first,
+                      False, method)

@@ -405,3 +405,86 @@ def test_two_directions_in_one_launch(backend, batch_first):
     ((ref_out * g_out).sum() + (ref_hn * g_hn).sum()).backward()
     for got, want in zip(leaves, ref_leaves):
         assert rel_err(got.grad, want.grad) < 1e-10
+
+
+@pytest.mark.parametrize("used", ["out", "h_n"])
+def test_a_loss_on_one_output_only(backend, used):
+    """An unused output's gradient reaches the backward as None on the eager path (the custom
+    op's autograd fills zeros instead): both give the reference's gradients."""
+    T, B, H = 7, 3, 10
+    pre, u, b, h0, kw = make_inputs(T, B, H, torch.float32, h0=True, bias=True,
+                                    batch_first=False, clip="both")
+    mask = make_mask("random", T, B, False)
+    got, want = [], []
+    for fn, dt, store in ((fused_indrnn, torch.float32, got), (indrnn_reference, torch.float64,
+                                                                 want)):
+        leaves = [t.detach().to(dt).requires_grad_() for t in (pre, u, b, h0)]
+        out, h_n = fn(*leaves, mask=mask, **kw)
+        (out.square().sum() if used == "out" else h_n.sum()).backward()
+        store.extend(t.grad for t in leaves)
+    for name, g, w in zip(("pre", "weight_hh", "bias", "h0"), got, want):
+        assert rel_err(g, w) < TOL[torch.float32], name
+
+
+def test_eager_calls_skip_the_dispatcher_and_match_the_custom_op(monkeypatch):
+    """Plain tensors in eager mode run the implementation through a torch.autograd.Function
+    (or alone under no_grad); FakeTensor mode, meta tensors and torch.compile go through the
+    registered custom op. Both give identical outputs and gradients."""
+    import indrnn_triton.op as op_module
+
+    calls = []
+    real_op = op_module._forward_op
+
+    def counting_op(*args):
+        calls.append("custom_op")
+        return real_op(*args)
+
+    pre, u, b, h0, kw = make_inputs(6, 2, 5, torch.float32, h0=True, bias=True,
+                                    batch_first=False, clip="max")
+    results = {}
+    for via in ("eager", "custom_op"):
+        if via == "custom_op":
+            monkeypatch.setattr(op_module, "_EagerRecurrence", None)  # any use would fail
+            leaves = [t.clone().requires_grad_() for t in (pre, u, b, h0)]
+            out, h_n = real_op(*leaves, None, kw["recurrent_max_abs"], 0.0, False, False,
+                               False, "auto")
+        else:
+            monkeypatch.setattr(op_module, "_forward_op", counting_op)
+            leaves = [t.clone().requires_grad_() for t in (pre, u, b, h0)]
+            out, h_n = fused_indrnn(*leaves, **kw)
+            assert calls == [] and out.grad_fn.name().endswith("_EagerRecurrenceBackward")
+            with torch.no_grad():
+                assert torch.equal(fused_indrnn(*leaves, **kw)[0], out)
+            assert calls == []
+        (out.square().sum() + h_n.sum()).backward()
+        results[via] = [out, h_n] + [t.grad for t in leaves]
+    for a, c in zip(results["eager"], results["custom_op"]):
+        assert torch.equal(a, c)
+
+    monkeypatch.setattr(op_module, "_forward_op", counting_op)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode() as mode:
+        fake = [mode.from_tensor(t) for t in (pre, u, b)]
+        out, _ = fused_indrnn(*fake)
+        assert out.shape == pre.shape
+    meta_out, _ = fused_indrnn(pre.to("meta"), u.to("meta"), b.to("meta"))
+    assert meta_out.device.type == "meta"
+    assert calls == ["custom_op", "custom_op"]
+
+
+@pytest.mark.parametrize("via", ["fused_indrnn", "custom_op"])
+def test_double_backward_raises(via):
+    """There is no double-backward formula: differentiating a create_graph=True gradient raises
+    on both the eager path and the custom op, rather than treating the gradient as constant."""
+    pre, u, b, _, _ = make_inputs(4, 2, 3, torch.float64, h0=False, bias=True,
+                                  batch_first=False, clip=None)
+    leaves = [t.requires_grad_() for t in (pre, u, b)]
+    if via == "custom_op":
+        out, _ = _forward_op(*leaves, None, None, None, 0.0, False, False, False, "auto")
+    else:
+        out, _ = fused_indrnn(*leaves)
+    (g,) = torch.autograd.grad(out.sum(), leaves[0], create_graph=True)
+    assert g.requires_grad
+    with pytest.raises(RuntimeError, match="no autograd formula"):
+        g.square().sum().backward()

@@ -40,6 +40,8 @@ class TaskDefaults:
     recurrent_max_mag: float
     note: str
     test_size: int | None = None  # evaluate on at most this many test examples; None: all
+    # the last layer's recurrent weights start uniformly in [1/r, r] (the authors' adding script)
+    last_layer_init_near_one: bool = False
 
 
 _MNIST = TaskDefaults(
@@ -60,9 +62,10 @@ DEFAULTS = {
         seq_len=100, hidden_size=128, num_layers=2, norm=None, norm_position="after", dropout=0.0,
         learning_rate=2e-3, batch_size=50, max_steps=2000, eval_steps=100,
         lr_scheduler="linear", max_grad_norm=0.0, grad_clip_value=10.0, weight_decay=0.0,
-        recurrent_max_mag=2.0,
+        recurrent_max_mag=2.0, last_layer_init_near_one=True,
         note="IndRNN paper: 2 layers x 128, batch 50, MSE, |u| <= 2^(1/T), gradients clamped "
-        "to +-10, no weight decay (the authors' adding script); the paper's Adam lr "
+        "to +-10, no weight decay, the last layer's recurrent weights initialised in [1/r, r] "
+        "(the authors' adding script); the paper's Adam lr "
         "is 2e-4 held constant, the default here is 2e-3 decayed linearly over 2000 steps so "
         "that T = 100 converges in minutes on 2 CPU cores (paper: --learning-rate 2e-4 "
         "--lr-scheduler constant)",
@@ -99,7 +102,8 @@ CPU_DEFAULTS = {
 # The defaults a preset sets (also the fields a flag overrides).
 _DEFAULT_FIELDS = ("seq_len", "hidden_size", "num_layers", "norm", "norm_position", "dropout",
                    "learning_rate", "batch_size", "max_steps", "eval_steps", "lr_scheduler",
-                   "max_grad_norm", "grad_clip_value", "weight_decay", "test_size")
+                   "max_grad_norm", "grad_clip_value", "weight_decay", "test_size",
+                   "last_layer_init_near_one")
 
 
 def _positive_int(text: str) -> int:
@@ -220,9 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clip |u| to this bound instead ('none' for no clip)")
     m.add_argument("--recurrent-min-abs", type=_finite_float, default=0.0,
                    help="raise |u| to at least this value (default 0)")
-    m.add_argument("--last-layer-init-near-one", action="store_true",
+    m.add_argument("--last-layer-init-near-one", action=argparse.BooleanOptionalAction,
+                   default=None,
                    help="initialise the last layer's recurrent weights uniformly in "
-                   "[1/r, r], r the clip bound (helps the adding problem at T = 5000)")
+                   "[1/r, r], r the clip bound (helps the adding problem at T = 5000; "
+                   "default: per task: on for adding as in the authors' script, where the clip "
+                   "bound r is >= 1, off for the others)")
     t = p.add_argument_group("training")
     t.add_argument("--learning-rate", "--lr", type=_finite_float, default=None,
                    help="Adam learning rate (default: per task, below)")
@@ -353,7 +360,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.resume and args.overwrite_output_dir:
         parser.error("--resume and --overwrite-output-dir exclude each other")
     if args.last_layer_init_near_one and (args.recurrent_max_abs or 0) < 1:
-        parser.error("--last-layer-init-near-one needs --recurrent-max-abs >= 1")
+        if "last_layer_init_near_one" not in unset:
+            parser.error("--last-layer-init-near-one needs --recurrent-max-abs >= 1")
+        args.last_layer_init_near_one = False  # the task's default, where it cannot apply
     if args.task in CPU_DEFAULTS:  # asks torch about the device: only once the flags are valid
         if args.preset is None:
             args.preset = "paper" if _cuda_available(args) else "cpu"

@@ -91,8 +91,8 @@ def train_one(args, seq_len: int, max_steps: int) -> dict:
     ]
     if args.no_constrain:
         argv.append("--no-constrain")
-    if seq_len >= args.near_one_from:
-        argv.append("--last-layer-init-near-one")
+    argv.append("--last-layer-init-near-one" if seq_len >= args.near_one_from
+                else "--no-last-layer-init-near-one")
     start = time.perf_counter()
     results = train.run(train.parse_args(argv))
     with open(os.path.join(out_dir, "log_history.json")) as f:

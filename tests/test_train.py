@@ -331,6 +331,25 @@ def test_defaults_follow_the_task_and_flags_override():
     assert args.recurrent_max_abs == pytest.approx(2 ** (1 / 500)) and args.norm == "layer"
 
 
+def test_last_layer_near_one_init_is_the_adding_default_where_it_applies(capsys):
+    """On for adding (the authors' script), off for the other tasks; --no-... turns it off; a
+    clip bound below 1 (or none) turns the default off but refuses the explicit flag."""
+    assert train.parse_args(["adding"]).last_layer_init_near_one is True
+    assert train.parse_args(["adding", "--no-last-layer-init-near-one"]
+                            ).last_layer_init_near_one is False
+    assert train.parse_args(["pmnist"]).last_layer_init_near_one is False
+    assert train.parse_args(["pmnist", "--last-layer-init-near-one"]).last_layer_init_near_one
+    for bound in ("0.9", "none"):
+        args = train.parse_args(["adding", "--recurrent-max-abs", bound])
+        assert args.last_layer_init_near_one is False
+        code, message = _exit_message(capsys, ["adding", "--recurrent-max-abs", bound,
+                                               "--last-layer-init-near-one"])
+        assert code == 2 and "needs --recurrent-max-abs >= 1" in message
+    config = train.build_config(train.parse_args(["adding", "-T", "10"]),
+                                data.adding_task(10, 4, 8, seed=0))
+    assert config.last_layer_recurrent_init == "near_one"
+
+
 def test_norm_position_follows_the_authors_script_of_each_task(tmp_path):
     """bn_after in the authors' MNIST (and every other) script, bn_before in the LM's."""
     assert train.parse_args(["mnist"]).norm_position == "after"

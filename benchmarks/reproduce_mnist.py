@@ -22,7 +22,8 @@ test errors (MNIST / pMNIST, %):
   covers every layer but the last and ``--dropout-last 0.1`` the last.
 
 The authors divide the lr by 10 when the validation accuracy stops improving and restart from
-the best weights; ``--lr-scheduler`` (default: cosine over the run) stands in for that.
+the best weights; the default ``--lr-scheduler plateau`` divides the lr by 10 when the test loss
+has not improved for 5 evaluations (``indrnn-train --plateau-patience``), without the restart.
 
 Each (task, configuration) is one ``indrnn-train mnist|pmnist`` run (Trainer, save, reload,
 re-evaluate). The data come from the Hub (``ylecun/mnist``) or a local copy in the Hub schema
@@ -89,7 +90,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="local copy of ylecun/mnist (default: load it from the Hub)")
     p.add_argument("--max-steps", type=int, default=150_000, help="~80 epochs at batch 32")
     p.add_argument("--eval-steps", type=int, default=5000)
-    p.add_argument("--lr-scheduler", default="cosine", choices=("constant", "linear", "cosine"))
+    p.add_argument("--lr-scheduler", default="plateau",
+                   choices=("constant", "linear", "cosine", "plateau"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/gpu")
     p.add_argument("--dry-run", action="store_true",

@@ -156,6 +156,8 @@ def kernel_path(device: torch.device) -> str:
         return "Triton (CUDA kernels)"
     if op.cpu_uses_triton:
         return "Triton (interpreter, TRITON_INTERPRET=1)"
+    if op.cpu_uses_compiled and op.cpu_compiled.library() is not None:
+        return "CPU (compiled kernels, indrnn_triton/csrc)"
     return "CPU (torch path, indrnn_triton.cpu)"
 
 
@@ -231,13 +233,19 @@ def use_cpu(args, environ=os.environ) -> bool:
 def training_arguments(args):
     from transformers import TrainingArguments
 
+    schedule = {}
+    if args.lr_scheduler == "plateau":  # divide by 10 when the test loss stops improving
+        schedule = dict(lr_scheduler_type="reduce_lr_on_plateau",
+                        lr_scheduler_kwargs={"mode": "min", "factor": 0.1, "eps": 0.0,
+                                             "patience": args.plateau_patience},
+                        metric_for_best_model="loss", greater_is_better=False)
     return TrainingArguments(
         output_dir=args.output_dir,
         max_steps=args.max_steps,
         per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=args.eval_batch_size,
         learning_rate=args.learning_rate,
-        lr_scheduler_type=args.lr_scheduler,
+        **({"lr_scheduler_type": args.lr_scheduler} | schedule),
         warmup_steps=args.warmup_steps,
         weight_decay=args.weight_decay,  # torch.optim.Adam's L2 (run() passes the class)
         max_grad_norm=args.max_grad_norm,

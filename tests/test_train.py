@@ -494,6 +494,27 @@ def test_cpu_run_flushes_denormals_and_restores_the_callers_mode(tmp_path, capsy
     assert not train.flushes_denormals()
 
 
+def test_plateau_schedule_divides_the_lr_by_ten_when_the_test_loss_stalls(tmp_path, capsys):
+    """--lr-scheduler plateau is the Trainer's reduce-on-plateau on the test loss, factor 0.1:
+    with patience 1 and a test loss that cannot improve (lr so small that nothing changes),
+    the logged lr drops tenfold step by step; warmup is refused; MNIST uses it by default."""
+    assert train.parse_args(["pmnist"]).lr_scheduler == "plateau"
+    out = tmp_path / "plateau"
+    assert train.main(["adding", "-T", "6", "--test-size", "20", "--hidden-size", "8",
+                       "--max-steps", "12", "--eval-steps", "2", "--logging-steps", "2",
+                       "--batch-size", "4", "--no-progress", "--learning-rate", "1e-30",
+                       "--lr-scheduler", "plateau", "--plateau-patience", "1",
+                       "--output-dir", str(out)]) == 0
+    log = json.loads((out / "log_history.json").read_text())
+    lrs = [e["learning_rate"] for e in log if "learning_rate" in e]
+    assert lrs[0] == pytest.approx(1e-30) and lrs[-1] == pytest.approx(1e-32)
+    assert all(b / a == pytest.approx(1) or b / a == pytest.approx(0.1)
+               for a, b in zip(lrs, lrs[1:]))
+    code, message = _exit_message(capsys, ["adding", "--lr-scheduler", "plateau",
+                                           "--warmup-steps", "5"])
+    assert code == 2 and "--warmup-steps does not apply" in message
+
+
 def test_cli_pmnist_end_to_end_on_local_data(tmp_path, capsys, mnist_dir):
     out = tmp_path / "pmnist"
     assert train.main(["pmnist", "--data", str(mnist_dir), "--num-layers", "2", *TINY,

@@ -106,6 +106,24 @@ _DEFAULT_FIELDS = ("seq_len", "hidden_size", "num_layers", "norm", "norm_positio
                    "last_layer_init_near_one")
 
 
+DENSE_KINDS = ("first", "bottleneck", "growth", "transition")
+
+
+def _kind_rate(text: str) -> tuple[str, float]:
+    kind, sep, rate = text.partition("=")
+    if not sep or kind not in DENSE_KINDS:
+        raise argparse.ArgumentTypeError(
+            f"expected KIND=P with KIND one of {', '.join(DENSE_KINDS)}, got {text!r}")
+    try:
+        p = float(rate)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability after '=', got {text!r}") \
+            from None
+    if not 0.0 <= p < 1.0:
+        raise argparse.ArgumentTypeError(f"the rate must be in [0, 1), got {text!r}")
+    return kind, p
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -215,6 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--dense-bottleneck", type=_nonnegative_int, default=4,
                    help="bottleneck layer of BOTTLENECK x growth-rate units at the start of "
                    "each dense layer (default 4, the authors'; 0: none)")
+    m.add_argument("--dense-dropout", type=_kind_rate, nargs="+", default=None,
+                   metavar="KIND=P",
+                   help="dropout of some kinds of dense-network layer, e.g. first=0.2 "
+                   "growth=0.2 (kinds: first, bottleneck, growth, transition; the others use "
+                   "--dropout, the last layer --dropout-last)")
     m.add_argument("--bidirectional", action="store_true",
                    help="bidirectional layers (classification tasks only)")
     m.add_argument("--recurrent-max-mag", type=_finite_float, default=None,
@@ -349,6 +372,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--bidirectional is not possible for the text task (a causal LM)")
     if args.residual and args.dense_growth_rate is not None:
         parser.error("--residual and --dense-growth-rate exclude each other")
+    if args.dense_dropout is not None:
+        if args.dense_growth_rate is None:
+            parser.error("--dense-dropout applies to the dense network: give "
+                         "--dense-growth-rate too")
+        args.dense_dropout = dict(args.dense_dropout)
     if args.recurrent_max_mag is not None and "--recurrent-max-abs" in _flags(argv):
         parser.error("--recurrent-max-mag and --recurrent-max-abs both give the clip bound: "
                      "pass one")

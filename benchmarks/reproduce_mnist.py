@@ -18,8 +18,8 @@ test errors (MNIST / pMNIST, %):
 - ``residual``: 11 layers x 128 = an input layer and 5 residual blocks (0.61 / 2.98);
 - ``dense``: first layer 96 (6 x growth), growth rate 16, blocks (8, 6, 4), bottleneck 4,
   a transition after every block (0.52 / 2.8). The authors drop 0.2 after the first and the
-  growth layers and 0.1 after bottleneck, transition and last layers; here ``--dropout 0.2``
-  covers every layer but the last and ``--dropout-last 0.1`` the last.
+  growth layers and 0.1 after bottleneck, transition and last layers: ``--dense-dropout
+  first=0.2 growth=0.2``, ``--dropout 0.1`` (the other kinds) and ``--dropout-last 0.1``.
 
 The authors divide the lr by 10 when the validation accuracy stops improving and restart from
 the best weights; the default ``--lr-scheduler plateau`` divides the lr by 10 when the test loss
@@ -60,7 +60,8 @@ CONFIGS = {
     "residual": ["--num-layers", "11", "--hidden-size", "128", "--residual", "--dropout", "0.1",
                  "--dropout-last", "0.1"],
     "dense": ["--hidden-size", "96", "--dense-growth-rate", "16", "--dense-blocks", "8", "6", "4",
-              "--dense-bottleneck", "4", "--dropout", "0.2", "--dropout-last", "0.1"],
+              "--dense-bottleneck", "4", "--dropout", "0.1", "--dense-dropout", "first=0.2",
+              "growth=0.2", "--dropout-last", "0.1"],
 }
 
 PAPER_ERROR = {  # test error %, (MNIST, pMNIST)
@@ -75,10 +76,11 @@ STAND_IN = ["--max-steps", "2", "--eval-steps", "2", "--batch-size", "4", "--tes
             "--save-steps", "0", "--no-progress"]
 STAND_IN_WIDTH = {"dense": ["--hidden-size", "6", "--dense-growth-rate", "2"]}
 SETTINGS = ("task", "seq_len", "num_layers", "hidden_size", "residual", "dense_growth_rate",
-            "dense_blocks", "dense_bottleneck", "norm", "norm_position", "dropout",
-            "dropout_last", "recurrent_max_mag", "recurrent_max_abs", "last_layer_init_near_one",
-            "no_constrain", "grad_clip_value", "max_grad_norm", "weight_decay", "learning_rate",
-            "lr_scheduler", "batch_size", "max_steps", "eval_steps", "permutation_seed", "seed")
+            "dense_blocks", "dense_bottleneck", "dense_dropout", "norm", "norm_position",
+            "dropout", "dropout_last", "recurrent_max_mag", "recurrent_max_abs",
+            "last_layer_init_near_one", "no_constrain", "grad_clip_value", "max_grad_norm",
+            "weight_decay", "learning_rate", "lr_scheduler", "batch_size", "max_steps",
+            "eval_steps", "permutation_seed", "seed")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -79,6 +79,11 @@ class IndRNNConfig(PreTrainedConfig):
         dense_bottleneck (`int`, defaults to 4):
             Each dense layer starts with a bottleneck IndRNN layer of `dense_bottleneck *
             dense_growth_rate` units (0: none).
+        dense_dropout_by_kind (`dict[str, float]`, *optional*):
+            Dropout rates of some kinds of dense-network layer (`"first"`, `"bottleneck"`,
+            `"growth"`, `"transition"`); the others use `dropout`, the last layer
+            `dropout_last`. The authors' MNIST network: `{"first": 0.2, "growth": 0.2}` with
+            `dropout=0.1`, `dropout_last=0.1`.
         classifier_pooling (`str`, defaults to `"last"`):
             How `IndRNNForSequenceClassification` pools a sequence: `"last"` takes the output at
             each sequence's last real step (and, for bidirectional models, the backward direction
@@ -133,6 +138,7 @@ class IndRNNConfig(PreTrainedConfig):
     dense_growth_rate: int | None = None
     dense_block_config: list[int] | None = None
     dense_bottleneck: int = 4
+    dense_dropout_by_kind: dict[str, float] | None = None
     classifier_pooling: str = "last"
     initializer_range: float = 0.02
     embedding_init_std: float = 1.0
@@ -258,6 +264,9 @@ class IndRNNConfig(PreTrainedConfig):
             )
         if self.dense_growth_rate is not None:
             self._validate_dense()
+        elif self.dense_dropout_by_kind:
+            raise ValueError("dense_dropout_by_kind applies to the dense network only: set "
+                             "dense_growth_rate too")
         if self.norm not in _NORMS:
             raise ValueError(f"norm must be one of {_NORMS}, got {self.norm!r}")
         if self.classifier_pooling not in _POOLINGS:
@@ -310,6 +319,17 @@ class IndRNNConfig(PreTrainedConfig):
             raise ValueError("residual=True and dense_growth_rate exclude each other: choose "
                              "the residual or the dense network")
         self.num_hidden_layers = len(self._dense_plan())
+        rates = self.dense_dropout_by_kind
+        if rates is not None:
+            kinds = ("first", "bottleneck", "growth", "transition")
+            if not isinstance(rates, dict) or any(k not in kinds for k in rates):
+                raise ValueError(f"dense_dropout_by_kind must be a dict whose keys are among "
+                                 f"{', '.join(kinds)}, got {rates!r}")
+            for kind, p in rates.items():
+                if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p < 1:
+                    raise ValueError(f"dense_dropout_by_kind[{kind!r}] must be a probability in "
+                                     f"[0, 1), got {p!r}")
+            self.dense_dropout_by_kind = {k: float(p) for k, p in rates.items()}
 
 
 def _to_python(value):

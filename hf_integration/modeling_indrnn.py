@@ -210,7 +210,8 @@ class IndRNNModel(IndRNNPreTrainedModel):
                               **options)
         else:
             self.rnn = DenseIndRNN(rnn_input_size, config.hidden_size, config.dense_growth_rate,
-                                   config.dense_block_config, config.dense_bottleneck, **options)
+                                   config.dense_block_config, config.dense_bottleneck,
+                                   dropout_by_kind=config.dense_dropout_by_kind, **options)
         self.rnn_input_size = rnn_input_size
         self.layers = nn.ModuleList(IndRNNLayer(self.rnn, k) for k in range(self.rnn.num_layers))
         self.post_init()

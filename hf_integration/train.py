@@ -123,7 +123,8 @@ def build_config(args, task):
     if args.dense_growth_rate is not None:
         kwargs.update(dense_growth_rate=args.dense_growth_rate,
                       dense_block_config=args.dense_blocks,
-                      dense_bottleneck=args.dense_bottleneck)
+                      dense_bottleneck=args.dense_bottleneck,
+                      dense_dropout_by_kind=args.dense_dropout)
     if args.last_layer_init_near_one:
         kwargs["last_layer_recurrent_init"] = "near_one"
     if task.input_size is not None:

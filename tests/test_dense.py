@@ -137,6 +137,10 @@ def test_padded_batch_equals_each_sequence_alone(left):
     (dict(), dict(hx=torch.zeros(4, B, 3)), "hx must be None or a sequence of num_layers"),
     (dict(), dict(hx=[torch.zeros(1, B, 1)] * 4), "num_layers = 3 tensors .* got 4 tensors"),
     (dict(), dict(hx=[torch.zeros(1, B, 1)] * 3), r"hx\[0\] must have shape \(D, B, H_k\)"),
+    (dict(dropout_by_kind={"last": 0.1}), None, "dropout_by_kind keys must be among"),
+    (dict(dropout_by_kind={"growth": 1.0}), None,
+     r"dropout_by_kind\['growth'\] must be a probability in \[0, 1\)"),
+    (dict(dropout_by_kind=[("growth", 0.1)]), None, "dropout_by_kind must be a mapping"),
 ])
 def test_errors_name_the_argument(kwargs, call, match):
     with pytest.raises((ValueError, TypeError), match=match):
@@ -151,3 +155,30 @@ def test_growth_layer_needs_the_shortcut_of_its_bottleneck():
     assert carry is not None
     with pytest.raises(ValueError, match="layer 2 of a DenseIndRNN concatenates"):
         rnn.forward_layer(2, out)
+
+
+def test_dropout_rate_per_kind_of_layer(monkeypatch):
+    """dropout_by_kind sets the rate of the kinds it names, dropout the others, dropout_last the
+    last layer; each layer's output goes through dropout at its rate (recorded at the call),
+    in training only."""
+    import indrnn_triton.modules as modules
+
+    calls = []
+    real = modules.dropout_over_time
+
+    def record(x, p, training, batch_first):
+        calls.append((p, training))
+        return real(x, p, training, batch_first)
+
+    monkeypatch.setattr(modules, "dropout_over_time", record)
+    rnn = DenseIndRNN(IN, 4, growth_rate=2, block_config=(2, 1), bottleneck=1, dropout=0.1,
+                      dropout_last=0.05, dropout_by_kind={"first": 0.3, "growth": 0.2})
+    want = {"first": 0.3, "growth": 0.2, "bottleneck": 0.1, "transition": 0.1}
+    expected = [want[kind] for kind in rnn.layer_kinds[:-1]] + [0.05]
+    assert [rnn.layer_dropout(k) for k in range(rnn.num_layers)] == expected
+    assert "dropout_by_kind={'first': 0.3, 'growth': 0.2}" in repr(rnn)
+    for training in (True, False):
+        calls.clear()
+        rnn.train(training)
+        rnn(torch.randn(T, B, IN))
+        assert calls == [(p, training) for p in expected]

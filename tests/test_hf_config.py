@@ -174,6 +174,10 @@ def test_interrupted_config_write_leaves_no_config_json(tmp_path, monkeypatch):
     (dict(dense_bottleneck=-1), "dense_bottleneck must be an int >= 0"),
     (dict(residual=True, num_hidden_layers=3), "residual=True and dense_growth_rate exclude"),
     (dict(tie_word_embeddings=True), r"embedding_size == the last layer's units \(6"),
+    (dict(dense_dropout_by_kind={"last": 0.1}), "dense_dropout_by_kind must be a dict whose"),
+    (dict(dense_dropout_by_kind={"growth": 1}), r"dense_dropout_by_kind\['growth'\] must be"),
+    (dict(dense_growth_rate=None, dense_dropout_by_kind={"growth": 0.1}),
+     "applies to the dense network only"),
 ])
 def test_dense_fields_are_checked(overrides, match):
     with pytest.raises(ValueError, match=match):
@@ -189,3 +193,8 @@ def test_dense_config_derives_the_layer_count_and_round_trips(tmp_path):
     config.save_pretrained(tmp_path)
     loaded = IndRNNConfig.from_pretrained(tmp_path)
     assert (loaded.num_hidden_layers, loaded.dense_block_config) == (40, [8, 6, 4])
+    config = IndRNNConfig(hidden_size=8, dense_growth_rate=2, dense_block_config=[1],
+                          dense_dropout_by_kind={"first": 0.2, "growth": 0.25})
+    config.save_pretrained(tmp_path)
+    loaded = IndRNNConfig.from_pretrained(tmp_path)
+    assert loaded.dense_dropout_by_kind == {"first": 0.2, "growth": 0.25}

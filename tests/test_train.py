@@ -677,7 +677,9 @@ def test_reproduce_mnist_recipe_builds_the_authors_arguments(monkeypatch, mnist_
     assert (dense.dense_growth_rate, dense.dense_blocks, dense.dense_bottleneck) == (16, [8, 6, 4],
                                                                                    4)
     assert (dense.hidden_size, dense.num_layers, dense.dropout, dense.dropout_last) == (
-        96, 40, 0.2, 0.1)
+        96, 40, 0.1, 0.1)
+    assert dense.dense_dropout == {"first": 0.2, "growth": 0.2}  # the authors' five rates
+    assert all(args.lr_scheduler == "plateau" for args in seen)
     rows = json.loads((tmp_path / "mnist_results.json").read_text())
     assert [r["paper_error_%"] for r in rows] == [4.0, 3.16, 2.98, 2.8]
 
@@ -1049,3 +1051,22 @@ def test_dense_flags_build_a_dense_model():
     model = train.auto_class("mnist").from_config(config)
     assert type(model.model.rnn).__name__ == "DenseIndRNN"
     assert model.model.rnn.norm_position == "after"
+
+
+def test_dense_dropout_flag_sets_rates_per_kind_of_layer(capsys):
+    args = train.parse_args(["mnist", "--hidden-size", "6", "--dense-growth-rate", "2",
+                             "--dense-blocks", "1", "--dropout", "0.1", "--dropout-last",
+                             "0.05", "--dense-dropout", "first=0.2", "growth=0.3"])
+    assert args.dense_dropout == {"first": 0.2, "growth": 0.3}
+    config = train.build_config(args, data.TaskData(None, None, 784, input_size=1,
+                                                    num_labels=10))
+    rnn = train.auto_class("mnist").from_config(config).model.rnn
+    rates = dict(zip(rnn.layer_kinds, (rnn.layer_dropout(k) for k in range(rnn.num_layers))))
+    assert rates == {"first": 0.2, "bottleneck": 0.1, "growth": 0.3, "transition": 0.05}
+    for argv, message in ((["--dense-dropout", "growth=0.2"], "give --dense-growth-rate too"),
+                          (["--dense-growth-rate", "2", "--dense-dropout", "last=0.1"],
+                           "KIND one of first, bottleneck, growth, transition"),
+                          (["--dense-growth-rate", "2", "--dense-dropout", "growth=1.5"],
+                           "the rate must be in [0, 1)")):
+        code, err = _exit_message(capsys, ["mnist", *argv])
+        assert code == 2 and message in err, err

@@ -1,16 +1,30 @@
 #!/usr/bin/env bash
-# The one script to run on a GPU machine: CUDA tests, kernel resource report, both benchmarks.
+# The one script to run on a GPU machine: CUDA tests, kernel resource report, the benchmarks and
+# the adding problem at T = 5000, in parts that each fit one device call with time to spare.
 #
-#   benchmarks/gpu_check.sh [OUT_DIR]        (default: $OUT, else benchmarks/results/gpu-check)
+#   benchmarks/gpu_check.sh [PART] [OUT_DIR]     (OUT_DIR default: $OUT, else
+#                                                 benchmarks/results/gpu-check)
+#
+#   PART  kernels  (default) CUDA tests and the op benchmark, the kernel issues' evidence:
+#                  kernel_report 70 s + test_cuda 120 s + bench_op 160 s = 350 s at most
+#         layers   the layer, fused-projection, memory and overhead benchmarks:
+#                  60 + 40 + 50 + 20 + 20 = 190 s at most
+#         adding   the adding problem at T = 5000 with the authors' recipe, 20000 steps
+#                  (reproduce_adding.py's defaults): 480 s at most
+#         all      kernels then layers (540 s at most)
 #
 # Run from the repository root; the project need not be installed (PYTHONPATH=. is set). Every
-# step has a `timeout` (the limits sum to 540 s, under a 10-minute command limit), and
-# a step that fails or times out does not stop the next one; the benchmarks rewrite their results
-# after every case, so a step cut short keeps what it measured. summary.txt lists each step's exit
-# status and time.
+# step has a `timeout`, and a step that fails or times out does not stop the next one; the
+# benchmarks rewrite their results after every case, so a step cut short keeps what it measured.
+# summary.txt lists each step's exit status and time.
 set -u
 
-OUT_DIR=${1:-${OUT:-benchmarks/results/gpu-check}}
+PART=${1:-kernels}
+case "$PART" in
+    kernels|layers|adding|all) ;;
+    *) echo "usage: $0 [kernels|layers|adding|all] [OUT_DIR]; got PART '$PART'" >&2; exit 2 ;;
+esac
+OUT_DIR=${2:-${OUT:-benchmarks/results/gpu-check}}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT_DIR"
 OUT_DIR=$(cd "$OUT_DIR" && pwd)
@@ -44,6 +58,9 @@ step() {  # step NAME LIMIT_SECONDS COMMAND...
 } > "$OUT_DIR/environment.txt" 2>&1
 cat "$OUT_DIR/environment.txt"
 
+run_part() { [ "$PART" = all ] && [ "$1" != adding ] || [ "$PART" = "$1" ]; }
+
+if run_part kernels; then
 # 1. Resource report for every config (compiled in parallel; it also fills Triton's cache with
 #    the kernels the autotuner will launch below, the same cache keys).
 step kernel_report 70 "$PY" benchmarks/kernel_report.py --jobs 16 \
@@ -60,6 +77,9 @@ step test_cuda 120 "$PY" -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprov
 #    of the better of the two (bench_op.md's notes).
 step bench_op 160 "$PY" benchmarks/bench_op.py --preset gpu --threads 0 --out "$OUT_DIR"
 
+fi
+
+if run_part layers; then
 # 4. The layer: IndRNN vs cuDNN nn.RNN(relu), GRU, LSTM, 1 and 2 layers, T 256..4096.
 step bench_layer 60 "$PY" benchmarks/bench_layer.py --threads 0 --out "$OUT_DIR"
 
@@ -77,6 +97,14 @@ step bench_memory 20 "$PY" benchmarks/bench_memory.py --out "$OUT_DIR/memory.jso
 
 # 6. Fixed per-call cost on a tiny input (B=1, T=16, H=64), wrapper vs launches, both methods.
 step bench_overhead 20 "$PY" benchmarks/bench_overhead.py --threads 0 --budget 0.5 --out "$OUT_DIR"
+fi
+
+if run_part adding; then
+# 8. The adding problem at T = 5000 (issue 13): the authors' recipe, reproduce_adding's defaults;
+#    the earlier H200 run took 171 s for 10000 steps.
+step adding_5000 480 "$PY" benchmarks/reproduce_adding.py --lengths 5000 --max-steps 20000 \
+    --out "$OUT_DIR/adding"
+fi
 
 echo "total $((SECONDS - START))s" | tee -a "$OUT_DIR/summary.txt"
 cat "$OUT_DIR/summary.txt"

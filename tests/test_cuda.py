@@ -250,6 +250,50 @@ def test_compiled_op_on_cuda(pinned):
         assert _rel_err(a, b) < 1e-5
 
 
+def test_reduce_overhead_compile_replays_cuda_graphs(pinned):
+    """torch.compile(mode="reduce-overhead") captures the op (forward and backward) in CUDA
+    graphs: replays on new inputs copied into the same tensors match eager, so no per-call
+    host work (allocation, autotuning, a .item()) breaks capture or replay."""
+
+    def f(pre, u, b):
+        out, h_n = fused_indrnn(pre, u, b, recurrent_max_abs=1.0)
+        return out.float().square().sum() + h_n.sum()
+
+    compiled = torch.compile(f, mode="reduce-overhead", fullgraph=True)
+    g = torch.Generator(device="cuda").manual_seed(1)
+    for _ in range(4):  # warm-up, record, then replays
+        args = [torch.randn(40, 4, 96, device="cuda", generator=g).requires_grad_(),
+                torch.rand(96, device="cuda", generator=g).requires_grad_(),
+                torch.randn(96, device="cuda", generator=g).requires_grad_()]
+        eager = f(*args)
+        eager_grads = torch.autograd.grad(eager, args)
+        got = compiled(*args)
+        got_grads = torch.autograd.grad(got, args)
+        assert _rel_err(got, eager) < 1e-5
+        for a, b in zip(got_grads, eager_grads, strict=True):
+            assert _rel_err(a, b) < 1e-5
+
+
+def test_eager_path_on_cuda_equals_the_custom_op(pinned):
+    """Eager calls skip the custom op's dispatch (op._EagerRecurrence) on CUDA too: outputs and
+    gradients equal the registered op's, bit for bit."""
+    g = torch.Generator(device="cuda").manual_seed(2)
+    base = [torch.randn(33, 3, 70, device="cuda", generator=g),
+            torch.rand(70, device="cuda", generator=g), torch.randn(70, device="cuda", generator=g)]
+    results = []
+    for via in ("eager", "custom_op"):
+        leaves = [t.clone().requires_grad_() for t in base]
+        if via == "eager":
+            out, h_n = fused_indrnn(*leaves, recurrent_max_abs=1.0)
+            assert out.grad_fn.name().endswith("_EagerRecurrenceBackward")
+        else:
+            out, h_n = op._forward_op(*leaves, None, None, 1.0, 0.0, False, False, False, "auto")
+        (out.square().sum() + h_n.sum()).backward()
+        results.append([out, h_n] + [t.grad for t in leaves])
+    for a, c in zip(*results, strict=True):
+        assert torch.equal(a, c)
+
+
 def test_hf_causal_lm_bf16_generation_on_cuda():
     """bfloat16 causal LM on the GPU: cached greedy tokens equal recomputing the whole prefix
     at every step, and the cached state stays float32."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import struct
 import sys
 import threading
 import warnings
@@ -33,21 +34,13 @@ SOURCE = Path(__file__).with_name("csrc") / "indrnn_cpu.cpp"
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 
 
-class _View(ctypes.Structure):
-    _fields_ = [("data", ctypes.c_void_p), ("dtype", ctypes.c_int64),
-                ("stride", ctypes.c_int64 * 3)]
-
-
+# The C++ Params struct, packed in one call: 8 int64 (T, B, H, D, reverse, has_max,
+# num_threads, stream_min), 2 doubles (max_abs, min_abs), then 13 Views (data pointer, dtype
+# code, 3 strides), every field 8 bytes, so native alignment adds no padding.
 _VIEWS = ("pre", "out", "grad_out", "grad_pre", "u", "bias", "h0", "mask", "h_n", "grad_hn",
           "grad_h0", "du", "db")
-
-
-class _Params(ctypes.Structure):
-    _fields_ = ([(n, ctypes.c_int64) for n in ("T", "B", "H", "D", "reverse", "has_max",
-                                                 "num_threads", "stream_min")]
-                + [("max_abs", ctypes.c_double), ("min_abs", ctypes.c_double)]
-                + [(n, _View) for n in _VIEWS])
-
+_PARAMS = struct.Struct("@8q2d" + "P4q" * len(_VIEWS))
+_NO_VIEW = (0, 0, 0, 0, 0)
 
 # Outputs (out in the forward, the input gradient in the backward) of at least this many bytes
 # are written with streaming stores, which skip the caches and the read of each line that a
@@ -82,7 +75,7 @@ def _build() -> ctypes.CDLL:
                 extra_ldflags=[f for f in flags if f == "-fopenmp"], is_python_module=False)
     lib = ctypes.CDLL(path)
     for fn in (lib.indrnn_cpu_forward, lib.indrnn_cpu_backward):
-        fn.argtypes = [ctypes.POINTER(_Params)]
+        fn.argtypes = [ctypes.c_char_p]  # the packed Params (read only)
         fn.restype = None
     return lib
 
@@ -119,29 +112,27 @@ def library() -> ctypes.CDLL | None:
     return _lib
 
 
-def _view(t: Tensor | None, code: int | None = None) -> _View:
+def _view(t: Tensor | None, code: int | None = None) -> tuple[int, ...]:
     if t is None:
-        return _View()
-    strides = (*t.stride(), 0, 0)[:3]
-    return _View(t.data_ptr(), _DTYPE_CODES[t.dtype] if code is None else code, strides)
-
-
-def _state(t: Tensor | None) -> Tensor | None:
-    """(D, B, H) view of a (B, H) or (D, B, H) state."""
-    return t if t is None or t.dim() == 3 else t.unsqueeze(0)
+        return _NO_VIEW
+    if t.dim() == 2 and code is None:  # a (B, H) state: (1, B, H)
+        return (t.data_ptr(), _DTYPE_CODES[t.dtype], 0, *t.stride())
+    return (t.data_ptr(), _DTYPE_CODES[t.dtype] if code is None else code,
+            *(*t.stride(), 0, 0)[:3])
 
 
 def _params(x: Tensor, D: int, reverse: bool, r_max: float | None, r_min: float, *,
-            mask: Tensor | None, **views: Tensor | None) -> _Params:
+            mask: Tensor | None, **views: Tensor | None) -> bytes:
+    """The Params struct for one call (absent views: null pointers)."""
     T, B, DH = x.shape
-    return _Params(
-        T=T, B=B, H=DH // D, D=D, reverse=reverse, has_max=r_max is not None,
-        num_threads=torch.get_num_threads(), stream_min=STREAM_MIN_BYTES,
-        max_abs=0.0 if r_max is None else r_max,
-        min_abs=r_min, mask=_View() if mask is None else _view(mask, mask.element_size()),
-        **{k: _view(_state(v) if k in ("h0", "h_n", "grad_hn", "grad_h0") else v)
-           for k, v in views.items()},
-    )
+    fields = [T, B, DH // D, D, reverse, r_max is not None, torch.get_num_threads(),
+              STREAM_MIN_BYTES, 0.0 if r_max is None else r_max, r_min]
+    for name in _VIEWS:
+        if name == "mask":
+            fields += _NO_VIEW if mask is None else _view(mask, mask.element_size())
+        else:
+            fields += _view(views.get(name))
+    return _PARAMS.pack(*fields)
 
 
 def compiled_forward(x, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_min_abs,
@@ -153,7 +144,7 @@ def compiled_forward(x, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_
                            reverse, out, h_n, D)
     p = _params(x, D, reverse, recurrent_max_abs, recurrent_min_abs, mask=mask, pre=x, out=out,
                 u=weight_hh, bias=bias, h0=h0, h_n=h_n)
-    lib.indrnn_cpu_forward(ctypes.byref(p))
+    lib.indrnn_cpu_forward(p)
 
 
 def compiled_backward(grad_out, grad_hn, out, weight_hh, h0, mask, recurrent_max_abs,
@@ -170,5 +161,5 @@ def compiled_backward(grad_out, grad_hn, out, weight_hh, h0, mask, recurrent_max
     p = _params(out, D, reverse, recurrent_max_abs, recurrent_min_abs, mask=mask, out=out,
                 grad_out=g, grad_pre=grad_pre, u=weight_hh, h0=h0, grad_hn=grad_hn,
                 grad_h0=grad_h0, du=du, db=db)
-    lib.indrnn_cpu_backward(ctypes.byref(p))
+    lib.indrnn_cpu_backward(p)
     return du, db

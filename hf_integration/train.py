@@ -494,6 +494,26 @@ def summary(results: dict) -> str:
     return f"{bar}\n  indrnn-train summary\n{bar}\n{body}\n{bar}"
 
 
+_TORCH_THREADS = torch.get_num_threads()  # torch's default (physical cores), before any run
+
+
+def cpu_threads(setting, available: int | None = None, load: float | None = None) -> int:
+    """``--cpu-threads``: a count, or "auto": the cores torch would use (``available``, by
+    default torch's thread count when this module was imported) minus the machine's 1-minute
+    load average (``load``, by default ``os.getloadavg()[0]``), at least 1. OpenMP threads
+    that share a core with another job wait for each other at every parallel region, so a busy
+    core is better left out."""
+    if setting != "auto":
+        return int(setting)
+    available = _TORCH_THREADS if available is None else available
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:  # not available on this platform: assume busy
+            load = float(available)
+    return max(1, min(available, available - round(load)))
+
+
 def flushes_denormals() -> bool:
     """Whether this thread's float32 arithmetic flushes denormals to zero right now."""
     return (torch.tensor([1e-39]) * 1.0).item() == 0.0
@@ -507,7 +527,7 @@ def run(args) -> dict:
     mode comes back when it returns."""
     if not (use_cpu(args) or not torch.cuda.is_available()):
         return _run(args)
-    torch.set_num_threads(args.cpu_threads)
+    torch.set_num_threads(cpu_threads(args.cpu_threads))
     before = flushes_denormals()
     torch.set_flush_denormal(not args.keep_denormals)
     try:

@@ -515,6 +515,22 @@ def test_plateau_schedule_divides_the_lr_by_ten_when_the_test_loss_stalls(tmp_pa
     assert code == 2 and "--warmup-steps does not apply" in message
 
 
+def test_cpu_threads_auto_leaves_busy_cores_out(capsys):
+    """--cpu-threads auto (the default): torch's cores minus the rounded 1-minute load
+    average, at least 1; a number is taken as given; anything else is refused."""
+    assert train.parse_args(["adding"]).cpu_threads == "auto"
+    assert train.parse_args(["adding", "--cpu-threads", "3"]).cpu_threads == 3
+    assert train.cpu_threads(3) == 3
+    assert train.cpu_threads("auto", available=2, load=0.2) == 2
+    assert train.cpu_threads("auto", available=2, load=0.7) == 1
+    assert train.cpu_threads("auto", available=2, load=6.0) == 1
+    assert train.cpu_threads("auto", available=16, load=3.4) == 13
+    assert 1 <= train.cpu_threads("auto") <= train._TORCH_THREADS
+    for bad in ("0", "two"):
+        code, err = _exit_message(capsys, ["adding", "--cpu-threads", bad])
+        assert code == 2 and "--cpu-threads" in err
+
+
 def test_cli_pmnist_end_to_end_on_local_data(tmp_path, capsys, mnist_dir):
     out = tmp_path / "pmnist"
     assert train.main(["pmnist", "--data", str(mnist_dir), "--num-layers", "2", *TINY,

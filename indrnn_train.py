@@ -303,16 +303,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "under torchrun without CUDA, so that the Trainer runs DDP with gloo)")
     t.add_argument("--cpu-threads", type=_threads, default="auto",
                    help="torch threads when training on the CPU, or auto (the default): the "
-                   "cores torch would use minus the 1-minute load average, at least 1. On 2 "
-                   "idle cores 2 threads trained the adding quick start 1.36x faster than 1; "
-                   "on 2 cores busy with other jobs 2 threads were 3x slower (threads wait "
-                   "for each other), hence the load average")
+                   "cores torch would use that are idle when the run starts (measured over "
+                   "0.2 s), at least 1. On 2 idle cores 2 threads trained the adding quick "
+                   "start 1.36x faster than 1; on 2 cores busy with other jobs 2 threads were "
+                   "3x slower (threads wait for each other), hence busy cores are left out")
     t.add_argument("--keep-denormals", action="store_true",
                    help="on the CPU, compute with denormal floats instead of flushing them to "
                    "zero (torch.set_flush_denormal). Off by default: the backward through time "
                    "multiplies gradients by |u| < 1 at every step, the tiny values it reaches "
                    "make every float32 op that touches them many times slower (the adding quick "
-                   "start trained 1.6x slower), and values below 1.2e-38 do not change training")
+                   "start's forward+backward ran 1.7x slower), and values below 1.2e-38 do not "
+                   "change training")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     o = p.add_argument_group("output")
     o.add_argument("--output-dir", default=None,

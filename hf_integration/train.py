@@ -497,21 +497,37 @@ def summary(results: dict) -> str:
 _TORCH_THREADS = torch.get_num_threads()  # torch's default (physical cores), before any run
 
 
-def cpu_threads(setting, available: int | None = None, load: float | None = None) -> int:
+def cpu_threads(setting, available: int | None = None, idle: float | None = None) -> int:
     """``--cpu-threads``: a count, or "auto": the cores torch would use (``available``, by
-    default torch's thread count when this module was imported) minus the machine's 1-minute
-    load average (``load``, by default ``os.getloadavg()[0]``), at least 1. OpenMP threads
-    that share a core with another job wait for each other at every parallel region, so a busy
-    core is better left out."""
+    default torch's thread count when this module was imported) that are idle now (``idle``,
+    by default :func:`idle_cores`), at least 1. OpenMP threads that share a core with another
+    job wait for each other at every parallel region, so a busy core is better left out."""
     if setting != "auto":
         return int(setting)
     available = _TORCH_THREADS if available is None else available
-    if load is None:
+    idle = idle_cores() if idle is None else idle
+    return max(1, min(available, round(idle)))
+
+
+def idle_cores(window: float = 0.2) -> float:
+    """How many of the machine's cores were idle over the next ``window`` seconds (Linux's
+    /proc/stat); elsewhere the core count minus the 1-minute load average."""
+    def sample():
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        return fields[3] + fields[4], sum(fields[:8])  # idle + iowait, all but guest time
+
+    cores = os.cpu_count() or 1
+    try:
+        idle0, total0 = sample()
+        time.sleep(window)
+        idle1, total1 = sample()
+    except (OSError, ValueError, IndexError):
         try:
-            load = os.getloadavg()[0]
-        except OSError:  # not available on this platform: assume busy
-            load = float(available)
-    return max(1, min(available, available - round(load)))
+            return max(0.0, cores - os.getloadavg()[0])
+        except OSError:
+            return 1.0
+    return cores * (idle1 - idle0) / max(1, total1 - total0)
 
 
 def flushes_denormals() -> bool:

@@ -1,6 +1,7 @@
 """indrnn-train: the data builders, the CLI end to end on tiny settings, and its argument errors."""
 
 import json
+import multiprocessing
 import os
 import signal
 import socket
@@ -515,17 +516,32 @@ def test_plateau_schedule_divides_the_lr_by_ten_when_the_test_loss_stalls(tmp_pa
     assert code == 2 and "--warmup-steps does not apply" in message
 
 
+def _spin_until(stop: float) -> None:
+    while time.monotonic() < stop:
+        pass
+
+
 def test_cpu_threads_auto_leaves_busy_cores_out(capsys):
-    """--cpu-threads auto (the default): torch's cores minus the rounded 1-minute load
-    average, at least 1; a number is taken as given; anything else is refused."""
+    """--cpu-threads auto (the default): torch's cores that are idle (rounded), at least 1; a
+    number is taken as given; anything else is refused. A busy core shows as busy."""
     assert train.parse_args(["adding"]).cpu_threads == "auto"
     assert train.parse_args(["adding", "--cpu-threads", "3"]).cpu_threads == 3
     assert train.cpu_threads(3) == 3
-    assert train.cpu_threads("auto", available=2, load=0.2) == 2
-    assert train.cpu_threads("auto", available=2, load=0.7) == 1
-    assert train.cpu_threads("auto", available=2, load=6.0) == 1
-    assert train.cpu_threads("auto", available=16, load=3.4) == 13
+    assert train.cpu_threads("auto", available=2, idle=1.8) == 2
+    assert train.cpu_threads("auto", available=2, idle=1.3) == 1
+    assert train.cpu_threads("auto", available=2, idle=0.0) == 1
+    assert train.cpu_threads("auto", available=16, idle=40.0) == 16
     assert 1 <= train.cpu_threads("auto") <= train._TORCH_THREADS
+    cores = os.cpu_count()
+    assert 0.0 <= train.idle_cores(0.05) <= cores + 1e-9
+    stop = time.monotonic() + 1.0
+    spin = multiprocessing.get_context("fork").Process(target=_spin_until, args=(stop,))
+    spin.start()
+    try:
+        time.sleep(0.2)
+        assert train.idle_cores(0.3) <= cores - 0.5  # the spinning process's core is busy
+    finally:
+        spin.join()
     for bad in ("0", "two"):
         code, err = _exit_message(capsys, ["adding", "--cpu-threads", bad])
         assert code == 2 and "--cpu-threads" in err

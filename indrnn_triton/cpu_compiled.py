@@ -3,7 +3,7 @@
 One pass over time per call with the state in cache, vectorised over H, threads over batch and
 directions (see the C++ file). The source uses no torch headers, so the build is a single
 compiler call (about 20 s on 2 cores), done by ``torch.utils.cpp_extension.load`` (needs ``ninja``
-and a C++ compiler with ``_Float16``: GCC >= 12 or Clang >= 15). The library is cached in
+and a C++20 compiler, as torch's extensions: tested with GCC 12). The library is cached in
 torch's extension folder, ``$TORCH_EXTENSIONS_DIR/<name>/`` or by default
 ``~/.cache/torch_extensions/py<ver>_cpu/<name>/``; the name carries a hash of the source and the
 instruction set, so every version builds once per machine and a stale build is never loaded.

@@ -301,12 +301,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cpu", action="store_true",
                    help="train on the CPU even when CUDA is available (set automatically "
                    "under torchrun without CUDA, so that the Trainer runs DDP with gloo)")
-    t.add_argument("--cpu-threads", type=_threads, default="auto",
-                   help="torch threads when training on the CPU, or auto (the default): the "
-                   "cores torch would use that are idle when the run starts (measured over "
-                   "0.2 s), at least 1. On 2 idle cores 2 threads trained the adding quick "
-                   "start 1.36x faster than 1; on 2 cores busy with other jobs 2 threads were "
-                   "3x slower (threads wait for each other), hence busy cores are left out")
+    t.add_argument("--cpu-threads", type=_threads, default=1,
+                   help="torch threads when training on the CPU, or auto: the cores torch "
+                   "would use that are idle when the run starts (measured over 0.2 s), at "
+                   "least 1. Default 1: on our 2-core virtual machine 2 threads trained the "
+                   "adding quick start 1.36x faster than 1 at one time and 1.4x slower 45 "
+                   "minutes later, with both cores idle (threads wait for each other at every "
+                   "parallel region, and for a core the host gives to someone else); on cores "
+                   "busy with other jobs they were 3x slower")
     t.add_argument("--keep-denormals", action="store_true",
                    help="on the CPU, compute with denormal floats instead of flushing them to "
                    "zero (torch.set_flush_denormal). Off by default: the backward through time "

@@ -522,9 +522,10 @@ def _spin_until(stop: float) -> None:
 
 
 def test_cpu_threads_auto_leaves_busy_cores_out(capsys):
-    """--cpu-threads auto (the default): torch's cores that are idle (rounded), at least 1; a
-    number is taken as given; anything else is refused. A busy core shows as busy."""
-    assert train.parse_args(["adding"]).cpu_threads == "auto"
+    """--cpu-threads auto: torch's cores that are idle (rounded), at least 1; a number is
+    taken as given (default 1); anything else is refused. A busy core shows as busy."""
+    assert train.parse_args(["adding"]).cpu_threads == 1
+    assert train.parse_args(["adding", "--cpu-threads", "auto"]).cpu_threads == "auto"
     assert train.parse_args(["adding", "--cpu-threads", "3"]).cpu_threads == 3
     assert train.cpu_threads(3) == 3
     assert train.cpu_threads("auto", available=2, idle=1.8) == 2

@@ -234,7 +234,7 @@ def use_cpu(args, environ=os.environ) -> bool:
 def training_arguments(args):
     from transformers import TrainingArguments
 
-    schedule = {}
+    schedule = dict(lr_scheduler_type=args.lr_scheduler)
     if args.lr_scheduler == "plateau":  # divide by 10 when the test loss stops improving
         schedule = dict(lr_scheduler_type="reduce_lr_on_plateau",
                         lr_scheduler_kwargs={"mode": "min", "factor": 0.1, "eps": 0.0,
@@ -246,7 +246,7 @@ def training_arguments(args):
         per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=args.eval_batch_size,
         learning_rate=args.learning_rate,
-        **({"lr_scheduler_type": args.lr_scheduler} | schedule),
+        **schedule,
         warmup_steps=args.warmup_steps,
         weight_decay=args.weight_decay,  # torch.optim.Adam's L2 (run() passes the class)
         max_grad_norm=args.max_grad_norm,
@@ -541,7 +541,8 @@ def run(args) -> dict:
     On the CPU it sets torch's thread count (``--cpu-threads``, kept afterwards) and flushes
     denormals to zero for the run (``--keep-denormals`` turns that off); the caller's denormal
     mode comes back when it returns."""
-    if not (use_cpu(args) or not torch.cuda.is_available()):
+    on_cpu = use_cpu(args) or not torch.cuda.is_available()
+    if not on_cpu:
         return _run(args)
     torch.set_num_threads(cpu_threads(args.cpu_threads))
     before = flushes_denormals()

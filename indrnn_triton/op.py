@@ -231,9 +231,8 @@ def _setup_context(ctx, inputs, output):
     ctx.bias_dtype = None if bias is None else bias.dtype
 
 
-def _backward(ctx, grad_out, grad_hn):
-    out, weight_hh, h0, mask = ctx.saved_tensors
-    grad_pre, du, db, dh0 = _backward_op(grad_out, grad_hn, out, weight_hh, h0, mask, *ctx.flags)
+def _input_grads(ctx, weight_hh, h0, grad_pre, du, db, dh0) -> tuple:
+    """The forward's input gradients from the backward's outputs, in the inputs' dtypes."""
     return (
         grad_pre,
         du.to(weight_hh.dtype),
@@ -242,6 +241,12 @@ def _backward(ctx, grad_out, grad_hn):
         None,  # mask
         *(None,) * len(ctx.flags),
     )
+
+
+def _backward(ctx, grad_out, grad_hn):
+    out, weight_hh, h0, mask = ctx.saved_tensors
+    grads = _backward_op(grad_out, grad_hn, out, weight_hh, h0, mask, *ctx.flags)
+    return _input_grads(ctx, weight_hh, h0, *grads)
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
@@ -259,10 +264,9 @@ class _EagerRecurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, pre, weight_hh, bias, h0, mask, *flags):
         ctx.set_materialize_grads(False)
-        use_triton = pre.device.type == "cuda" or cpu_uses_triton
-        output = _forward_impl(pre, weight_hh, bias, h0, mask, *flags, use_triton=use_triton)
+        ctx.use_triton = _use_triton(pre)
+        output = _forward_impl(pre, weight_hh, bias, h0, mask, *flags, use_triton=ctx.use_triton)
         _setup_context(ctx, (pre, weight_hh, bias, h0, mask, *flags), output)
-        ctx.use_triton = use_triton
         return output
 
     @staticmethod
@@ -270,16 +274,14 @@ class _EagerRecurrence(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True
             return _backward(ctx, grad_out, grad_hn)
         out, weight_hh, h0, mask = ctx.saved_tensors
-        grad_pre, du, db, dh0 = _backward_impl(grad_out, grad_hn, out, weight_hh, h0, mask,
-                                               *ctx.flags, use_triton=ctx.use_triton)
-        return (
-            grad_pre,
-            du.to(weight_hh.dtype),
-            None if ctx.bias_dtype is None else db.to(ctx.bias_dtype),
-            None if h0 is None else dh0.to(h0.dtype),
-            None,  # mask
-            *(None,) * len(ctx.flags),
-        )
+        grads = _backward_impl(grad_out, grad_hn, out, weight_hh, h0, mask, *ctx.flags,
+                               use_triton=ctx.use_triton)
+        return _input_grads(ctx, weight_hh, h0, *grads)
+
+
+def _use_triton(t: Tensor) -> bool:
+    """Whether ``t``'s device runs the Triton kernels (CUDA; CPU only under the interpreter)."""
+    return t.device.type == "cuda" or cpu_uses_triton
 
 
 _PLAIN = (Tensor, torch.nn.Parameter)
@@ -301,7 +303,7 @@ def recurrence(pre, weight_hh, bias, h0, mask, r_max, r_min, reverse, batch_firs
     if torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (pre, weight_hh, bias, h0)):
         return _EagerRecurrence.apply(*args)
-    return _forward_impl(*args, use_triton=pre.device.type == "cuda" or cpu_uses_triton)
+    return _forward_impl(*args, use_triton=_use_triton(pre))
 
 
 def _check_float_tensor(name: str, t, ndim: int) -> None:

@@ -375,15 +375,14 @@ void backward_unit(bool nt, int prev_kind, const S* g, const S* o, const void* p
                    const A* u, A* c, A* du, A* db, int64_t H) {
 #ifdef INDRNN_SIMD
   if constexpr (std::is_same_v<A, float>) {
-    if (nt) {
-      if (prev_kind == 1) simd::backward<true, HAS_G, 1>(g, o, prev, gp, u, c, du, db, H);
-      else if (prev_kind == 2) simd::backward<true, HAS_G, 2>(g, o, prev, gp, u, c, du, db, H);
-      else simd::backward<true, HAS_G, 0>(g, o, prev, gp, u, c, du, db, H);
-    } else {
-      if (prev_kind == 1) simd::backward<false, HAS_G, 1>(g, o, prev, gp, u, c, du, db, H);
-      else if (prev_kind == 2) simd::backward<false, HAS_G, 2>(g, o, prev, gp, u, c, du, db, H);
-      else simd::backward<false, HAS_G, 0>(g, o, prev, gp, u, c, du, db, H);
-    }
+    auto run = [&](auto stream) {  // stream: std::bool_constant, NT as a compile-time value
+      constexpr bool NT = decltype(stream)::value;
+      if (prev_kind == 1) simd::backward<NT, HAS_G, 1>(g, o, prev, gp, u, c, du, db, H);
+      else if (prev_kind == 2) simd::backward<NT, HAS_G, 2>(g, o, prev, gp, u, c, du, db, H);
+      else simd::backward<NT, HAS_G, 0>(g, o, prev, gp, u, c, du, db, H);
+    };
+    if (nt) run(std::true_type{});
+    else run(std::false_type{});
     return;
   }
 #endif

@@ -321,13 +321,13 @@ class RunGuard:
         return Callback()
 
     def step_end(self, args, state, control, model) -> None:
-        flags = torch.tensor([self.bad_loss is not None, self.signal or 0], dtype=torch.float32)
+        bad_loss, signum = self.bad_loss is not None, self.signal or 0
         if args.world_size > 1:  # every process stops at the same step, or DDP would hang
             import torch.distributed as dist
 
-            flags = flags.to(args.device)
+            flags = torch.tensor([bad_loss, signum], dtype=torch.float32, device=args.device)
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        bad_loss, signum = bool(flags[0]), int(flags[1])
+            bad_loss, signum = bool(flags[0]), int(flags[1])
         if signum:
             self.signal = self.signal or signum
             control.should_save = control.should_training_stop = True
@@ -361,6 +361,16 @@ def guarded_trainer(guard: RunGuard, callbacks=(), **kwargs):
             return loss
 
     return GuardedTrainer(callbacks=[guard.callback(), *callbacks], **kwargs)
+
+
+def optimizer(args) -> tuple[type, dict]:
+    """The Trainer's ``optimizer_cls_and_kwargs``: Adam with L2 weight decay (added to the
+    gradient, the Trainer's ``weight_decay`` groups), as the authors' scripts; AdamW's decoupled
+    decay would be another recipe. The fused implementation, one kernel for every parameter
+    (CPU and CUDA; the same update up to rounding): for the adding quick start's 8 tensors a
+    step took 0.17 ms against 0.52 ms for the loop over parameters torch picks by default on
+    CPU."""
+    return torch.optim.Adam, {"lr": args.learning_rate, "fused": True}
 
 
 def recipe_callbacks(args) -> list:
@@ -535,16 +545,49 @@ def flushes_denormals() -> bool:
     return (torch.tensor([1e-39]) * 1.0).item() == 0.0
 
 
+# glibc's mallopt parameters (malloc.h), and the values keep_freed_memory sets: allocations below
+# 32 MiB (the most glibc's own adaptive threshold would reach) come from the heap, and up to
+# 256 MiB of freed memory stays at its top instead of going back to the system.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+HEAP_BELOW_BYTES = 32 << 20
+KEEP_FREED_BYTES = 256 << 20
+
+
+def keep_freed_memory(environ=os.environ) -> bool:
+    """Have glibc's malloc keep freed memory for reuse, for the rest of the process.
+
+    By default glibc returns the top of its heap to the system whenever more than twice the
+    largest recently freed block is free there, and a training step frees most of what it
+    allocated: the next step's tensors then land on fresh pages, each a page fault to zero
+    (~600 faults per step of the adding quick start, gone with this). Peak memory is unchanged;
+    up to KEEP_FREED_BYTES of it stays with the process between steps. Returns whether the
+    thresholds were set: not off glibc, nor when GLIBC_TUNABLES already sets glibc's malloc
+    tunables (the user's choice wins)."""
+    if platform.libc_ver()[0] != "glibc" or "glibc.malloc." in environ.get("GLIBC_TUNABLES", ""):
+        return False
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, HEAP_BELOW_BYTES)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, KEEP_FREED_BYTES))
+
+
 def run(args) -> dict:
     """Train, evaluate, save, reload, re-evaluate; return the results (also in metrics.json).
 
-    On the CPU it sets torch's thread count (``--cpu-threads``, kept afterwards) and flushes
-    denormals to zero for the run (``--keep-denormals`` turns that off); the caller's denormal
-    mode comes back when it returns."""
+    On the CPU it sets torch's thread count (``--cpu-threads``, kept afterwards), has glibc keep
+    freed memory for reuse (:func:`keep_freed_memory`, kept afterwards; ``--keep-malloc-defaults``
+    turns that off) and flushes denormals to zero for the run (``--keep-denormals`` turns that
+    off); the caller's denormal mode comes back when it returns."""
     on_cpu = use_cpu(args) or not torch.cuda.is_available()
     if not on_cpu:
         return _run(args)
     torch.set_num_threads(cpu_threads(args.cpu_threads))
+    if not args.keep_malloc_defaults:
+        keep_freed_memory()
     before = flushes_denormals()
     torch.set_flush_denormal(not args.keep_denormals)
     try:
@@ -581,12 +624,8 @@ def _run(args) -> dict:
     )
     targs = training_arguments(args)
     guard = RunGuard()
-    # Adam with L2 weight decay (added to the gradient), as the authors' scripts; AdamW's
-    # decoupled decay would be another recipe.
     trainer = guarded_trainer(guard, callbacks=recipe_callbacks(args), model=model, args=targs,
-                              optimizer_cls_and_kwargs=(torch.optim.Adam,
-                                                        {"lr": args.learning_rate}),
-                              **trainer_kwargs)
+                              optimizer_cls_and_kwargs=optimizer(args), **trainer_kwargs)
     resume_from = _checkpoint_to_resume(args, trainer)
     with guard:
         train_out = trainer.train(resume_from_checkpoint=resume_from)

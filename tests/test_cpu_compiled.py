@@ -155,6 +155,26 @@ def test_build_failure_falls_back_with_one_warning(monkeypatch):
             assert torch.equal(g, want)
 
 
+@pytest.mark.parametrize("listed", [True, False])
+def test_write_prefetches_only_where_the_cpu_has_prefetchw(tmp_path, monkeypatch, listed):
+    """-mprfchw (PREFETCHW, "3dnowprefetch" in /proc/cpuinfo) only for a CPU that lists it; the
+    AVX2 flags whatever the list says, when torch runs AVX2 or AVX-512 kernels."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma f16c"
+                       + (" 3dnowprefetch" if listed else "") + " bmi2\n")
+    assert ("3dnowprefetch" in cc.cpu_features(str(cpuinfo))) == listed
+    assert cc.cpu_features(str(tmp_path / "absent")) == set()
+    real = cc.cpu_features
+    monkeypatch.setattr(cc, "cpu_features", lambda: real(str(cpuinfo)))
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    flags, isa = cc._flags()
+    assert isa == "avx2" and {"-mavx2", "-mfma", "-mf16c"} <= set(flags)
+    assert ("-mprfchw" in flags) == listed
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    flags, isa = cc._flags()
+    assert isa == "base" and not {"-mavx2", "-mprfchw"} & set(flags)
+
+
 @pytest.mark.slow
 def test_broken_compiler_in_a_fresh_process_falls_back(tmp_path):
     """The real failure: CXX is a compiler that fails and the extension cache is empty. The op

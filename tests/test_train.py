@@ -3,6 +3,7 @@
 import json
 import multiprocessing
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -91,15 +92,81 @@ def test_adding_baseline_is_about_one_sixth():
     assert ((y - 1) ** 2).mean().item() == pytest.approx(data.ADDING_BASELINE_MSE, abs=0.005)
 
 
+# Random123's known-answer vectors for Philox4x32-10 (tests/kat_vectors in its distribution):
+# counter words, key words, output words.
+PHILOX_KAT = [
+    ("00000000 00000000 00000000 00000000", "00000000 00000000",
+     "6627e8d5 e169c58d bc57ac4c 9b00dbd8"),
+    ("ffffffff ffffffff ffffffff ffffffff", "ffffffff ffffffff",
+     "408f276d 41c83b0e a20bc7c6 6d5451fd"),
+    ("243f6a88 85a308d3 13198a2e 03707344", "a4093822 299f31d0",
+     "d16cfe09 94fdcceb 5001e420 24126ea1"),
+]
+
+
+@pytest.mark.parametrize("counter, key, expected", PHILOX_KAT)
+def test_philox_matches_the_random123_known_answers(counter, key, expected):
+    words = lambda text: [int(w, 16) for w in text.split()]  # noqa: E731
+    # as scalars, and broadcast over a batch whose other rows differ
+    out = data.philox4x32(words(counter), words(key))
+    assert [int(w) for w in out] == words(expected)
+    c = words(counter)
+    batch = data.philox4x32((np.array([c[0], c[0] ^ 1]), c[1], c[2], c[3]), words(key))
+    assert [int(w[0]) for w in batch] == words(expected)
+    assert [int(w[1]) for w in batch] != words(expected)
+
+
+def test_adding_draws_are_uniform():
+    """Values U(0, 1) at every step, markers uniform over each half: moments and a chi-square
+    over the positions of 20000 rows (thresholds at about 5 standard deviations)."""
+    T, n = 10, 20_000
+    values, first, second = data.adding_draws(7, np.arange(n), T)
+    assert values.dtype == np.float32 and values.shape == (n, T)
+    assert abs(values.mean() - 0.5) < 5 * (1 / 12 / values.size) ** 0.5
+    assert abs(values.var() - 1 / 12) < 0.002
+    # neighbouring steps and neighbouring rows are uncorrelated
+    assert abs(np.corrcoef(values[:, 0], values[:, 1])[0, 1]) < 0.04
+    assert abs(np.corrcoef(values[:-1, 3], values[1:, 3])[0, 1]) < 0.04
+    for steps, lo, hi in ((first, 0, T // 2), (second, T // 2, T)):
+        counts = np.bincount(steps - lo, minlength=hi - lo)
+        assert counts.size == hi - lo  # nothing outside [lo, hi)
+        expected = n / (hi - lo)
+        chi2 = ((counts - expected) ** 2 / expected).sum()
+        assert chi2 < 30, counts  # 4 degrees of freedom: P(chi2 > 30) ~ 5e-6
+
+
+def test_adding_rows_come_from_the_draws_and_index_only():
+    """Row i of the dataset is adding_draws(seed, i): values in channel 0, the two marked steps
+    in channel 1, their sum as the label; reading rows 3 and 900 of a larger dataset gives the
+    same rows as the first reads of a smaller one."""
+    ds = data.adding_problem(1000, 11, seed=4)
+    rows = ds.__getitems__([900, 3])
+    values, first, second = data.adding_draws(4, [900, 3], 11)
+    for k, row in enumerate(rows):
+        x = row["inputs_embeds"].numpy()
+        assert np.array_equal(x[:, 0], values[k])
+        assert np.flatnonzero(x[:, 1]).tolist() == [first[k], second[k]]
+        assert row["labels"].item() == np.float32(values[k, first[k]] + values[k, second[k]])
+    assert torch.equal(data.adding_problem(4, 11, seed=4)[3]["inputs_embeds"],
+                       rows[1]["inputs_embeds"])
+
+
 @pytest.mark.parametrize("seq_len", [0, 1])
 def test_adding_problem_rejects_short_sequences(seq_len):
     with pytest.raises(ValueError, match="seq_len must be >= 2"):
         data.adding_problem(4, seq_len, seed=0)
 
 
-def test_adding_problem_rejects_a_negative_seed():
-    with pytest.raises(ValueError, match="seed must be >= 0, got -1"):
-        data.adding_problem(4, 5, seed=-1)
+@pytest.mark.parametrize("seed", [-1, 2**64 - 1_000_003])
+def test_adding_problem_rejects_a_seed_out_of_range(seed):
+    with pytest.raises(ValueError, match=rf"seed must be >= 0 and < 2\*\*64 - 1000003, got {seed}"):
+        data.adding_problem(4, 5, seed=seed)
+
+
+def test_adding_problem_takes_64_bit_seeds():
+    a = data.adding_problem(3, 5, seed=2**40)[:]["inputs_embeds"]
+    b = data.adding_problem(3, 5, seed=2**40 + 2**32)[:]["inputs_embeds"]  # same low word
+    assert not torch.equal(a, b)
 
 
 # ---------------------------------------------------------------------------- MNIST
@@ -493,6 +560,50 @@ def test_cpu_run_flushes_denormals_and_restores_the_callers_mode(tmp_path, capsy
     assert train.main(flags + (["--keep-denormals"] if keep else [])) == 0
     assert seen and set(seen) == {not keep}
     assert not train.flushes_denormals()
+
+
+KEEP_FREED_SCRIPT = """
+import resource, sys, torch
+from hf_integration import train
+torch.set_num_threads(1)
+if sys.argv[1] == "keep":
+    assert train.keep_freed_memory()
+faults = []
+for _ in range(8):  # a "step" allocates six 3 MB tensors and frees them all
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    tensors = [torch.ones(750_000) for _ in range(6)]
+    del tensors
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(sum(faults[4:]))
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc thresholds")
+def test_keep_freed_memory_ends_the_page_faults_of_repeated_steps():
+    """With glibc's defaults each step's 18 MB land on fresh pages (~4400 faults per step, after
+    the first ones); with keep_freed_memory the freed heap is reused (none)."""
+    def faults(mode):
+        result = subprocess.run([sys.executable, "-c", KEEP_FREED_SCRIPT, mode], cwd=REPO,
+                                capture_output=True, text=True, timeout=120,
+                                env={**os.environ, "GLIBC_TUNABLES": ""})
+        assert result.returncode == 0, result.stderr
+        return int(result.stdout.split()[-1])
+
+    assert faults("default") > 4 * 3000
+    assert faults("keep") < 4 * 100
+
+
+def test_keep_freed_memory_leaves_glibc_tunables_to_the_user():
+    assert not train.keep_freed_memory({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1"})
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["keep-freed", "keep-malloc-defaults"])
+def test_cpu_run_keeps_freed_memory_unless_told_not_to(tmp_path, capsys, monkeypatch, keep):
+    calls = []
+    monkeypatch.setattr(train, "keep_freed_memory", lambda: calls.append(1) or True)
+    flags = ["adding", "-T", "6", "--test-size", "20", *TINY, "--output-dir", str(tmp_path)]
+    assert train.main(flags + (["--keep-malloc-defaults"] if keep else [])) == 0
+    assert calls == ([] if keep else [1])
 
 
 def test_plateau_schedule_divides_the_lr_by_ten_when_the_test_loss_stalls(tmp_path, capsys):
@@ -1050,7 +1161,7 @@ def test_recipe_flag_errors(capsys, argv, message):
     assert code == 2 and message in err
 
 
-def test_optimizer_is_adam_with_l2_decay_except_recurrent_weights_and_biases(tmp_path):
+def test_optimizer_is_fused_adam_with_l2_decay_except_recurrent_weights_and_biases(tmp_path):
     args = train.parse_args(["mnist", "--hidden-size", "4", "--num-layers", "2",
                              "--dropout-last", "0.1", "--output-dir", str(tmp_path)])
     task = data.TaskData(None, None, 784, input_size=1, num_labels=10)
@@ -1058,9 +1169,10 @@ def test_optimizer_is_adam_with_l2_decay_except_recurrent_weights_and_biases(tmp
     trainer = train.guarded_trainer(
         train.RunGuard(), callbacks=train.recipe_callbacks(args), model=model,
         args=train.training_arguments(args), eval_dataset=datasets.Dataset.from_dict({"x": [0]}),
-        optimizer_cls_and_kwargs=(torch.optim.Adam, {"lr": args.learning_rate}))
+        optimizer_cls_and_kwargs=train.optimizer(args))
     optimizer = trainer.create_optimizer()
     assert type(optimizer) is torch.optim.Adam
+    assert optimizer.defaults["fused"] and optimizer.defaults["lr"] == args.learning_rate
     names = {id(p): n for n, p in model.named_parameters()}
     groups = {g["weight_decay"]: sorted(names[id(p)] for p in g["params"])
               for g in optimizer.param_groups}

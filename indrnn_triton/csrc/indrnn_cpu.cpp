@@ -281,11 +281,16 @@ inline bool aligned(const S* p) {
   return reinterpret_cast<uintptr_t>(p) % (8 * sizeof(S)) == 0;
 }
 
-// Elements ahead of the current one that the loops prefetch (4 KB of float32): the hardware
-// prefetchers alone leave a single thread's time loop well below the copy bandwidth.
-constexpr int64_t kPrefetch = 1024;
-
 inline void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
+// A line the loop will store to: PREFETCHW (cpu_compiled passes -mprfchw where the CPU has it)
+// fetches it ready to be written, so the store does not wait for the read a store miss does.
+// Not with streaming stores, which skip the caches (prefetching their lines slowed the
+// T=1000, B=32, H=256 forward 1.6x).
+inline void prefetch_write(const void* p) { __builtin_prefetch(p, 1, 3); }
+
+// Elements of S in a 64-byte cache line: the loops prefetch one line per line they read.
+template <class S>
+constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(S));
 
 // Elements [0, n) where o + n is the first aligned output (all of them if none is).
 template <bool NT, class S>
@@ -297,14 +302,20 @@ inline int64_t head(const S* o, int64_t H) {
 }
 
 // forward_row<true> for A = float: same arithmetic (fma(u, h, x + b), then ReLU keeping NaN).
+// pf, pf_out: the input and output rows the loop will reach some rows later (see ahead()),
+// prefetched a line at a time alongside this one; null for none.
 template <bool NT, class S>
 void forward(const S* __restrict x, S* __restrict o, const float* __restrict u,
-             const float* __restrict bias, float* __restrict h, int64_t H) {
+             const float* __restrict bias, float* __restrict h, int64_t H, const S* pf,
+             const S* pf_out) {
   int64_t i = head<NT>(o, H);
   forward_row<true>(x, 1, o, 1, u, bias, h, i);
   const __m256 zero = _mm256_setzero_ps();
-  for (; i + 8 <= H; i += 8) {
-    if (i % 32 == 0) prefetch(x + i + kPrefetch);
+  for (const int64_t i0 = i; i + 8 <= H; i += 8) {
+    if (pf != nullptr && (i - i0) % kLine<S> == 0) {
+      prefetch(pf + i);
+      if (!NT) prefetch_write(pf_out + i);
+    }
     const __m256 a = _mm256_fmadd_ps(_mm256_loadu_ps(u + i), _mm256_loadu_ps(h + i),
                                      _mm256_add_ps(load8(x + i), _mm256_loadu_ps(bias + i)));
     const __m256 r = _mm256_max_ps(zero, a);  // max returns its second operand for a NaN
@@ -314,20 +325,23 @@ void forward(const S* __restrict x, S* __restrict o, const float* __restrict u,
   forward_row<true>(x + i, 1, o + i, 1, u + i, bias + i, h + i, H - i);
 }
 
-// backward_row<true, HAS_G, PREV> for A = float.
+// backward_row<true, HAS_G, PREV> for A = float. pf_o, pf_g, pf_gp: the out, grad_out and
+// grad_pre rows of some rows later (see ahead()), or null.
 template <bool NT, bool HAS_G, int PREV, class S>
 void backward(const S* __restrict g, const S* __restrict o, const void* __restrict prev,
               S* __restrict gp, const float* __restrict u, float* __restrict c,
-              float* __restrict du, float* __restrict db, int64_t H) {
+              float* __restrict du, float* __restrict db, int64_t H, const S* pf_o,
+              const S* pf_g, const S* pf_gp) {
   int64_t i = head<NT>(gp, H);
   const S* ps = static_cast<const S*>(prev);
   const float* pa = static_cast<const float*>(prev);
   backward_row<true, HAS_G, PREV>(g, 1, o, 1, prev, gp, 1, u, c, du, db, i);
   const __m256 zero = _mm256_setzero_ps();
-  for (; i + 8 <= H; i += 8) {
-    if (i % 32 == 0) {
-      prefetch(o + i + kPrefetch);
-      if (HAS_G) prefetch(g + i + kPrefetch);
+  for (const int64_t i0 = i; i + 8 <= H; i += 8) {
+    if (pf_o != nullptr && (i - i0) % kLine<S> == 0) {
+      prefetch(pf_o + i);
+      if (HAS_G) prefetch(pf_g + i);
+      if (!NT) prefetch_write(pf_gp + i);
     }
     __m256 cg = _mm256_loadu_ps(c + i);
     if (HAS_G) cg = _mm256_add_ps(cg, load8(g + i));
@@ -357,29 +371,36 @@ void backward(const S* __restrict g, const S* __restrict o, const void* __restri
 
 // A unit-stride forward row: the SIMD loop for float accumulation where built, else the generic.
 template <class S, class A>
-void forward_unit(bool nt, const S* x, S* o, const A* u, const A* bias, A* h, int64_t H) {
+void forward_unit(bool nt, const S* x, S* o, const A* u, const A* bias, A* h, int64_t H,
+                  const S* pf, const S* pf_out) {
 #ifdef INDRNN_SIMD
   if constexpr (std::is_same_v<A, float>) {
-    if (nt) simd::forward<true>(x, o, u, bias, h, H);
-    else simd::forward<false>(x, o, u, bias, h, H);
+    if (nt) simd::forward<true>(x, o, u, bias, h, H, pf, pf_out);
+    else simd::forward<false>(x, o, u, bias, h, H, pf, pf_out);
     return;
   }
 #endif
   (void)nt;
+  (void)pf;
+  (void)pf_out;
   forward_row<true>(x, 1, o, 1, u, bias, h, H);
 }
 
 // A unit-stride backward row, likewise.
 template <bool HAS_G, class S, class A>
 void backward_unit(bool nt, int prev_kind, const S* g, const S* o, const void* prev, S* gp,
-                   const A* u, A* c, A* du, A* db, int64_t H) {
+                   const A* u, A* c, A* du, A* db, int64_t H, const S* pf_o, const S* pf_g,
+                   const S* pf_gp) {
 #ifdef INDRNN_SIMD
   if constexpr (std::is_same_v<A, float>) {
     auto run = [&](auto stream) {  // stream: std::bool_constant, NT as a compile-time value
       constexpr bool NT = decltype(stream)::value;
-      if (prev_kind == 1) simd::backward<NT, HAS_G, 1>(g, o, prev, gp, u, c, du, db, H);
-      else if (prev_kind == 2) simd::backward<NT, HAS_G, 2>(g, o, prev, gp, u, c, du, db, H);
-      else simd::backward<NT, HAS_G, 0>(g, o, prev, gp, u, c, du, db, H);
+      if (prev_kind == 1)
+        simd::backward<NT, HAS_G, 1>(g, o, prev, gp, u, c, du, db, H, pf_o, pf_g, pf_gp);
+      else if (prev_kind == 2)
+        simd::backward<NT, HAS_G, 2>(g, o, prev, gp, u, c, du, db, H, pf_o, pf_g, pf_gp);
+      else
+        simd::backward<NT, HAS_G, 0>(g, o, prev, gp, u, c, du, db, H, pf_o, pf_g, pf_gp);
     };
     if (nt) run(std::true_type{});
     else run(std::false_type{});
@@ -387,7 +408,33 @@ void backward_unit(bool nt, int prev_kind, const S* g, const S* o, const void* p
   }
 #endif
   (void)nt;
+  (void)pf_o;
+  (void)pf_g;
+  (void)pf_gp;
   backward_row_prev<true, HAS_G>(prev_kind, g, 1, o, 1, prev, gp, 1, u, c, du, db, H);
+}
+
+// The SIMD loops prefetch the row the time loop reaches this many bytes of rows later (at least
+// the next row): the hardware prefetchers alone leave a single thread's time loop well below the
+// copy bandwidth, and only the loop knows where its next rows are (the time loop of a
+// batch-major sequence walks down in memory in the backward, for one).
+constexpr int64_t kAheadBytes = 4096;
+
+template <class S>
+int64_t rows_ahead(int64_t H) {
+  return std::max<int64_t>(1, kAheadBytes / (H * static_cast<int64_t>(sizeof(S))));
+}
+
+// A block's time loop visits its nb sequences at each time step in turn, the steps in the order
+// t = k (up) or t = T - 1 - k (down) for k = 0 .. T-1. From the visit of (k, j), the visit `a`
+// rows later: its t and sequence j, or false past the last one.
+inline bool ahead(int64_t T, int64_t nb, int64_t k, int64_t j, int64_t a, bool up, int64_t* t,
+                  int64_t* jn) {
+  const int64_t kn = k + (j + a) / nb;
+  if (kn >= T) return false;
+  *t = up ? kn : T - 1 - kn;
+  *jn = (j + a) % nb;
+  return true;
 }
 
 // Streaming stores for an output of this many elements of S (see stream_min).
@@ -408,6 +455,7 @@ void forward_block(const Params& p, int64_t d, int64_t b0, int64_t nb, bool nt) 
   const int64_t sx = p.pre.stride[2], so = p.out.stride[2];
   const bool unit = sx == 1 && so == 1;
   const bool rev = p.reverse || d == 1;
+  const int64_t a = rows_ahead<S>(H);
   for (int64_t step = 0; step < p.T; ++step) {
     const int64_t t = rev ? p.T - 1 - step : step;
     for (int64_t j = 0; j < nb; ++j) {
@@ -419,8 +467,12 @@ void forward_block(const Params& p, int64_t d, int64_t b0, int64_t nb, bool nt) 
         continue;
       }
       const S* x = row<S>(p.pre, d, H, t, b);
+      int64_t tf, jf;
+      const bool more = unit && ahead(p.T, nb, step, j, a, !rev, &tf, &jf);
       if (unit)
-        forward_unit(nt, x, o, u.data(), bias.data(), hb, H);
+        forward_unit(nt, x, o, u.data(), bias.data(), hb, H,
+                     more ? row<S>(p.pre, d, H, tf, b0 + jf) : nullptr,
+                     more ? row<S>(p.out, d, H, tf, b0 + jf) : nullptr);
       else
         forward_row<false>(x, sx, o, so, u.data(), bias.data(), hb, H);
     }
@@ -449,6 +501,7 @@ void backward_block(const Params& p, int64_t d, int64_t b0, int64_t nb, A* du_ro
   const int64_t sg = p.grad_out.stride[2], so = p.out.stride[2], sgp = p.grad_pre.stride[2];
   const bool unit = so == 1 && sgp == 1;
   const bool rev = p.reverse || d == 1;
+  const int64_t a = rows_ahead<S>(H);
   for (int64_t step = p.T - 1; step >= 0; --step) {
     const int64_t t = rev ? p.T - 1 - step : step;
     const int64_t t_prev = rev ? t + 1 : t - 1;  // the step processed before t (if step > 0)
@@ -470,10 +523,18 @@ void backward_block(const Params& p, int64_t d, int64_t b0, int64_t nb, A* du_ro
       const int prev_kind = step > 0 ? 1 : (has_h0 ? 2 : 0);
       A* dub = du + j * H;
       A* dbb = db + j * H;
+      // The visits run backward in time: the k-th visited step is t = T-1-k (t = k reversed).
+      int64_t tf, jf;
+      const bool more = unit && ahead(p.T, nb, p.T - 1 - step, j, a, rev, &tf, &jf);
+      const S* pf_o = more ? row<S>(p.out, d, H, tf, b0 + jf) : nullptr;
+      const S* pf_g = more && has_g ? row<S>(p.grad_out, d, H, tf, b0 + jf) : nullptr;
+      const S* pf_gp = more ? row<S>(p.grad_pre, d, H, tf, b0 + jf) : nullptr;
       if (unit && has_g && sg == 1)
-        backward_unit<true>(nt, prev_kind, g, o, prev, gp, u.data(), cb, dub, dbb, H);
+        backward_unit<true>(nt, prev_kind, g, o, prev, gp, u.data(), cb, dub, dbb, H, pf_o,
+                            pf_g, pf_gp);
       else if (unit && !has_g)
-        backward_unit<false>(nt, prev_kind, g, o, prev, gp, u.data(), cb, dub, dbb, H);
+        backward_unit<false>(nt, prev_kind, g, o, prev, gp, u.data(), cb, dub, dbb, H, pf_o,
+                             pf_g, pf_gp);
       else if (has_g)
         backward_row_prev<false, true>(prev_kind, g, sg, o, so, prev, gp, sgp, u.data(), cb,
                                        dub, dbb, H);

@@ -194,6 +194,28 @@ def mode_fn(method: str, mode: str, pre, u, b, g):
     return lambda: torch.autograd.grad(out, inputs, g, retain_graph=True)
 
 
+def _config_name(config) -> str:
+    k = config.kwargs
+    return f"{k['BLOCK_B']}x{k['BLOCK_H']} w{config.num_warps} C{k['CHUNK']} S{k['STAGES']}"
+
+
+def tuned_tiles(fn) -> str | None:
+    """The tiles the sequential kernels' autotuners picked for one more call of ``fn`` (as
+    ``BLOCK_BxBLOCK_H wWARPS CCHUNK SSTAGES``, forward then backward), or None where ``fn``
+    launched neither (the chunked method, the CPU path): which configs win where, so the
+    autotune list can be pruned from a GPU run."""
+    if op.sequential is None:
+        return None
+    seq = op.sequential
+    tuners = {"fwd": seq._indrnn_fwd_kernel.fn, "bwd": seq._indrnn_bwd_kernel.fn}
+    for tuner in tuners.values():
+        tuner.best_config = None
+    fn()
+    picked = [f"{name} {_config_name(t.best_config)}" for name, t in tuners.items()
+              if t.best_config is not None]
+    return "; ".join(picked) or None
+
+
 def copy_time(like: torch.Tensor, budget_s: float) -> float:
     """Milliseconds of a device-to-device ``copy_`` of a tensor shaped and typed like ``like``."""
     src, dst = torch.randn_like(like, requires_grad=False), torch.empty_like(like)
@@ -228,13 +250,14 @@ def run_case(B, T, H, dtype, device, preset, methods) -> list[dict]:
             gbs = MIN_ELEMS[mode] * n_bytes / ms / 1e6
             fused_ms = ms if method == "fused" else fused_ms
             peak = peak_bytes(fn, device)
+            tiles = tuned_tiles(fn) if device.type == "cuda" and method in FUSED else None
             saved = None if mode == "fwd" else saved_bytes(lambda m=method: METHODS[m](pre, u, b))
             rows.append(dict(
                 base, mode=mode, method=method, ms=ms, **{"GB/s": gbs},
                 copy_frac=gbs / copy_gbs,
                 fused_speedup=None if fused_ms is None else ms / fused_ms,
                 saved_MB=None if saved is None else saved / 2**20,
-                peak_MB=peak / 2**20,
+                peak_MB=peak / 2**20, tiles=tiles,
             ))
             del fn
     return rows
@@ -293,7 +316,7 @@ def copy_frac_lines(rows: list[dict]) -> list[str]:
 
 
 COLUMNS = ["dtype", "B", "T", "H", "auto_picks", "mode", "method", "ms", "GB/s", "copy_frac",
-           "fused_speedup", "saved_MB", "peak_MB", "skipped"]
+           "fused_speedup", "saved_MB", "peak_MB", "tiles", "skipped"]
 
 
 def main(argv=None) -> int:
@@ -324,7 +347,10 @@ def main(argv=None) -> int:
             "GB/s from the minimum bytes (fwd 2, bwd 3, fwdbwd 5 (T, B, H) tensors); copy_frac "
             "= that over the same run's copy_ GB/s; fused_speedup = this row's time / fused "
             "time; saved_MB = bytes autograd keeps for backward; peak_MB = peak allocated "
-            "during the call (CUDA allocator; on CPU, op outputs counted by a dispatch mode).",
+            "during the call (CUDA allocator; on CPU, op outputs counted by a dispatch mode); "
+            "tiles = the sequential kernels' autotuned configs for the case (BLOCK_BxBLOCK_H, "
+            "warps, CHUNK steps in registers, STAGES of CHUNK steps in flight through shared "
+            "memory).",
         ])
     if not args.no_plots:
         plot_sweeps(rows, out, "bench_op", preset, ys=["ms", "GB/s"], panels="mode",

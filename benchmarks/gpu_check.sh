@@ -62,7 +62,8 @@ run_part() { [ "$PART" = all ] && [ "$1" != adding ] || [ "$PART" = "$1" ]; }
 
 if run_part kernels; then
 # 1. Resource report for every config (compiled in parallel; it also fills Triton's cache with
-#    the kernels the autotuner will launch below, the same cache keys).
+#    the kernels the autotuner will launch below, the same cache keys): registers, spills (and
+#    whether any sits inside a loop), shared memory, cp.async copies of the staged configs.
 step kernel_report 70 "$PY" benchmarks/kernel_report.py --jobs 16 \
     --json "$OUT_DIR/kernel_report.json" --md "$OUT_DIR/kernel_report.md"
 
@@ -74,7 +75,9 @@ step test_cuda 120 "$PY" -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprov
 # 3. The op: forward/backward/both vs naive loops and a copy, B x H up to 262144, T up to 4096,
 #    B=64 T=2048 H=1024, T=1000 B=32 H=256 and the long rows B=4 T=32768 H=1024, B=1 T=100000
 #    H=256; "auto", "sequential" and "chunked" side by side, and whether "auto" is within 10 %
-#    of the better of the two (bench_op.md's notes).
+#    of the better of the two (bench_op.md's notes). The tiles column names the configs the
+#    autotuners picked per case: whether the staged (STAGES > 1, shared-memory ring) configs
+#    win at B x H <= 65536, and which configs never win (to prune the list).
 step bench_op 160 "$PY" benchmarks/bench_op.py --preset gpu --threads 0 --out "$OUT_DIR"
 
 fi

@@ -9,7 +9,9 @@ compiled kernel it reports:
 - registers, stack frame, local memory and static shared memory, from the cubin through Triton's
   bundled ``cuobjdump --dump-resource-usage``;
 - register spill stores and loads (bytes), from ``ptxas -v`` run on the PTX with the ptxas and
-  flags Triton uses (spills go to the stack frame, which the cubin does not break down);
+  flags Triton uses (spills go to the stack frame, which the cubin does not break down), and
+  the spill instructions (STL/LDL) in the SASS, counting those inside a loop apart: a spill
+  outside the time loop costs once per program, one inside it every step;
 - the dynamic shared memory the launch requests (Triton's metadata);
 - every global load and store in the PTX with its width in bits (``ld.global.v4.b32`` = 128), so
   a reader sees whether the (T, B, H) streams are vectorised, and the shared-memory traffic and
@@ -129,6 +131,7 @@ def _common_args(f: dict) -> dict:
         p_h0=Ptr("float32") if f["h0"] else None,
         p_mask=Ptr("uint8") if f["mask"] else None,
         p_u=Ptr("float32"),
+        B_CLASS=B,
     )
 
 
@@ -226,9 +229,11 @@ def _specialise(fn, args: dict):
 
 _PTX_GLOBAL = re.compile(r"\b(ld|st)\.global((?:\.[\w:]+)+)")
 _PTX_CP_ASYNC = re.compile(
-    r"\bcp\.async\.\w+\.shared\.global(?:\.[\w:]+)*\s+\[[^\]]*\],\s*\[[^\]]*\],\s*(\d+)"
+    r"\bcp\.async\.\w+\.shared\.global(?:\.[\w:]+)*\s+\[[^\]]*\],\s*\[[^\]]*\],\s*"
+    r"(0x[0-9a-fA-F]+|\d+)"
 )
 _PTX_SHARED = re.compile(r"\b(?:ld|st)\.shared\b")
+_PTX_CP_ASYNC_COPY = re.compile(r"\bcp\.async\.(?:ca|cg)\b")
 
 
 def _global_widths(ptx: str) -> dict:
@@ -239,8 +244,8 @@ def _global_widths(ptx: str) -> dict:
         vec = next((int(p[1:]) for p in parts if re.fullmatch(r"v\d+", p)), 1)
         elem = next((int(p[1:]) for p in reversed(parts) if re.fullmatch(r"[busf]\d+", p)), 0)
         widths[op][vec * elem] += 1
-    for nbytes in _PTX_CP_ASYNC.findall(ptx):
-        widths["ld"][8 * int(nbytes)] += 1
+    for nbytes in _PTX_CP_ASYNC.findall(ptx):  # Triton writes the size in hex: 0x10
+        widths["ld"][8 * int(nbytes, 0)] += 1
     return {op: {k: c[k] for k in sorted(c)} for op, c in widths.items()}
 
 
@@ -265,14 +270,17 @@ def _barriers(ptx: str) -> int:
 
 
 def ptx_memory_ops(ptx: str) -> dict:
-    """Global loads/stores by width in bits, shared ops and barriers; the same inside the time
-    loop (``loop_*``), where they cost once per step."""
+    """Global loads/stores by width in bits (a cp.async copy into shared memory counts as a load),
+    shared ops, barriers and cp.async copies; the same inside the time loop (``loop_*``), where
+    they cost once per step (or chunk of steps)."""
     whole, loop = _global_widths(ptx), _loop_bodies(ptx)
     in_loop = _global_widths(loop)
     return dict(
         ld_global=whole["ld"], st_global=whole["st"],
         shared_ops=len(_PTX_SHARED.findall(ptx)), barriers=_barriers(ptx),
+        cp_async=len(_PTX_CP_ASYNC_COPY.findall(ptx)),
         loop_ld_global=in_loop["ld"], loop_st_global=in_loop["st"],
+        loop_cp_async=len(_PTX_CP_ASYNC_COPY.findall(loop)),
         loop_shared_ops=len(_PTX_SHARED.findall(loop)), loop_barriers=_barriers(loop),
     )
 
@@ -284,23 +292,48 @@ def tensor_core_ops(ptx: str) -> dict:
                 wgmma=len(re.findall(r"\bwgmma\.mma_async\b", ptx)))
 
 
+_SASS_INSN = re.compile(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);")
+_SASS_BRANCH = re.compile(r"\bBRA\b[^0-9]*(0x[0-9a-f]+)")
+_SASS_LOCAL = re.compile(r"\b(?:STL|LDL)\b")
+
+
+def sass_local_ops(sass: str) -> dict:
+    """Local-memory instructions (STL/LDL: spills) in SASS text, and how many sit inside a loop
+    (between a backward branch's target and the branch), where they would cost every step. A
+    spill outside the loops costs once per program."""
+    insns = [(int(addr, 16), text) for addr, text in _SASS_INSN.findall(sass)]
+    loops = [(int(m.group(1), 16), addr) for addr, text in insns
+             if (m := _SASS_BRANCH.search(text)) and int(m.group(1), 16) < addr]
+    local = [addr for addr, text in insns if _SASS_LOCAL.search(text)]
+    return dict(local_ops=len(local),
+                loop_local_ops=sum(any(lo <= a <= hi for lo, hi in loops) for a in local))
+
+
 def cubin_resources(cubin: bytes) -> dict:
-    """REG, STACK, LOCAL, SHARED of the cubin's one function, from cuobjdump."""
+    """REG, STACK, LOCAL, SHARED of the cubin's one function, from cuobjdump, and its
+    local-memory instructions in and outside loops (:func:`sass_local_ops`)."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
+        cuobjdump = str(tool_dir() / "cuobjdump")
         text = subprocess.run(
-            [str(tool_dir() / "cuobjdump"), "--dump-resource-usage", f.name],
-            check=True, capture_output=True, text=True,
+            [cuobjdump, "--dump-resource-usage", f.name], check=True, capture_output=True,
+            text=True,
+        ).stdout
+        sass = subprocess.run(
+            [cuobjdump, "-sass", f.name], check=True, capture_output=True, text=True,
         ).stdout
     fields = dict(re.findall(r"\b(REG|LOCAL|STACK|SHARED):(\d+)", text.split("Function", 1)[-1]))
     if "REG" not in fields:
         raise RuntimeError(f"no resource usage in cuobjdump output:\n{text}")
+    if not _SASS_INSN.search(sass):
+        raise RuntimeError(f"no SASS instructions in cuobjdump -sass output:\n{sass[:2000]}")
     return dict(
         registers=int(fields["REG"]),
         stack_bytes=int(fields.get("STACK", 0)),
         local_bytes=int(fields.get("LOCAL", 0)),
         shared_static=int(fields.get("SHARED", 0)),
+        **sass_local_ops(sass),
     )
 
 
@@ -393,9 +426,10 @@ def compile_one(kernel: str, arch: int, dtype: str, flags: str, config: dict) ->
 
 def kernel_configs(kernel: str, which: str = "all") -> list[dict]:
     """The autotune configs of a kernel as plain dicts. ``representative``: the largest tile, the
-    tallest (most batch rows) and the deepest (most steps in flight: the product of the other
-    integer parameters, e.g. CHUNK, and num_stages), the ones that need most registers.
-    ``largest``: the first of those only."""
+    tallest (most batch rows) and the deepest (most steps held in registers: the product of the
+    other integer parameters, e.g. CHUNK, and num_stages), the ones that need most registers,
+    and the one staging most bytes through shared memory (the largest tile x CHUNK x (STAGES -
+    1), for kernels with a STAGES parameter). ``largest``: the first of those only."""
     if which not in CONFIG_SETS:
         raise ValueError(f"which must be one of {CONFIG_SETS}, got {which!r}")
     _, _, configs = _unwrap(_kernels()[kernel][0])
@@ -415,14 +449,19 @@ def kernel_configs(kernel: str, which: str = "all") -> list[dict]:
         return r["kwargs"]["BLOCK_B"] * r["kwargs"]["BLOCK_H"]
 
     def depth(r):
-        other = [v for k, v in r["kwargs"].items() if k not in ("BLOCK_B", "BLOCK_H")]
+        other = [v for k, v in r["kwargs"].items() if k not in ("BLOCK_B", "BLOCK_H", "STAGES")]
         return math.prod(v for v in other if isinstance(v, int)) * r["num_stages"]
+
+    def staged(r):
+        return size(r) * r["kwargs"].get("CHUNK", 1) * (r["kwargs"].get("STAGES", 1) - 1)
 
     picks = [
         max(rows, key=lambda r: (size(r), depth(r), r["num_warps"])),
         max(rows, key=lambda r: (r["kwargs"]["BLOCK_B"], size(r), depth(r))),
         max(rows, key=lambda r: (depth(r), size(r))),
     ]
+    if any(staged(r) for r in rows):
+        picks.append(max(rows, key=lambda r: (staged(r), depth(r))))
     if which == "largest":
         return picks[:1]
     return [r for i, r in enumerate(picks) if r not in picks[:i]]
@@ -480,17 +519,19 @@ def _widths(counts: dict) -> str:
 def format_table(rows: list[dict]) -> str:
     """Markdown table, one row per compiled variant."""
     head = ["kernel", "arch", "dtype", "flags", "config", "warps", "stages", "regs",
-            "spill st/ld B", "smem B", "global loads", "global stores", "loop loads", "loop stores",
-            "loop smem ops/barriers", "mma/wgmma"]
+            "spill st/ld B", "spill ops (in loops)", "smem B", "global loads", "global stores",
+            "loop loads", "loop stores", "loop cp.async", "loop smem ops/barriers", "mma/wgmma"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [
             r["kernel"], r["arch"], r["dtype"], r["flags"], r["config"],
             r["num_warps"], r["num_stages"], r["registers"],
             f"{r['spill_store_bytes']}/{r['spill_load_bytes']}",
+            f"{r['local_ops']} ({r['loop_local_ops']})",
             max(r["shared_dynamic"], r["shared_static"]), _widths(r["ld_global"]),
             _widths(r["st_global"]), _widths(r["loop_ld_global"]), _widths(r["loop_st_global"]),
-            f"{r['loop_shared_ops']}/{r['loop_barriers']}", f"{r['mma_sync']}/{r['wgmma']}",
+            r["loop_cp_async"], f"{r['loop_shared_ops']}/{r['loop_barriers']}",
+            f"{r['mma_sync']}/{r['wgmma']}",
         ]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
@@ -509,9 +550,14 @@ def summary(rows: list[dict]) -> str:
             sts = sorted({b for r in sel for b in r["loop_st_global"]})
             out.append(
                 f"{k} {a}: {len(sel)} variants, registers {min(regs)}-{max(regs)}, "
-                f"max spill stores {max(r['spill_store_bytes'] for r in sel)} B, time-loop global "
+                f"max spill stores {max(r['spill_store_bytes'] for r in sel)} B "
+                f"({sum(1 for r in sel if r['spill_store_bytes'])} variants), spill instructions "
+                f"inside loops {sum(r['loop_local_ops'] for r in sel)}, time-loop global "
                 f"load widths {lds} bits, store widths {sts} bits, time-loop barriers up to "
-                f"{max(r['loop_barriers'] for r in sel)}, tensor-core instructions "
+                f"{max(r['loop_barriers'] for r in sel)}, time-loop cp.async copies up to "
+                f"{max(r['loop_cp_async'] for r in sel)}, shared memory up to "
+                f"{max(max(r['shared_dynamic'], r['shared_static']) for r in sel)} B, "
+                f"tensor-core instructions "
                 f"(mma.sync/wgmma) "
                 f"{min(r['mma_sync'] for r in sel)}-{max(r['mma_sync'] for r in sel)}/"
                 f"{min(r['wgmma'] for r in sel)}-{max(r['wgmma'] for r in sel)}"

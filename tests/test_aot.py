@@ -15,6 +15,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 triton = pytest.importorskip("triton", reason="Triton is not installed")
 TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+# Shared memory one block may use (bytes), from the CUDA programming guide's compute capability
+# table: 163 KB on 8.0, 227 KB on 9.0.
+SHARED_LIMIT = {"sm_80": 163 * 1024, "sm_90": 227 * 1024}
 
 
 def _compile_report(tmp_path, *args) -> list[dict]:
@@ -63,8 +66,18 @@ def test_kernels_compile_for_sm80_sm90_without_spills(tmp_path):
         assert max(map(int, r["loop_ld_global"])) >= 64, r
         if r["kernel"] in ("fwd", "bwd") or r["kernel"].endswith("_steps"):
             assert max(map(int, r["loop_st_global"])) >= 64, r
+        # A staged config (STAGES > 1, in the representative set as the one staging most bytes)
+        # has Triton's pipeliner copy the coming chunks into shared memory with cp.async inside
+        # the time loop, within the block's shared memory limit (sm_80: 163 KB, sm_90: 227 KB).
+        # Without staging there is none: the loads stay in registers.
+        staged = r.get("STAGES", 1) > 1
+        assert (r["loop_cp_async"] > 0) == staged, r
+        assert max(r["shared_dynamic"], r["shared_static"]) <= SHARED_LIMIT[r["arch"]], r
+    assert any(r.get("STAGES", 1) > 1 for r in rows if r["kernel"] in ("fwd", "bwd"))
     spilling = _spills(rows)
     assert not spilling, "register spills:\n" + "\n".join(spilling)
+    # The SASS agrees: no local-memory instruction anywhere, so none inside a time loop.
+    assert not [r for r in rows if r["local_ops"] or r["loop_local_ops"]]
 
 
 def test_fused_kernel_compiles_with_tensor_cores_without_spills(tmp_path):
@@ -81,6 +94,47 @@ def test_fused_kernel_compiles_with_tensor_cores_without_spills(tmp_path):
         assert r["mma_sync"] + r["wgmma"] > 0, r
     spilling = _spills(rows)
     assert not spilling, "register spills:\n" + "\n".join(spilling)
+    # The SASS agrees: no local-memory instruction anywhere, so none inside a time loop.
+    assert not [r for r in rows if r["local_ops"] or r["loop_local_ops"]]
+
+
+def test_sass_spills_are_counted_inside_and_outside_loops(monkeypatch):
+    """kernel_report's SASS reading: STL/LDL between a backward branch's target and the branch
+    are in a loop; the kernel's closing self-branch (`BRA` to itself) is no loop."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks.kernel_report import sass_local_ops
+
+    sass = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   STL [R1], R34 ;
+        /*0020*/                   LDG.E.128 R4, desc[UR4][R2.64] ;
+        /*0030*/                   STL.64 [R1+0x8], R16 ;
+        /*0040*/                   LDL.LU R8, [R1] ;
+        /*0050*/               @P5 BRA 0x20 ;
+        /*0060*/                   LDL.LU R8, [R1] ;
+        /*0070*/              @!P1 BRA 0x90 ;
+        /*0080*/                   EXIT ;
+        /*0090*/                   BRA 0x90;
+    """
+    assert sass_local_ops(sass) == dict(local_ops=4, loop_local_ops=2)
+    assert sass_local_ops(sass.replace("@P5 BRA 0x20", "@P5 BRA 0x60")) == dict(
+        local_ops=4, loop_local_ops=0)
+
+
+def test_ptx_load_widths_count_cp_async_copies(monkeypatch):
+    """A cp.async copy into shared memory is a global load of its size (written in hex by
+    Triton, in decimal by hand-written PTX)."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks.kernel_report import _global_widths
+
+    ptx = """
+        cp.async.cg.shared.global [ %r5 + 0 ], [ %rd20 + 0 ], 0x10, %r46;
+        cp.async.commit_group;
+        cp.async.ca.shared.global [ %r7 + 0 ], [ %rd21 + 0 ], 8;
+        ld.global.v4.b32 { %r1, %r2, %r3, %r4 }, [ %rd1 + 0 ];
+        st.global.b16 [ %rd2 + 0 ], { %rs1 };
+    """
+    assert _global_widths(ptx) == {"ld": {64: 1, 128: 2}, "st": {16: 1}}
 
 
 def test_report_refuses_interpreter_mode():

@@ -179,6 +179,19 @@ def test_every_autotune_config(monkeypatch):
         _check(torch.float32, 7, 5, 300, FLAGS["all"])
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_staged_configs_every_dtype(monkeypatch, dtype):
+    """The configs whose time loop Triton's pipeliner stages through shared memory (STAGES > 1,
+    cp.async), in every dtype, masked and not: T = 203 runs the pipeline's prologue, many full
+    iterations and a partial last chunk; H = 300 leaves a partial feature block."""
+    staged = [c for c in tk.gpu_configs() if c.kwargs["STAGES"] > 1]
+    assert staged
+    for config in staged:
+        _pin(monkeypatch, config)
+        for flags in ("plain", "all"):
+            _check(dtype, 203, 3, 300, FLAGS[flags])
+
+
 def test_int64_offsets_over_2_pow_31_elements(pinned):
     """T*B*H > 2^31 elements (bf16, 4.8 GB a tensor): rows at the far end of memory must be
     right, which needs 64-bit offsets. Rows are independent, so a slice is checked."""

@@ -119,7 +119,7 @@ def _gpu_config_ids():
     import indrnn_triton.kernels.sequential as tk
 
     return [f"B{c.kwargs['BLOCK_B']}-H{c.kwargs['BLOCK_H']}-w{c.num_warps}-C{c.kwargs['CHUNK']}"
-            for c in tk.gpu_configs()]
+            f"-S{c.kwargs['STAGES']}" for c in tk.gpu_configs()]
 
 
 @pytest.mark.slow
@@ -142,6 +142,93 @@ def test_every_gpu_autotune_config_interpreted(monkeypatch, index):
                                     batch_first=True, clip="both")
     mask = make_mask("right", 37, 3, batch_first=True)
     check_against_reference(pre, u, b, h0, mask=mask, reverse=True, batch_first=True, **kw)
+
+
+def test_batch_class_rounds_up_to_a_power_of_two():
+    from indrnn_triton.kernels.common import batch_class
+
+    got = [batch_class(b) for b in (0, 1, 2, 3, 4, 5, 8, 9, 64, 65, 1000)]
+    assert got == [1, 1, 2, 4, 4, 8, 8, 16, 64, 128, 1024]
+
+
+@pytest.mark.parametrize("kernel", ["sequential", "fused_linear"])
+def test_autotuners_tune_once_per_batch_class(monkeypatch, kernel):
+    """The tile tuned for one batch size is not reused for a batch of another power-of-two class
+    (it was: the key was H alone), and sizes of one class share a tuning run. The interpreter
+    cannot time kernels: the tuner's benchmark is replaced by a fixed ranking (first config
+    fastest), which still goes through the real key, pruning and cache."""
+    import indrnn_triton.op as op
+    from indrnn_triton import fused_indrnn_linear
+    from indrnn_triton.kernels import fused_linear as fl
+    from indrnn_triton.kernels import sequential as tk
+
+    if not tk.INTERPRET:
+        pytest.skip("TRITON_INTERPRET=0: the kernels are built for the GPU")
+    T, H, K = 5, 70, 6
+    if kernel == "sequential":
+        tuners = (tk._indrnn_fwd_kernel.fn, tk._indrnn_bwd_kernel.fn)
+        # Two tiles that both survive the pruning at H = 70 (BLOCK_H <= 128).
+        configs = [c for c in tk.gpu_configs() if c.kwargs["BLOCK_H"] == 128][:2]
+    else:
+        tuners = (fl._fused_linear_fwd_kernel.fn,)
+        configs = [c for c in fl.gpu_configs() if c.kwargs["BLOCK_B"] <= 4][:2]
+    assert len(configs) == 2
+    timed = []
+    for tuner in tuners:
+        monkeypatch.setattr(tuner, "configs", configs)
+        monkeypatch.setattr(tuner, "cache", {})
+
+        def bench(*args, config, _tuner=tuner, **meta):
+            timed.append((_tuner, config))
+            return [float(configs.index(config))]
+
+        monkeypatch.setattr(tuner, "_bench", bench)
+    monkeypatch.setattr(op, "cpu_uses_triton", True)
+    for B in (3, 4, 5, 40, 64):
+        u = torch.rand(H, requires_grad=True)
+        if kernel == "sequential":
+            pre = torch.randn(T, B, H, requires_grad=True)
+            out, h_n = fused_indrnn(pre, u, None)
+            grads = torch.autograd.grad(out.sum() + h_n.sum(), (pre, u))
+        else:
+            x, w = torch.randn(T, B, K), torch.randn(H, K)
+            out, h_n = fused_indrnn_linear(x, w, u.detach())
+            grads = (out,)
+        assert all(torch.isfinite(g).all() for g in grads)
+    for tuner in tuners:
+        classes = sorted(key[tuner.keys.index("B_CLASS")] for key in tuner.cache)
+        assert classes == [4, 8, 64], tuner.keys
+        assert all(best is configs[0] for best in tuner.cache.values())
+        # One tuning run (both configs timed) per class.
+        assert sum(t is tuner for t, _ in timed) == 2 * 3
+
+
+def test_bench_op_reports_the_tiles_the_autotuners_picked(monkeypatch):
+    """bench_op's ``tiles`` column: the sequential kernels' configs of the timed call, forward
+    then backward; None when neither kernel ran (here the CPU path)."""
+    import indrnn_triton.op as op
+
+    if not op.sequential or not op.sequential.INTERPRET:
+        pytest.skip("needs the interpreter-built kernels")
+    monkeypatch.syspath_prepend(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from benchmarks.bench_op import tuned_tiles
+
+    pre = torch.randn(6, 3, 70, requires_grad=True)
+    u = torch.rand(70, requires_grad=True)
+
+    def step():
+        out, h_n = fused_indrnn(pre, u, None)
+        torch.autograd.grad(out.sum(), (pre, u))
+
+    [config] = op.sequential._indrnn_fwd_kernel.fn.configs
+    k = config.kwargs
+    name = f"{k['BLOCK_B']}x{k['BLOCK_H']} w{config.num_warps} C{k['CHUNK']} S{k['STAGES']}"
+    monkeypatch.setattr(op, "cpu_uses_triton", True)
+    assert tuned_tiles(step) == f"fwd {name}; bwd {name}"
+    with torch.no_grad():
+        assert tuned_tiles(lambda: fused_indrnn(pre, u, None)) == f"fwd {name}"
+    monkeypatch.setattr(op, "cpu_uses_triton", False)
+    assert tuned_tiles(step) is None
 
 
 @pytest.mark.parametrize(

@@ -48,6 +48,26 @@ def i64(x):
     return x * tl.full([], 1, tl.int64)
 
 
+def tune_bench(kernel_call, quantiles):
+    """The autotuners' timing of one config: 5 ms of warm-up and 25 ms of repeats instead of
+    Triton's 25 and 100. A first call with a new key times up to 15 configs per kernel (each
+    also flushing L2 per repeat), and these kernels stream memory with no data-dependent work,
+    so their times settle within a few repeats; a quarter of the default keeps the first
+    training step's tuning from taking seconds per (H, batch class, dtypes) key."""
+    return triton.testing.do_bench(kernel_call, warmup=5, rep=25, quantiles=quantiles)
+
+
+def batch_class(B: int) -> int:
+    """B rounded up to a power of two: the autotuned kernels' ``B_CLASS`` argument, which they
+    never read. It is in their autotune key with H (Triton adds the tensors' dtypes), because the
+    best tile depends on how many programs there are to spread over the SMs, cdiv(B, BLOCK_B) x
+    cdiv(H, BLOCK_H). Without it the tile tuned on the first call served every batch size with
+    that H: a model tuned at B = 64 ran B = 4 with a tile too large to fill the GPU. Classes, not
+    B itself, so that a loader's last, smaller batch or a new generation batch costs at most one
+    tuning run per power of two."""
+    return 1 << max(B - 1, 0).bit_length()
+
+
 def clip_args(recurrent_max_abs: float | None, recurrent_min_abs: float) -> dict:
     return dict(
         r_max=float(recurrent_max_abs) if recurrent_max_abs is not None else 0.0,
@@ -85,15 +105,17 @@ def tile(B, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, i_b, i_h):
 @triton.jit
 def fwd_walk(p_x, p_o, p_m, d_x, d_o, d_m, b_h, b_u, b_bias, n, o_b, m_b, m_bh,
              HAS_MASK: tl.constexpr, STORE: tl.constexpr, ACC: tl.constexpr,
-             CHUNK: tl.constexpr):
+             CHUNK: tl.constexpr, STAGES: tl.constexpr):
     """Run n forward steps from state b_h: h = relu(x + bias + u h) at real steps, h carried
     at padding steps; store each step's state at p_o when STORE. Pointers p_x, p_o, p_m sit at
     the first step and move d_x, d_o, d_m (signed int64 strides) per step. Returns the state.
 
-    Triton does not software-pipeline this loop (there is no dot): the loads of CHUNK steps
-    are issued together, then the dependent chain runs over them.
+    The loads of CHUNK steps are issued together, then the dependent chain runs over them. With
+    STAGES > 1 Triton's loop pipeliner also stages the next STAGES - 1 chunks' loads through
+    shared memory (cp.async), so CHUNK * (STAGES - 1) more steps are in flight without holding
+    them in registers. The interpreter runs the loop as a plain range.
     """
-    for i in range(0, n, CHUNK):
+    for i in tl.range(0, n, CHUNK, num_stages=STAGES):
         xs = ()
         ms = ()
         # Pointers advance one stride per step (cheaper in registers than CHUNK offsets).
@@ -123,14 +145,15 @@ def fwd_walk(p_x, p_o, p_m, d_x, d_o, d_m, b_h, b_u, b_bias, n, o_b, m_b, m_bh,
 @triton.jit
 def bwd_walk(p_h, p_g, p_m, p_dx, d_o, d_g, d_m, b_h, b_c, b_h0, b_u, b_du, b_db, n, n_prev,
              o_b, m_b, m_bh, HAS_MASK: tl.constexpr, HAS_DOUT: tl.constexpr,
-             STORE: tl.constexpr, ACC: tl.constexpr, CHUNK: tl.constexpr):
+             STORE: tl.constexpr, ACC: tl.constexpr, CHUNK: tl.constexpr,
+             STAGES: tl.constexpr):
     """Run n backward steps, last processed step first. b_h is that step's output (already
     loaded from p_h, which points at it); b_c the gradient reaching the state after it. The
     first n_prev steps walked have a previous output (read from p_h as it moves back); the
     others take b_h0 as the state before them. p_g and p_m point at that step too, p_dx where
     its gradient of pre goes (moved by d_o, as p_h). Adds d * h_prev to b_du and d to b_db.
-    Returns (carried gradient, b_du, b_db)."""
-    for i in range(0, n, CHUNK):
+    Returns (carried gradient, b_du, b_db). CHUNK and STAGES as in :func:`fwd_walk`."""
+    for i in tl.range(0, n, CHUNK, num_stages=STAGES):
         # Issue the CHUNK steps' loads together (they do not depend on the carried gradient).
         hs = ()
         gs = ()

@@ -36,7 +36,18 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .common import HEURISTICS, INTERPRET, clip, clip_args, dense, i64, mask_arg, tile
+from .common import (
+    HEURISTICS,
+    INTERPRET,
+    batch_class,
+    clip,
+    clip_args,
+    dense,
+    i64,
+    mask_arg,
+    tile,
+    tune_bench,
+)
 
 # The unbounded ends of a map's clamp: the largest float32, finite so that a zero weight times
 # a bound is 0, not NaN (0 * inf), and representable in every accumulation dtype.
@@ -208,9 +219,9 @@ def fwd_body(
 
 
 @triton.heuristics({**HEURISTICS, "HAS_BIAS": lambda a: a["p_b"] is not None})
-@triton.autotune(configs=_configs(), key=["H", "K"],
-                 prune_configs_by={"early_config_prune": _prune})
-@triton.jit(do_not_specialize=["T"])
+@triton.autotune(configs=_configs(), key=["H", "K", "B_CLASS"],
+                 prune_configs_by={"early_config_prune": _prune}, do_bench=tune_bench)
+@triton.jit(do_not_specialize=["T", "B_CLASS"])
 def _fused_linear_fwd_kernel(
     p_x,  # layer input, (T, B, I) through strides s_x_*
     p_w,  # input weights, (D*H, I) through strides s_w_*
@@ -226,6 +237,7 @@ def _fused_linear_fwd_kernel(
     s_out_t, s_out_b, s_out_h,
     s_m_t, s_m_b,
     r_max, r_min,
+    B_CLASS,  # batch_class(B): read only by the autotuner's key
     CLIP_MAX: tl.constexpr,
     CLIP_MIN: tl.constexpr,
     REVERSE: tl.constexpr,
@@ -290,6 +302,6 @@ def triton_forward(
         x, weight_ih, dense(weight_hh), dense(bias), dense(h0), mask, out, h_n,
         T, B, H, K,  # K: input features (the I of x)
         *x.stride(), *weight_ih.stride(), *out.stride(), s_m_t, s_m_b,
-        REVERSE=reverse, BIDIR=D == 2, PRECISION=precision,
+        B_CLASS=batch_class(B), REVERSE=reverse, BIDIR=D == 2, PRECISION=precision,
         **clip_args(recurrent_max_abs, recurrent_min_abs),
     )

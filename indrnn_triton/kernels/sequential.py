@@ -5,8 +5,11 @@ batch-major (``batch_first``) and arbitrarily strided inputs are read in place. 
 a (BLOCK_B, BLOCK_H) tile of the state and walks the whole time axis with that state in
 registers; time runs forwards or backwards (REVERSE) without flipping memory. A third grid axis
 runs the two directions of a bidirectional layer in one launch, on the two halves of the
-feature axis. Triton does not software-pipeline these loops (there is no dot), so each program
-issues the loads of CHUNK steps together before running the dependent chain over them.
+feature axis. Each program issues the loads of CHUNK steps together before running the
+dependent chain over them; configs with STAGES > 1 also have Triton's loop pipeliner stage the
+next chunks' loads through shared memory (cp.async), for more bytes in flight than registers
+hold. The autotuner picks among them per H, batch size class (:func:`.common.batch_class`) and
+dtypes.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from .. import _alloc
 from .common import (
     HEURISTICS,
     INTERPRET,
+    batch_class,
     bwd_walk,
     clip,
     clip_args,
@@ -27,6 +31,7 @@ from .common import (
     i64,
     mask_arg,
     tile,
+    tune_bench,
 )
 
 
@@ -34,27 +39,38 @@ def _configs() -> list[triton.Config]:
     if INTERPRET:
         # The interpreter costs per program and per step, not per element: a small tile that
         # still splits B and H into several partial blocks, and a chunk that leaves a tail.
-        return [triton.Config({"BLOCK_B": 2, "BLOCK_H": 64, "CHUNK": 4}, num_warps=1)]
+        return [triton.Config({"BLOCK_B": 2, "BLOCK_H": 64, "CHUNK": 4, "STAGES": 1},
+                              num_warps=1)]
     return gpu_configs()
 
 
 def gpu_configs() -> list[triton.Config]:
     """The autotune list for a GPU (also built under the interpreter, for tests)."""
-    # (BLOCK_B, BLOCK_H, num_warps, CHUNK): 4 elements per thread (a 16-byte vector of fp32, 8
-    # bytes of 16-bit types) or 8 (16 bytes of 16-bit types), and CHUNK steps of loads in
-    # flight per program. Shapes where ptxas spills for sm_80 are left out or prefetch fewer
-    # steps: 8 elements per thread prefetch 4, and nothing prefetches 16 (float16 spills).
-    # benchmarks/kernel_report.py prints registers, spills and load widths of every config.
+    # (BLOCK_B, BLOCK_H, num_warps, CHUNK, STAGES): 4 elements per thread (a 16-byte vector of
+    # fp32, 8 bytes of 16-bit types) or 8 (16 bytes of 16-bit types), and CHUNK steps of loads
+    # in flight per program, held in registers. Shapes where ptxas spills for sm_80 are left out
+    # or prefetch fewer steps: 8 elements per thread prefetch 4, and nothing prefetches 16
+    # (float16 spills). benchmarks/kernel_report.py prints registers, spills, shared memory and
+    # load widths of every config.
     tiles = [
-        (1, 128, 1, 8), (1, 256, 1, 4), (1, 256, 4, 8), (1, 512, 2, 4), (1, 1024, 4, 4),
-        (2, 128, 2, 8), (2, 256, 4, 8), (4, 128, 4, 8), (1, 512, 8, 8),
+        (1, 128, 1, 8, 1), (1, 256, 1, 4, 1), (1, 256, 4, 8, 1), (1, 512, 2, 4, 1),
+        (1, 1024, 4, 4, 1), (2, 128, 2, 8, 1), (2, 256, 4, 8, 1), (4, 128, 4, 8, 1),
+        (1, 512, 8, 8, 1),
+        # Staged: the H200 run found B x H <= 65536 latency-bound (8 steps in flight per
+        # program are too few bytes there), and CHUNK 16 or 32 in registers spilled. With
+        # STAGES > 1 the loop pipeliner keeps the next STAGES - 1 chunks' loads in flight in
+        # shared memory (cp.async) instead: 4 + 4 x 5 = 24 or 4 + 4 x 7 = 32 steps, up to 160 KB
+        # of shared memory (1x1024, fp32, backward), no spills for sm_80 or sm_90 in any dtype
+        # or flag set. 4 elements per thread (cp.async of 16 bytes of fp32, 8 of 16-bit types)
+        # or 8 (16 bytes of 16-bit types). The autotuner measures them against the others;
+        # no GPU has timed them yet. CHUNK 8 with STAGES 4 and the 2-row or 8-warp staged
+        # tiles spilled in the bidirectional backward.
+        (1, 128, 1, 4, 6), (1, 256, 2, 4, 6), (1, 256, 2, 4, 8), (1, 512, 4, 4, 6),
+        (1, 512, 2, 4, 6), (1, 1024, 4, 4, 6),
     ]
-    # Deeper prefetch would help B x H <= 65536, which the H200 run found latency-bound (8
-    # steps in flight per program are too few bytes there), but every 1-2 elements-per-thread
-    # tile with CHUNK 16 or 32 spilled in ptxas for sm_80 or sm_90 in some dtype or flag set.
     configs = []
-    for bb, bh, w, chunk in tiles:
-        meta = {"BLOCK_B": bb, "BLOCK_H": bh, "CHUNK": chunk}
+    for bb, bh, w, chunk, stages in tiles:
+        meta = {"BLOCK_B": bb, "BLOCK_H": bh, "CHUNK": chunk, "STAGES": stages}
         configs.append(triton.Config(meta, num_warps=w, num_stages=1))
     return configs
 
@@ -101,6 +117,7 @@ def fwd_body(
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     CHUNK: tl.constexpr,
+    STAGES: tl.constexpr,  # chunks of loads staged ahead through shared memory (1: none)
     I_D: tl.constexpr,  # direction: 1 = the second half of a bidirectional layer
 ):
     """Steps s0 .. s0+n-1 of one direction for one state tile (the whole sequence here; one
@@ -139,7 +156,7 @@ def fwd_body(
     else:
         p_m = p_x
     b_h = fwd_walk(p_x, p_o, p_m, d_x, d_o, d_m, b_h, b_u, b_bias, n, o_b, m_b, m_bh, HAS_MASK,
-                   True, ACC, CHUNK)
+                   True, ACC, CHUNK, STAGES)
     tl.store(p_hn + I_D * i64(B) * H + o_state, b_h.to(p_hn.dtype.element_ty),
              mask=m_bh & ((o_b * 0 + s0 + n) >= T)[:, None])
 
@@ -180,6 +197,7 @@ def bwd_body(
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     CHUNK: tl.constexpr,
+    STAGES: tl.constexpr,  # chunks of loads staged ahead through shared memory (1: none)
     I_D: tl.constexpr,  # direction: 1 = the second half of a bidirectional layer
 ):
     """The backward of steps s0 .. s0+n-1 of one direction for one state tile."""
@@ -229,7 +247,7 @@ def bwd_body(
     b_zero = tl.zeros([BLOCK_B, BLOCK_H], dtype=ACC)
     b_c, b_du, b_db = bwd_walk(p_h, p_g, p_m, p_dx, d_o, d_g, d_m, b_h, b_c, b_h0, b_u, b_zero,
                                b_zero, n, s0 + n - 1, o_b, m_b, m_bh, HAS_MASK, HAS_DOUT, True,
-                               ACC, CHUNK)
+                               ACC, CHUNK, STAGES)
     tl.store(p_dh0 + o_s + o_state, b_c.to(p_dh0.dtype.element_ty),
              mask=m_bh & ((o_b * 0 + s0) == 0)[:, None])
     # Per-row partials (every element written by exactly one program, whatever the tile), summed
@@ -240,8 +258,9 @@ def bwd_body(
 
 
 @triton.heuristics({**HEURISTICS, "HAS_BIAS": lambda a: a["p_b"] is not None})
-@triton.autotune(configs=_configs(), key=["H"], prune_configs_by=_PRUNE)
-@triton.jit(do_not_specialize=["T"])
+@triton.autotune(configs=_configs(), key=["H", "B_CLASS"], prune_configs_by=_PRUNE,
+                 do_bench=tune_bench)
+@triton.jit(do_not_specialize=["T", "B_CLASS"])
 def _indrnn_fwd_kernel(
     p_pre,  # pre-activations W x, (T, B, H) through strides s_pre_*
     p_u,  # recurrent weights u, (D*H,) contiguous
@@ -258,6 +277,7 @@ def _indrnn_fwd_kernel(
     s_m_t, s_m_b,
     r_max,
     r_min,
+    B_CLASS,  # batch_class(B): read only by the autotuner's key
     CLIP_MAX: tl.constexpr,
     CLIP_MIN: tl.constexpr,
     REVERSE: tl.constexpr,
@@ -268,6 +288,7 @@ def _indrnn_fwd_kernel(
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     CHUNK: tl.constexpr,
+    STAGES: tl.constexpr,
     BIDIR: tl.constexpr,  # two directions: grid axis 2, the second reversed
 ):
     # Direction and REVERSE are compile-time in each body: a runtime sign on the time
@@ -278,16 +299,17 @@ def _indrnn_fwd_kernel(
             fwd_body(p_pre, p_u, p_b, p_h0, p_mask, p_out, p_hn, T, B, H, s_pre_t, s_pre_b,
                 s_pre_h, s_out_t, s_out_b, s_out_h, s_m_t, s_m_b, r_max, r_min, 0, T, 0, i_b,
                 CLIP_MAX, CLIP_MIN, False, HAS_BIAS, HAS_H0, HAS_MASK, ACC_F64, BLOCK_B, BLOCK_H,
-                CHUNK, 0)
+                CHUNK, STAGES, 0)
         else:
             fwd_body(p_pre, p_u, p_b, p_h0, p_mask, p_out, p_hn, T, B, H, s_pre_t, s_pre_b,
                 s_pre_h, s_out_t, s_out_b, s_out_h, s_m_t, s_m_b, r_max, r_min, 0, T, i64(B) * H,
                 i_b, CLIP_MAX, CLIP_MIN, True, HAS_BIAS, HAS_H0, HAS_MASK, ACC_F64, BLOCK_B,
-                BLOCK_H, CHUNK, 1)
+                BLOCK_H, CHUNK, STAGES, 1)
     else:
         fwd_body(p_pre, p_u, p_b, p_h0, p_mask, p_out, p_hn, T, B, H, s_pre_t, s_pre_b, s_pre_h,
             s_out_t, s_out_b, s_out_h, s_m_t, s_m_b, r_max, r_min, 0, T, 0, i_b, CLIP_MAX,
-            CLIP_MIN, REVERSE, HAS_BIAS, HAS_H0, HAS_MASK, ACC_F64, BLOCK_B, BLOCK_H, CHUNK, 0)
+            CLIP_MIN, REVERSE, HAS_BIAS, HAS_H0, HAS_MASK, ACC_F64, BLOCK_B, BLOCK_H, CHUNK,
+            STAGES, 0)
 
 
 @triton.heuristics(
@@ -297,8 +319,9 @@ def _indrnn_fwd_kernel(
         "HAS_DHN": lambda a: a["p_dhn"] is not None,
     }
 )
-@triton.autotune(configs=_configs(), key=["H"], prune_configs_by=_PRUNE)
-@triton.jit(do_not_specialize=["T"])
+@triton.autotune(configs=_configs(), key=["H", "B_CLASS"], prune_configs_by=_PRUNE,
+                 do_bench=tune_bench)
+@triton.jit(do_not_specialize=["T", "B_CLASS"])
 def _indrnn_bwd_kernel(
     p_out,  # forward output h, (T, B, H) through strides s_out_*
     p_h0,  # initial state, (B, H) contiguous, or None
@@ -318,6 +341,7 @@ def _indrnn_bwd_kernel(
     s_m_t, s_m_b,
     r_max,
     r_min,
+    B_CLASS,  # batch_class(B): read only by the autotuner's key
     CLIP_MAX: tl.constexpr,
     CLIP_MIN: tl.constexpr,
     REVERSE: tl.constexpr,
@@ -329,6 +353,7 @@ def _indrnn_bwd_kernel(
     BLOCK_B: tl.constexpr,
     BLOCK_H: tl.constexpr,
     CHUNK: tl.constexpr,
+    STAGES: tl.constexpr,
     BIDIR: tl.constexpr,  # two directions: grid axis 2, the second reversed
 ):
     # Direction and REVERSE are compile-time in each body: a runtime sign on the time
@@ -339,17 +364,17 @@ def _indrnn_bwd_kernel(
             bwd_body(p_out, p_h0, p_u, p_mask, p_dout, p_dhn, p_dpre, p_dh0, p_du, p_db, T, B,
                 H, s_out_t, s_out_b, s_out_h, s_do_t, s_do_b, s_do_h, s_m_t, s_m_b, r_max, r_min,
                 0, T, 0, 0, i_b, CLIP_MAX, CLIP_MIN, False, HAS_H0, HAS_MASK, HAS_DOUT, HAS_DHN,
-                ACC_F64, BLOCK_B, BLOCK_H, CHUNK, 0)
+                ACC_F64, BLOCK_B, BLOCK_H, CHUNK, STAGES, 0)
         else:
             bwd_body(p_out, p_h0, p_u, p_mask, p_dout, p_dhn, p_dpre, p_dh0, p_du, p_db, T, B,
                 H, s_out_t, s_out_b, s_out_h, s_do_t, s_do_b, s_do_h, s_m_t, s_m_b, r_max, r_min,
                 0, T, i64(B) * H, i64(B) * H, i_b, CLIP_MAX, CLIP_MIN, True, HAS_H0, HAS_MASK,
-                HAS_DOUT, HAS_DHN, ACC_F64, BLOCK_B, BLOCK_H, CHUNK, 1)
+                HAS_DOUT, HAS_DHN, ACC_F64, BLOCK_B, BLOCK_H, CHUNK, STAGES, 1)
     else:
         bwd_body(p_out, p_h0, p_u, p_mask, p_dout, p_dhn, p_dpre, p_dh0, p_du, p_db, T, B, H,
             s_out_t, s_out_b, s_out_h, s_do_t, s_do_b, s_do_h, s_m_t, s_m_b, r_max, r_min, 0, T,
             0, 0, i_b, CLIP_MAX, CLIP_MIN, REVERSE, HAS_H0, HAS_MASK, HAS_DOUT, HAS_DHN, ACC_F64,
-            BLOCK_B, BLOCK_H, CHUNK, 0)
+            BLOCK_B, BLOCK_H, CHUNK, STAGES, 0)
 
 
 def _grid(B: int, H: int, D: int):
@@ -380,7 +405,8 @@ def triton_forward(
         x, dense(weight_hh), dense(bias), dense(h0), mask, out, h_n,
         T, B, H,
         *x.stride(), *out.stride(), s_m_t, s_m_b,
-        REVERSE=reverse, BIDIR=D == 2, **clip_args(recurrent_max_abs, recurrent_min_abs),
+        B_CLASS=batch_class(B), REVERSE=reverse, BIDIR=D == 2,
+        **clip_args(recurrent_max_abs, recurrent_min_abs),
     )
 
 
@@ -410,6 +436,7 @@ def triton_backward(
         grad_pre, grad_h0, du, db,
         T, B, H,
         *out.stride(), *s_do, s_m_t, s_m_b,
-        REVERSE=reverse, BIDIR=D == 2, **clip_args(recurrent_max_abs, recurrent_min_abs),
+        B_CLASS=batch_class(B), REVERSE=reverse, BIDIR=D == 2,
+        **clip_args(recurrent_max_abs, recurrent_min_abs),
     )
     return du.sum(1).flatten(), db.sum(1).flatten()

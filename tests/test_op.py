@@ -151,6 +151,25 @@ def test_batch_class_rounds_up_to_a_power_of_two():
     assert got == [1, 1, 2, 4, 4, 8, 8, 16, 64, 128, 1024]
 
 
+def test_sequential_tuners_prune_tiles_wider_or_taller_than_the_input():
+    """Tiles are kept up to max(128, next power of two of H) wide and up to the batch size
+    class tall; an empty result falls back to the first config."""
+    from indrnn_triton.kernels import sequential as tk
+
+    configs = tk.gpu_configs()
+
+    def kept(H, b_class, cs=configs):
+        return {(c.kwargs["BLOCK_B"], c.kwargs["BLOCK_H"])
+                for c in tk._prune(cs, dict(H=H, B_CLASS=b_class))}
+
+    assert kept(64, 1) == {(1, 128)}
+    assert kept(1024, 1) == {(1, 128), (1, 256), (1, 512), (1, 1024)}
+    assert kept(1024, 2) == kept(1024, 1) | {(2, 128), (2, 256)}
+    assert kept(300, 64) == {(1, 128), (1, 256), (1, 512), (2, 128), (2, 256), (4, 128)}
+    wide = [c for c in configs if c.kwargs["BLOCK_H"] == 1024]
+    assert tk._prune(wide, dict(H=64, B_CLASS=1)) == wide[:1]
+
+
 @pytest.mark.parametrize("kernel", ["sequential", "fused_linear"])
 def test_autotuners_tune_once_per_batch_class(monkeypatch, kernel):
     """The tile tuned for one batch size is not reused for a batch of another power-of-two class

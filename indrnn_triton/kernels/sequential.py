@@ -76,10 +76,13 @@ def gpu_configs() -> list[triton.Config]:
 
 
 def _prune(configs, named_args, **kwargs):
-    """Drop tiles far wider than H (they would idle most lanes) and never return nothing."""
-    H = named_args["H"]
+    """Drop tiles far wider than H or with more rows than the batch size class (they would
+    idle most lanes; the class, not B, so that every B of one key gets the same list), and
+    never return nothing."""
+    args = {**named_args, **kwargs}  # the launchers pass B_CLASS by keyword
+    H, rows = args["H"], args["B_CLASS"]
     limit = max(128, triton.next_power_of_2(H))
-    kept = [c for c in configs if c.kwargs["BLOCK_H"] <= limit]
+    kept = [c for c in configs if c.kwargs["BLOCK_H"] <= limit and c.kwargs["BLOCK_B"] <= rows]
     return kept or configs[:1]
 
 

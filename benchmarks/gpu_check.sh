@@ -6,7 +6,7 @@
 #                                                 benchmarks/results/gpu-check)
 #
 #   PART  kernels  (default) CUDA tests and the op benchmark, the kernel issues' evidence:
-#                  kernel_report 70 s + test_cuda 120 s + bench_op 160 s = 350 s at most
+#                  kernel_report 70 s + test_cuda 140 s + bench_op 140 s = 350 s at most
 #         layers   the layer, fused-projection, memory and overhead benchmarks:
 #                  60 + 40 + 50 + 20 + 20 = 190 s at most
 #         adding   the adding problem at T = 5000 with the authors' recipe, 20000 steps
@@ -69,7 +69,7 @@ step kernel_report 70 "$PY" benchmarks/kernel_report.py --jobs 16 \
 
 # 2. CUDA tests: kernels vs the float64 reference, every dtype and flag, NaN-poisoned buffers,
 #    every autotune config, and a > 2^31-element case for 64-bit offsets.
-step test_cuda 120 "$PY" -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider \
+step test_cuda 140 "$PY" -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider \
     --junitxml "$OUT_DIR/test_cuda.xml"
 
 # 3. The op: forward/backward/both vs naive loops and a copy, B x H up to 262144, T up to 4096,
@@ -78,7 +78,7 @@ step test_cuda 120 "$PY" -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprov
 #    of the better of the two (bench_op.md's notes). The tiles column names the configs the
 #    autotuners picked per case: whether the staged (STAGES > 1, shared-memory ring) configs
 #    win at B x H <= 65536, and which configs never win (to prune the list).
-step bench_op 160 "$PY" benchmarks/bench_op.py --preset gpu --threads 0 --out "$OUT_DIR"
+step bench_op 140 "$PY" benchmarks/bench_op.py --preset gpu --threads 0 --out "$OUT_DIR"
 
 fi
 

@@ -28,8 +28,11 @@ def _compile_report(tmp_path, *args) -> list[dict]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     out = tmp_path / "report.json"
     proc = subprocess.run(
+        # Compiles in parallel on every core (up to 4): ptxas runs are independent, and the
+        # suite otherwise waits minutes on them one by one.
         [sys.executable, str(ROOT / "benchmarks" / "kernel_report.py"), *args,
-         "--flags", "plain", "bidir", "--json", str(out)],
+         "--flags", "plain", "bidir", "--jobs", str(min(4, os.cpu_count() or 1)),
+         "--json", str(out)],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -233,7 +233,6 @@ _PTX_CP_ASYNC = re.compile(
     r"(0x[0-9a-fA-F]+|\d+)"
 )
 _PTX_SHARED = re.compile(r"\b(?:ld|st)\.shared\b")
-_PTX_CP_ASYNC_COPY = re.compile(r"\bcp\.async\.(?:ca|cg)\b")
 
 
 def _global_widths(ptx: str) -> dict:
@@ -278,9 +277,9 @@ def ptx_memory_ops(ptx: str) -> dict:
     return dict(
         ld_global=whole["ld"], st_global=whole["st"],
         shared_ops=len(_PTX_SHARED.findall(ptx)), barriers=_barriers(ptx),
-        cp_async=len(_PTX_CP_ASYNC_COPY.findall(ptx)),
+        cp_async=len(_PTX_CP_ASYNC.findall(ptx)),
         loop_ld_global=in_loop["ld"], loop_st_global=in_loop["st"],
-        loop_cp_async=len(_PTX_CP_ASYNC_COPY.findall(loop)),
+        loop_cp_async=len(_PTX_CP_ASYNC.findall(loop)),
         loop_shared_ops=len(_PTX_SHARED.findall(loop)), loop_barriers=_barriers(loop),
     )
 

@@ -60,9 +60,9 @@ else:
 # Steps of loads in flight in the carry passes' step-by-step fallback: it runs only where a map
 # is unsafe, and deeper prefetch there made ptxas spill (bidirectional backward carry, sm_80).
 FALLBACK_CHUNK = tl.constexpr(2)
-# The steps passes walk their chunk without staging loads through shared memory (the sequential
-# kernels' STAGES): their one fixed tile is not tuned, and nothing has measured staging there.
-STEP_STAGES = tl.constexpr(1)
+# No pass of the chunked method stages loads through shared memory (the sequential kernels'
+# STAGES): the one fixed tile is not tuned, and nothing has measured staging there.
+STAGES = tl.constexpr(1)
 # Programs per SM the chunk length aims for (latency hiding: many independent chains).
 PROGRAMS_PER_SM = 16
 
@@ -216,7 +216,7 @@ def _fwd_carry_body(p_pre, p_u, p_b, p_h0, p_mask, p_maps, p_states, T, B, H, NC
             else:
                 p_m = p_x
             b_h = fwd_walk(p_x, p_x, p_m, d_x, d_x, d_m, b_h, b_u, b_bias, tl.minimum(T - s0, L),
-                           o_b, m_b, m_bh, HAS_MASK, False, ACC, FALLBACK_CHUNK, 1)
+                           o_b, m_b, m_bh, HAS_MASK, False, ACC, FALLBACK_CHUNK, STAGES)
         else:
             b_h = tl.minimum(tl.maximum(b_A + b_U * b_h, b_L, propagate_nan=tl.PropagateNan.ALL),
                              b_H, propagate_nan=tl.PropagateNan.ALL)
@@ -356,7 +356,7 @@ def _bwd_carry_body(p_out, p_h0, p_u, p_mask, p_dout, p_dhn, p_maps, p_states, T
             b_c, b_du_walk, b_db_walk = bwd_walk(p_h, p_g, p_m, p_h, d_o, d_g, d_m, b_h, b_c,
                                                  b_h0, b_u, b_zero, b_zero, n, s0 + n - 1, o_b,
                                                  m_b, m_bh, HAS_MASK, HAS_DOUT, False, ACC,
-                                                 FALLBACK_CHUNK, 1)
+                                                 FALLBACK_CHUNK, STAGES)
         else:
             b_c = b_P * b_c + b_Q
         p_map -= i64(B) * H
@@ -436,17 +436,17 @@ def _fwd_steps_kernel(p_pre, p_u, p_b, p_states, p_mask, p_out, p_hn, T, B, H, N
             fwd_body(p_pre, p_u, p_b, p_states, p_mask, p_out, p_hn, T, B, H, s_pre_t, s_pre_b,
                      s_pre_h, s_out_t, s_out_b, s_out_h, s_m_t, s_m_b, r_max, r_min, s0, n,
                      i64(i_c) * B * H, i_b, CLIP_MAX, CLIP_MIN, False, HAS_BIAS, True, HAS_MASK,
-                     ACC_F64, BLOCK_B, BLOCK_H, CHUNK, STEP_STAGES, 0)
+                     ACC_F64, BLOCK_B, BLOCK_H, CHUNK, STAGES, 0)
         else:
             fwd_body(p_pre, p_u, p_b, p_states, p_mask, p_out, p_hn, T, B, H, s_pre_t, s_pre_b,
                      s_pre_h, s_out_t, s_out_b, s_out_h, s_m_t, s_m_b, r_max, r_min, s0, n,
                      (i64(NC) + i_c) * B * H, i_b, CLIP_MAX, CLIP_MIN, True, HAS_BIAS, True,
-                     HAS_MASK, ACC_F64, BLOCK_B, BLOCK_H, CHUNK, STEP_STAGES, 1)
+                     HAS_MASK, ACC_F64, BLOCK_B, BLOCK_H, CHUNK, STAGES, 1)
     else:
         fwd_body(p_pre, p_u, p_b, p_states, p_mask, p_out, p_hn, T, B, H, s_pre_t, s_pre_b,
                  s_pre_h, s_out_t, s_out_b, s_out_h, s_m_t, s_m_b, r_max, r_min, s0, n,
                  i64(i_c) * B * H, i_b, CLIP_MAX, CLIP_MIN, REVERSE, HAS_BIAS, True, HAS_MASK,
-                 ACC_F64, BLOCK_B, BLOCK_H, CHUNK, STEP_STAGES, 0)
+                 ACC_F64, BLOCK_B, BLOCK_H, CHUNK, STAGES, 0)
 
 
 @triton.jit(do_not_specialize=_NO_SPECIALISE)
@@ -520,19 +520,19 @@ def _bwd_steps_kernel(p_out, p_h0, p_u, p_mask, p_dout, p_states, p_dpre, p_dh0,
             bwd_body(p_out, p_h0, p_u, p_mask, p_dout, p_states, p_dpre, p_dh0, p_du, p_db, T,
                      B, H, s_out_t, s_out_b, s_out_h, s_do_t, s_do_b, s_do_h, s_m_t, s_m_b,
                      r_max, r_min, s0, n, o, o, i_b, CLIP_MAX, CLIP_MIN, False, HAS_H0,
-                     HAS_MASK, HAS_DOUT, True, ACC_F64, BLOCK_B, BLOCK_H, CHUNK, STEP_STAGES, 0)
+                     HAS_MASK, HAS_DOUT, True, ACC_F64, BLOCK_B, BLOCK_H, CHUNK, STAGES, 0)
         else:
             o = (i64(NC) + i_c) * B * H
             bwd_body(p_out, p_h0, p_u, p_mask, p_dout, p_states, p_dpre, p_dh0, p_du, p_db, T,
                      B, H, s_out_t, s_out_b, s_out_h, s_do_t, s_do_b, s_do_h, s_m_t, s_m_b,
                      r_max, r_min, s0, n, o, o, i_b, CLIP_MAX, CLIP_MIN, True, HAS_H0,
-                     HAS_MASK, HAS_DOUT, True, ACC_F64, BLOCK_B, BLOCK_H, CHUNK, STEP_STAGES, 1)
+                     HAS_MASK, HAS_DOUT, True, ACC_F64, BLOCK_B, BLOCK_H, CHUNK, STAGES, 1)
     else:
         o = i64(i_c) * B * H
         bwd_body(p_out, p_h0, p_u, p_mask, p_dout, p_states, p_dpre, p_dh0, p_du, p_db, T, B, H,
                  s_out_t, s_out_b, s_out_h, s_do_t, s_do_b, s_do_h, s_m_t, s_m_b, r_max, r_min,
                  s0, n, o, o, i_b, CLIP_MAX, CLIP_MIN, REVERSE, HAS_H0, HAS_MASK, HAS_DOUT, True,
-                 ACC_F64, BLOCK_B, BLOCK_H, CHUNK, STEP_STAGES, 0)
+                 ACC_F64, BLOCK_B, BLOCK_H, CHUNK, STAGES, 0)
 
 
 def _sm_count(device: torch.device) -> int:

@@ -68,6 +68,17 @@ def batch_class(B: int) -> int:
     return 1 << max(B - 1, 0).bit_length()
 
 
+def prune_tiles(configs, args: dict, min_width: int) -> list:
+    """The autotune configs worth timing: tiles at most max(min_width, next power of two of H)
+    wide and at most the batch size class tall (wider or taller ones would idle most lanes; the
+    class, not B, so that every B of one key gets the same list); never nothing. ``args``: the
+    launch's arguments, positional and keyword (the launchers pass ``B_CLASS`` by keyword)."""
+    width = max(min_width, triton.next_power_of_2(args["H"]))
+    kept = [c for c in configs
+            if c.kwargs["BLOCK_H"] <= width and c.kwargs["BLOCK_B"] <= args["B_CLASS"]]
+    return kept or configs[:1]
+
+
 def clip_args(recurrent_max_abs: float | None, recurrent_min_abs: float) -> dict:
     return dict(
         r_max=float(recurrent_max_abs) if recurrent_max_abs is not None else 0.0,

@@ -45,6 +45,7 @@ from .common import (
     dense,
     i64,
     mask_arg,
+    prune_tiles,
     tile,
     tune_bench,
 )
@@ -89,13 +90,8 @@ def gpu_configs() -> list[triton.Config]:
 
 
 def _prune(configs, named_args, **kwargs):
-    """Drop tiles far wider than H or with far more rows than B; never return nothing."""
-    H, B = named_args["H"], named_args["B"]
-    h_limit = max(32, triton.next_power_of_2(H))
-    b_limit = max(1, triton.next_power_of_2(B))
-    kept = [c for c in configs
-            if c.kwargs["BLOCK_H"] <= h_limit and c.kwargs["BLOCK_B"] <= b_limit]
-    return kept or configs[:1]
+    """:func:`.common.prune_tiles`, tiles at least 32 wide kept."""
+    return prune_tiles(configs, {**named_args, **kwargs}, 32)
 
 
 @triton.jit

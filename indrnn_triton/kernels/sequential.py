@@ -30,6 +30,7 @@ from .common import (
     fwd_walk,
     i64,
     mask_arg,
+    prune_tiles,
     tile,
     tune_bench,
 )
@@ -76,14 +77,8 @@ def gpu_configs() -> list[triton.Config]:
 
 
 def _prune(configs, named_args, **kwargs):
-    """Drop tiles far wider than H or with more rows than the batch size class (they would
-    idle most lanes; the class, not B, so that every B of one key gets the same list), and
-    never return nothing."""
-    args = {**named_args, **kwargs}  # the launchers pass B_CLASS by keyword
-    H, rows = args["H"], args["B_CLASS"]
-    limit = max(128, triton.next_power_of_2(H))
-    kept = [c for c in configs if c.kwargs["BLOCK_H"] <= limit and c.kwargs["BLOCK_B"] <= rows]
-    return kept or configs[:1]
+    """:func:`.common.prune_tiles`, tiles at least 128 wide kept."""
+    return prune_tiles(configs, {**named_args, **kwargs}, 128)
 
 
 _PRUNE = {"early_config_prune": _prune}

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .fused_linear import _linear_forward_op, fused_indrnn_linear, prepare
-from .op import _tbh, _validate, fused_indrnn, recurrence
+from .op import _tbh, _validate, check_mask, fused_indrnn, recurrence
 
 # ----------------------------------------------------------------------------------------------
 # Public functions.
@@ -192,6 +192,13 @@ def indrnn_layer(
             f"{tuple(weight_ih.shape)}, got {tuple(weight_hh.shape)}"
         )
     check_norm_position(norm_position)
+    # Checked here, before anything reads them (the unfused path zeroes padding inputs first).
+    D = 2 if bidirectional is True else 1
+    T, B = (x.shape[1], x.shape[0]) if batch_first is True else x.shape[:2]
+    check_mask(mask, T, B, batch_first is True)
+    want = (D, B, weight_ih.shape[0] // D)
+    if isinstance(h0, Tensor) and weight_ih.shape[0] % D == 0 and tuple(h0.shape) != want:
+        raise ValueError(f"h0 must have shape (D, B, H) = {want}, got {tuple(h0.shape)}")
     if use_fused_projection(fused_projection, x.device, x.dtype, has_norm=norm is not None):
         if bidirectional:
             x, weight_ih, r_max, r_min = prepare(x, weight_ih, weight_hh, bias, h0, mask,

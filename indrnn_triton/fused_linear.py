@@ -132,12 +132,13 @@ _linear_forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 def _autocast(x: Tensor, weight_ih: Tensor) -> tuple[Tensor, Tensor]:
     """x and weight_ih in the autocast dtype when autocast is on for their device, as
-    ``F.linear`` would run; the recurrence's parameters keep their dtype."""
+    ``F.linear`` would run: autocast casts float32/float16/bfloat16 tensors and leaves float64
+    alone. The recurrence's parameters keep their dtype."""
     device = x.device.type
     if not torch.is_autocast_enabled(device):
         return x, weight_ih
     dtype = torch.get_autocast_dtype(device)
-    return x.to(dtype), weight_ih.to(dtype)
+    return tuple(t if t.dtype == torch.float64 else t.to(dtype) for t in (x, weight_ih))
 
 
 def prepare(x, weight_ih, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_min_abs,

@@ -290,14 +290,15 @@ _PLAIN = (Tensor, torch.nn.Parameter)
 def recurrence(pre, weight_hh, bias, h0, mask, r_max, r_min, reverse, batch_first,
                bidirectional, method):
     """The op on checked arguments: the registered custom op where torch's machinery needs it
-    (torch.compile, FakeTensor and other dispatch modes, tensor subclasses, meta tensors), the
+    (torch.compile, FakeTensor and other dispatch modes, tensor subclasses, meta tensors,
+    torch.jit.trace, which records ops and not the eager path's writes into its buffers), the
     same computation through :class:`_EagerRecurrence` otherwise, and the implementation alone
     when no gradient is wanted."""
     args = (pre, weight_hh, bias, h0, mask, r_max, r_min, reverse, batch_first, bidirectional,
             method)
     tensors = (pre, weight_hh, bias, h0, mask)
     if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0
-            or pre.device.type not in ("cpu", "cuda")
+            or torch.jit.is_tracing() or pre.device.type not in ("cpu", "cuda")
             or any(t is not None and type(t) not in _PLAIN for t in tensors)):
         return _forward_op(*args)
     if torch.is_grad_enabled() and any(
@@ -375,6 +376,24 @@ def check_method(method) -> str:
     return method
 
 
+def check_mask(mask, T: int, B: int, batch_first: bool) -> None:
+    """A ValueError or TypeError naming ``mask`` unless it is None or a (T, B) / (B, T) tensor of
+    bool or integers. Quantized integers are refused: the kernels would read their stored
+    values, not the numbers they represent."""
+    if mask is None:
+        return
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
+    if mask.dtype.is_floating_point or mask.dtype.is_complex or mask.is_quantized:
+        raise TypeError(
+            f"mask must be bool or an integer dtype (nonzero = real step), got {mask.dtype}"
+        )
+    want = (B, T) if batch_first else (T, B)
+    if tuple(mask.shape) != want:
+        name = "(B, T)" if batch_first else "(T, B)"
+        raise ValueError(f"mask must have shape {name} = {want}, got {tuple(mask.shape)}")
+
+
 def _validate(pre, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_min_abs, reverse,
               batch_first, method):
     for name, flag in (("reverse", reverse), ("batch_first", batch_first)):
@@ -398,17 +417,7 @@ def _validate(pre, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_min_a
         _check_float_tensor("h0", h0, 2)
         if tuple(h0.shape) != (B, H):
             raise ValueError(f"h0 must have shape (B, H) = ({B}, {H}), got {tuple(h0.shape)}")
-    if mask is not None:
-        if not isinstance(mask, Tensor):
-            raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
-        if mask.dtype.is_floating_point or mask.dtype.is_complex:
-            raise TypeError(
-                f"mask must be bool or an integer dtype (nonzero = real step), got {mask.dtype}"
-            )
-        want = (B, T) if batch_first else (T, B)
-        if tuple(mask.shape) != want:
-            name = "(B, T)" if batch_first else "(T, B)"
-            raise ValueError(f"mask must have shape {name} = {want}, got {tuple(mask.shape)}")
+    check_mask(mask, T, B, batch_first)
     for name, t in (("weight_hh", weight_hh), ("bias", bias), ("h0", h0), ("mask", mask)):
         if t is not None and t.device != pre.device:
             raise ValueError(

@@ -156,6 +156,18 @@ def test_nan_at_a_real_step_propagates_as_unfused(backend):
     assert torch.equal(out.isnan(), want.isnan()) and torch.equal(h_n.isnan(), want_hn.isnan())
 
 
+def test_float64_states_beyond_float32_range(backend):
+    """float64 states past float32's largest value (3.4e38): the kernel's clamp bounds are
+    float64's, not float32's (they once capped every state at 3.4e38)."""
+    T, B, K, H = 7, 2, 3, 5
+    (x, w, u, b, h0), _ = make_inputs(T, B, K, H, torch.float64)
+    x, w, h0 = x * 1e150, w * 1e150, h0 * 1e300
+    out, h_n = fused_indrnn_linear(x, w, u, b, h0)
+    want, want_hn = indrnn_reference(F.linear(x, w), u, b, h0)
+    assert want.abs().max() > 1e299
+    assert rel_err(out, want) < 1e-12 and rel_err(h_n, want_hn) < 1e-12
+
+
 def test_no_grad_allocates_only_output_and_h_n(backend, monkeypatch):
     """In inference the Triton path writes no pre: F.linear is not called and the op allocates
     the output and h_n only. (The CPU path computes pre with F.linear by design.)"""
@@ -204,6 +216,20 @@ def test_autocast_runs_the_projection_in_the_autocast_dtype():
     torch.testing.assert_close(h_n, want_hn)
     out.float().sum().backward()
     assert all(t.grad is not None and t.grad.dtype == torch.float32 for t in leaves)
+
+
+def test_autocast_leaves_float64_alone():
+    """Autocast casts float32/16-bit tensors, never float64 (F.linear under autocast keeps a
+    float64 projection): the fused layer stays float64 and equals the unfused one."""
+    T, B, K, H = 6, 2, 5, 4
+    (x, w, u, b, h0), _ = make_inputs(T, B, K, H, torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert F.linear(x, w).dtype == torch.float64
+        out, h_n = fused_indrnn_linear(x, w, u, b, h0)
+        want, want_hn = fused_indrnn(F.linear(x, w), u, b, h0)
+    assert out.dtype == torch.float64 == h_n.dtype
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(h_n, want_hn, rtol=1e-12, atol=1e-12)
 
 
 def test_opcheck(backend):

@@ -5,6 +5,8 @@ direction), ``torch.cat`` of the directions, and batch norm written with boolean
 shares no code with the module's fused path. Parity runs in float64, gradients included.
 """
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -661,6 +663,29 @@ def test_torch_compile_fullgraph():
         torch.testing.assert_close(a, w, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+def test_torch_jit_trace(grad):
+    """torch.jit.trace records the custom op (the eager path's in-place writes into its
+    buffers are invisible to the tracer: a trace under no_grad once returned uninitialised
+    memory). The trace, run on another input, equals eager mode, values and gradients."""
+    rnn = randomise_(IndRNN(IN, H, num_layers=2, bidirectional=True, recurrent_max_abs=1.1))
+    rnn.eval()
+    x, x2 = torch.randn(T, B, IN), torch.randn(T, B, IN)
+    with torch.set_grad_enabled(grad), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the shape checks
+        traced = torch.jit.trace(rnn, (x,))
+    out_t, h_t = traced(x2)
+    out, h_n = rnn(x2)
+    torch.testing.assert_close(out_t, out, rtol=0, atol=0)
+    torch.testing.assert_close(h_t, h_n, rtol=0, atol=0)
+    if grad:
+        params = list(rnn.parameters())
+        got = torch.autograd.grad(out_t.square().sum() + h_t.sum(), params)
+        want = torch.autograd.grad(out.square().sum() + h_n.sum(), params)
+        for a, w in zip(got, want, strict=True):
+            torch.testing.assert_close(a, w, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("masked", [True, False])
 @pytest.mark.parametrize("options", [dict(num_layers=2, norm="layer"),
                                      dict(num_layers=3, norm="batch", residual=True)])
@@ -850,6 +875,17 @@ def test_functional_errors():
     with pytest.raises(ValueError, match=r"h0 must have shape \(D, B, H\) = \(2, 4, 6\)"):
         indrnn_recurrence(torch.randn(T, B, 2 * H), torch.rand(2 * H),
                           h0=torch.zeros(B, H), bidirectional=True)
+    # indrnn_layer checks h0 and mask itself, before its projection reads them, on both of its
+    # paths: a (3, B, H) h0 was once cut to its first state by the fused path, and a mask of the
+    # wrong layout failed inside the unfused path's masked_fill with a broadcast error.
+    for fused in (False, True):
+        for h0 in (torch.zeros(3, B, H), torch.zeros(B, H)):
+            with pytest.raises(ValueError, match=r"h0 must have shape \(D, B, H\) = \(1, 4, 6\)"):
+                indrnn_layer(x, torch.randn(H, IN), torch.rand(H), h0=h0, fused_projection=fused)
+        with pytest.raises(ValueError, match=r"mask must have shape \(T, B\) = \(7, 4\)"):
+            indrnn_layer(x.requires_grad_(), torch.randn(H, IN), torch.rand(H),
+                         mask=torch.ones(B, T, dtype=torch.bool), fused_projection=fused)
+        x = x.detach()
     with pytest.raises(ValueError, match="pre's last dimension must be 2\\*H"):
         indrnn_recurrence(torch.randn(T, B, 5), torch.rand(5), bidirectional=True)
     with pytest.raises(ValueError, match=r"mask must have shape \(T, B\)"):

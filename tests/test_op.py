@@ -452,6 +452,10 @@ def _good():
         (dict(mask=torch.ones(B_, T_, dtype=torch.bool)), ValueError, r"mask must have shape"),
         (dict(mask=torch.ones(T_, B_, 1, dtype=torch.bool)), ValueError, r"mask must have shape"),
         (dict(mask=torch.ones(T_, B_)), TypeError, "mask must be bool or an integer"),
+        # A quantized mask's stored integers are not the numbers it holds (zero_point 10 stores
+        # every 0 as 10): refused, not read as "all real steps".
+        (dict(mask=torch.quantize_per_tensor(torch.zeros(T_, B_), 1.0, 10, torch.quint8)),
+         TypeError, "mask must be bool or an integer dtype .* got torch.quint8"),
         (dict(mask=torch.ones(T_, B_, dtype=torch.bool, device="meta")), ValueError,
          "mask is on meta"),
         (dict(weight_hh=torch.rand(H_, device="meta")), ValueError, "weight_hh is on meta"),

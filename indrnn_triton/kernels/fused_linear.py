@@ -9,7 +9,8 @@ chunk's CT dependent steps in registers as an in-tile associative scan (DESIGN Â
 - every step is a clamp-affine map f(h) = clamp(A + U h, L, H): a real step is
   (A = pre + bias, U = u', L = 0, H = BIG) = relu(pre + bias + u' h); a padding or
   out-of-range step is the identity (0, 1, -BIG, BIG), chosen by a select so that the input
-  there never reaches the state (BIG = the largest float32, finite so that 0 * BIG = 0);
+  there never reaches the state (BIG = the largest float32, or float64 with float64
+  accumulation: finite so that 0 * BIG = 0);
 - ``tl.associative_scan`` along the time axis composes the maps into prefix maps;
 - every step's state is its prefix map applied to the state entering the chunk, in one
   vectorised expression; the state leaving the chunk is the last row.
@@ -21,7 +22,9 @@ Exactness: the composition is exact algebra, so the result equals the sequential
 rounding, for any sign of u. Limits: the prefix product U of up to CT weights saturates at
 BIG, so |u'| above 2^(128/CT) (CT = 16: 256) can give a wrong finite value where the sequential
 loop with a tiny state still is finite (such a recurrence overflows within a few chunks anyway);
-states are clamped to [-BIG, BIG] (an infinite h0 carried through padding becomes BIG).
+states are clamped to [-BIG, BIG]: an infinite h0 carried through padding becomes BIG, and an
+infinite pre-activation at a real step gives BIG there (and finite states after it) where the
+unfused op gives inf (README, Numerics).
 
 Bidirectional layers run both directions in one launch (grid axis 2). Each direction reads
 every x tile once; the two directions cannot share a tile load, because they walk time in
@@ -53,6 +56,9 @@ from .common import (
 # The unbounded ends of a map's clamp: the largest float32, finite so that a zero weight times
 # a bound is 0, not NaN (0 * inf), and representable in every accumulation dtype.
 BIG = tl.constexpr(3.4028234663852886e38)
+# float64 accumulation (float64 inputs) bounds its states by float64's largest value instead:
+# a float64 state may legitimately pass float32's range.
+BIG64 = tl.constexpr(1.7976931348623157e308)
 
 if INTERPRET:
     from . import _interpreter
@@ -149,6 +155,7 @@ def fwd_body(
 ):
     """One direction of one state tile over the whole sequence."""
     ACC = tl.float64 if ACC_F64 else tl.float32
+    big: tl.constexpr = BIG64 if ACC_F64 else BIG  # the clamp's "no bound"
     o_b, o_h, m_b, m_h, m_bh = tile(B, H, BLOCK_B, BLOCK_H, i_b, tl.program_id(1))
     o_f = I_D * H + o_h  # feature index along the D*H axis of W, u, bias and the output
     o_s = I_D * i64(B) * H + o_b[:, None] * H + o_h[None, :]  # this tile in h0 / h_n
@@ -200,8 +207,8 @@ def fwd_body(
         b_zero = tl.zeros([CT, BLOCK_B, BLOCK_H], dtype=ACC)
         m_a = tl.where(real, b_a, 0.0)
         m_u = tl.where(real, b_u[None, None, :], 1.0)
-        m_l = tl.where(real, b_zero, -BIG)
-        m_hi = b_zero + BIG
+        m_l = tl.where(real, b_zero, -big)
+        m_hi = b_zero + big
         m_a, m_u, m_l, m_hi = tl.associative_scan((m_a, m_u, m_l, m_hi), 0, _compose)
         b_hs = tl.minimum(tl.maximum(m_a + m_u * b_h[None, :, :], m_l,
                                      propagate_nan=tl.PropagateNan.ALL), m_hi,

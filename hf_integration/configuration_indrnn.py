@@ -157,14 +157,34 @@ class IndRNNConfig(PreTrainedConfig):
         super().__setattr__(key, _to_python(value))
 
     def __post_init__(self, **kwargs):
-        if self.embedding_size is None:
-            self.embedding_size = self.hidden_size
         super().__post_init__(**kwargs)
         self._validate_indrnn()
 
+    def validate(self) -> None:
+        """Check every field again and derive the dependent ones (`embedding_size` when None,
+        `num_hidden_layers` of a dense network), then run transformers' own checks.
+
+        The constructor checks its arguments, but fields can change afterwards: transformers'
+        `from_pretrained(path, field=value)` sets its overrides with setattr once the config
+        is built, and a user may assign a field. `from_dict` (behind `from_pretrained`),
+        `save_pretrained` and every model's constructor call this, so a bad value raises a
+        ValueError naming the field before it is used or saved.
+        """
+        self._validate_indrnn()
+        super().validate()
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        result = super().from_dict(config_dict, **kwargs)
+        config = result[0] if isinstance(result, tuple) else result  # return_unused_kwargs
+        config.validate()  # the keyword overrides were set after the constructor's checks
+        return result
+
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
-        # Serialise before anything touches the disk: a value that JSON cannot hold raises here,
-        # naming the field, and leaves no folder or empty config.json behind.
+        # Check and serialise before anything touches the disk: a bad value or one that JSON
+        # cannot hold raises here, naming the field, and leaves no folder or empty config.json
+        # behind (a folder saved with a bad value would fail to load).
+        self.validate()
         self._check_json_serialisable()
         super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
 
@@ -221,6 +241,8 @@ class IndRNNConfig(PreTrainedConfig):
         return 2 if self.bidirectional else 1
 
     def _validate_indrnn(self) -> None:
+        if self.embedding_size is None:
+            self.embedding_size = self.hidden_size
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "embedding_size"):
             _check_positive_int(name, getattr(self, name))
         if self.input_size is not None:

@@ -19,6 +19,7 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutput,
     TokenClassifierOutput,
 )
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from .configuration_indrnn import IndRNNConfig
 
@@ -86,6 +87,13 @@ class IndRNNPreTrainedModel(PreTrainedModel):
     # The losses are means over the batch; the Trainer must not expect `num_items_in_batch`.
     accepts_loss_kwargs = False
 
+    def __init__(self, config: IndRNNConfig, *inputs, **kwargs):
+        super().__init__(config, *inputs, **kwargs)
+        # The config may have changed since its constructor checked it (a field assigned, a
+        # dense_block_config whose derived num_hidden_layers is stale): check it, and derive
+        # again, before any layer is built from it.
+        config.validate()
+
     def _init_weights(self, module):
         # transformers calls this for every module whose tensors a checkpoint did not fully
         # load (and for every module of a new model); the `init` functions skip the tensors
@@ -108,7 +116,26 @@ class IndRNNPreTrainedModel(PreTrainedModel):
     def set_input_embeddings(self, new_embeddings):
         self.base_model.embeddings = new_embeddings
 
+    def enable_input_require_grads(self):
+        # transformers calls this from activation_checkpointing_enable() to hook the token
+        # embeddings, and warns when a model has none. A continuous-input model has none by
+        # design; IndRNNModel.forward gives reentrant checkpointing the input that requires
+        # grad instead (see `_needs_input_grad`).
+        if self.get_input_embeddings() is None:
+            return
+        super().enable_input_require_grads()
+
+    def resize_token_embeddings(self, *args, **kwargs):
+        if self.get_input_embeddings() is None:
+            raise ValueError(
+                f"resize_token_embeddings() needs token embeddings, but this model reads "
+                f"continuous inputs (config.input_size={self.config.input_size}): it has no "
+                f"vocabulary to resize"
+            )
+        return super().resize_token_embeddings(*args, **kwargs)
+
     def save_pretrained(self, save_directory, *args, **kwargs):
+        self.config.validate()  # before transformers creates the folder: a bad field saves nothing
         self.config.auto_map = {**AUTO_MAP, **(getattr(self.config, "auto_map", None) or {})}
         return super().save_pretrained(save_directory, *args, **kwargs)
 
@@ -176,6 +203,24 @@ class IndRNNLayer(GradientCheckpointingLayer):
 
     def extra_repr(self) -> str:
         return f"index={self.index}"
+
+
+def _needs_input_grad(layer: IndRNNLayer, hidden_states: torch.Tensor) -> bool:
+    """Whether `layer` is about to run under reentrant activation checkpointing with an input
+    that does not require grad (continuous features, detached `inputs_embeds`, or the output
+    of frozen layers).
+
+    Reentrant checkpointing (`use_reentrant=True`, torch's default when it is not given) has a
+    backward only when one of the block's tensor inputs requires grad: otherwise the layer's
+    weights silently get no gradient. transformers only makes the token embeddings' output
+    require grad, which does not cover these inputs. Non-reentrant checkpointing needs nothing.
+    """
+    if not (layer.gradient_checkpointing and layer.training and torch.is_grad_enabled()):
+        return False
+    if hidden_states.requires_grad:
+        return False
+    checkpoint_kwargs = getattr(layer._gradient_checkpointing_func, "keywords", {})
+    return checkpoint_kwargs.get("use_reentrant") is not False
 
 
 class IndRNNModel(IndRNNPreTrainedModel):
@@ -288,6 +333,9 @@ class IndRNNModel(IndRNNPreTrainedModel):
         all_hidden_states = [inputs_embeds] if output_hidden_states else None
         last_states = []
         for layer, h0 in zip(self.layers, states, strict=True):
+            if _needs_input_grad(layer, hidden_states):
+                # A new leaf: the caller's tensor keeps requires_grad=False.
+                hidden_states = hidden_states.detach().requires_grad_()
             hidden_states, h_n, shortcut = layer(hidden_states, h0, mask, shortcut)
             last_states.append(h_n)
             if output_hidden_states:
@@ -657,7 +705,6 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
         past_key_values: Cache | None = None,
         num_items_in_batch: torch.Tensor | int | None = None,
         cache_params: Cache | None = None,
-        cache_position: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         **kwargs,
     ) -> tuple | CausalLMOutputWithPast:
@@ -668,12 +715,17 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
             the logits (the Trainer passes them under context parallelism); used instead of
             `labels`. Taken from `**kwargs`, as in transformers' own models: the Trainer
             looks for labels among the signature's names containing "label".
+        cache_position (keyword only): accepted and unused, as in `IndRNNModel.forward`. Kept
+            out of the signature: generate() (transformers 5.24) builds it only for a custom
+            model whose forward names it, and warns that such a model should drop it;
+            earlier versions may pass it to every model.
         num_items_in_batch: the loss is the sum over targets divided by this (the Trainer's
             count over all gradient-accumulation steps) instead of their mean.
         logits_to_keep: compute logits for the last this-many steps only (0: all steps).
         Other arguments as in `IndRNNModel.forward`; any other keyword is a TypeError.
         """
         shift_labels = kwargs.pop("shift_labels", None)
+        kwargs.pop("cache_position", None)
         if kwargs:
             raise TypeError(
                 f"IndRNNForCausalLM.forward() got unexpected keyword argument(s): "
@@ -709,6 +761,15 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
         )
         return output if return_dict else output.to_tuple()
 
+
+# The Trainer shifts the labels of its label-smoothed loss (label_smoothing_factor > 0) only for
+# the class names in this static table of transformers' own causal LMs, which registering with
+# AutoModelForCausalLM does not extend: without the entry it would smooth logits[t] against
+# labels[t]. Set here, not at the package's registration, so that a folder loaded with
+# trust_remote_code=True gets it too. Every reader of the table compares class names or model
+# types, and the lazy Auto mappings built on it skip model types missing from transformers'
+# own config table, so no transformers.models.indrnn module is ever imported.
+MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.setdefault(IndRNNConfig.model_type, IndRNNForCausalLM.__name__)
 
 __all__ = [
     "IndRNNCache",

@@ -2,9 +2,15 @@
 
 import numpy as np
 import pytest
-from transformers import AutoConfig
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from hf_integration import IndRNNConfig, IndRNNModel
+from hf_integration import (
+    IndRNNConfig,
+    IndRNNForCausalLM,
+    IndRNNForSequenceClassification,
+    IndRNNModel,
+)
 
 
 def test_defaults_and_layer_types():
@@ -198,3 +204,72 @@ def test_dense_config_derives_the_layer_count_and_round_trips(tmp_path):
     config.save_pretrained(tmp_path)
     loaded = IndRNNConfig.from_pretrained(tmp_path)
     assert loaded.dense_dropout_by_kind == {"first": 0.2, "growth": 0.25}
+
+
+# ------------------------------------------- fields changed after construction: overrides, setattr
+
+
+BAD_OVERRIDES = [
+    ("classifier_pooling", "Mean"),
+    ("dropout", 1.5),
+    ("hidden_size", -3),
+    ("recurrent_max_abs", -1.0),
+    ("norm", "group"),
+    ("input_weight_init", "foo"),
+    ("embedding_init_std", -1.0),
+]
+
+
+@pytest.mark.parametrize("field, value", BAD_OVERRIDES)
+def test_from_pretrained_overrides_are_checked(field, value, tmp_path):
+    """transformers sets from_pretrained's keyword overrides with setattr after the constructor
+    has checked the saved fields: they are checked too."""
+    IndRNNConfig(hidden_size=8).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=field):
+        AutoConfig.from_pretrained(tmp_path, **{field: value})
+    with pytest.raises(ValueError, match=field):
+        IndRNNConfig.from_pretrained(tmp_path, return_unused_kwargs=True, **{field: value})
+
+
+def test_model_from_pretrained_overrides_are_checked_and_applied(tmp_path):
+    IndRNNForSequenceClassification(IndRNNConfig(hidden_size=8)).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="classifier_pooling must be one of"):
+        AutoModelForSequenceClassification.from_pretrained(tmp_path, classifier_pooling="Mean")
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path, classifier_pooling="mean")
+    assert model.config.classifier_pooling == "mean"
+
+
+def test_dense_override_derives_the_layer_count_again(tmp_path):
+    dense = dict(hidden_size=8, dense_growth_rate=2, dense_bottleneck=0)
+    IndRNNConfig(dense_block_config=[2], **dense).save_pretrained(tmp_path)
+    expected = IndRNNConfig(dense_block_config=[1], **dense).num_hidden_layers
+    config = AutoConfig.from_pretrained(tmp_path, dense_block_config=[1])
+    assert config.num_hidden_layers == expected == 3
+    assert len(config.layer_types) == expected
+    model = IndRNNForCausalLM(config)
+    out = model(input_ids=torch.randint(0, 30, (1, 4)), output_hidden_states=True)
+    assert len(out.hidden_states) == expected + 1
+
+
+@pytest.mark.parametrize("field, value", BAD_OVERRIDES)
+def test_field_assigned_after_construction_is_checked_by_save_and_model(field, value, tmp_path):
+    model = IndRNNModel(IndRNNConfig(hidden_size=8))
+    config = model.config
+    setattr(config, field, value)
+    with pytest.raises(ValueError, match=field):
+        config.save_pretrained(tmp_path / "config")
+    with pytest.raises(ValueError, match=field):
+        model.save_pretrained(tmp_path / "model")
+    assert not list(tmp_path.iterdir())  # checked before anything is written
+    with pytest.raises(ValueError, match=field):
+        IndRNNModel(config)
+
+
+def test_dense_field_assigned_after_construction_is_derived_by_the_model():
+    config = IndRNNConfig(hidden_size=8, dense_growth_rate=2, dense_block_config=[2],
+                          dense_bottleneck=0)
+    config.dense_block_config = [1]
+    model = IndRNNModel(config)
+    assert config.num_hidden_layers == len(model.layers) == 3
+    out = model(input_ids=torch.randint(0, 30, (1, 4)), output_hidden_states=True)
+    assert len(out.hidden_states) == 4

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import transformers.generation.utils
 from hf_helpers import VOCAB, cache_of, padded_batch, random_tokens, tiny_model
 from transformers import ByT5Tokenizer, DynamicCache, pipeline
 
@@ -150,6 +151,21 @@ def test_generate_from_inputs_embeds():
     from_embeds = model.generate(inputs_embeds=model.get_input_embeddings()(ids),
                                  max_new_tokens=NEW, do_sample=False, pad_token_id=0)
     assert torch.equal(from_embeds[:, -NEW:], from_ids[:, -NEW:])
+
+
+def test_generate_does_not_ask_to_remove_cache_position(monkeypatch):
+    """generate() builds cache_position, and warns that a custom model should stop reading it,
+    when the forward names it; the recurrent state carries the position."""
+    messages = []
+    monkeypatch.setattr(transformers.generation.utils.logger, "warning_once",
+                        lambda msg, *args, **kwargs: messages.append(msg))
+    model = tiny_model(IndRNNForCausalLM)
+    ids = torch.randint(3, VOCAB, (2, 5))
+    tokens = _generate(model, ids)
+    assert not [m for m in messages if "cache_position" in m]
+    # still the tokens of recomputing the prefix, and cache_position still accepted
+    assert torch.equal(tokens, _generate(model, ids, use_cache=False))
+    model(input_ids=ids, cache_position=torch.arange(5))
 
 
 @pytest.mark.slow

@@ -1,9 +1,11 @@
 """The IndRNN models: outputs, padding, losses, save/load, checkpointing, torch.compile."""
 
 import math
+import sys
 
 import pytest
 import torch
+import transformers.modeling_utils
 from hf_helpers import (
     HEADS,
     INIT_OPTIONS,
@@ -27,6 +29,7 @@ from transformers.modeling_outputs import (
 import hf_integration
 from hf_integration import (
     IndRNNCache,
+    IndRNNConfig,
     IndRNNForCausalLM,
     IndRNNForSequenceClassification,
     IndRNNForTokenClassification,
@@ -413,6 +416,60 @@ def test_gradient_checkpointing_updates_batch_norm_statistics_once(padded, posit
         torch.testing.assert_close(checkpointed[name], buffer, msg=name, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("case", ["continuous", "inputs_embeds"])
+def test_reentrant_gradient_checkpointing_gives_every_layer_its_gradients(case):
+    """Reentrant checkpointing has no backward for a block none of whose tensor inputs requires
+    grad: continuous features and detached inputs_embeds must still train the IndRNN layers,
+    with the gradients of a run without checkpointing, and leave the caller's tensor as it is."""
+    if case == "continuous":
+        model = tiny_model(IndRNNForSequenceClassification, input_size=3, num_labels=1,
+                           num_hidden_layers=3)
+        inputs = {"inputs_embeds": torch.randn(3, 7, 3), "labels": torch.randn(3)}
+    else:
+        model = tiny_model(IndRNNForCausalLM, num_hidden_layers=3)
+        ids = torch.randint(3, VOCAB, (3, 7))
+        inputs = {"inputs_embeds": model.get_input_embeddings()(ids).detach(), "labels": ids}
+    model.train()
+
+    def grads():
+        model.zero_grad()
+        model(**inputs).loss.backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = grads()
+    assert any(name.startswith("model.rnn.") for name in plain)
+    for every_n_layers in (1, 2):
+        model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": True}, every_n_layers=every_n_layers
+        )
+        checkpointed = grads()
+        assert checkpointed.keys() == plain.keys()
+        for name in plain:
+            torch.testing.assert_close(checkpointed[name], plain[name], msg=name)
+    assert not inputs["inputs_embeds"].requires_grad
+
+
+def test_continuous_model_checkpointing_does_not_warn_about_embeddings(monkeypatch):
+    """transformers hooks the token embeddings for checkpointing and warns when a model has
+    none; a continuous-input model has none by design."""
+    messages = []
+    monkeypatch.setattr(transformers.modeling_utils.logger, "warning_once",
+                        lambda msg, *args, **kwargs: messages.append(msg))
+    model = tiny_model(IndRNNForSequenceClassification, input_size=2, num_labels=1)
+    model.activation_checkpointing_enable()
+    assert not [m for m in messages if "input embeddings" in m]
+    assert all(layer.gradient_checkpointing for layer in model.model.layers)
+
+
+def test_resize_token_embeddings_of_a_continuous_model_says_it_has_none():
+    model = tiny_model(IndRNNForSequenceClassification, input_size=2, num_labels=1)
+    with pytest.raises(ValueError, match=r"needs token embeddings.*input_size=2"):
+        model.resize_token_embeddings(10)
+    model = tiny_model(IndRNNForSequenceClassification)
+    model.resize_token_embeddings(VOCAB + 5)
+    assert model.get_input_embeddings().weight.shape[0] == model.config.vocab_size == VOCAB + 5
+
+
 def test_torch_compile_matches_eager():
     model = tiny_model(IndRNNForSequenceClassification, bidirectional=True)
     compiled = torch.compile(model)
@@ -433,6 +490,22 @@ def test_registration_on_import():
     assert isinstance(AutoModelForTokenClassification.from_config(config),
                       IndRNNForTokenClassification)
     assert hf_integration.IndRNNForCausalLM._auto_class == "AutoModelForCausalLM"
+
+
+def test_causal_lm_is_in_transformers_causal_lm_names_without_a_module_there():
+    """The Trainer reads MODEL_FOR_CAUSAL_LM_MAPPING_NAMES to shift labels; the Auto mapping
+    built on that table must still find the class without importing transformers.models.indrnn
+    (which does not exist)."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING,
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    )
+
+    assert MODEL_FOR_CAUSAL_LM_MAPPING_NAMES["indrnn"] == "IndRNNForCausalLM"
+    assert IndRNNConfig in MODEL_FOR_CAUSAL_LM_MAPPING
+    assert MODEL_FOR_CAUSAL_LM_MAPPING[IndRNNConfig] is IndRNNForCausalLM
+    assert len(MODEL_FOR_CAUSAL_LM_MAPPING) > 0
+    assert "transformers.models.indrnn" not in sys.modules
 
 
 DEEP_OPTIONS = [

@@ -100,6 +100,28 @@ def test_trainer_fine_tunes_every_head(case, tmp_path):
     assert torch.equal(head_logits(loaded.eval(), **batch), head_logits(model, **batch))
 
 
+def test_trainer_label_smoothing_shifts_the_causal_lm_labels(tmp_path):
+    """With label_smoothing_factor the Trainer computes the loss itself, and shifts the labels
+    only for the causal LMs it knows by class name: logits[t] must be scored against
+    labels[t + 1], as the model's own loss does."""
+    model = tiny_model(IndRNNForCausalLM)
+    ids = torch.randint(3, 40, (2, 6))
+    labels = ids.clone()
+    labels[0, 3] = -100
+    epsilon = 0.1
+    args = TrainingArguments(output_dir=str(tmp_path), label_smoothing_factor=epsilon,
+                             use_cpu=True, report_to="none")
+    trainer = Trainer(model=model, args=args)
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, {"input_ids": ids, "labels": labels.clone()})
+        log_probs = model(input_ids=ids).logits[:, :-1].log_softmax(-1)
+    targets = labels[:, 1:]
+    keep = targets != -100
+    nll = -log_probs[keep].gather(-1, targets[keep].unsqueeze(-1)).squeeze(-1)
+    uniform = -log_probs[keep].mean(-1)
+    torch.testing.assert_close(loss, ((1 - epsilon) * nll + epsilon * uniform).mean())
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

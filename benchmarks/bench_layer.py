@@ -143,6 +143,11 @@ def main(argv=None) -> int:
             "forward + backward to the input and all parameters; saved_MB = bytes autograd "
             "keeps for backward; peak_MB = peak allocated during the call (CUDA allocator; on "
             "CPU, op outputs counted by a dispatch mode).",
+            *([f"float32 GEMMs: TF32 in cuBLAS (IndRNN's F.linear) {env['tf32_cublas']}, in "
+               f"cuDNN (nn.RNN/GRU/LSTM) {env['tf32_cudnn']}"
+               + (" (torch's defaults): the float32 rows are not like for like, TF32 favours "
+                  "cuDNN." if env["tf32_cublas"] != env["tf32_cudnn"] else ".")]
+              if "tf32_cudnn" in env else []),
             "\n".join(f"- {line}" for line in headline(rows)),
         ])
     if not args.no_plots:

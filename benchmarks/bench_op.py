@@ -68,6 +68,13 @@ PRESETS = {
         BH_sweep=((8, 128), (32, 256), (64, 512)), extra=(), budget_s=0.5,
         naive_max_T=3000, naive_max_BH=64 * 512, naive_index_max_work=1000 * 1000 * 32 * 256,
     ),
+    # Issue 10's target shapes alone, for a short GPU run: B x H = 65536 at T = 1024 (also the
+    # B=64, H=1024 forward+backward target), B x H = 16384, and the two long sequences.
+    "gpu_targets": dict(
+        T_sweep=(), BH=(64, 1024), T=1024, BH_sweep=((64, 1024), (16, 1024)),
+        extra=((4, 32768, 1024), (1, 100_000, 256)), budget_s=0.1,
+        naive_max_T=1024, naive_max_BH=64 * 1024, naive_index_max_work=1024 * 1024 * 64 * 1024,
+    ),
     "gpu": dict(
         T_sweep=(256, 1024, 4096), BH=(64, 1024), T=1024,
         BH_sweep=((16, 1024), (64, 512), (64, 1024), (128, 1024), (256, 1024)),

@@ -115,6 +115,31 @@ def bench(fn: Callable[[], object], device: torch.device, *, min_reps: int = 5,
     return 1e3 * statistics.median(times)
 
 
+def bench_calls(fn: Callable[[], object], device: torch.device, *, budget_s: float = 1.0,
+                batch: int = 20) -> float:
+    """Median wall-clock milliseconds per call of ``fn`` called back to back, ``batch`` calls
+    between two device synchronisations: what a loop of calls costs, host work included.
+
+    For fixed per-call costs on a GPU. :func:`bench` (``triton.testing.do_bench``) flushes the L2
+    cache with a kernel before each timed call and times it with CUDA events, so host work that
+    overlaps that flush (up to its ~0.1 ms) is invisible there.
+    """
+    fn()
+    sync(device)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < 5 or time.perf_counter() - start < budget_s:
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(batch):
+            fn()
+        sync(device)
+        times.append((time.perf_counter() - t0) / batch)
+        if time.perf_counter() - start > 4 * budget_s and len(times) >= 3:
+            break
+    return 1e3 * statistics.median(times)
+
+
 def bench_interleaved(fns: dict[str, Callable[[], object]], device: torch.device,
                       rounds: int) -> dict[str, float]:
     """Median milliseconds of each function, timed in alternation: ``rounds`` rounds of one call
@@ -196,6 +221,11 @@ def environment(device: torch.device) -> dict:
         env["triton"] = None
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
+        # float32 GEMMs: TF32 or full precision, for cuBLAS (F.linear) and for cuDNN's RNNs
+        # (cuDNN defaults to TF32, cuBLAS not: a float32 comparison with nn.LSTM is only like
+        # for like when both are the same).
+        env["tf32_cublas"] = torch.backends.cuda.matmul.allow_tf32
+        env["tf32_cudnn"] = torch.backends.cudnn.allow_tf32
     return env
 
 

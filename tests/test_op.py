@@ -222,6 +222,25 @@ def test_autotuners_tune_once_per_batch_class(monkeypatch, kernel):
         assert sum(t is tuner for t, _ in timed) == 2 * 3
 
 
+def test_bench_calls_times_batches_of_back_to_back_calls(monkeypatch):
+    """bench_overhead's GPU timer: one warm-up call, then whole batches of calls between two
+    synchronisations (at least 5), and the median time per call."""
+    import time
+
+    monkeypatch.syspath_prepend(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from benchmarks.common import bench_calls
+
+    calls = []
+
+    def fn():
+        calls.append(None)
+        time.sleep(0.002)
+
+    ms = bench_calls(fn, torch.device("cpu"), budget_s=0.05, batch=4)
+    assert (len(calls) - 1) % 4 == 0 and len(calls) - 1 >= 5 * 4
+    assert ms >= 2.0
+
+
 def test_bench_op_reports_the_tiles_the_autotuners_picked(monkeypatch):
     """bench_op's ``tiles`` column: the sequential kernels' configs of the timed call, forward
     then backward; None when neither kernel ran (here the CPU path)."""

@@ -223,6 +223,33 @@ def test_int64_offsets_over_2_pow_31_elements(pinned):
     assert torch.isfinite(grad_pre[-1]).all()
 
 
+def test_chunked_int64_offsets_over_2_pow_31_elements():
+    """The chunked kernels past 2^31 elements along time (B=1, H=16400, T=131100, bf16, 4.3 GB a
+    tensor): the last 1000 steps of the far features against the float64 reference started
+    from the kernel's own output 1000 steps before the end; outputs, h_n and the gradient of
+    pre there (which depends only on later steps)."""
+    T, B, H = 131_100, 1, 16_400
+    assert T * B * H > 2**31
+    free, _ = torch.cuda.mem_get_info()
+    if free < 40 * 2**30:
+        pytest.skip(f"needs 40 GiB of free GPU memory, {free / 2**30:.0f} GiB free")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    pre = torch.randn(T, B, H, device="cuda", generator=g).to(torch.bfloat16).requires_grad_()
+    u = torch.rand(H, device="cuda", generator=g)  # [0, 1): bounded states over 131100 steps
+    out, h_n = fused_indrnn(pre, u, method="chunked")
+    (grad_pre,) = torch.autograd.grad(out, (pre,), torch.ones_like(out))
+    n, feats = 1000, slice(H - 4, H)
+    h0 = out.detach()[T - n - 1, :, feats].double()
+    ref_pre = pre.detach()[T - n:, :, feats].double().requires_grad_()
+    ref_out, ref_hn = indrnn_reference(ref_pre, u[feats].double(), None, h0)
+    (ref_grad,) = torch.autograd.grad(ref_out, (ref_pre,), torch.ones_like(ref_out))
+    tol = TOL[torch.bfloat16]
+    assert _rel_err(out[T - n:, :, feats], ref_out) < tol
+    assert _rel_err(h_n[:, feats], ref_hn) < tol
+    assert _rel_err(grad_pre[T - n:, :, feats], ref_grad) < tol
+    assert torch.isfinite(grad_pre[0]).all()
+
+
 def test_module_on_cuda_matches_float64_cpu():
     """A 3-layer bidirectional IndRNN with batch norm, residual blocks and a padding mask, on the
     autotuned CUDA kernels, against the same module in float64 on the CPU path."""

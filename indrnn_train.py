@@ -19,6 +19,14 @@ TASKS = ("adding", "mnist", "pmnist", "text")
 # Long runs (mnist: 100 000 steps) lose at most this many steps to a crash; short ones (the
 # adding quick start: 2000) write a checkpoint or two.
 DEFAULT_SAVE_STEPS = 1000
+# transformers.set_seed (numpy's global generator) takes seeds in [0, 2**32).
+MAX_SEED = 2**32 - 1
+# One adding sequence of this length is already 17 GB of float32; longer ones overflow numpy's
+# array sizes before they could overflow a machine's memory.
+MAX_SEQ_LEN = 2**31 - 1
+# The recurrent weights are float32: a larger clip bound is not a number they can hold (and the
+# near-one init's uniform_(1/r, r) refuses it); 'none' is the way to ask for no clip.
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclass(frozen=True)
@@ -263,11 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr-scheduler", choices=("constant", "linear", "cosine", "plateau"),
                    default=None,
                    help="learning-rate schedule (Trainer's lr_scheduler_type; plateau: divide the "
-                   "lr by 10 when the test loss has not improved for --plateau-patience "
-                   "evaluations, the authors' MNIST schedule; default: per task, below)")
+                   "lr by 10 at the evaluation that makes more than --plateau-patience in a row "
+                   "without a test loss 0.01%% below the best so far, then count again from 0: "
+                   "torch's ReduceLROnPlateau, the authors' MNIST schedule; default: per task, "
+                   "below)")
     t.add_argument("--plateau-patience", type=_positive_int, default=5,
-                   help="evaluations without a better test loss before plateau divides the lr "
-                   "(default 5)")
+                   help="evaluations in a row without a better test loss that plateau lets "
+                   "pass: the next one without divides the lr (default 5: the 6th)")
     t.add_argument("--warmup-steps", type=_nonnegative_int, default=0,
                    help="lr warmup steps (default 0)")
     t.add_argument("--batch-size", type=_positive_int, default=None,
@@ -297,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "learning; off: the kernel's clip alone, which gives a weight beyond the "
                    "bound zero gradient)")
     t.add_argument("--seed", type=_nonnegative_int, default=0,
-                   help="seed of the model init and the data (default 0)")
+                   help=f"seed of the model init and the data, 0 to {MAX_SEED} (default 0)")
     t.add_argument("--cpu", action="store_true",
                    help="train on the CPU even when CUDA is available (set automatically "
                    "under torchrun without CUDA, so that the Trainer runs DDP with gloo)")
@@ -326,8 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     o = p.add_argument_group("output")
     o.add_argument("--output-dir", default=None,
-                   help="where the model, card, metrics, curve and checkpoints go (default "
-                   "out/indrnn-TASK)")
+                   help="where the model, card, metrics, curve and checkpoints go: a new or "
+                   "empty folder, or an earlier run's (marked by its indrnn-train.json); files "
+                   "of its own that a run would overwrite (README.md, config.json, ...) are "
+                   "refused (default out/indrnn-TASK)")
     o.add_argument("--save-steps", type=_nonnegative_int, default=DEFAULT_SAVE_STEPS,
                    help="write a resumable checkpoint (OUTPUT_DIR/checkpoint-STEP) every this "
                    f"many steps and at the end (default {DEFAULT_SAVE_STEPS}; 0: only on "
@@ -336,9 +348,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep only the newest this many checkpoints (default 2)")
     o.add_argument("--resume", action="store_true",
                    help="continue from the newest complete checkpoint in --output-dir, with the "
-                   "same flags (starts from step 0 when there is none)")
+                   "same flags: a changed training or data flag (seed, lr, weight decay, batch "
+                   "size, steps, schedule, gradient clamp, constraint, data) or model flag is "
+                   "refused; display, logging, saving, CPU and (but with --lr-scheduler plateau) "
+                   "evaluation flags may change (starts from step 0 when there is no "
+                   "checkpoint)")
     o.add_argument("--overwrite-output-dir", action="store_true",
-                   help="delete the checkpoints of an earlier run in --output-dir and start over")
+                   help="remove what an earlier run wrote in --output-dir (checkpoints, model, "
+                   "card, metrics; files of other names stay) and start over")
     return p
 
 
@@ -368,6 +385,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     _fill(args, DEFAULTS[args.task], unset)
     if args.seq_len < 2:
         parser.error(f"--seq-len must be >= 2, got {args.seq_len}")
+    if args.seq_len > MAX_SEQ_LEN:
+        parser.error(f"--seq-len must be at most {MAX_SEQ_LEN} (2**31 - 1), got {args.seq_len}")
+    if args.seed > MAX_SEED:
+        parser.error(f"--seed must be at most {MAX_SEED} (2**32 - 1, the range of "
+                     f"transformers.set_seed), got {args.seed}")
     if not 0.0 <= args.dropout < 1.0:
         parser.error(f"--dropout must be in [0, 1), got {args.dropout}")
     if args.dropout_last is not None and not 0.0 <= args.dropout_last < 1.0:
@@ -402,8 +424,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         if args.recurrent_max_mag <= 0:
             parser.error(f"--recurrent-max-mag must be > 0, got {args.recurrent_max_mag}")
         args.recurrent_max_abs = args.recurrent_max_mag ** (1 / args.seq_len)
+        if args.recurrent_max_abs > FLOAT32_MAX:
+            parser.error(f"--recurrent-max-mag {args.recurrent_max_mag:g} gives the clip bound "
+                         f"MAG^(1/T) = {args.recurrent_max_abs:.3g}, beyond float32's largest "
+                         f"value {FLOAT32_MAX:.3g}; use a smaller MAG, or --recurrent-max-abs "
+                         "none for no clip")
     if args.recurrent_max_abs is not None and args.recurrent_max_abs <= 0:
         parser.error(f"--recurrent-max-abs must be > 0 or 'none', got {args.recurrent_max_abs}")
+    if args.recurrent_max_abs is not None and args.recurrent_max_abs > FLOAT32_MAX:
+        parser.error(f"--recurrent-max-abs must be at most {FLOAT32_MAX:.3g} (float32's largest "
+                     f"value; 'none' for no clip), got {args.recurrent_max_abs:g}")
     if args.recurrent_min_abs < 0:
         parser.error(f"--recurrent-min-abs must be >= 0, got {args.recurrent_min_abs}")
     if args.recurrent_max_abs is not None and args.recurrent_min_abs > args.recurrent_max_abs:

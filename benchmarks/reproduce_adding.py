@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 
@@ -66,7 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="folder for adding_curves.png, adding_results.json and adding_results.md")
     p.add_argument("--resume", action="store_true",
                    help="keep the lengths already in OUT/adding_results.json and train only the "
-                   "others (a long series can run in parts); off: start a new series")
+                   "others, continuing an interrupted length from its newest checkpoint (a long "
+                   "series can run in parts); off: start a new series")
     p.add_argument("--keep-models", action="store_true",
                    help="keep each length's saved model under OUT/models/ (off: deleted)")
     args = p.parse_args(argv)
@@ -93,8 +95,13 @@ def train_one(args, seq_len: int, max_steps: int) -> dict:
         argv.append("--no-constrain")
     argv.append("--last-layer-init-near-one" if seq_len >= args.near_one_from
                 else "--no-last-layer-init-near-one")
+    # A length that Ctrl-C stopped left its checkpoints in out_dir: --resume continues it;
+    # a new series starts it over.
+    resume = args.resume and train.checkpoints(out_dir)
+    targs = train.parse_args([*argv, "--resume" if resume else "--overwrite-output-dir"])
     start = time.perf_counter()
-    results = train.run(train.parse_args(argv))
+    train.check_output_dir(targs)
+    results = train.run(targs)
     with open(os.path.join(out_dir, "log_history.json")) as f:
         history = json.load(f)
     if not args.keep_models:
@@ -192,8 +199,26 @@ def _yes_no(flag: bool | None) -> str:
     return "-" if flag is None else "yes" if flag else "no"
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
+def main(argv=None) -> int:
+    """Train the series; problems are one-line messages with ``indrnn-train``'s exit codes (2:
+    a usage error; 128 + the signal when Ctrl-C or SIGTERM stopped a length, whose checkpoint
+    the same command with --resume continues from)."""
+    try:
+        series(parse_args(argv))
+    except train.UsageError as err:
+        print(f"reproduce_adding: error: {err}", file=sys.stderr)
+        return 2
+    except train.TrainingStopped as err:
+        print(f"reproduce_adding: {'error: ' if err.exit_code == 1 else ''}{err}",
+              file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:  # outside a length's training loop: nothing to save
+        print("reproduce_adding: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+    return 0
+
+
+def series(args) -> None:
     os.makedirs(args.out, exist_ok=True)
     steps = args.max_steps * len(args.lengths) if len(args.max_steps) == 1 else args.max_steps
     results_json = os.path.join(args.out, "adding_results.json")
@@ -219,4 +244,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

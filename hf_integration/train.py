@@ -12,8 +12,11 @@ It trains, evaluates, writes the model (``save_pretrained``, loadable with
 again, and prints a summary. Run ``indrnn-train --help`` for every option and its default.
 
 Every ``--save-steps`` steps it writes a Trainer checkpoint (``checkpoint-STEP``: weights,
-optimizer, scheduler, RNG states) and keeps the last ``--save-total-limit``; ``--resume``
-continues from the latest one with the same result as an uninterrupted run. SIGINT (Ctrl-C) or
+optimizer, scheduler, RNG states, and the run's flags in ``indrnn-train.json``) and keeps the
+last ``--save-total-limit``; ``--resume`` continues from the latest one with the same result as
+an uninterrupted run, and refuses training flags that differ from the checkpoint's. The output
+folder is marked as a run's by its ``indrnn-train.json``; ``--overwrite-output-dir`` removes
+only what an earlier run wrote there. SIGINT (Ctrl-C) or
 SIGTERM ends the current step, writes a checkpoint, the model and ``metrics.json``, and exits
 with 128 + the signal number. A non-finite loss or weights stop the run with exit code 1 and
 keep the last good checkpoint.
@@ -31,6 +34,7 @@ import signal
 import sys
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +47,19 @@ from indrnn_train import DEFAULTS, TASKS, build_parser, describe_defaults, parse
 from .modeling_indrnn import INSTALL_HINT
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")  # transformers' checkpoint folder names
+# Written at the start of every run in --output-dir, and with the weights in every checkpoint:
+# what wrote the folder (the mark of an indrnn-train folder) and the run's training settings.
+RECORD = "indrnn-train.json"
+# What a run writes in --output-dir besides its checkpoints and RECORD: save_pretrained's model
+# and code files (shards, and the text task's tokenizer, included), the Trainer's arguments, and
+# the run's own card, metrics and curve. --overwrite-output-dir removes these and nothing else.
+OUTPUT_FILES = frozenset({
+    "config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
+    "pytorch_model.bin", "modeling_indrnn.py", "configuration_indrnn.py", "training_args.bin",
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "chat_template.jinja", "README.md", "metrics.json", "log_history.json", "learning_curve.png",
+})
+SHARD = re.compile(r"^model-\d+-of-\d+\.safetensors$")
 
 
 class UsageError(Exception):
@@ -66,10 +83,31 @@ def checkpoints(output_dir: str) -> list[str]:
     return [path for _, path in sorted(found)]
 
 
+def _written_by_a_run(name: str) -> bool:
+    return (name == RECORD or name in OUTPUT_FILES or bool(CHECKPOINT.match(name))
+            or bool(SHARD.match(name)))
+
+
+def earlier_run_files(output_dir: str) -> list[str]:
+    """The names in ``output_dir`` that an earlier run wrote, if it is a run's folder: one with
+    RECORD, or with complete checkpoints (folders of versions before RECORD); else [].
+
+    Only these names, never the folder nor a file of another name, are what
+    ``--overwrite-output-dir`` removes: the folder may also hold the user's own files."""
+    if not os.path.isdir(output_dir):
+        return []
+    names = os.listdir(output_dir)
+    if RECORD not in names and not checkpoints(output_dir):
+        return []
+    return sorted(name for name in names if _written_by_a_run(name))
+
+
 def check_output_dir(args) -> None:
-    """Fail before any training when ``--output-dir`` cannot take the results, or holds the
-    checkpoints of an earlier run that neither ``--resume`` nor ``--overwrite-output-dir``
-    says what to do with."""
+    """Fail before any training when ``--output-dir`` cannot take the results; holds files that
+    are not an earlier run's but that a run would overwrite (a project's README.md or
+    config.json); or holds an earlier run that neither ``--resume`` nor
+    ``--overwrite-output-dir`` says what to do with. With ``--resume``, also check the
+    checkpoint it would continue from (:func:`check_resumable`)."""
     out = args.output_dir
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--output-dir {out!r} is a file; expected a folder (new or existing)")
@@ -79,13 +117,119 @@ def check_output_dir(args) -> None:
             pass
     except OSError as err:
         raise UsageError(f"--output-dir {out!r} is not writable: {err.strerror or err}") from None
+    earlier = earlier_run_files(out)
+    if not earlier:
+        clash = sorted(name for name in os.listdir(out) if _written_by_a_run(name))
+        if clash:
+            raise UsageError(
+                f"--output-dir {out!r} holds files that no indrnn-train run wrote there (no "
+                f"{RECORD}) and that a run would overwrite: {', '.join(clash)}; choose a new or "
+                "empty --output-dir (files of other names in it are left alone)")
+        return
     found = checkpoints(out)
-    if found and not (args.resume or args.overwrite_output_dir):
+    results = [name for name in earlier if name != RECORD and not CHECKPOINT.match(name)]
+    if args.overwrite_output_dir:
+        return
+    if found and not args.resume:
         raise UsageError(
             f"--output-dir {out!r} holds checkpoints of an earlier run (newest: "
             f"{os.path.basename(found[-1])}): pass --resume to continue it, "
             "--overwrite-output-dir to start over, or choose another --output-dir"
         )
+    if not found and results:
+        raise UsageError(
+            f"--output-dir {out!r} holds the results of an earlier run ({', '.join(results)}) "
+            f"and no checkpoint{' to resume from' if args.resume else ''}: pass "
+            "--overwrite-output-dir to replace them, or choose another --output-dir")
+    if found:
+        check_resumable(found, args)
+
+
+def resume_settings(args) -> dict:
+    """The settings a resumed run must share with the run that wrote its checkpoint.
+
+    The checkpoint brings the optimizer (its lr and weight decay included), the schedule's
+    state, the RNG states and the position in the data; the flags below decide what these mean
+    (the data, its order, the schedule's shape, the step's gradient clamp and constraint), so a
+    resumed run could not honour a changed one: it would be silently a mix of two runs. The
+    model's flags are checked against the checkpoint's config (:func:`_check_same_model`).
+    Safe to change, and left out: how often the run evaluates (except with the plateau
+    schedule, which steps at each evaluation on the test loss: then eval steps and test size
+    count too), logs and saves, how many checkpoints it keeps, the evaluation batch size, the
+    progress bar, and the CPU settings (threads, denormals, malloc, --cpu: the same steps,
+    rounded differently)."""
+    names = ["task", "seq_len", "seed", "learning_rate", "lr_scheduler", "warmup_steps",
+             "batch_size", "max_steps", "max_grad_norm", "grad_clip_value", "weight_decay",
+             "no_constrain"]
+    names += {"adding": ["train_size"], "pmnist": ["test_fraction", "permutation_seed"]}.get(
+        args.task, ["test_fraction"])  # the data flags each task reads
+    settings = {name: getattr(args, name) for name in names}
+    if args.task != "adding":
+        settings["data"] = None if args.data is None else os.path.abspath(args.data)
+    settings["world_size"] = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.lr_scheduler == "plateau":
+        settings.update(plateau_patience=args.plateau_patience, eval_steps=args.eval_steps,
+                        test_size=args.test_size)
+    return settings
+
+
+def _flag(name: str) -> str:
+    return {"task": "the task", "world_size": "processes (WORLD_SIZE)"}.get(
+        name, "--" + name.replace("_", "-"))
+
+
+def check_resumable(found: list[str], args) -> None:
+    """``--resume`` from the newest checkpoint of ``found``: a one-line error, before any data
+    is read, when a file of it cannot be read (a disk that filled up, a copy cut short) or when
+    it was written with other training flags (:func:`resume_settings`)."""
+    newest = found[-1]
+    damaged = damaged_file(newest)
+    if damaged:
+        previous = (f"continue from {os.path.basename(found[-2])}" if len(found) > 1
+                    else "start again at step 0")
+        raise UsageError(f"--resume: the newest checkpoint {newest} is damaged ({damaged}); "
+                         f"remove that folder to {previous} with the same command")
+    path = os.path.join(newest, RECORD)
+    if not os.path.isfile(path):
+        print(f"indrnn-train: --resume: {newest} was written before indrnn-train recorded its "
+              "training flags; resuming without checking them", file=sys.stderr)
+        return
+    with open(path) as f:
+        saved = json.load(f).get("settings", {})
+    current = resume_settings(args)
+    differ = [f"{_flag(k)} {saved.get(k)!r} there, {current.get(k)!r} here"
+              for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+    if differ:
+        raise UsageError(
+            f"--resume: {newest} was trained with other flags ({'; '.join(differ)}); the "
+            "optimizer, schedule and data come from the checkpoint, so the run cannot follow "
+            "them: resume with the flags of the run that wrote it, or start a new run "
+            "(--overwrite-output-dir or another --output-dir)")
+
+
+def damaged_file(checkpoint: str) -> str | None:
+    """The first file of ``checkpoint`` that does not read as its format, with the reason, or
+    None. JSON parses; safetensors headers match the file; torch.save files (zip archives) pass
+    their CRC checks, which read them once, as the resume will."""
+    from safetensors import SafetensorError, safe_open
+
+    for name in sorted(os.listdir(checkpoint)):
+        path = os.path.join(checkpoint, name)
+        try:
+            if name.endswith(".json"):
+                with open(path) as f:
+                    json.load(f)
+            elif name.endswith(".safetensors"):
+                with safe_open(path, "pt"):
+                    pass
+            elif name.endswith((".pt", ".pth", ".bin")):
+                with zipfile.ZipFile(path) as archive:
+                    bad = archive.testzip()
+                if bad is not None:
+                    return f"{name}: bad CRC in {bad}"
+        except (OSError, ValueError, zipfile.BadZipFile, SafetensorError) as err:
+            return f"{name}: {err}"
+    return None
 
 
 def build_task(args):
@@ -238,6 +382,7 @@ def training_arguments(args):
     if args.lr_scheduler == "plateau":  # divide by 10 when the test loss stops improving
         schedule = dict(lr_scheduler_type="reduce_lr_on_plateau",
                         lr_scheduler_kwargs={"mode": "min", "factor": 0.1, "eps": 0.0,
+                                             "threshold": 1e-4, "threshold_mode": "rel",
                                              "patience": args.plateau_patience},
                         metric_for_best_model="loss", greater_is_better=False)
     return TrainingArguments(
@@ -342,9 +487,23 @@ def _finite_weights(model) -> bool:
     return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
 
-def guarded_trainer(guard: RunGuard, callbacks=(), **kwargs):
+def run_record(args) -> dict:
+    """What RECORD holds: the tool, the command and :func:`resume_settings`."""
+    return {"written_by": "indrnn-train", "command": args.command,
+            "settings": resume_settings(args)}
+
+
+def write_record(folder: str, record: dict) -> None:
+    with open(os.path.join(folder, RECORD), "w") as f:
+        json.dump(record, f, indent=1)
+
+
+def guarded_trainer(guard: RunGuard, callbacks=(), record: dict | None = None, **kwargs):
     """A ``Trainer`` that reports a non-finite training loss to ``guard``, with ``callbacks``
-    and the authors' weight-decay groups (:func:`hf_integration.recipe.decays`)."""
+    and the authors' weight-decay groups (:func:`hf_integration.recipe.decays`); it writes
+    ``record`` (RECORD) with every model it saves, so each checkpoint carries the settings
+    ``--resume`` checks (written with the weights, before the Trainer's trainer_state.json, the
+    file that makes a checkpoint complete); and it keeps no "best" checkpoint."""
     from transformers import Trainer
 
     from .recipe import decays
@@ -352,6 +511,21 @@ def guarded_trainer(guard: RunGuard, callbacks=(), **kwargs):
     class GuardedTrainer(Trainer):
         def get_decay_parameter_names(self, model):
             return [name for name, _ in model.named_parameters() if decays(name)]
+
+        def save_model(self, output_dir=None, *args, **kw):
+            super().save_model(output_dir, *args, **kw)
+            if record is not None and self.args.should_save:
+                write_record(output_dir or self.args.output_dir, record)
+
+        def _determine_best_metric(self, metrics, trial):
+            # The plateau schedule sets metric_for_best_model only because the Trainer's
+            # ReduceLROnPlateau reads its metric from there. A tracked best checkpoint would be
+            # kept by every rotation in place of a newer one, and with save_total_limit=1 the
+            # end of train() deletes every other checkpoint, the newest (the one a signal just
+            # wrote, the one --resume needs) included. So nothing is tracked.
+            self.state.best_global_step = None
+            self.state.best_model_checkpoint = None
+            return False
 
         def training_step(self, *args, **kw):
             loss = super().training_step(*args, **kw)
@@ -624,8 +798,9 @@ def _run(args) -> dict:
     )
     targs = training_arguments(args)
     guard = RunGuard()
-    trainer = guarded_trainer(guard, callbacks=recipe_callbacks(args), model=model, args=targs,
-                              optimizer_cls_and_kwargs=optimizer(args), **trainer_kwargs)
+    trainer = guarded_trainer(guard, callbacks=recipe_callbacks(args), record=run_record(args),
+                              model=model, args=targs, optimizer_cls_and_kwargs=optimizer(args),
+                              **trainer_kwargs)
     resume_from = _checkpoint_to_resume(args, trainer)
     with guard:
         train_out = trainer.train(resume_from_checkpoint=resume_from)
@@ -709,12 +884,21 @@ def _run(args) -> dict:
 
 
 def _checkpoint_to_resume(args, trainer) -> str | None:
-    """The checkpoint ``--resume`` continues from; with ``--overwrite-output-dir``, delete the
-    earlier run's checkpoints first (the main process, before the others look)."""
+    """The checkpoint ``--resume`` continues from. First (the main process, before the others
+    look) ``--overwrite-output-dir`` removes what an earlier run wrote (:func:`earlier_run_files`:
+    its checkpoints, model, card, metrics; not the folder, not files of other names), and the
+    folder gets this run's RECORD, which marks it as a run's folder even if the run saves
+    nothing else (a diverged run)."""
     with trainer.args.main_process_first(desc="checkpoints"):
-        if args.overwrite_output_dir and trainer.is_world_process_zero():
-            for path in checkpoints(args.output_dir):
-                shutil.rmtree(path)
+        if trainer.is_world_process_zero():
+            if args.overwrite_output_dir:
+                for name in earlier_run_files(args.output_dir):
+                    path = os.path.join(args.output_dir, name)
+                    if os.path.isdir(path) and not os.path.islink(path):
+                        shutil.rmtree(path)
+                    else:
+                        os.remove(path)
+            write_record(args.output_dir, run_record(args))
         found = checkpoints(args.output_dir)
     if not args.resume:
         return None

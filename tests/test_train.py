@@ -377,6 +377,14 @@ def _exit_message(capsys, argv) -> tuple[int, str]:
         (["adding", "--resume", "--overwrite-output-dir"], "exclude each other"),
         (["adding", "--save-steps", "-1"], "--save-steps: must be an integer >= 0, got -1"),
         (["adding", "--save-total-limit", "0"], "--save-total-limit: must be a positive integer"),
+        (["adding", "--seed", str(2**32)], "--seed must be at most 4294967295 (2**32 - 1"),
+        (["adding", "--seq-len", "99999999999999999999"],
+         "--seq-len must be at most 2147483647 (2**31 - 1), got 99999999999999999999"),
+        (["adding", "--recurrent-max-abs", "1e300"],
+         "--recurrent-max-abs must be at most 3.4e+38 (float32's largest value; 'none' for no "
+         "clip), got 1e+300"),
+        (["adding", "-T", "2", "--recurrent-max-mag", "1e308"],
+         "--recurrent-max-mag 1e+308 gives the clip bound MAG^(1/T) = 1e+154, beyond float32"),
     ],
 )
 def test_bad_arguments_exit_with_a_message(capsys, argv, message):
@@ -450,6 +458,8 @@ def test_help_lists_every_flag_and_the_defaults(capsys):
     c = indrnn_train.CPU_DEFAULTS["text"]
     assert f"text    T={c.seq_len} layers={c.num_layers} hidden={c.hidden_size}" in out
     assert "--preset" in out and f"test-size={c.test_size}" in out
+    # torch's ReduceLROnPlateau rule, which the plateau test below checks
+    assert "makes more than --plateau-patience in a row" in " ".join(out.split())
 
 
 @pytest.mark.parametrize(("cuda", "argv", "preset"), [
@@ -633,9 +643,9 @@ def test_plateau_schedule_divides_the_lr_by_ten_when_the_test_loss_stalls(tmp_pa
                        "--output-dir", str(out)]) == 0
     log = json.loads((out / "log_history.json").read_text())
     lrs = [e["learning_rate"] for e in log if "learning_rate" in e]
-    assert lrs[0] == pytest.approx(1e-30) and lrs[-1] == pytest.approx(1e-32)
-    assert all(b / a == pytest.approx(1) or b / a == pytest.approx(0.1)
-               for a, b in zip(lrs, lrs[1:]))
+    # Evaluations at steps 2, 4, ...: the first sets the best; with patience 1 the second one
+    # without a better loss (step 6) divides the lr, logged from step 8; then again at 10.
+    assert lrs == pytest.approx([1e-30, 1e-30, 1e-30, 1e-31, 1e-31, 1e-32])
     code, message = _exit_message(capsys, ["adding", "--lr-scheduler", "plateau",
                                            "--warmup-steps", "5"])
     assert code == 2 and "--warmup-steps does not apply" in message
@@ -698,6 +708,8 @@ def test_cli_text_end_to_end(tmp_path, capsys, text_file):
     # The folder holds its tokenizer: a text-generation pipeline needs nothing else, feeds the
     # prompt's bytes alone and returns the text of the bytes the model generates after them.
     assert (out / "tokenizer.json").is_file()
+    # --overwrite-output-dir removes every file a run writes (here the most: a tokenizer too).
+    assert train.earlier_run_files(str(out)) == sorted(p.name for p in out.iterdir())
     generate = pipeline("text-generation", model=str(out))
     prompt = "the quick "
     text = generate(prompt, max_new_tokens=12, do_sample=False)[0]["generated_text"]
@@ -814,6 +826,38 @@ def test_reproduce_adding_tiny_series_and_resume(tmp_path, capsys):
     assert "--recurrent-max-mag 2.0 --grad-clip-value 10.0" in runs[0]["command"]
     assert "--no-constrain" not in runs[0]["command"] and runs[0]["constrain"]
     assert not (tmp_path / "models").exists()
+
+
+def test_reproduce_adding_ctrl_c_is_a_message_and_resume_continues_the_length(tmp_path,
+                                                                              capsys,
+                                                                              monkeypatch):
+    script = _load_script("reproduce_adding")
+    guarded_trainer, steps = train.guarded_trainer, []
+
+    def interrupted_at_step_3(guard, **kwargs):
+        trainer = guarded_trainer(guard, **kwargs)
+        training_step = trainer.training_step
+
+        def step(*args, **kw):
+            steps.append(trainer.state.global_step)
+            if trainer.state.global_step == 3 and guard.signal is None:
+                os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, through the handler
+            return training_step(*args, **kw)
+
+        trainer.training_step = step
+        return trainer
+
+    monkeypatch.setattr(train, "guarded_trainer", interrupted_at_step_3)
+    argv = ["--lengths", "4", "--max-steps", "6", "--eval-steps", "2", "--test-size", "20",
+            "--batch-size", "8", "--out", str(tmp_path)]
+    assert script.main(argv) == 128 + signal.SIGINT
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "reproduce_adding: SIGINT at step 4" in err
+    assert steps == [0, 1, 2, 3]
+    assert script.main([*argv, "--resume"]) == 0
+    assert steps[4:] == [4, 5]  # from checkpoint-4, not from step 0
+    (run,) = json.loads((tmp_path / "adding_results.json").read_text())
+    assert run["steps"] == 6 and [s for s, _ in run["curve"]] == [2, 4, 6]
 
 
 def test_reproduce_mnist_recipe_builds_the_authors_arguments(monkeypatch, mnist_dir, tmp_path):
@@ -998,6 +1042,114 @@ def test_incomplete_checkpoint_is_not_resumed_from(tmp_path):
             (folder / "trainer_state.json").write_text("{}")
     (tmp_path / "checkpoint-x").mkdir()
     assert _checkpoint_names(tmp_path) == ["checkpoint-4"]
+
+
+FINISHED = ["adding", "-T", "6", "--test-size", "20", *TINY, "--max-steps", "4",
+            "--save-steps", "2"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished 4-step run of FINISHED (checkpoint-2, checkpoint-4), to copy and resume."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert train.main([*FINISHED, "--output-dir", str(out)]) == 0
+    return out
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(run, tmp_path / "run"))
+
+
+def test_resume_with_other_training_flags_is_a_one_line_error_naming_each(finished_run,
+                                                                         tmp_path, capsys):
+    """The optimizer (lr, weight decay), schedule and data position come from the checkpoint:
+    a changed flag of them would be ignored or would mix two runs, so it is refused; flags that
+    do not change the steps are not."""
+    out = _copy(finished_run, tmp_path)
+    flags = [*FINISHED, "--output-dir", str(out), "--resume"]
+    err = _one_line_error(capsys, [*flags, "--learning-rate", "0.05", "--seed", "7"])
+    assert f"--resume: {out / 'checkpoint-4'} was trained with other flags" in err
+    assert "--learning-rate 0.002 there, 0.05 here" in err and "--seed 0 there, 7 here" in err
+    err = _one_line_error(capsys, [*flags, "--max-steps", "8", "--weight-decay", "0.5"])
+    assert "--max-steps 4 there, 8 here" in err and "--weight-decay 0.0 there, 0.5 here" in err
+    assert "--train-size 16 there, 32 here" in err  # the adding data: batch x steps
+    err = _one_line_error(capsys, [*flags, "--lr-scheduler", "constant", "--no-constrain",
+                                   "--grad-clip-value", "1"])
+    for flag in ("--lr-scheduler 'linear' there, 'constant' here",
+                 "--no-constrain False there, True here",
+                 "--grad-clip-value 10.0 there, 1.0 here"):
+        assert flag in err
+    assert train.main([*flags, "--eval-steps", "1", "--logging-steps", "1", "--save-steps", "1",
+                       "--save-total-limit", "3", "--eval-batch-size", "7"]) == 0
+
+
+@pytest.mark.parametrize("limit, kept", [(1, ["checkpoint-8"]),
+                                         (2, ["checkpoint-6", "checkpoint-8"])])
+def test_plateau_schedule_keeps_the_newest_checkpoints(tmp_path, capsys, limit, kept):
+    """The plateau schedule needs metric_for_best_model, which made the Trainer keep the
+    checkpoint of the best test loss (step 2 here: nothing changes at lr 1e-30) in place of
+    newer ones, and with --save-total-limit 1 delete every other one at the end."""
+    out = tmp_path / "run"
+    assert train.main(["adding", "-T", "6", "--test-size", "20", *TINY, "--max-steps", "8",
+                       "--eval-steps", "2", "--save-steps", "2", "--learning-rate", "1e-30",
+                       "--lr-scheduler", "plateau", "--save-total-limit", str(limit),
+                       "--output-dir", str(out)]) == 0
+    assert _checkpoint_names(out) == kept
+
+
+def test_output_dir_with_files_of_its_own_is_refused(tmp_path, capsys):
+    """`--output-dir .` in a project would overwrite its README.md: a folder with files a run
+    writes, and no sign that a run wrote them, is refused, even with --overwrite-output-dir."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "README.md").write_text("my project\n")
+    (project / "config.json").write_text("{}")
+    for extra in ([], ["--overwrite-output-dir"]):
+        err = _one_line_error(capsys, ["adding", *TINY, "--output-dir", str(project), *extra])
+        assert "holds files that no indrnn-train run wrote there" in err
+        assert "README.md, config.json" in err
+    assert (project / "README.md").read_text() == "my project\n"
+    (project / "README.md").unlink()
+    (project / "config.json").unlink()
+    (project / "notes.txt").write_text("mine")  # files of other names are left alone
+    assert train.main(["adding", "-T", "6", "--test-size", "20", *TINY, "--save-steps", "0",
+                       "--output-dir", str(project)]) == 0
+    assert (project / "notes.txt").read_text() == "mine"
+    assert (project / train.RECORD).is_file() and (project / "metrics.json").is_file()
+
+
+def test_overwrite_output_dir_removes_only_what_the_earlier_run_wrote(tmp_path, capsys):
+    """A run that saves nothing (it diverges) into an earlier run's folder must not leave the
+    earlier model and metrics there as if they were its own; the user's files stay."""
+    out = tmp_path / "run"
+    flags = ["adding", "-T", "6", "--test-size", "20", *TINY, "--save-steps", "0",
+             "--output-dir", str(out)]
+    assert train.main(flags) == 0
+    (out / "tokenizer.json").write_text("{}")  # as a text run's, in an earlier run
+    (out / "notes.txt").write_text("mine")
+    err = _one_line_error(capsys, flags)  # no checkpoint, but the earlier run's results
+    assert "holds the results of an earlier run" in err and "metrics.json" in err
+    assert train.main([*flags, "--overwrite-output-dir", "--learning-rate", "1e30",
+                       "--warmup-steps", "4", "--lr-scheduler", "linear"]) == 1
+    assert sorted(p.name for p in out.iterdir()) == [train.RECORD, "notes.txt"]
+    record = json.loads((out / train.RECORD).read_text())
+    assert record["settings"]["learning_rate"] == 1e30 and "--overwrite-output-dir" in record[
+        "command"]
+
+
+@pytest.mark.parametrize("name", ["trainer_state.json", "config.json", "model.safetensors",
+                                  "optimizer.pt", "scheduler.pt", "rng_state.pth"])
+def test_resume_from_a_damaged_checkpoint_is_a_one_line_error(finished_run, tmp_path, capsys,
+                                                              name):
+    out = _copy(finished_run, tmp_path)
+    path = out / "checkpoint-4" / name
+    with open(path, "r+b") as f:  # a copy cut short, a disk that filled up
+        f.truncate(path.stat().st_size // 2)
+    err = _one_line_error(capsys, [*FINISHED, "--output-dir", str(out), "--resume"])
+    assert f"the newest checkpoint {out / 'checkpoint-4'} is damaged ({name}: " in err
+    assert "remove that folder to continue from checkpoint-2 with the same command" in err
 
 
 # ---------------------------------------------------------------------------- divergence

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 
 import datasets
@@ -175,8 +176,7 @@ def _read_local(path: str) -> datasets.Dataset | datasets.DatasetDict:
             )
         by_split: dict[str, list[str]] = {}
         for f in files:
-            split = "test" if "test" in os.path.basename(f) else "train"
-            by_split.setdefault(split, []).append(f)
+            by_split.setdefault(_split_of(os.path.relpath(f, path)), []).append(f)
         builder = "parquet" if files[0].endswith(".parquet") else "arrow"
         return datasets.load_dataset(builder, data_files=by_split)
     if path.endswith(_PARQUET_SUFFIXES):
@@ -186,6 +186,14 @@ def _read_local(path: str) -> datasets.Dataset | datasets.DatasetDict:
         f"--data {path!r}: expected a save_to_disk folder, a folder of .parquet/.arrow files, "
         "or a .parquet/.arrow file"
     )
+
+
+def _split_of(relative_path: str) -> str:
+    """"test" when a word of a data file's path inside the --data folder is "test": the Hub's
+    ``test-00000-of-00001.parquet``, ``mnist_test.parquet``, a ``test/`` subfolder; else
+    "train". Words, not substrings: ``latest.parquet`` is no test file."""
+    words = re.split(r"[^a-z0-9]+", relative_path.lower())
+    return "test" if "test" in words else "train"
 
 
 def _train_test(
@@ -239,7 +247,8 @@ def load_mnist(
         data: None to load ``ylecun/mnist`` with ``datasets.load_dataset`` (needs the Hub or its
             cache), or a local copy in the Hub schema (columns ``image``: a 28x28 PIL image, and
             ``label``: int): a ``save_to_disk`` folder, a folder of parquet/arrow files (files
-            with "test" in their name form the test split), or a single parquet/arrow file.
+            whose name or subfolder has the word "test", e.g. ``test-00000-of-00001.parquet``
+            or ``test/0000.parquet``, form the test split), or a single parquet/arrow file.
         permute: apply the fixed pixel permutation of :func:`pixel_permutation` (pMNIST).
         permutation_seed: seed of that permutation.
         test_fraction: when the data has no "test" split, the fraction held out for testing.

@@ -30,7 +30,8 @@ def byte_tokenizer():
     """A ``PreTrainedTokenizerFast`` whose ids are bytes: text is encoded as its UTF-8 bytes,
     byte b as id b (no special token is added), and ids decode back to text (bytes that are not
     valid UTF-8 decode to U+FFFD). Id 256 is ``<pad>``, for batches: 257 ids in all. It pads on
-    the left, as generation needs.
+    the left, as generation needs. The text "<pad>" is its five bytes like any other text
+    (``split_special_tokens``): only padding makes id 256, which training never sees.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -40,4 +41,4 @@ def byte_tokenizer():
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>",
-                                   padding_side="left")
+                                   padding_side="left", split_special_tokens=True)

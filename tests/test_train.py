@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,7 +18,12 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, pipeline
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    pipeline,
+)
 
 import indrnn_train
 from hf_integration import data, train
@@ -233,6 +239,21 @@ def test_mnist_from_parquet_files(tmp_path, mnist_dir):
     assert (len(single.train), len(single.test)) == (9, 3)
 
 
+@pytest.mark.parametrize("names", [("train/0000.parquet", "test/0000.parquet"),
+                                   ("mnist_latest_train.parquet", "mnist_test.parquet")])
+def test_mnist_test_split_is_the_files_named_test(tmp_path, mnist_dir, names):
+    """The test split is the files whose path has the word "test": a test/ subfolder (once
+    merged into training, the split then re-cut at random), not "latest"."""
+    saved = datasets.load_from_disk(str(mnist_dir))
+    for split, name in zip(("train", "test"), names, strict=True):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        saved[split].to_parquet(str(tmp_path / name))
+    task = data.load_mnist(str(tmp_path))
+    assert (len(task.train), len(task.test)) == (12, 6)
+    np.testing.assert_array_equal(task.test[:]["inputs_embeds"][..., 0].numpy(),
+                                  _pixels(saved["test"]))
+
+
 def test_mnist_rejects_wrong_schema(tmp_path):
     datasets.Dataset.from_dict({"pixels": [[0] * 784], "label": [1]}).save_to_disk(
         str(tmp_path / "bad")
@@ -294,6 +315,13 @@ def test_byte_tokenizer_ids_are_the_utf8_bytes_and_decode_back():
     batch = tok(["ab", "c"], padding=True)
     assert batch.input_ids == [[97, 98], [256, 99]] and batch.attention_mask[1] == [0, 1]
     assert tok.decode([104, 0xC3]) == "h\ufffd"  # a cut UTF-8 character: U+FFFD, not an error
+    # The pad token's text is text: "<pad>" in a prompt (HTML, code, logs) is its five bytes,
+    # not id 256, which training never sees; after a save and reload too.
+    text = "x <pad>y"
+    assert tok(text).input_ids == list(text.encode("utf-8"))
+    with tempfile.TemporaryDirectory() as folder:
+        tok.save_pretrained(folder)
+        assert AutoTokenizer.from_pretrained(folder)(text).input_ids == list(text.encode("utf-8"))
 
 
 def test_text_ids_are_the_tokenizers_ids(text_file):

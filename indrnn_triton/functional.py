@@ -38,6 +38,16 @@ def _check_vector(name: str, t: Tensor | None, size: int, what: str) -> None:
         raise ValueError(f"{name} must have shape {what} = ({size},), got {tuple(t.shape)}")
 
 
+def _check_states(h0: Tensor | None, D: int, B: int, H: int) -> None:
+    """A layer's initial states: None or a (D, B, H) tensor."""
+    if h0 is None:
+        return
+    if not isinstance(h0, Tensor):
+        raise TypeError(f"h0 must be a torch.Tensor, got {type(h0).__name__}")
+    if tuple(h0.shape) != (D, B, H):
+        raise ValueError(f"h0 must have shape (D, B, H) = ({D}, {B}, {H}), got {tuple(h0.shape)}")
+
+
 def indrnn_recurrence(
     pre: Tensor,
     weight_hh: Tensor,
@@ -81,13 +91,7 @@ def indrnn_recurrence(
     H = DH // D
     _check_vector("weight_hh", weight_hh, DH, "(D*H,)")
     _check_vector("bias", bias, DH, "(D*H,)")
-    if h0 is not None:
-        if not isinstance(h0, Tensor):
-            raise TypeError(f"h0 must be a torch.Tensor, got {type(h0).__name__}")
-        if tuple(h0.shape) != (D, B, H):
-            raise ValueError(
-                f"h0 must have shape (D, B, H) = ({D}, {B}, {H}), got {tuple(h0.shape)}"
-            )
+    _check_states(h0, D, B, H)
     if D == 1:
         out, h_n = fused_indrnn(pre, weight_hh, bias, None if h0 is None else h0[0],
                                 recurrent_max_abs=recurrent_max_abs,
@@ -194,11 +198,10 @@ def indrnn_layer(
     check_norm_position(norm_position)
     # Checked here, before anything reads them (the unfused path zeroes padding inputs first).
     D = 2 if bidirectional is True else 1
-    T, B = (x.shape[1], x.shape[0]) if batch_first is True else x.shape[:2]
+    T, B = _tbh(x, batch_first is True).shape[:2]
     check_mask(mask, T, B, batch_first is True)
-    want = (D, B, weight_ih.shape[0] // D)
-    if isinstance(h0, Tensor) and weight_ih.shape[0] % D == 0 and tuple(h0.shape) != want:
-        raise ValueError(f"h0 must have shape (D, B, H) = {want}, got {tuple(h0.shape)}")
+    if weight_ih.shape[0] % D == 0:  # else the recurrence's checks name weight_ih's rows
+        _check_states(h0, D, B, weight_ih.shape[0] // D)
     if use_fused_projection(fused_projection, x.device, x.dtype, has_norm=norm is not None):
         if bidirectional:
             x, weight_ih, r_max, r_min = prepare(x, weight_ih, weight_hh, bias, h0, mask,

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from indrnn_triton import fused_indrnn, indrnn_reference
+from indrnn_triton.functional import indrnn_layer
 from indrnn_triton.op import _forward_op
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -170,20 +171,17 @@ def test_sequential_tuners_prune_tiles_wider_or_taller_than_the_input():
     assert tk._prune(wide, dict(H=64, B_CLASS=1)) == wide[:1]
 
 
-@pytest.mark.parametrize("kernel", ["sequential", "fused_linear"])
-def test_autotuners_tune_once_per_batch_class(monkeypatch, kernel):
-    """The tile tuned for one batch size is not reused for a batch of another power-of-two class
-    (it was: the key was H alone), and sizes of one class share a tuning run. The interpreter
-    cannot time kernels: the tuner's benchmark is replaced by a fixed ranking (first config
-    fastest), which still goes through the real key, pruning and cache."""
+def _ranked_tuners(monkeypatch, kernel):
+    """The autotuners of one kernel family with two configs each and their timing replaced by a
+    fixed ranking (first config fastest): the interpreter cannot time kernels, and this still
+    goes through the real key, pruning and cache. Returns (tuners, configs, timed), ``timed``
+    collecting (tuner, config) per timing."""
     import indrnn_triton.op as op
-    from indrnn_triton import fused_indrnn_linear
     from indrnn_triton.kernels import fused_linear as fl
     from indrnn_triton.kernels import sequential as tk
 
     if not tk.INTERPRET:
         pytest.skip("TRITON_INTERPRET=0: the kernels are built for the GPU")
-    T, H, K = 5, 70, 6
     if kernel == "sequential":
         tuners = (tk._indrnn_fwd_kernel.fn, tk._indrnn_bwd_kernel.fn)
         # Two tiles that both survive the pruning at H = 70 (BLOCK_H <= 128).
@@ -203,23 +201,65 @@ def test_autotuners_tune_once_per_batch_class(monkeypatch, kernel):
 
         monkeypatch.setattr(tuner, "_bench", bench)
     monkeypatch.setattr(op, "cpu_uses_triton", True)
-    for B in (3, 4, 5, 40, 64):
-        u = torch.rand(H, requires_grad=True)
-        if kernel == "sequential":
-            pre = torch.randn(T, B, H, requires_grad=True)
-            out, h_n = fused_indrnn(pre, u, None)
-            grads = torch.autograd.grad(out.sum() + h_n.sum(), (pre, u))
-        else:
-            x, w = torch.randn(T, B, K), torch.randn(H, K)
-            out, h_n = fused_indrnn_linear(x, w, u.detach())
-            grads = (out,)
+    return tuners, configs, timed
+
+
+def _run_layer(kernel, T, B, H, K=6, bidirectional=False):
+    """One differentiated call of the kernel family under test (the fused projection kernel has
+    no backward of its own: its forward is called alone)."""
+    D = 2 if bidirectional else 1
+    x, w = torch.randn(T, B, K), torch.randn(D * H, K)
+    u = torch.rand(D * H, requires_grad=True)
+    out, h_n = indrnn_layer(x.requires_grad_(kernel == "sequential"), w, u,
+                            bidirectional=bidirectional, method="sequential",
+                            fused_projection=kernel == "fused_linear")
+    if kernel == "sequential":
+        grads = torch.autograd.grad(out.sum() + h_n.sum(), (x, u))
         assert all(torch.isfinite(g).all() for g in grads)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("kernel", ["sequential", "fused_linear"])
+def test_autotuners_tune_once_per_batch_class(monkeypatch, kernel):
+    """The tile tuned for one batch size is not reused for a batch of another power-of-two class
+    (it was: the key was H alone), and sizes of one class share a tuning run."""
+    tuners, configs, timed = _ranked_tuners(monkeypatch, kernel)
+    for B in (3, 4, 5, 40, 64):
+        _run_layer(kernel, 5, B, 70)
     for tuner in tuners:
         classes = sorted(key[tuner.keys.index("B_CLASS")] for key in tuner.cache)
         assert classes == [4, 8, 64], tuner.keys
         assert all(best is configs[0] for best in tuner.cache.values())
         # One tuning run (both configs timed) per class.
         assert sum(t is tuner for t, _ in timed) == 2 * 3
+
+
+@pytest.mark.parametrize("kernel", ["sequential", "fused_linear"])
+def test_autotuners_tune_bidirectional_launches_apart(monkeypatch, kernel):
+    """A bidirectional launch (twice the programs) gets its own tuning run rather than the tile
+    tuned for one direction at the same H and batch class (it reused it: BIDIR was not in the
+    key); the fused projection kernel also tunes TF32 and full-precision float32 apart."""
+    tuners, configs, timed = _ranked_tuners(monkeypatch, kernel)
+    _run_layer(kernel, 5, 4, 70)
+    _run_layer(kernel, 5, 4, 70, bidirectional=True)
+    _run_layer(kernel, 5, 3, 70, bidirectional=True)  # the same class: no new run
+    runs = 2
+    if kernel == "fused_linear":
+        tf32 = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = not tf32
+        try:
+            _run_layer(kernel, 5, 4, 70)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+        runs = 3
+    for tuner in tuners:
+        assert len(tuner.cache) == runs, (tuner.keys, list(tuner.cache))
+        bidir = {key[tuner.keys.index("BIDIR")] for key in tuner.cache}
+        assert bidir == {False, True}
+        if kernel == "fused_linear":
+            precisions = {key[tuner.keys.index("PRECISION")] for key in tuner.cache}
+            assert precisions == {"ieee", "tf32"}
+        assert sum(t is tuner for t, _ in timed) == 2 * runs
 
 
 def test_bench_calls_times_batches_of_back_to_back_calls(monkeypatch):

@@ -59,12 +59,13 @@ def tune_bench(kernel_call, quantiles):
 
 def batch_class(B: int) -> int:
     """B rounded up to a power of two: the autotuned kernels' ``B_CLASS`` argument, which they
-    never read. It is in their autotune key with H (Triton adds the tensors' dtypes), because the
-    best tile depends on how many programs there are to spread over the SMs, cdiv(B, BLOCK_B) x
-    cdiv(H, BLOCK_H). Without it the tile tuned on the first call served every batch size with
-    that H: a model tuned at B = 64 ran B = 4 with a tile too large to fill the GPU. Classes, not
-    B itself, so that a loader's last, smaller batch or a new generation batch costs at most one
-    tuning run per power of two."""
+    never read. It is in their autotune key with H and BIDIR (Triton adds the tensors' dtypes;
+    the fused projection kernel also keys on K and its matmul PRECISION), because the best tile
+    depends on how many programs there are to spread over the SMs, cdiv(B, BLOCK_B) x
+    cdiv(H, BLOCK_H) x directions. Without it the tile tuned on the first call served every
+    batch size with that H: a model tuned at B = 64 ran B = 4 with a tile too large to fill the
+    GPU. Classes, not B itself, so that a loader's last, smaller batch or a new generation batch
+    costs at most one tuning run per power of two."""
     return 1 << max(B - 1, 0).bit_length()
 
 

@@ -222,7 +222,7 @@ def fwd_body(
 
 
 @triton.heuristics({**HEURISTICS, "HAS_BIAS": lambda a: a["p_b"] is not None})
-@triton.autotune(configs=_configs(), key=["H", "K", "B_CLASS"],
+@triton.autotune(configs=_configs(), key=["H", "K", "B_CLASS", "BIDIR", "PRECISION"],
                  prune_configs_by={"early_config_prune": _prune}, do_bench=tune_bench)
 @triton.jit(do_not_specialize=["T", "B_CLASS"])
 def _fused_linear_fwd_kernel(

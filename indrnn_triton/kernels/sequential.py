@@ -8,8 +8,8 @@ runs the two directions of a bidirectional layer in one launch, on the two halve
 feature axis. Each program issues the loads of CHUNK steps together before running the
 dependent chain over them; configs with STAGES > 1 also have Triton's loop pipeliner stage the
 next chunks' loads through shared memory (cp.async), for more bytes in flight than registers
-hold. The autotuner picks among them per H, batch size class (:func:`.common.batch_class`) and
-dtypes.
+hold. The autotuner picks among them per H, batch size class (:func:`.common.batch_class`),
+direction count (a bidirectional launch has twice the programs) and dtypes.
 """
 
 from __future__ import annotations
@@ -256,7 +256,7 @@ def bwd_body(
 
 
 @triton.heuristics({**HEURISTICS, "HAS_BIAS": lambda a: a["p_b"] is not None})
-@triton.autotune(configs=_configs(), key=["H", "B_CLASS"], prune_configs_by=_PRUNE,
+@triton.autotune(configs=_configs(), key=["H", "B_CLASS", "BIDIR"], prune_configs_by=_PRUNE,
                  do_bench=tune_bench)
 @triton.jit(do_not_specialize=["T", "B_CLASS"])
 def _indrnn_fwd_kernel(
@@ -317,7 +317,7 @@ def _indrnn_fwd_kernel(
         "HAS_DHN": lambda a: a["p_dhn"] is not None,
     }
 )
-@triton.autotune(configs=_configs(), key=["H", "B_CLASS"], prune_configs_by=_PRUNE,
+@triton.autotune(configs=_configs(), key=["H", "B_CLASS", "BIDIR"], prune_configs_by=_PRUNE,
                  do_bench=tune_bench)
 @triton.jit(do_not_specialize=["T", "B_CLASS"])
 def _indrnn_bwd_kernel(

@@ -26,8 +26,10 @@ during the call above what was allocated before it (see :func:`benchmarks.common
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
@@ -39,6 +41,7 @@ from benchmarks.common import (
     environment,
     grid_shapes,
     peak_bytes,
+    plot,
     plot_sweeps,
     progress,
     results_dir,
@@ -47,7 +50,7 @@ from benchmarks.common import (
     write_results,
 )
 from indrnn_triton import fused_indrnn
-from indrnn_triton.op import choose_method
+from indrnn_triton.op import CHUNKED_MAX_ELEMS_PER_SM, CHUNKED_MIN_T, choose_method
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MODES = ("fwd", "bwd", "fwdbwd")
@@ -159,6 +162,57 @@ def auto_check(rows: list[dict]) -> list[str]:
     verdict = "within" if worst <= 1.1 else "NOT within"
     return [f"**\"auto\" is {verdict} 10 % of the better of sequential/chunked on every timed "
             f"case (worst: {worst:.2f}x of the better)**", *lines] if worst else []
+
+
+def measured_thresholds(rows: list[dict], sm_count: int) -> dict[str, dict]:
+    """The "auto" thresholds the timed grid supports, per dtype: the rule of
+    :func:`indrnn_triton.op.choose_method` (chunked when T >= min_T and B x H <= max_per_sm x
+    SMs) with the (min_T, max_per_sm) that makes "auto" lose least to the better of the two
+    forced methods over every case and mode where both were timed (worst ratio first, then the
+    mean). Candidates are the grid's own values (max_per_sm 0 and min_T above every T: never
+    chunked). Returns {dtype: {min_T, max_per_sm, worst, mean, cases, now_worst}}, where
+    ``now_worst`` is the same figure for the thresholds in the code today."""
+    timed = {(r["dtype"], r["B"], r["T"], r["H"], r["mode"], r["method"]): r["ms"]
+             for r in rows if r.get("ms") is not None}
+    cases: dict[str, list[tuple]] = {}
+    for (dtype, B, T, H, mode, method), seq in timed.items():
+        chk = timed.get((dtype, B, T, H, mode, "fused_chunked"))
+        if method == "fused_sequential" and chk is not None:
+            cases.setdefault(dtype, []).append((T, B * H / sm_count, seq, chk))
+    out = {}
+    for dtype, cs in cases.items():
+        def loss(min_t, max_per_sm, cs=cs):
+            r = [(chk if t >= min_t and per_sm <= max_per_sm else seq) / min(seq, chk)
+                 for t, per_sm, seq, chk in cs]
+            return max(r), sum(r) / len(r)
+
+        ts = sorted({c[0] for c in cs})
+        per_sms = sorted({0.0, *(c[1] for c in cs)})
+        # Ties go to the smallest max_per_sm, then the largest min_T: chunked only where the
+        # measurement says it wins.
+        (worst, mean), min_t, max_per_sm = min(
+            (loss(t, m), -t, m) for t in [*ts, ts[-1] + 1] for m in per_sms)
+        now = loss(CHUNKED_MIN_T, CHUNKED_MAX_ELEMS_PER_SM[DTYPES[dtype]])
+        out[dtype] = dict(min_T=-min_t, max_per_sm=max_per_sm, worst=worst, mean=mean,
+                          cases=len(cs), now_worst=now[0])
+    return out
+
+
+def threshold_lines(found: dict[str, dict], sm_count: int) -> list[str]:
+    """The markdown lines for :func:`measured_thresholds`."""
+    lines = []
+    for dtype, f in found.items():
+        rule = ("never chunked" if f["max_per_sm"] == 0 else
+                f"chunked when T >= {f['min_T']} and B x H x D <= {f['max_per_sm']:.0f} per SM")
+        lines.append(
+            f"**\"auto\" thresholds the grid supports ({dtype}, {sm_count} SMs): {rule}**; "
+            f"\"auto\" would then be at worst {f['worst']:.2f}x (mean {f['mean']:.2f}x) the "
+            f"better method over {f['cases']} timed cases and modes; with the code's thresholds "
+            f"(T >= {CHUNKED_MIN_T}, "
+            f"{CHUNKED_MAX_ELEMS_PER_SM[DTYPES[dtype]]} per SM) at worst {f['now_worst']:.2f}x. "
+            "The candidates are the grid's own shapes: a boundary between two of them is "
+            "known only to lie between them.")
+    return lines
 
 
 def skip_reason(method: str, B: int, T: int, H: int, preset: dict,
@@ -326,42 +380,89 @@ COLUMNS = ["dtype", "B", "T", "H", "auto_picks", "mode", "method", "ms", "GB/s",
            "fused_speedup", "saved_MB", "peak_MB", "tiles", "skipped"]
 
 
+def notes(rows: list[dict], env: dict) -> list[str]:
+    """The lines above the table: the targets, "auto" against the forced methods, and the
+    thresholds the grid supports."""
+    sms = env.get("sm_count")
+    return [
+        *(target_lines(env.get("target_ratios", []))
+          or ["(the T=1000, B=32, H=256 float32 case was not run)"]),
+        *copy_frac_lines(rows),
+        *auto_check(rows),
+        *(threshold_lines(measured_thresholds(rows, sms), sms) if sms else []),
+        "GB/s from the minimum bytes (fwd 2, bwd 3, fwdbwd 5 (T, B, H) tensors); copy_frac "
+        "= that over the same run's copy_ GB/s; fused_speedup = this row's time / fused "
+        "time; saved_MB = bytes autograd keeps for backward; peak_MB = peak allocated "
+        "during the call (CUDA allocator; on CPU, op outputs counted by a dispatch mode); "
+        "tiles = the sequential kernels' autotuned configs for the case (BLOCK_BxBLOCK_H, "
+        "warps, CHUNK steps in registers, STAGES of CHUNK steps in flight through shared "
+        "memory).",
+    ]
+
+
+def plots(rows: list[dict], out, preset: dict, env: dict) -> None:
+    """Time and GB/s against T and against B x H, and the roofline plot: the fused methods'
+    fraction of copy bandwidth against B x H at the grid's T, one line per method and dtype."""
+    title = f"fused IndRNN op, {env['device']}" + (f" ({env['gpu']})" if "gpu" in env else "")
+    plot_sweeps(rows, out, "bench_op", preset, ys=["ms", "GB/s"], panels="mode",
+                series=["method", "dtype"], title=title)
+    fused = [r for r in rows if r.get("copy_frac") is not None and r["T"] == preset["T"]
+             and r["method"] in (*FUSED, "fused_torch")]
+    plot(fused, out / "bench_op_roofline.png", x="BxH", ys=["copy_frac"], panels="mode",
+         series=["method", "dtype"], title=f"{title}, T={preset['T']}: fraction of copy_ "
+         "bandwidth (1 = copy)", yscale="linear", hline=1.0)
+
+
+def replot(path: Path) -> int:
+    """Redraw the plots of a saved run from its JSON, next to it (its markdown, rewritten after
+    every case, is left as measured), and print the notes the current code derives from it."""
+    saved = json.loads(path.read_text())
+    env, rows = saved["environment"], saved["rows"]
+    plots(rows, path.parent, PRESETS[env.get("preset") or _preset_of(env["command"])], env)
+    print("\n\n".join(notes(rows, env)))
+    return 0
+
+
+def _preset_of(command: str) -> str:
+    """The preset a saved run used, from its command line (runs before the preset was saved)."""
+    words = command.split()
+    if "--preset" in words:
+        return words[words.index("--preset") + 1]
+    return "gpu" if "cuda" in command else "quick"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(p)
     p.add_argument("--preset", choices=PRESETS, help="grid (default: quick on CPU, gpu on CUDA)")
     p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=DTYPES)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--replot", type=Path, metavar="JSON",
+                   help="measure nothing: redraw the plots of a saved bench_op.json in its folder "
+                        "(e.g. after a run cut short by a time limit) and print its notes")
     args = p.parse_args(argv)
+    if args.replot:
+        return replot(args.replot)
     device = setup(args)
-    preset = PRESETS[args.preset or ("gpu" if device.type == "cuda" else "quick")]
+    preset_name = args.preset or ("gpu" if device.type == "cuda" else "quick")
+    preset = PRESETS[preset_name]
     out = results_dir(device, args.out)
 
     cases = [(B, T, H, d) for (B, T, H) in grid_shapes(preset) for d in args.dtypes]
     rows: list[dict] = []
     env = environment(device)
+    env["preset"] = preset_name
+    if device.type == "cuda":
+        env["sm_count"] = torch.cuda.get_device_properties(device).multi_processor_count
     for d in args.dtypes:  # first-call costs (imports, op registration) land outside the figures
         run_case(16, 4, 256, d, device, dict(preset, budget_s=0.01), args.methods)
-    ratios = target_ratios(device, args.dtypes, args.methods)
-    env["target_ratios"] = ratios
+    env["target_ratios"] = target_ratios(device, args.dtypes, args.methods)
     for B, T, H, d in progress(cases, "bench_op"):
         rows += run_case(B, T, H, d, device, preset, args.methods)
         # Rewritten after every case, so a run cut short by a time limit keeps what it measured.
-        md = write_results(out, "bench_op", rows, COLUMNS, env, notes=[
-            *(target_lines(ratios) or ["(the T=1000, B=32, H=256 float32 case was not run)"]),
-            *copy_frac_lines(rows),
-            *auto_check(rows),
-            "GB/s from the minimum bytes (fwd 2, bwd 3, fwdbwd 5 (T, B, H) tensors); copy_frac "
-            "= that over the same run's copy_ GB/s; fused_speedup = this row's time / fused "
-            "time; saved_MB = bytes autograd keeps for backward; peak_MB = peak allocated "
-            "during the call (CUDA allocator; on CPU, op outputs counted by a dispatch mode); "
-            "tiles = the sequential kernels' autotuned configs for the case (BLOCK_BxBLOCK_H, "
-            "warps, CHUNK steps in registers, STAGES of CHUNK steps in flight through shared "
-            "memory).",
-        ])
+        md = write_results(out, "bench_op", rows, COLUMNS, env, notes=notes(rows, env))
     if not args.no_plots:
-        plot_sweeps(rows, out, "bench_op", preset, ys=["ms", "GB/s"], panels="mode",
-                    series=["method", "dtype"], title=f"fused IndRNN op, {env['device']}")
+        plots(rows, out, preset, env)
     print(md)
     return 0
 

@@ -286,9 +286,10 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
 
 
 def plot(rows: list[dict], path: Path, *, x: str, ys: list[str], panels: str, series: list[str],
-         title: str) -> None:
+         title: str, yscale: str = "log", hline: float | None = None) -> None:
     """One column of panels per value of ``panels``, one row per metric in ``ys``, one line per
-    combination of the ``series`` fields; log-log axes."""
+    combination of the ``series`` fields; x on a log axis, y on ``yscale`` (a linear one starts
+    at 0), and a dashed reference line at ``hline`` if given."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -309,7 +310,11 @@ def plot(rows: list[dict], path: Path, *, x: str, ys: list[str], panels: str, se
                 if pts:
                     ax.plot(*zip(*pts, strict=True), marker="o", label=" ".join(map(str, key)))
             ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
+            ax.set_yscale(yscale)
+            if hline is not None:
+                ax.axhline(hline, color="gray", linestyle="--", linewidth=1)
+            if yscale == "linear":
+                ax.set_ylim(0, max(ax.get_ylim()[1], 1.05 * (hline or 0)))
             ax.set_xlabel(x)
             ax.set_ylabel(y)
             ax.set_title(f"{panels}={pk}", fontsize=9)

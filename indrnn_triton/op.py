@@ -44,6 +44,8 @@ METHODS = ("auto", "sequential", "chunked")
 # per SM; bf16: 0.26 / 0.22) and 0.35 / 0.13 at 16384 (~124 per SM; bf16: 0.09 / 0.07): too few
 # independent chains to hide memory latency. The chunked kernels move 3/2 (forward) and 5/3
 # (backward) of the minimum bytes, so at best ~0.6 of copy: they should win below ~0.5.
+# benchmarks/bench_op.py on a GPU writes the thresholds its measured grid supports
+# (measured_thresholds): replace these with them, citing that run.
 CHUNKED_MAX_ELEMS_PER_SM = {torch.float32: 256, torch.float64: 256,
                             torch.float16: 512, torch.bfloat16: 512}
 # Below this many steps a few chunks of 64 cannot pay for two extra launches.

@@ -309,6 +309,73 @@ def test_bench_op_reports_the_tiles_the_autotuners_picked(monkeypatch):
     assert tuned_tiles(step) is None
 
 
+def _bench_op(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import benchmarks.bench_op as bench_op
+
+    return bench_op
+
+
+def _timed_grid(winner):
+    """bench_op rows for a grid of (B, T, H), every mode, with the two forced methods timed so
+    that ``winner(B, T, H)`` ("chunked" or "sequential") is 2x faster."""
+    rows = []
+    for B, T, H in [(1, 1024, 256), (4, 1024, 1024), (1, 16384, 256), (4, 16384, 1024),
+                    (64, 16384, 1024), (64, 1024, 1024)]:
+        for mode in ("fwd", "bwd", "fwdbwd"):
+            fast = winner(B, T, H)
+            for method in ("fused_sequential", "fused_chunked"):
+                ms = 1.0 if method.endswith(fast) else 2.0
+                rows.append(dict(dtype="float32", B=B, T=T, H=H, BxH=B * H, mode=mode,
+                                 method=method, ms=ms * T, copy_frac=0.5 / ms))
+    return rows
+
+
+def test_bench_op_derives_the_auto_thresholds_from_the_grid(monkeypatch):
+    """The thresholds bench_op writes for "auto": the rule that loses least to the better
+    method over the timed grid, with the code's current thresholds scored beside it."""
+    bench_op = _bench_op(monkeypatch)
+    sms = 4
+    # Chunked wins at T >= 16384 for B x H <= 4096 (1024 per SM), sequential elsewhere.
+    rows = _timed_grid(lambda B, T, H: "chunked" if T > 1024 and B * H <= 4096 else "sequential")
+    found = bench_op.measured_thresholds(rows, sms)["float32"]
+    assert (found["min_T"], found["max_per_sm"], found["worst"]) == (16384, 1024, 1.0)
+    assert found["cases"] == 6 * 3
+    # The code's rule (T >= 256, 256 per SM here) sends (1, 1024, 256) to chunked and
+    # (4, 16384, 1024) to sequential: 2x the better method at worst.
+    assert (bench_op.CHUNKED_MIN_T, bench_op.CHUNKED_MAX_ELEMS_PER_SM[torch.float32]) == (256, 256)
+    assert found["now_worst"] == 2.0
+    [line] = bench_op.threshold_lines({"float32": found}, sms)
+    assert "chunked when T >= 16384 and B x H x D <= 1024 per SM" in line
+    never = bench_op.measured_thresholds(_timed_grid(lambda *a: "sequential"), sms)["float32"]
+    assert (never["max_per_sm"], never["worst"]) == (0.0, 1.0)
+    assert "never chunked" in bench_op.threshold_lines({"float32": never}, sms)[0]
+    # Rows without both forced methods (a CPU run) give nothing to derive.
+    cpu = [dict(r, method="fused") for r in rows if r["method"] == "fused_sequential"]
+    assert bench_op.measured_thresholds(cpu, sms) == {}
+
+
+def test_bench_op_replot_redraws_a_saved_run(monkeypatch, tmp_path, capsys):
+    """``bench_op.py --replot JSON``: the time, GB/s and roofline plots of a saved run next to
+    its JSON, its markdown untouched, and the notes (thresholds included) printed."""
+    import json
+
+    bench_op = _bench_op(monkeypatch)
+    rows = _timed_grid(lambda B, T, H: "chunked" if B * H <= 1024 else "sequential")
+    rows += [dict(r, method="copy", mode="copy", ms=0.1, copy_frac=1.0) for r in rows[::6]]
+    env = dict(device="nvidia-test", gpu="Test GPU", command="bench_op.py --preset gpu",
+               sm_count=4, date="2026-12-02 00:00 UTC")
+    path = tmp_path / "bench_op.json"
+    path.write_text(json.dumps(dict(environment=env, rows=rows)))
+    (tmp_path / "bench_op.md").write_text("as measured")
+    assert bench_op.main(["--replot", str(path)]) == 0
+    for name in ("bench_op_vs_T.png", "bench_op_vs_BxH.png", "bench_op_roofline.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert (tmp_path / "bench_op.md").read_text() == "as measured"
+    printed = capsys.readouterr().out
+    assert "chunked when T >= 1024 and B x H x D <= 64 per SM" in printed
+
+
 @pytest.mark.parametrize(
     "h0,bias,mask,reverse,batch_first,clip",
     list(itertools.product([False, True], [False, True], [None, "right", "left", "random"],

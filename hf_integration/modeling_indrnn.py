@@ -366,7 +366,15 @@ class IndRNNModel(IndRNNPreTrainedModel):
                 raise ValueError(
                     f"input_ids must have shape (batch, time), got {tuple(input_ids.shape)}"
                 )
-            return self.embeddings(input_ids)
+            try:
+                return self.embeddings(input_ids)
+            except IndexError as e:  # the CPU embedding's message names no id and no size
+                raise ValueError(
+                    f"input_ids holds ids from {int(input_ids.min())} to {int(input_ids.max())}, "
+                    f"but the embedding has vocab_size={self.embeddings.num_embeddings} rows "
+                    "(ids 0 to vocab_size - 1): a tokenizer's padding or special ids need "
+                    "vocab_size=len(tokenizer)"
+                ) from e
         if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.rnn_input_size:
             raise ValueError(
                 f"inputs_embeds must have shape (batch, time, {self.rnn_input_size}), got "
@@ -459,6 +467,18 @@ def _step_mask(
     return attention_mask[:, attention_mask.shape[1] - seq_len :].bool()
 
 
+def _mask_from_pads(config, input_ids, attention_mask):
+    """The classifiers' mask: the given one, or without one, input_ids that are not
+    `config.pad_token_id` (None when there are none). transformers' own sequence classifiers
+    likewise pool at the last token that is not padding when no mask is given; here the pads
+    are masked throughout, so left padding, mean pooling and the backward direction are exact
+    as well."""
+    if attention_mask is not None or input_ids is None or config.pad_token_id is None:
+        return attention_mask
+    pads = input_ids == config.pad_token_id
+    return ~pads if pads.any() else None
+
+
 class IndRNNForSequenceClassification(IndRNNPreTrainedModel):
     """IndRNN with a linear head on one vector per sequence (`config.classifier_pooling`).
 
@@ -487,6 +507,10 @@ class IndRNNForSequenceClassification(IndRNNPreTrainedModel):
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> tuple | SequenceClassifierOutput:
         r"""
+        attention_mask: as in `IndRNNModel.forward`. Without it, input_ids equal to
+            `config.pad_token_id` are padding (transformers' own sequence classifiers likewise
+            pool at the last token that is not padding): pass a mask where that id is also a
+            real token (e.g. a pad id set to the eos id).
         labels: (batch,) class ids, (batch, num_labels) multi-hot targets, or (batch,) /
             (batch, num_labels) regression targets.
         num_items_in_batch: accepted for the Trainer and unused, as in transformers' own
@@ -494,6 +518,7 @@ class IndRNNForSequenceClassification(IndRNNPreTrainedModel):
         Other arguments as in `IndRNNModel.forward`; any other keyword is a TypeError.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        attention_mask = _mask_from_pads(self.config, input_ids, attention_mask)
         outputs = self.model(
             input_ids,
             attention_mask=attention_mask,
@@ -580,12 +605,15 @@ class IndRNNForTokenClassification(IndRNNPreTrainedModel):
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> tuple | TokenClassifierOutput:
         r"""
+        attention_mask: as in `IndRNNModel.forward`. Without it, input_ids equal to
+            `config.pad_token_id` are padding: pass a mask where that id is also a real token.
         labels: (batch, time) class ids; -100 marks steps without a label (e.g. padding).
         num_items_in_batch: the loss is the sum over labelled steps divided by this (the
             Trainer's count over all gradient-accumulation steps) instead of their mean.
         Other arguments as in `IndRNNModel.forward`; any other keyword is a TypeError.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        attention_mask = _mask_from_pads(self.config, input_ids, attention_mask)
         outputs = self.model(
             input_ids,
             attention_mask=attention_mask,
@@ -667,6 +695,20 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
         self, input_ids, attention_mask=None, inputs_embeds=None, **kwargs
     ):
         cache = _cache_argument(kwargs.get("cache"), kwargs.get("past_key_values"))
+        if (
+            kwargs.get("is_first_iteration")
+            and cache is not None
+            and not isinstance(cache, IndRNNCache)
+            and any(layer.has_previous_state[0] for layer in self.model._cache_layers(cache))
+        ):
+            # generate() feeds the whole prompt and the cache must say how much of it it holds;
+            # a DynamicCache of recurrent states cannot, and the held steps would run twice.
+            raise ValueError(
+                "generate() continues from a cache that already holds steps only as an "
+                "IndRNNCache(model.config), which counts them; this cache is a "
+                f"{type(cache).__name__}. Build the prompt's cache with IndRNNCache, or continue "
+                "with the model's forward, which takes either"
+            )
         if (
             kwargs.get("is_first_iteration")
             and kwargs.get("next_sequence_length") is None

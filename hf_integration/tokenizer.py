@@ -31,7 +31,9 @@ def byte_tokenizer():
     byte b as id b (no special token is added), and ids decode back to text (bytes that are not
     valid UTF-8 decode to U+FFFD). Id 256 is ``<pad>``, for batches: 257 ids in all. It pads on
     the left, as generation needs. The text "<pad>" is its five bytes like any other text
-    (``split_special_tokens``): only padding makes id 256, which training never sees.
+    (``split_special_tokens``): only padding makes id 256, which training never sees. Words
+    given with ``is_split_into_words=True`` are encoded back to back (bytes have no word
+    boundaries, and a prefix space would change every text's ids): put the spaces in the words.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast

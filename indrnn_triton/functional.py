@@ -276,8 +276,9 @@ def batch_norm_over_steps(
     the real steps only (``mask`` nonzero, same two leading dimensions as ``x``; None = all
     steps), in float32 at least; padding never enters them. The running statistics, when
     given, are updated in place as ``torch.nn.BatchNorm1d`` does (unbiased variance, weight
-    ``momentum``) and used in eval mode; they are left alone when this runs inside a backward
-    pass (the recomputation of activation checkpointing). ``weight`` scales the normalised
+    ``momentum``) and used in eval mode; they are left alone by a batch with fewer than two
+    real steps, and when this runs inside a backward pass (the recomputation of activation
+    checkpointing). ``weight`` scales the normalised
     features and ``bias`` shifts them (None: no shift; before the recurrence the IndRNN
     layer's own bias, added right after, is the shift). Padding positions are normalised too,
     with the real steps' statistics.
@@ -301,9 +302,11 @@ def batch_norm_over_steps(
     var = torch.where(m, (x - mean).square(), 0).sum((0, 1)) / n
     if running_mean is not None and not recomputing:
         with torch.no_grad():
-            # A batch with no real step has no statistics: it leaves the running ones alone (as
-            # torch.nn.BatchNorm1d with an empty batch), through a zero weight, not a host sync.
-            weight_ = (count > 0).to(running_mean.dtype) * momentum
+            # A batch with no real step has no statistics, and one with a single real step no
+            # unbiased variance (torch.nn.BatchNorm1d refuses one value per feature in
+            # training): they leave the running statistics alone, through a zero weight, not a
+            # host sync.
+            weight_ = (count > 1).to(running_mean.dtype) * momentum
             running_mean.lerp_(mean.to(running_mean.dtype), weight_)
             unbiased = var * (n / (n - 1).clamp(min=1))
             running_var.lerp_(unbiased.to(running_var.dtype), weight_)

@@ -495,6 +495,8 @@ class IndRNN(nn.Module):
                 raise ValueError(f"mask must have shape {name} = {want}, got {tuple(mask.shape)}")
             if mask.dtype.is_floating_point or mask.dtype.is_complex:
                 raise TypeError(f"mask must be bool or an integer dtype, got {mask.dtype}")
+            if mask.device != x.device:
+                raise ValueError(f"mask is on {mask.device} but the input is on {x.device}")
 
     def _check_hx(self, hx, B: int, device) -> None:
         want = (self.num_layers * self.num_directions, B, self.hidden_size)
@@ -973,5 +975,21 @@ def _shape_of(t: object) -> str:
     return str(tuple(t.shape)) if isinstance(t, Tensor) else type(t).__name__
 
 
+def _bound_inside(value: float, dtype: torch.dtype, *, upper: bool) -> float:
+    """``value`` rounded to ``dtype`` on the inside of the clip range: the largest ``dtype``
+    number not above it for the upper bound, the smallest not below it for the lower one."""
+    exact = torch.tensor(value, dtype=torch.float64)
+    rounded = exact.clamp(max=torch.finfo(dtype).max).to(dtype)  # 16-bit: no overflow error
+    if (rounded.double() > exact) if upper else (rounded.double() < exact):
+        rounded = torch.nextafter(rounded, torch.full_like(rounded, 0.0 if upper else math.inf))
+    return rounded.item()
+
+
 def _constrain_(weight_hh: Tensor, r_max: float | None, r_min: float) -> None:
+    """Clamp in place to the clip range with bounds rounded inwards to the weight's dtype: a
+    16-bit clamp to r itself can round r up (bfloat16 0.8 -> 0.80078125), leaving a weight the
+    kernels (which clip in float32) see beyond the bound, with zero gradient for good."""
+    dtype = weight_hh.dtype
+    r_max = None if r_max is None else _bound_inside(r_max, dtype, upper=True)
+    r_min = _bound_inside(r_min, dtype, upper=False) if r_min > 0 else r_min
     weight_hh.copy_(clip_recurrent_weight(weight_hh, r_max, r_min))

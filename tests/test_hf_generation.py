@@ -235,3 +235,18 @@ def test_continuing_from_a_cache_that_has_seen_the_whole_prompt_raises():
     cache = _cache_after(model, ids)
     with pytest.raises(ValueError, match="the cache has seen 5 steps but the prompt has 5"):
         _generate(model, ids, cache=cache)
+
+
+def test_continuing_generate_from_a_dynamic_cache_that_holds_steps_raises():
+    """generate() feeds the whole prompt and trims what the cache holds; a DynamicCache of
+    recurrent states cannot say how many steps that is, and the held steps ran twice (silently
+    other tokens). An empty one is fine, and the forward continues from either."""
+    model = tiny_model(IndRNNForCausalLM)
+    ids = torch.randint(3, VOCAB, (2, 9))
+    whole = _generate(model, ids)
+    assert torch.equal(_generate(model, ids, cache=DynamicCache(config=model.config)), whole)
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(input_ids=ids[:, :5], cache=cache)
+    with pytest.raises(ValueError, match="only as an IndRNNCache.*this cache is a DynamicCache"):
+        _generate(model, ids, cache=cache)

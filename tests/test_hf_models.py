@@ -199,6 +199,36 @@ def test_padded_batch_mean_pooling(side):
                    bidirectional=True)
 
 
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("options", [{}, dict(bidirectional=True),
+                                     dict(bidirectional=True, classifier_pooling="mean")],
+                         ids=["last", "bidirectional", "mean"])
+@pytest.mark.parametrize("cls", [IndRNNForSequenceClassification, IndRNNForTokenClassification])
+def test_classifiers_without_a_mask_take_pad_tokens_as_padding(cls, options, side):
+    """Without attention_mask the classifiers mask the config's pad_token_id (transformers'
+    sequence classifiers pool at the last token that is not padding; the right-padded
+    sequence used to be pooled at a pad step)."""
+    model = tiny_model(cls, **options)
+    ids, mask = padded_batch(random_tokens([5, 9, 2]), side)
+    masked = model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(model(input_ids=ids).logits, masked, rtol=0, atol=0)
+    # A given mask wins (here: every step real), and without a pad id nothing is inferred.
+    every_step = model(input_ids=ids, attention_mask=torch.ones_like(mask)).logits
+    assert not torch.allclose(every_step, masked)
+    model.config.pad_token_id = None
+    torch.testing.assert_close(model(input_ids=ids).logits, every_step, rtol=0, atol=0)
+
+
+def test_token_ids_beyond_the_vocabulary_name_the_id_and_the_size():
+    """The CPU embedding's IndexError ("index out of range in self") becomes a message with the
+    ids and vocab_size (e.g. a tokenizer's pad id = vocab_size)."""
+    model = tiny_model(IndRNNForCausalLM)
+    ids = torch.tensor([[5, VOCAB]])
+    with pytest.raises(ValueError, match=f"ids from 5 to {VOCAB}, but the embedding has "
+                                         f"vocab_size={VOCAB} rows"):
+        model(input_ids=ids)
+
+
 def test_last_pooling_reads_last_and_first_real_steps():
     model = tiny_model(IndRNNForSequenceClassification, bidirectional=True)
     ids, mask = padded_batch(random_tokens([3, 6]), "right")

@@ -5,6 +5,7 @@ direction), ``torch.cat`` of the directions, and batch norm written with boolean
 shares no code with the module's fused path. Parity runs in float64, gradients included.
 """
 
+import math
 import warnings
 
 import pytest
@@ -614,6 +615,34 @@ def test_constrain_clamps_recurrent_weights_in_place():
     assert torch.all(cell.weight_hh == 0.5)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("r_max,r_min", [(0.8, 0.0), (2 ** (1 / 100), 0.0), (2 ** (1 / 784), 0.0),
+                                         (0.9, 0.3), (0.9, 2 ** -10 * 1.3)])
+def test_constrained_16_bit_weights_stay_inside_the_bounds_and_keep_training(backend, dtype,
+                                                                             r_max, r_min):
+    """constrain_() rounds the bounds into the range in the weight's own dtype: a 16-bit clamp
+    to r itself could round r up (bfloat16 0.8 -> 0.80078125), and the kernels, clipping in
+    float32, then saw the weight beyond the bound and gave it zero gradient for good."""
+    rnn = IndRNN(2, 4, recurrent_max_abs=r_max, recurrent_min_abs=r_min, dtype=dtype)
+    with torch.no_grad():
+        rnn.weight_hh_l0.copy_(torch.tensor([3.0, -3.0, 1e-6, -1e-6]))
+        rnn.weight_ih_l0.fill_(0.5)  # every state positive: every weight has a gradient
+        rnn.bias_l0.fill_(0.1)
+    rnn.constrain_()
+    u = rnn.weight_hh_l0.detach().double()
+    assert (u.abs() <= r_max).all() and (u.abs() >= r_min).all(), u
+    # As close to the bounds as the dtype allows: the next number out is beyond them.
+    out_max = torch.nextafter(u[:1].to(dtype), torch.tensor([math.inf], dtype=dtype))
+    assert out_max.double().item() > r_max
+    if r_min > 0:
+        out_min = torch.nextafter(u[2:3].to(dtype), torch.tensor([0.0], dtype=dtype))
+        assert out_min.double().item() < r_min
+    x = torch.rand(5, 3, 2, dtype=dtype)
+    out, h_n = rnn(x)
+    (grad,) = torch.autograd.grad(out.float().sum(), rnn.weight_hh_l0)
+    assert (grad != 0).all(), grad
+
+
 # ----------------------------------------------------------------------------------------------
 # torch.compile, autocast, and the absence of (T, B, H) copies.
 # ----------------------------------------------------------------------------------------------
@@ -832,6 +861,9 @@ FORWARD_ERRORS = [
     (dict(batch_first=True), dict(mask=torch.ones(T, B, dtype=torch.bool)), ValueError,
      r"mask must have shape \(B, T\) = \(4, 7\), got \(7, 4\)"),
     (dict(), dict(mask=torch.ones(T, B)), TypeError, "mask must be bool or an integer dtype"),
+    # Was torch's "Tensor on device cpu is not on the expected device meta!" from masked_fill.
+    (dict(), dict(mask=torch.ones(T, B, dtype=torch.bool, device="meta")), ValueError,
+     "mask is on meta but the input is on cpu"),
 ]
 
 

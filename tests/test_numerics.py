@@ -329,7 +329,9 @@ def test_torch_compile_dynamic_fullgraph_changing_t_and_b():
 # ----------------------------------------------------------------------------------------------
 
 
-def test_all_padding_batch_leaves_batch_norm_statistics_unchanged():
+def test_batches_of_fewer_than_two_real_steps_leave_batch_norm_statistics_unchanged():
+    """No real step: no statistics; one: no unbiased variance (it pulled running_var towards 0;
+    torch.nn.BatchNorm1d refuses one value per feature in training)."""
     rnn = IndRNN(4, H, norm="batch")
     bn = rnn.norms[0]
     rnn(torch.randn(T, B, 4))  # move the statistics away from their start
@@ -339,11 +341,15 @@ def test_all_padding_batch_leaves_batch_norm_statistics_unchanged():
         assert torch.isfinite(out).all()
     torch.testing.assert_close(bn.running_mean, mean, rtol=0, atol=0)
     torch.testing.assert_close(bn.running_var, var, rtol=0, atol=0)
-    # One real step anywhere in the batch updates them again.
     mask = torch.zeros(T, B, dtype=torch.bool)
     mask[0, 0] = True
+    out, _ = rnn(torch.randn(T, B, 4), mask=mask)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(bn.running_var, var, rtol=0, atol=0)
+    # Two real steps anywhere in the batch update them again.
+    mask[T - 1, B - 1] = True
     rnn(torch.randn(T, B, 4), mask=mask)
-    assert not torch.equal(bn.running_mean, mean)
+    assert not torch.equal(bn.running_mean, mean) and not torch.equal(bn.running_var, var)
 
 
 # ----------------------------------------------------------------------------------------------

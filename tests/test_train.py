@@ -322,6 +322,10 @@ def test_byte_tokenizer_ids_are_the_utf8_bytes_and_decode_back():
     with tempfile.TemporaryDirectory() as folder:
         tok.save_pretrained(folder)
         assert AutoTokenizer.from_pretrained(folder)(text).input_ids == list(text.encode("utf-8"))
+    # Pre-split words are encoded back to back (the README says so): spaces go in the words.
+    words = tok(["hello", " wörld"], is_split_into_words=True)
+    assert words.input_ids == list("hello wörld".encode("utf-8"))
+    assert words.word_ids() == [0] * 5 + [1] * 7
 
 
 def test_text_ids_are_the_tokenizers_ids(text_file):

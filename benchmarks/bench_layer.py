@@ -94,11 +94,39 @@ def headline(rows: list[dict]) -> list[str]:
     """IndRNN's speedup over each model, per layer count, at T = 1024 on the T sweep's B x H."""
     lines = []
     for r in rows:
-        if r["T"] == 1024 and r["indrnn_speedup"] is not None:
+        if r["T"] == 1024 and r["indrnn_speedup"] is not None and r["model"] != "indrnn_fused":
             lines.append(
                 f"{r['layers']} layer(s), B={r['B']}, H={r['H']}, T=1024, {r['dtype']}: IndRNN "
                 f"{r['indrnn_speedup']:.1f}x faster than {r['model']}"
             )
+    return lines
+
+
+# Issue 11's targets for the fused projection against GEMM + recurrence kernel, bfloat16.
+FUSED_TARGETS = {("forward", 64, 1024, 512): 1.3, ("forward+backward", 64, 1024, 512): 1.1}
+
+
+def fused_lines(rows: list[dict]) -> list[str]:
+    """The fused projection against the unfused layer (GEMM, then the recurrence kernel) in the
+    same run: its speedup at each case, issue 11's targets, and per dtype where it wins, which
+    is what :func:`indrnn_triton.functional.use_fused_projection` should follow."""
+    fused = [r for r in rows if r["model"] == "indrnn_fused" and r["indrnn_speedup"]]
+    lines, wins = [], {}
+    for r in fused:
+        gain = 1 / r["indrnn_speedup"]
+        target = FUSED_TARGETS.get((r["timed"], r["B"], r["T"], r["H"]))
+        verdict = ("" if target is None or r["dtype"] != "bfloat16" else
+                   f" (target {target}x: {'met' if gain >= target else 'missed'})")
+        lines.append(f"fused projection, {r['timed']}, {r['layers']} layer(s), {r['dtype']}, "
+                     f"B={r['B']}, T={r['T']}, H={r['H']}: **{gain:.2f}x** the speed of GEMM + "
+                     f"recurrence{verdict}")
+        wins.setdefault((r["timed"], r["dtype"]), []).append((gain > 1, r["B"], r["T"], r["H"]))
+    for (timed, dtype), cases in wins.items():
+        won = [f"B={b} T={t} H={h}" for w, b, t, h in cases if w]
+        lost = [f"B={b} T={t} H={h}" for w, b, t, h in cases if not w]
+        lines.append(f"**fused projection, {timed}, {dtype}: faster at {len(won)} of "
+                     f"{len(cases)} shapes** (faster: {', '.join(won) or 'none'}; slower: "
+                     f"{', '.join(lost) or 'none'})")
     return lines
 
 
@@ -149,6 +177,7 @@ def main(argv=None) -> int:
                   "cuDNN." if env["tf32_cublas"] != env["tf32_cudnn"] else ".")]
               if "tf32_cudnn" in env else []),
             "\n".join(f"- {line}" for line in headline(rows)),
+            *fused_lines(rows),
         ])
     if not args.no_plots:
         plot_sweeps(rows, out, "bench_layer", grid, ys=["ms", "indrnn_speedup"],

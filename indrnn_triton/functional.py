@@ -114,7 +114,8 @@ def use_fused_projection(fused_projection: bool | None, device: torch.device,
     between the GEMM and the recurrence needs pre in memory). None picks: today always the
     unfused path (one cuBLAS GEMM, then the recurrence kernel), on every device and dtype,
     because the fused kernel has not yet been measured on a GPU; on CPU the fused op is the
-    GEMM and the recurrence anyway. Revisit with benchmarks/bench_layer.py on a GPU.
+    GEMM and the recurrence anyway. Revisit with ``benchmarks/bench_layer.py --grid fused`` on
+    a GPU: its notes list, per dtype, the shapes where the fused layer is faster.
     """
     if fused_projection is not None and not isinstance(fused_projection, bool):
         raise TypeError(f"fused_projection must be True, False or None, got {fused_projection!r}")

@@ -324,7 +324,7 @@ def test_byte_tokenizer_ids_are_the_utf8_bytes_and_decode_back():
         assert AutoTokenizer.from_pretrained(folder)(text).input_ids == list(text.encode("utf-8"))
     # Pre-split words are encoded back to back (the README says so): spaces go in the words.
     words = tok(["hello", " wörld"], is_split_into_words=True)
-    assert words.input_ids == list("hello wörld".encode("utf-8"))
+    assert words.input_ids == list("hello wörld".encode())
     assert words.word_ids() == [0] * 5 + [1] * 7
 
 

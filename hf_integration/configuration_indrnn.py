@@ -17,6 +17,14 @@ _POOLINGS = ("last", "mean")
 _INPUT_WEIGHT_INITS = ("kaiming_uniform", "xavier_uniform", "rnn_uniform")
 
 
+# Read-only properties of the config and the fields they come from.
+_DERIVED = {
+    "head_dropout": "dropout and dropout_last",
+    "rnn_output_units": "hidden_size and the dense_* fields",
+    "layer_types": "num_hidden_layers",
+}
+
+
 class IndRNNConfig(PreTrainedConfig):
     r"""
     Configuration of the IndRNN models (`IndRNNModel` and its heads): a stack of IndRNN layers
@@ -154,6 +162,11 @@ class IndRNNConfig(PreTrainedConfig):
     def __setattr__(self, key, value):
         # Every assignment (the constructor's included) stores plain Python values, so that a
         # config built from numpy numbers (np.int64(8), np.float32(1.1)) serialises to JSON.
+        if key in _DERIVED and value != getattr(self, key):
+            # A field derived from others (python's own message: "property ... has no setter").
+            raise ValueError(f"{key} is derived from {_DERIVED[key]} and cannot be set; set those")
+        if key in _DERIVED:
+            return
         super().__setattr__(key, _to_python(value))
 
     def __post_init__(self, **kwargs):

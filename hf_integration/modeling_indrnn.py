@@ -84,7 +84,11 @@ class IndRNNPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     # The state of a recurrent model cannot be rolled back token by token.
     _is_stateful = True
-    # The losses are means over the batch; the Trainer must not expect `num_items_in_batch`.
+    # Whether the Trainer passes `num_items_in_batch` (its count of targets over all gradient-
+    # accumulation steps) and leaves the loss undivided by the accumulation steps. The token
+    # losses (causal LM, token classification) take it, so that k micro-batches give the update
+    # of one batch k times larger whatever the targets per micro-batch; the sequence
+    # classifier's loss stays a mean over rows, which the Trainer then divides by k.
     accepts_loss_kwargs = False
 
     def __init__(self, config: IndRNNConfig, *inputs, **kwargs):
@@ -181,6 +185,19 @@ def _token_loss(logits, targets, num_items_in_batch=None) -> torch.Tensor:
     if isinstance(num_items_in_batch, torch.Tensor):
         num_items_in_batch = num_items_in_batch.to(loss.device)
     return loss / num_items_in_batch
+
+
+def _without_targets_before_the_first_real_step(targets, attention_mask, steps: int):
+    """`targets` (batch, steps), the target of each step's logits, with -100 where that step
+    comes before the row's first real one. Such a step has seen nothing (its state is the zero
+    initial state: constant logits), so the target it predicts is one the same sequence
+    unpadded never has (its first token); with left padding (the byte tokenizer's side) it
+    added a constant ln(vocab) per padded row to the loss. Later padding steps carry the last
+    real step's state, so the targets after them stay: a padded batch has the loss of its
+    sequences unpadded. The mask may cover earlier steps (a cache's); its last `steps` columns
+    are this call's, and target i is that of this call's step i."""
+    seen = attention_mask.bool().cummax(dim=1).values[:, attention_mask.shape[1] - steps:]
+    return targets.masked_fill(~seen[:, : targets.shape[1]], -100)
 
 
 class IndRNNLayer(GradientCheckpointingLayer):
@@ -585,6 +602,8 @@ class IndRNNForSequenceClassification(IndRNNPreTrainedModel):
 class IndRNNForTokenClassification(IndRNNPreTrainedModel):
     """IndRNN with a linear head on every step (tagging); labels -100 are ignored."""
 
+    accepts_loss_kwargs = True
+
     def __init__(self, config: IndRNNConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
@@ -659,6 +678,8 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
     """IndRNN language model; `generate()` carries one float32 recurrent state per layer."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embeddings.weight"}
+
+    accepts_loss_kwargs = True
 
     def __init__(self, config: IndRNNConfig):
         if config.bidirectional:
@@ -752,7 +773,10 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
     ) -> tuple | CausalLMOutputWithPast:
         r"""
         labels: (batch, time) token ids, shifted inside the model (labels = input_ids works);
-            -100 marks positions without a target.
+            -100 marks positions without a target. With an `attention_mask`, a target predicted
+            from a step before the row's first real step (left padding: the first real token)
+            is left out, as it is absent from the sequence unpadded; the targets at padding
+            positions are kept (the collators make them -100).
         shift_labels (keyword only): (batch, time) targets already shifted, one per step of
             the logits (the Trainer passes them under context parallelism); used instead of
             `labels`. Taken from `**kwargs`, as in transformers' own models: the Trainer
@@ -774,11 +798,15 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
                 f"{', '.join(sorted(kwargs))}"
             )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        cache = _cache_argument(cache, past_key_values, cache_params)
+        # Read before the forward updates the cache: whether the steps start from a state.
+        from_state = cache is not None and any(
+            layer.has_previous_state[0] for layer in self.model._cache_layers(cache))
         outputs = self.model(
             input_ids,
             attention_mask=attention_mask,
             inputs_embeds=inputs_embeds,
-            cache=_cache_argument(cache, past_key_values, cache_params),
+            cache=cache,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
             return_dict=True,
@@ -791,10 +819,13 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
             hidden_states = hidden_states[:, logits_to_keep]
         logits = self.lm_head(self.dropout(hidden_states))
         loss = None
-        if shift_labels is not None:
-            loss = _token_loss(logits, shift_labels, num_items_in_batch)
-        elif labels is not None:
-            loss = _token_loss(logits[:, :-1], labels[:, 1:], num_items_in_batch)
+        if shift_labels is not None or labels is not None:
+            targets, step_logits = ((shift_labels, logits) if shift_labels is not None
+                                    else (labels[:, 1:], logits[:, :-1]))
+            if attention_mask is not None and not from_state:
+                targets = _without_targets_before_the_first_real_step(
+                    targets, attention_mask, outputs.last_hidden_state.shape[1])
+            loss = _token_loss(step_logits, targets, num_items_in_batch)
         output = CausalLMOutputWithPast(
             loss=loss,
             logits=logits,

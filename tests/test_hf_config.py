@@ -73,6 +73,18 @@ def test_invalid_field_names_the_field(field, value):
         IndRNNConfig(**{field: value})
 
 
+@pytest.mark.parametrize("field", ["head_dropout", "rnn_output_units", "layer_types"])
+def test_derived_fields_cannot_be_set(field, tmp_path):
+    """The read-only properties raised python's "property ... has no setter" AttributeError as
+    constructor arguments; now a ValueError saying where they come from. Setting the value they
+    already have (a round trip of to_dict with them added) is harmless."""
+    with pytest.raises(ValueError, match=f"{field} is derived from .* cannot be set"):
+        IndRNNConfig(**{field: {"layer_types": ["other"]}.get(field, 3)})
+    config = IndRNNConfig(dropout=0.2)
+    setattr(config, field, getattr(config, field))
+    assert config.head_dropout == 0.2 and field not in config.to_dict()
+
+
 def test_min_above_max_names_both():
     with pytest.raises(ValueError, match="recurrent_min_abs.*recurrent_max_abs"):
         IndRNNConfig(recurrent_max_abs=1.0, recurrent_min_abs=1.5)

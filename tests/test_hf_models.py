@@ -5,10 +5,12 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 import transformers.modeling_utils
 from hf_helpers import (
     HEADS,
     INIT_OPTIONS,
+    PAD,
     VOCAB,
     assert_loaded_or_fresh,
     cache_of,
@@ -665,6 +667,35 @@ def test_keywords_transformers_passes_are_accepted(cls):
     torch.testing.assert_close(got, want[:, -1:] if "logits_to_keep" in extra else want)
     with pytest.raises(ValueError, match="output_attentions=True: IndRNN models have no"):
         model(input_ids=ids, output_attentions=True)
+
+
+MIDDLE_PADDING = [[1, 1, 0, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1], [0, 1, 0, 1, 1, 0, 0]]
+
+
+@pytest.mark.parametrize("side,labels_from", [("left", "collator"), ("right", "collator"),
+                                               ("middle", "collator"), ("left", "input_ids")])
+def test_causal_lm_loss_of_a_padded_batch_is_that_of_its_sequences(side, labels_from):
+    """The causal LM's loss over a padded batch (with its attention_mask) is the mean over the
+    unpadded sequences' targets. Left padding used to add each row's first real token as a
+    target of the zero state before it (constant logits: ln(vocab) each); padding steps after
+    a real one carry its state, so the target after them is the unpadded one. Labels that are
+    the input ids keep the pads after a real step as targets (transformers' convention: the
+    collators make them -100), so they are compared with left padding only."""
+    model = tiny_model(IndRNNForCausalLM)
+    if side == "middle":
+        mask = torch.tensor(MIDDLE_PADDING)
+        seqs = random_tokens(mask.sum(1).tolist())
+        ids = torch.full(mask.shape, PAD)
+        for row, seq in enumerate(seqs):
+            ids[row, mask[row].bool()] = seq
+    else:
+        seqs = random_tokens([5, 9, 3])
+        ids, mask = padded_batch(seqs, side)
+    labels = ids.masked_fill(mask == 0, -100) if labels_from == "collator" else ids.clone()
+    loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    logits = [model(input_ids=seq[None]).logits[0, :-1] for seq in seqs]
+    unpadded = F.cross_entropy(torch.cat(logits), torch.cat([seq[1:] for seq in seqs]))
+    torch.testing.assert_close(loss, unpadded)
 
 
 def test_shift_labels_are_the_targets_of_every_step():

@@ -122,6 +122,41 @@ def test_trainer_label_smoothing_shifts_the_causal_lm_labels(tmp_path):
     torch.testing.assert_close(loss, ((1 - epsilon) * nll + epsilon * uniform).mean())
 
 
+@pytest.mark.parametrize("cls", [IndRNNForCausalLM, IndRNNForTokenClassification,
+                                 IndRNNForSequenceClassification])
+def test_gradient_accumulation_makes_the_update_of_one_big_batch(cls, tmp_path):
+    """Two micro-batches of 4 with gradient_accumulation_steps=2 update the weights as one batch
+    of 8, though the first has few targets: the token losses take the Trainer's
+    num_items_in_batch (they were kept from it, and each micro-batch's mean weighed the same),
+    and the sequence classifier's mean loss is divided by the accumulation steps."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 40, (8, 10), generator=g)
+    if cls is IndRNNForSequenceClassification:
+        labels = ids[:, -1] % 3
+    else:
+        labels = ids.clone() if cls is IndRNNForCausalLM else ids % 3
+        labels[:4, 3:] = -100
+    data = Dataset.from_dict({"input_ids": ids.tolist(), "labels": labels.tolist()})
+
+    def one_step(batch, accumulate):
+        model = tiny_model(cls)
+        args = TrainingArguments(
+            output_dir=str(tmp_path / f"{batch}x{accumulate}"), max_steps=1, optim="sgd",
+            per_device_train_batch_size=batch, gradient_accumulation_steps=accumulate,
+            learning_rate=1.0, lr_scheduler_type="constant", max_grad_norm=0.0,
+            train_sampling_strategy="sequential", save_strategy="no", report_to="none",
+            use_cpu=True, disable_tqdm=True,
+        )
+        Trainer(model=model, args=args, train_dataset=data).train()
+        return model.state_dict()
+
+    before = tiny_model(cls).state_dict()
+    whole, accumulated = one_step(8, 1), one_step(4, 2)
+    assert any(not torch.equal(whole[k], before[k]) for k in whole)
+    for name, value in whole.items():
+        torch.testing.assert_close(accumulated[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -76,6 +76,13 @@ def _input_init(value) -> str | Callable[[Tensor], object]:
     )
 
 
+def _in_range(bounds: InitRange, dtype: torch.dtype) -> InitRange:
+    """An init range within ``dtype``'s finite numbers: the default (0, recurrent_max_abs)
+    with a bound beyond them (which clips nothing) made uniform_ fail to convert it."""
+    top = torch.finfo(dtype).max
+    return max(bounds[0], -top), min(bounds[1], top)
+
+
 def _init_input_weight_(weight: Tensor, scheme, hidden_size: int, init=nn.init) -> None:
     if callable(scheme):
         # The default first, so a callable that neither fills the tensor in place nor returns
@@ -455,8 +462,10 @@ class IndRNN(nn.Module):
                 _init_input_weight_(getattr(self, f"weight_ih_l{k}"), self.input_weight_init,
                                     units, init)
                 last = k == self.num_layers - 1
-                low, high = self.last_layer_recurrent_init if last else self.recurrent_init
-                init.uniform_(getattr(self, f"weight_hh_l{k}"), low, high)
+                weight_hh = getattr(self, f"weight_hh_l{k}")
+                low, high = _in_range(self.last_layer_recurrent_init if last
+                                      else self.recurrent_init, weight_hh.dtype)
+                init.uniform_(weight_hh, low, high)
                 if self.bias:
                     init.zeros_(getattr(self, f"bias_l{k}"))
             for norm in self.norms or ():
@@ -927,7 +936,7 @@ class IndRNNCell(nn.Module):
     def reset_parameters(self) -> None:
         with torch.no_grad():
             _init_input_weight_(self.weight_ih, self.input_weight_init, self.hidden_size)
-            nn.init.uniform_(self.weight_hh, *self.recurrent_init)
+            nn.init.uniform_(self.weight_hh, *_in_range(self.recurrent_init, self.weight_hh.dtype))
             if self.bias is not None:
                 nn.init.zeros_(self.bias)
 

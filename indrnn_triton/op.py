@@ -273,6 +273,17 @@ class _EagerRecurrence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, grad_hn):
+        if any(g is not None and (torch._C._functorch.is_legacy_batchedtensor(g)
+                                  or torch._C._functorch.is_batchedtensor(g))
+               for g in (grad_out, grad_hn)):
+            # vmap over the backward: the kernels take plain tensors (the compiled CPU path
+            # failed with "Cannot access data pointer of Tensor that doesn't have storage").
+            raise NotImplementedError(
+                "fused_indrnn's backward takes one output gradient at a time, not a vmap batch "
+                "of them (torch.autograd.grad(..., is_grads_batched=True), "
+                "torch.autograd.functional.jacobian(..., vectorize=True)): use "
+                "is_grads_batched=False / vectorize=False"
+            )
         if torch.is_grad_enabled():  # create_graph=True
             return _backward(ctx, grad_out, grad_hn)
         out, weight_hh, h0, mask = ctx.saved_tensors

@@ -21,8 +21,8 @@ def clip_recurrent_weight(
     u = weight_hh
     if recurrent_min_abs > 0:
         u = torch.where(u.abs() < recurrent_min_abs, torch.sign(u) * recurrent_min_abs, u)
-    if recurrent_max_abs is not None:
-        u = u.clamp(-recurrent_max_abs, recurrent_max_abs)
+    if recurrent_max_abs is not None and recurrent_max_abs < torch.finfo(u.dtype).max:
+        u = u.clamp(-recurrent_max_abs, recurrent_max_abs)  # (a larger bound clips nothing)
     return u
 
 

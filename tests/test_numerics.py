@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch.autograd import forward_ad
 
+import indrnn_triton.op as op
 from indrnn_triton import IndRNN, IndRNNCell, fused_indrnn, indrnn_reference
 from indrnn_triton.functional import indrnn_layer, indrnn_recurrence
 
@@ -303,6 +304,34 @@ def test_autograd_functional_jacobian_still_works():
     got = torch.autograd.functional.jacobian(lambda p: fused_indrnn(p, u)[0], pre)
     want = torch.autograd.functional.jacobian(lambda p: indrnn_reference(p, u)[0], pre)
     torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("path", ["compiled", "torch"])
+def test_batched_output_gradients_raise_a_clear_error(monkeypatch, path):
+    """vmap over the backward (is_grads_batched, a vectorized jacobian) reached the kernels with
+    batched tensors: "Cannot access data pointer of Tensor that doesn't have storage" on the
+    compiled CPU path, "Batching rule not implemented" on the torch one."""
+    monkeypatch.setattr(op, "cpu_uses_compiled", path == "compiled")
+    pre, u = torch.randn(3, 2, 2, requires_grad=True), torch.rand(2)
+    with pytest.raises(NotImplementedError, match="one output gradient at a time.*vectorize=F"):
+        torch.autograd.functional.jacobian(lambda p: fused_indrnn(p, u)[0], pre, vectorize=True)
+    out = fused_indrnn(pre, u)[0].flatten()
+    with pytest.raises(NotImplementedError, match="is_grads_batched=True"):
+        torch.autograd.grad(out, pre, torch.eye(out.numel()), is_grads_batched=True)
+
+
+def test_clip_bounds_beyond_the_dtype_clip_nothing_everywhere():
+    """A recurrent_max_abs above float32's range clips nothing (README): so in the reference
+    too (it failed converting the bound), and modules initialise their weights within the
+    dtype (uniform_ failed converting the default (0, r) range; also float16 beyond 65504)."""
+    pre, u = torch.randn(T, B, H), torch.rand(H) * 3
+    torch.testing.assert_close(indrnn_reference(pre, u, recurrent_max_abs=1e39)[0],
+                               indrnn_reference(pre, u)[0], rtol=0, atol=0)
+    for dtype, r in ((torch.float32, 1e39), (torch.float16, 1e5)):
+        rnn = IndRNN(4, H, recurrent_max_abs=r, dtype=dtype)
+        assert torch.isfinite(rnn.weight_hh_l0).all()
+    cell = IndRNNCell(4, H, recurrent_max_abs=1e39)
+    assert torch.isfinite(cell.weight_hh).all()
 
 
 # ----------------------------------------------------------------------------------------------

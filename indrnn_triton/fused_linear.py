@@ -34,6 +34,7 @@ except ImportError:  # Triton is optional off Linux; CUDA tensors then need it, 
 
 def _forward_impl_linear(x, weight_ih, weight_hh, bias, h0, mask, r_max, r_min, reverse,
                          batch_first, bidirectional, use_triton):
+    op.check_no_transform_running()
     if not use_triton:
         return _forward_impl(F.linear(x, weight_ih), weight_hh, bias, h0, mask, r_max, r_min,
                              reverse, batch_first, bidirectional, "auto", use_triton=False)
@@ -87,6 +88,7 @@ def _linear_forward_cuda(*args):
 @_linear_forward_op.register_fake
 def _linear_forward_fake(x, weight_ih, weight_hh, bias, h0, mask, recurrent_max_abs,
                          recurrent_min_abs, reverse, batch_first, bidirectional):
+    op.check_no_forward_ad_while_tracing()
     D = 2 if bidirectional else 1
     B, DH = _tbh(x, batch_first).shape[1], weight_ih.shape[0]
     return x.new_empty(*x.shape[:-1], DH), x.new_empty(_state_shape(B, DH // D, D),

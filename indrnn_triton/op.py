@@ -105,6 +105,7 @@ def _state_shape(B: int, H: int, D: int) -> tuple[int, ...]:
 
 def _forward_impl(pre, weight_hh, bias, h0, mask, r_max, r_min, reverse, batch_first,
                   bidirectional, method, use_triton):
+    check_no_transform_running()
     D = 2 if bidirectional else 1
     x = _tbh(pre, batch_first)
     T, B, H = x.shape[0], x.shape[1], x.shape[2] // D
@@ -175,6 +176,7 @@ def _forward_cuda(pre, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_m
 @_forward_op.register_fake
 def _forward_fake(pre, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_min_abs, reverse,
                   batch_first, bidirectional, method="auto"):
+    check_no_forward_ad_while_tracing()
     D = 2 if bidirectional else 1
     T, B, DH = _tbh(pre, batch_first).shape
     return torch.empty_like(pre, memory_format=torch.contiguous_format), pre.new_empty(
@@ -379,6 +381,35 @@ def _check_reverse_mode_only(*tensors) -> None:
         raise NotImplementedError(
             "fused_indrnn does not support forward-mode AD (torch.autograd.forward_ad dual "
             "tensors): use reverse-mode autograd instead, loss.backward() or torch.autograd.grad"
+        )
+
+
+def check_no_transform_running() -> None:
+    """The kernels' part of :func:`_check_reverse_mode_only`: a ``torch.compile``d
+    ``torch.func`` transform on the "eager" backend runs the graph's custom op under the
+    transform's interpreter, with wrapped tensors the kernels cannot read (it failed with
+    "Cannot access data pointer of Tensor that doesn't have storage"). Eager calls never get
+    here under a transform: the wrapper refused them."""
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        raise NotImplementedError(
+            "fused_indrnn does not support torch.func transforms (grad, vjp, jvp, jacrev, "
+            "jacfwd, vmap, hessian), also under torch.compile: use reverse-mode autograd "
+            "instead, loss.backward() or torch.autograd.grad"
+        )
+
+
+def check_no_forward_ad_while_tracing() -> None:
+    """The fake implementations' part of :func:`_check_reverse_mode_only`. Inside
+    ``torch.compile`` the wrapper's check cannot run, and torch traced the op under
+    forward-mode AD (``torch.func.jvp``/``jacfwd`` compiled, or a compiled function called on
+    dual tensors) as if its tangent were zero. The fake implementation runs while that graph
+    is traced, inside the forward-AD level; the tangents themselves cannot be read there, so any
+    open level refuses."""
+    if forward_ad._current_level >= 0:
+        raise NotImplementedError(
+            "fused_indrnn does not support forward-mode AD (torch.func.jvp / jacfwd, "
+            "torch.autograd.forward_ad), also under torch.compile: use reverse-mode autograd "
+            "instead, loss.backward() or torch.autograd.grad"
         )
 
 

@@ -278,6 +278,22 @@ def test_torch_func_transforms_raise_a_clear_error(transform):
         calls[transform]()
 
 
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+@pytest.mark.parametrize("transform", ["jvp", "jacfwd"])
+def test_compiled_forward_mode_transforms_raise_a_clear_error(backend, transform):
+    """Inside torch.compile the wrapper's check cannot run: a compiled torch.func.jvp returned
+    a zero tangent (aot_eager, inductor) or failed on a data pointer (eager). The fake
+    implementation and the kernels' entry now refuse."""
+    pre, u = torch.randn(T, B, H), torch.rand(H)
+    calls = {
+        "jvp": lambda p, t: torch.func.jvp(lambda q: _op_sum(q, u), (p,), (t,)),
+        "jacfwd": lambda p, t: torch.func.jacfwd(_op_sum, argnums=1)(p, u),
+    }
+    torch._dynamo.reset()
+    with pytest.raises(NotImplementedError, match="does not support torch.func transforms"):
+        torch.compile(calls[transform], backend=backend)(pre, torch.ones_like(pre))
+
+
 def test_forward_ad_dual_tensors_raise_a_clear_error():
     pre, u = torch.randn(T, B, H), torch.rand(H)
     with forward_ad.dual_level():

@@ -486,14 +486,14 @@ def _step_mask(
 
 def _mask_from_pads(config, input_ids, attention_mask):
     """The classifiers' mask: the given one, or without one, input_ids that are not
-    `config.pad_token_id` (None when there are none). transformers' own sequence classifiers
-    likewise pool at the last token that is not padding when no mask is given; here the pads
-    are masked throughout, so left padding, mean pooling and the backward direction are exact
-    as well."""
+    `config.pad_token_id`. transformers' own sequence classifiers likewise pool at the last
+    token that is not padding when no mask is given; here the pads are masked throughout, so
+    left padding, mean pooling and the backward direction are exact as well. Always a mask,
+    even without pads (the same result as none): no host sync and no data-dependent branch
+    under torch.compile."""
     if attention_mask is not None or input_ids is None or config.pad_token_id is None:
         return attention_mask
-    pads = input_ids == config.pad_token_id
-    return ~pads if pads.any() else None
+    return input_ids != config.pad_token_id
 
 
 class IndRNNForSequenceClassification(IndRNNPreTrainedModel):

@@ -512,6 +512,9 @@ def test_torch_compile_matches_eager():
     torch.testing.assert_close(out.logits, eager.logits)
     out.loss.backward()
     assert all(p.grad is not None for p in model.parameters())
+    # Without a mask the pads are masked too, in one graph (no data-dependent branch).
+    whole = torch.compile(model, fullgraph=True)
+    torch.testing.assert_close(whole(input_ids=ids).logits, eager.logits)
 
 
 def test_registration_on_import():

@@ -144,11 +144,16 @@ def auto_picks(B: int, T: int, H: int, dtype: torch.dtype, device: torch.device)
     return choose_method(B * H, T, dtype, sms)
 
 
+def _timed(rows: list[dict]) -> dict[tuple, float]:
+    """{(dtype, B, T, H, mode, method): ms} of the rows that were timed."""
+    return {(r["dtype"], r["B"], r["T"], r["H"], r["mode"], r["method"]): r["ms"]
+            for r in rows if r.get("ms") is not None}
+
+
 def auto_check(rows: list[dict]) -> list[str]:
     """Per case and mode: is "auto" within 10 % of the faster of the two forced methods?"""
     lines, worst = [], 0.0
-    timed = {(r["dtype"], r["B"], r["T"], r["H"], r["mode"], r["method"]): r["ms"]
-             for r in rows if r.get("ms") is not None}
+    timed = _timed(rows)
     for key, auto_ms in timed.items():
         if key[-1] != "fused":
             continue
@@ -172,8 +177,7 @@ def measured_thresholds(rows: list[dict], sm_count: int) -> dict[str, dict]:
     mean). Candidates are the grid's own values (max_per_sm 0 and min_T above every T: never
     chunked). Returns {dtype: {min_T, max_per_sm, worst, mean, cases, now_worst}}, where
     ``now_worst`` is the same figure for the thresholds in the code today."""
-    timed = {(r["dtype"], r["B"], r["T"], r["H"], r["mode"], r["method"]): r["ms"]
-             for r in rows if r.get("ms") is not None}
+    timed = _timed(rows)
     cases: dict[str, list[tuple]] = {}
     for (dtype, B, T, H, mode, method), seq in timed.items():
         chk = timed.get((dtype, B, T, H, mode, "fused_chunked"))
@@ -418,17 +422,18 @@ def replot(path: Path) -> int:
     every case, is left as measured), and print the notes the current code derives from it."""
     saved = json.loads(path.read_text())
     env, rows = saved["environment"], saved["rows"]
-    plots(rows, path.parent, PRESETS[env.get("preset") or _preset_of(env["command"])], env)
+    plots(rows, path.parent, PRESETS[env.get("preset") or _preset_of(env)], env)
     print("\n\n".join(notes(rows, env)))
     return 0
 
 
-def _preset_of(command: str) -> str:
-    """The preset a saved run used, from its command line (runs before the preset was saved)."""
-    words = command.split()
+def _preset_of(env: dict) -> str:
+    """The preset a saved run used, for runs from before it was saved: its command line's, or
+    the device's default."""
+    words = env["command"].split()
     if "--preset" in words:
         return words[words.index("--preset") + 1]
-    return "gpu" if "cuda" in command else "quick"
+    return "quick" if env["device"] == "cpu" else "gpu"
 
 
 def main(argv=None) -> int:

@@ -162,10 +162,10 @@ class IndRNNConfig(PreTrainedConfig):
     def __setattr__(self, key, value):
         # Every assignment (the constructor's included) stores plain Python values, so that a
         # config built from numpy numbers (np.int64(8), np.float32(1.1)) serialises to JSON.
-        if key in _DERIVED and value != getattr(self, key):
-            # A field derived from others (python's own message: "property ... has no setter").
-            raise ValueError(f"{key} is derived from {_DERIVED[key]} and cannot be set; set those")
-        if key in _DERIVED:
+        if key in _DERIVED:  # a property (python's own message: "... has no setter")
+            if value != getattr(self, key):
+                raise ValueError(
+                    f"{key} is derived from {_DERIVED[key]} and cannot be set; set those")
             return
         super().__setattr__(key, _to_python(value))
 

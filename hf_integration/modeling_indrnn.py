@@ -411,6 +411,11 @@ class IndRNNModel(IndRNNPreTrainedModel):
             )
         return layers
 
+    def _holds_state(self, cache: Cache | None) -> bool:
+        """Whether ``cache`` holds a state from earlier steps (the next steps start from it)."""
+        return cache is not None and any(
+            layer.has_previous_state[0] for layer in self._cache_layers(cache))
+
     def _read_states(self, cache: Cache | None, batch_size: int) -> list:
         """Each layer's cached state as its (directions, batch, hidden) h0, or Nones."""
         if cache is None:
@@ -718,9 +723,8 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
         cache = _cache_argument(kwargs.get("cache"), kwargs.get("past_key_values"))
         if (
             kwargs.get("is_first_iteration")
-            and cache is not None
             and not isinstance(cache, IndRNNCache)
-            and any(layer.has_previous_state[0] for layer in self.model._cache_layers(cache))
+            and self.model._holds_state(cache)
         ):
             # generate() feeds the whole prompt and the cache must say how much of it it holds;
             # a DynamicCache of recurrent states cannot, and the held steps would run twice.
@@ -800,8 +804,7 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         cache = _cache_argument(cache, past_key_values, cache_params)
         # Read before the forward updates the cache: whether the steps start from a state.
-        from_state = cache is not None and any(
-            layer.has_previous_state[0] for layer in self.model._cache_layers(cache))
+        from_state = self.model._holds_state(cache)
         outputs = self.model(
             input_ids,
             attention_mask=attention_mask,

@@ -369,33 +369,34 @@ def _check_reverse_mode_only(*tensors) -> None:
     """
     if torch.compiler.is_compiling():
         return
-    if torch._C._functorch.peek_interpreter_stack() is not None:
-        raise NotImplementedError(
-            "fused_indrnn does not support torch.func transforms (grad, vjp, jvp, jacrev, "
-            "jacfwd, vmap, hessian): use reverse-mode autograd instead, loss.backward() or "
-            "torch.autograd.grad (torch.autograd.functional.jacobian for Jacobians)"
-        )
+    check_no_transform_running()
     if forward_ad._current_level >= 0 and any(
         t is not None and forward_ad.unpack_dual(t).tangent is not None for t in tensors
     ):
-        raise NotImplementedError(
-            "fused_indrnn does not support forward-mode AD (torch.autograd.forward_ad dual "
-            "tensors): use reverse-mode autograd instead, loss.backward() or torch.autograd.grad"
-        )
+        raise NotImplementedError(_FORWARD_AD_ERROR)
+
+
+_TRANSFORM_ERROR = (
+    "fused_indrnn does not support torch.func transforms (grad, vjp, jvp, jacrev, jacfwd, vmap, "
+    "hessian), also under torch.compile: use reverse-mode autograd instead, loss.backward() or "
+    "torch.autograd.grad (torch.autograd.functional.jacobian for Jacobians)"
+)
+_FORWARD_AD_ERROR = (
+    "fused_indrnn does not support forward-mode AD (torch.autograd.forward_ad dual tensors, "
+    "torch.func.jvp / jacfwd), also under torch.compile: use reverse-mode autograd instead, "
+    "loss.backward() or torch.autograd.grad"
+)
 
 
 def check_no_transform_running() -> None:
-    """The kernels' part of :func:`_check_reverse_mode_only`: a ``torch.compile``d
+    """No torch.func transform running: the eager check of :func:`_check_reverse_mode_only`,
+    and the kernels' entry, because a ``torch.compile``d
     ``torch.func`` transform on the "eager" backend runs the graph's custom op under the
     transform's interpreter, with wrapped tensors the kernels cannot read (it failed with
     "Cannot access data pointer of Tensor that doesn't have storage"). Eager calls never get
     here under a transform: the wrapper refused them."""
     if torch._C._functorch.peek_interpreter_stack() is not None:
-        raise NotImplementedError(
-            "fused_indrnn does not support torch.func transforms (grad, vjp, jvp, jacrev, "
-            "jacfwd, vmap, hessian), also under torch.compile: use reverse-mode autograd "
-            "instead, loss.backward() or torch.autograd.grad"
-        )
+        raise NotImplementedError(_TRANSFORM_ERROR)
 
 
 def check_no_forward_ad_while_tracing() -> None:
@@ -406,11 +407,7 @@ def check_no_forward_ad_while_tracing() -> None:
     is traced, inside the forward-AD level; the tangents themselves cannot be read there, so any
     open level refuses."""
     if forward_ad._current_level >= 0:
-        raise NotImplementedError(
-            "fused_indrnn does not support forward-mode AD (torch.func.jvp / jacfwd, "
-            "torch.autograd.forward_ad), also under torch.compile: use reverse-mode autograd "
-            "instead, loss.backward() or torch.autograd.grad"
-        )
+        raise NotImplementedError(_FORWARD_AD_ERROR)
 
 
 def check_method(method) -> str:

@@ -91,7 +91,7 @@ def _measure(model: nn.Module, x: torch.Tensor) -> dict:
     return {"peak_mib": peak / MIB, "kept_mib": kept / MIB}
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--T", type=int, default=512)
     parser.add_argument("--B", type=int, default=16)
@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--num-layers", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     device = torch.device(args.device)
     T, B, In, H, L = args.T, args.B, args.input_size, args.hidden_size, args.num_layers
     torch.manual_seed(0)

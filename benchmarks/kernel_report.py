@@ -45,6 +45,7 @@ from pathlib import Path
 ARCHS = (80, 90)
 DTYPES = ("float32", "float16", "bfloat16")
 CONFIG_SETS = ("all", "representative", "largest")
+SASS_MODES = ("always", "when-stack")
 KERNELS = ("fwd", "bwd", "chunk_fwd_maps", "chunk_fwd_carry", "chunk_fwd_steps", "chunk_bwd_maps",
            "chunk_bwd_carry", "chunk_bwd_steps", "fused")
 
@@ -308,31 +309,41 @@ def sass_local_ops(sass: str) -> dict:
                 loop_local_ops=sum(any(lo <= a <= hi for lo, hi in loops) for a in local))
 
 
-def cubin_resources(cubin: bytes) -> dict:
+def cubin_resources(cubin: bytes, sass: str = "always") -> dict:
     """REG, STACK, LOCAL, SHARED of the cubin's one function, from cuobjdump, and its
-    local-memory instructions in and outside loops (:func:`sass_local_ops`)."""
+    local-memory instructions in and outside loops (:func:`sass_local_ops`).
+
+    ``sass="when-stack"`` disassembles only a function with a stack frame or local memory: local
+    loads and stores (STL/LDL) address exactly that memory, so with STACK = LOCAL = 0 there are
+    none to count (``sass_read`` says which was done). The disassembly is a third of a compile's
+    time."""
+    if sass not in SASS_MODES:
+        raise ValueError(f"sass must be one of {SASS_MODES}, got {sass!r}")
+    cuobjdump = str(tool_dir() / "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        cuobjdump = str(tool_dir() / "cuobjdump")
         text = subprocess.run(
             [cuobjdump, "--dump-resource-usage", f.name], check=True, capture_output=True,
             text=True,
         ).stdout
-        sass = subprocess.run(
-            [cuobjdump, "-sass", f.name], check=True, capture_output=True, text=True,
-        ).stdout
-    fields = dict(re.findall(r"\b(REG|LOCAL|STACK|SHARED):(\d+)", text.split("Function", 1)[-1]))
-    if "REG" not in fields:
-        raise RuntimeError(f"no resource usage in cuobjdump output:\n{text}")
-    if not _SASS_INSN.search(sass):
-        raise RuntimeError(f"no SASS instructions in cuobjdump -sass output:\n{sass[:2000]}")
+        fields = dict(re.findall(r"\b(REG|LOCAL|STACK|SHARED):(\d+)",
+                                 text.split("Function", 1)[-1]))
+        if "REG" not in fields:
+            raise RuntimeError(f"no resource usage in cuobjdump output:\n{text}")
+        stack, local = int(fields.get("STACK", 0)), int(fields.get("LOCAL", 0))
+        read = sass == "always" or stack > 0 or local > 0
+        if read:
+            listing = subprocess.run(
+                [cuobjdump, "-sass", f.name], check=True, capture_output=True, text=True,
+            ).stdout
+            if not _SASS_INSN.search(listing):
+                raise RuntimeError(
+                    f"no SASS instructions in cuobjdump -sass output:\n{listing[:2000]}")
     return dict(
-        registers=int(fields["REG"]),
-        stack_bytes=int(fields.get("STACK", 0)),
-        local_bytes=int(fields.get("LOCAL", 0)),
-        shared_static=int(fields.get("SHARED", 0)),
-        **sass_local_ops(sass),
+        registers=int(fields["REG"]), stack_bytes=stack, local_bytes=local,
+        shared_static=int(fields.get("SHARED", 0)), sass_read=read,
+        **(sass_local_ops(listing) if read else dict(local_ops=0, loop_local_ops=0)),
     )
 
 
@@ -392,8 +403,10 @@ def _compile_with_ptxas_log(src, target, options):
     return compiled, log.getvalue()
 
 
-def compile_one(kernel: str, arch: int, dtype: str, flags: str, config: dict) -> dict:
-    """Compile one kernel variant and return its report row."""
+def compile_one(kernel: str, arch: int, dtype: str, flags: str, config: dict,
+                sass: str = "always") -> dict:
+    """Compile one kernel variant and return its report row (``sass``: see
+    :func:`cubin_resources`)."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
@@ -415,7 +428,7 @@ def compile_one(kernel: str, arch: int, dtype: str, flags: str, config: dict) ->
         kernel=kernel, arch=f"sm_{arch}", dtype=dtype, flags=flags,
         config=" ".join(f"{k}={v}" for k, v in config["kwargs"].items()), **config["kwargs"],
         num_warps=config["num_warps"], num_stages=config["num_stages"],
-        **cubin_resources(compiled.asm["cubin"]),
+        **cubin_resources(compiled.asm["cubin"], sass),
         **spills,
         shared_dynamic=int(compiled.metadata.shared),
         **ptx_memory_ops(compiled.asm["ptx"]),
@@ -468,10 +481,12 @@ def kernel_configs(kernel: str, which: str = "all") -> list[dict]:
 
 def report(
     archs=ARCHS, dtypes=DTYPES, flag_sets=tuple(FLAG_SETS), configs: str = "all", jobs: int = 1,
-    progress: bool = False, kernels=KERNELS,
+    progress: bool = False, kernels=KERNELS, sass: str = "always",
 ) -> list[dict]:
     """Compile every (kernel, arch, dtype, flag set, config) and return one row per variant."""
     _refuse_interpreter()
+    if sass not in SASS_MODES:
+        raise ValueError(f"sass must be one of {SASS_MODES}, got {sass!r}")
     for k in kernels:
         if k not in KERNELS:
             raise ValueError(f"kernels must be among {KERNELS}, got {k!r}")
@@ -487,7 +502,7 @@ def report(
     if missing_tools():
         raise RuntimeError(f"Triton's NVIDIA backend tools are missing: {missing_tools()}")
     tasks = [
-        (k, a, d, f, c)
+        (k, a, d, f, c, sass)
         for k in kernels
         for c in kernel_configs(k, configs)
         for a in archs
@@ -573,12 +588,15 @@ def main(argv=None) -> int:
     p.add_argument("--kernels", nargs="+", default=list(KERNELS), choices=KERNELS,
                    help="fwd/bwd: the recurrence kernels; fused: projection + recurrence")
     p.add_argument("--jobs", type=int, default=1, help="compile in this many processes")
+    p.add_argument("--sass", default="always", choices=SASS_MODES,
+                   help="disassemble every cubin to count local-memory instructions, or only "
+                   "those with a stack frame or local memory (the only ones that can have any)")
     p.add_argument("--json", type=Path, help="also write the rows as JSON to this path")
     p.add_argument("--md", type=Path, help="also write the table and summary to this path")
     args = p.parse_args(argv)
     try:
         rows = report(args.archs, args.dtypes, args.flags, args.configs, args.jobs, progress=True,
-                      kernels=args.kernels)
+                      kernels=args.kernels, sass=args.sass)
     except RuntimeError as e:
         print(f"kernel_report: {e}", file=sys.stderr)
         return 2

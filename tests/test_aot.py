@@ -20,7 +20,7 @@ TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 SHARED_LIMIT = {"sm_80": 163 * 1024, "sm_90": 227 * 1024}
 
 
-def _compile_report(tmp_path, *args) -> list[dict]:
+def _compile_report(tmp_path, *args, sass="when-stack") -> list[dict]:
     missing = [str(TOOLS / n) for n in ("ptxas", "cuobjdump") if not (TOOLS / n).is_file()]
     if missing:
         pytest.skip(f"Triton's NVIDIA backend tools are missing: {missing}")
@@ -32,6 +32,10 @@ def _compile_report(tmp_path, *args) -> list[dict]:
         # suite otherwise waits minutes on them one by one.
         [sys.executable, str(ROOT / "benchmarks" / "kernel_report.py"), *args,
          "--flags", "plain", "bidir", "--jobs", str(min(4, os.cpu_count() or 1)),
+         # "when-stack": the SASS only of cubins with a stack frame or local memory. Without
+         # either there is no local-memory instruction to find, and the disassembly is a third
+         # of the time.
+         "--sass", sass,
          "--json", str(out)],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
@@ -79,8 +83,14 @@ def test_kernels_compile_for_sm80_sm90_without_spills(tmp_path):
     assert any(r.get("STAGES", 1) > 1 for r in rows if r["kernel"] in ("fwd", "bwd"))
     spilling = _spills(rows)
     assert not spilling, "register spills:\n" + "\n".join(spilling)
-    # The SASS agrees: no local-memory instruction anywhere, so none inside a time loop.
+    _assert_no_local_memory_ops(rows)
+
+
+def _assert_no_local_memory_ops(rows: list[dict]) -> None:
+    """The SASS agrees with ptxas: no local-memory instruction anywhere, so none inside a time
+    loop. A cubin not disassembled has no stack frame and no local memory, so none either."""
     assert not [r for r in rows if r["local_ops"] or r["loop_local_ops"]]
+    assert not [r for r in rows if not r["sass_read"] and (r["stack_bytes"] or r["local_bytes"])]
 
 
 def test_fused_kernel_compiles_with_tensor_cores_without_spills(tmp_path):
@@ -88,7 +98,8 @@ def test_fused_kernel_compiles_with_tensor_cores_without_spills(tmp_path):
     the common flags and every feature in a bidirectional launch: tensor-core instructions in
     the PTX (mma.sync; wgmma where Triton picks it for sm_90), no spills. The full config list
     compiles in benchmarks/kernel_report.py (gpu_check.sh)."""
-    rows = _compile_report(tmp_path, "--kernels", "fused", "--configs", "largest")
+    rows = _compile_report(tmp_path, "--kernels", "fused", "--configs", "largest", sass="always")
+    assert all(r["sass_read"] for r in rows)
     got = {(r["arch"], r["dtype"], r["flags"]) for r in rows}
     assert got == {(a, d, f) for a in ("sm_80", "sm_90") for d in ("float32", "float16",
                    "bfloat16") for f in ("plain", "bidir")}
@@ -97,8 +108,7 @@ def test_fused_kernel_compiles_with_tensor_cores_without_spills(tmp_path):
         assert r["mma_sync"] + r["wgmma"] > 0, r
     spilling = _spills(rows)
     assert not spilling, "register spills:\n" + "\n".join(spilling)
-    # The SASS agrees: no local-memory instruction anywhere, so none inside a time loop.
-    assert not [r for r in rows if r["local_ops"] or r["loop_local_ops"]]
+    _assert_no_local_memory_ops(rows)
 
 
 def test_sass_spills_are_counted_inside_and_outside_loops(monkeypatch):

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -164,58 +165,74 @@ def auto_check(rows: list[dict]) -> list[str]:
         worst = max(worst, ratio)
         if ratio > 1.1:
             lines.append(f"auto is {ratio:.2f}x the better method at {key[:-1]}")
+    if not worst:
+        return ["**\"auto\" not checked**: no case and mode was timed with fused (\"auto\"), "
+                "fused_sequential and fused_chunked all three."]
     verdict = "within" if worst <= 1.1 else "NOT within"
     return [f"**\"auto\" is {verdict} 10 % of the better of sequential/chunked on every timed "
-            f"case (worst: {worst:.2f}x of the better)**", *lines] if worst else []
+            f"case (worst: {worst:.2f}x of the better)**", *lines]
 
 
 def measured_thresholds(rows: list[dict], sm_count: int) -> dict[str, dict]:
     """The "auto" thresholds the timed grid supports, per dtype: the rule of
     :func:`indrnn_triton.op.choose_method` (chunked when T >= min_T and B x H <= max_per_sm x
-    SMs) with the (min_T, max_per_sm) that makes "auto" lose least to the better of the two
-    forced methods over every case and mode where both were timed (worst ratio first, then the
-    mean). Candidates are the grid's own values (max_per_sm 0 and min_T above every T: never
-    chunked). Returns {dtype: {min_T, max_per_sm, worst, mean, cases, now_worst}}, where
+    SMs, both whole numbers) with the (min_T, max_per_sm) that makes "auto" lose least to the
+    better of the two forced methods over every case and mode where both were timed (worst ratio
+    first, then the mean). Candidates are the grid's own values, B x H / SMs rounded up (so the
+    printed integer keeps its grid shape), with max_per_sm 0 and min_T above every T: never
+    chunked. Returns {dtype: {min_T, max_per_sm, worst, mean, cases, now_worst}}, where
     ``now_worst`` is the same figure for the thresholds in the code today."""
     timed = _timed(rows)
     cases: dict[str, list[tuple]] = {}
     for (dtype, B, T, H, mode, method), seq in timed.items():
         chk = timed.get((dtype, B, T, H, mode, "fused_chunked"))
         if method == "fused_sequential" and chk is not None:
-            cases.setdefault(dtype, []).append((T, B * H / sm_count, seq, chk))
+            cases.setdefault(dtype, []).append((T, B * H, seq, chk))
     out = {}
     for dtype, cs in cases.items():
         def loss(min_t, max_per_sm, cs=cs):
-            r = [(chk if t >= min_t and per_sm <= max_per_sm else seq) / min(seq, chk)
-                 for t, per_sm, seq, chk in cs]
+            r = [(chk if t >= min_t and elements <= max_per_sm * sm_count else seq)
+                 / min(seq, chk) for t, elements, seq, chk in cs]
             return max(r), sum(r) / len(r)
 
         ts = sorted({c[0] for c in cs})
-        per_sms = sorted({0.0, *(c[1] for c in cs)})
+        per_sms = sorted({0, *(-(-c[1] // sm_count) for c in cs)})
         # Ties go to the smallest max_per_sm, then the largest min_T: chunked only where the
         # measurement says it wins.
         (worst, mean), min_t, max_per_sm = min(
             (loss(t, m), -t, m) for t in [*ts, ts[-1] + 1] for m in per_sms)
-        now = loss(CHUNKED_MIN_T, CHUNKED_MAX_ELEMS_PER_SM[DTYPES[dtype]])
+        dt = DTYPES[dtype]
+        now = loss(CHUNKED_MIN_T[dt], CHUNKED_MAX_ELEMS_PER_SM[dt])
         out[dtype] = dict(min_T=-min_t, max_per_sm=max_per_sm, worst=worst, mean=mean,
                           cases=len(cs), now_worst=now[0])
     return out
 
 
 def threshold_lines(found: dict[str, dict], sm_count: int) -> list[str]:
-    """The markdown lines for :func:`measured_thresholds`."""
+    """The markdown lines for :func:`measured_thresholds`, and what to do for the dtypes
+    ``choose_method`` has thresholds for that were not timed."""
+    if not found:
+        return ["**No \"auto\" thresholds derived**: no case and mode was timed with both "
+                "fused_sequential and fused_chunked."]
     lines = []
     for dtype, f in found.items():
+        dt = DTYPES[dtype]
         rule = ("never chunked" if f["max_per_sm"] == 0 else
-                f"chunked when T >= {f['min_T']} and B x H x D <= {f['max_per_sm']:.0f} per SM")
+                f"chunked when T >= {f['min_T']} and B x H x D <= {f['max_per_sm']} per SM")
         lines.append(
             f"**\"auto\" thresholds the grid supports ({dtype}, {sm_count} SMs): {rule}**; "
             f"\"auto\" would then be at worst {f['worst']:.2f}x (mean {f['mean']:.2f}x) the "
             f"better method over {f['cases']} timed cases and modes; with the code's thresholds "
-            f"(T >= {CHUNKED_MIN_T}, "
-            f"{CHUNKED_MAX_ELEMS_PER_SM[DTYPES[dtype]]} per SM) at worst {f['now_worst']:.2f}x. "
-            "The candidates are the grid's own shapes: a boundary between two of them is "
-            "known only to lie between them.")
+            f"(T >= {CHUNKED_MIN_T[dt]}, {CHUNKED_MAX_ELEMS_PER_SM[dt]} per SM) at worst "
+            f"{f['now_worst']:.2f}x. The candidates are the grid's own shapes: a boundary "
+            "between two of them is known only to lie between them.")
+    untimed = [str(d).removeprefix("torch.") for d in CHUNKED_MIN_T
+               if str(d).removeprefix("torch.") not in found]
+    if untimed:
+        lines.append(
+            f"Not timed: {', '.join(untimed)}. float16 moves the bytes of bfloat16 and float64 "
+            "runs the float32 kernels' code with twice the bytes: give them those dtypes' "
+            "thresholds, or time them (`--dtypes`).")
     return lines
 
 
@@ -310,13 +327,21 @@ def run_case(B, T, H, dtype, device, preset, methods) -> list[dict]:
             if why:
                 rows.append(dict(base, mode=mode, method=method, skipped=why))
                 continue
-            fn = mode_fn(method, mode, pre, u, b, g)
-            ms = bench(fn, device, budget_s=preset["budget_s"])
+            try:
+                fn = mode_fn(method, mode, pre, u, b, g)
+                ms = bench(fn, device, budget_s=preset["budget_s"])
+                peak = peak_bytes(fn, device)
+                tiles = tuned_tiles(fn) if device.type == "cuda" and method in FUSED else None
+                saved = None if mode == "fwd" else saved_bytes(
+                    lambda m=method: METHODS[m](pre, u, b))
+            except Exception as e:  # noqa: BLE001 - one failing method must not end the run
+                # A first GPU run has minutes: record the failure, keep timing the rest.
+                traceback.print_exc()
+                rows.append(dict(base, mode=mode, method=method,
+                                 error=f"{type(e).__name__}: {e}"[:300]))
+                continue
             gbs = MIN_ELEMS[mode] * n_bytes / ms / 1e6
             fused_ms = ms if method == "fused" else fused_ms
-            peak = peak_bytes(fn, device)
-            tiles = tuned_tiles(fn) if device.type == "cuda" and method in FUSED else None
-            saved = None if mode == "fwd" else saved_bytes(lambda m=method: METHODS[m](pre, u, b))
             rows.append(dict(
                 base, mode=mode, method=method, ms=ms, **{"GB/s": gbs},
                 copy_frac=gbs / copy_gbs,
@@ -381,7 +406,7 @@ def copy_frac_lines(rows: list[dict]) -> list[str]:
 
 
 COLUMNS = ["dtype", "B", "T", "H", "auto_picks", "mode", "method", "ms", "GB/s", "copy_frac",
-           "fused_speedup", "saved_MB", "peak_MB", "tiles", "skipped"]
+           "fused_speedup", "saved_MB", "peak_MB", "tiles", "skipped", "error"]
 
 
 def notes(rows: list[dict], env: dict) -> list[str]:
@@ -392,8 +417,8 @@ def notes(rows: list[dict], env: dict) -> list[str]:
         *(target_lines(env.get("target_ratios", []))
           or ["(the T=1000, B=32, H=256 float32 case was not run)"]),
         *copy_frac_lines(rows),
-        *auto_check(rows),
-        *(threshold_lines(measured_thresholds(rows, sms), sms) if sms else []),
+        # On a GPU (the SM count is recorded there): the forced methods run only there.
+        *(auto_check(rows) + threshold_lines(measured_thresholds(rows, sms), sms) if sms else []),
         "GB/s from the minimum bytes (fwd 2, bwd 3, fwdbwd 5 (T, B, H) tensors); copy_frac "
         "= that over the same run's copy_ GB/s; fused_speedup = this row's time / fused "
         "time; saved_MB = bytes autograd keeps for backward; peak_MB = peak allocated "
@@ -427,6 +452,16 @@ def replot(path: Path) -> int:
     return 0
 
 
+def print_notes(paths: list[Path]) -> int:
+    """Print the notes the current code derives from the rows of saved runs taken together
+    (the environment, SM count included, of the first): e.g. the thresholds of gpu_check.sh's
+    two bench_op grids (bench_op.json and targets/bench_op.json) at once."""
+    saved = [json.loads(p.read_text()) for p in paths]
+    rows = [r for run in saved for r in run["rows"]]
+    print("\n\n".join(notes(rows, saved[0]["environment"])))
+    return 0
+
+
 def _preset_of(env: dict) -> str:
     """The preset a saved run used, for runs from before it was saved: its command line's, or
     the device's default."""
@@ -445,9 +480,15 @@ def main(argv=None) -> int:
     p.add_argument("--replot", type=Path, metavar="JSON",
                    help="measure nothing: redraw the plots of a saved bench_op.json in its folder "
                         "(e.g. after a run cut short by a time limit) and print its notes")
+    p.add_argument("--notes", type=Path, nargs="+", metavar="JSON",
+                   help="measure nothing: print the notes (targets, the auto check, the auto "
+                        "thresholds) of the rows of one or more saved bench_op.json taken "
+                        "together")
     args = p.parse_args(argv)
     if args.replot:
         return replot(args.replot)
+    if args.notes:
+        return print_notes(args.notes)
     device = setup(args)
     preset_name = args.preset or ("gpu" if device.type == "cuda" else "quick")
     preset = PRESETS[preset_name]

@@ -95,7 +95,8 @@ step bench_overhead 40 "$PY" benchmarks/bench_overhead.py --threads 0 --budget 0
 
 # 4. The rest of the grid, B x H up to 262144 and T up to 4096 (the naive loops' rows are in
 #    the committed H200 results): for the roofline plot, the auto thresholds and which configs
-#    never win (to prune the list).
+#    never win (to prune the list). The thresholds of both grids together, afterwards on any
+#    machine: python benchmarks/bench_op.py --notes OUT/bench_op.json OUT/targets/bench_op.json
 step bench_op 150 "$PY" benchmarks/bench_op.py --preset gpu --threads 0 \
     --methods fused fused_sequential fused_chunked --out "$OUT_DIR"
 

@@ -48,15 +48,16 @@ METHODS = ("auto", "sequential", "chunked")
 # (measured_thresholds): replace these with them, citing that run.
 CHUNKED_MAX_ELEMS_PER_SM = {torch.float32: 256, torch.float64: 256,
                             torch.float16: 512, torch.bfloat16: 512}
-# Below this many steps a few chunks of 64 cannot pay for two extra launches.
-CHUNKED_MIN_T = 256
+# Below this many steps a few chunks of 64 cannot pay for two extra launches. Per dtype, like
+# the elements per SM, so that each dtype's measured thresholds can be written as they are.
+CHUNKED_MIN_T = {torch.float32: 256, torch.float64: 256, torch.float16: 256, torch.bfloat16: 256}
 
 
 def choose_method(elements: int, T: int, dtype: torch.dtype, sm_count: int) -> str:
     """The method ``"auto"`` runs on a GPU with ``sm_count`` SMs for ``elements`` = B x H x D
     independent recurrences of ``T`` steps in ``dtype``: ``"chunked"`` when the sequential
     kernels would leave the GPU waiting on memory latency, else ``"sequential"``."""
-    if T >= CHUNKED_MIN_T and elements <= CHUNKED_MAX_ELEMS_PER_SM[dtype] * sm_count:
+    if T >= CHUNKED_MIN_T[dtype] and elements <= CHUNKED_MAX_ELEMS_PER_SM[dtype] * sm_count:
         return "chunked"
     return "sequential"
 

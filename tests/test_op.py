@@ -9,6 +9,7 @@ fails the comparison.
 import itertools
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -343,9 +344,10 @@ def test_bench_op_derives_the_auto_thresholds_from_the_grid(monkeypatch):
     assert found["cases"] == 6 * 3
     # The code's rule (T >= 256, 256 per SM here) sends (1, 1024, 256) to chunked and
     # (4, 16384, 1024) to sequential: 2x the better method at worst.
-    assert (bench_op.CHUNKED_MIN_T, bench_op.CHUNKED_MAX_ELEMS_PER_SM[torch.float32]) == (256, 256)
+    assert (bench_op.CHUNKED_MIN_T[torch.float32],
+            bench_op.CHUNKED_MAX_ELEMS_PER_SM[torch.float32]) == (256, 256)
     assert found["now_worst"] == 2.0
-    [line] = bench_op.threshold_lines({"float32": found}, sms)
+    line = bench_op.threshold_lines({"float32": found}, sms)[0]
     assert "chunked when T >= 16384 and B x H x D <= 1024 per SM" in line
     never = bench_op.measured_thresholds(_timed_grid(lambda *a: "sequential"), sms)["float32"]
     assert (never["max_per_sm"], never["worst"]) == (0.0, 1.0)
@@ -353,6 +355,75 @@ def test_bench_op_derives_the_auto_thresholds_from_the_grid(monkeypatch):
     # Rows without both forced methods (a CPU run) give nothing to derive.
     cpu = [dict(r, method="fused") for r in rows if r["method"] == "fused_sequential"]
     assert bench_op.measured_thresholds(cpu, sms) == {}
+
+
+@pytest.mark.parametrize("sms", [132, 114, 4])
+@pytest.mark.parametrize("limit", [1024, 16384, 65536])
+def test_bench_op_thresholds_written_into_the_code_send_each_shape_to_its_winner(
+        monkeypatch, sms, limit):
+    """The printed thresholds, set in op.py, make choose_method pick the faster method at every
+    grid shape: at 132 SMs B x H = 16384 is 124.1 per SM, which printed as 124 would have sent
+    the boundary shape to the slower method."""
+    import indrnn_triton.op as op
+
+    bench_op = _bench_op(monkeypatch)
+
+    def winner(B, T, H):
+        return "chunked" if T > 1024 and B * H <= limit else "sequential"
+
+    rows = _timed_grid(winner)
+    found = bench_op.measured_thresholds(rows, sms)["float32"]
+    assert found["worst"] == 1.0
+    [line, _untimed] = bench_op.threshold_lines({"float32": found}, sms)
+    min_t, per_sm = map(int, re.search(r"T >= (\d+) and B x H x D <= (\d+) per SM",
+                                       line).groups())
+    monkeypatch.setitem(op.CHUNKED_MIN_T, torch.float32, min_t)
+    monkeypatch.setitem(op.CHUNKED_MAX_ELEMS_PER_SM, torch.float32, per_sm)
+    for r in rows:
+        assert op.choose_method(r["B"] * r["H"], r["T"], torch.float32, sms) == winner(
+            r["B"], r["T"], r["H"]), r
+
+
+def test_bench_op_notes_say_what_could_not_be_derived(monkeypatch, tmp_path, capsys):
+    """A GPU run without both forced methods says so; the dtypes the code has thresholds for but
+    the run did not time are named; ``--notes`` derives them from several saved runs at once."""
+    import json
+
+    bench_op = _bench_op(monkeypatch)
+    env = dict(device="nvidia-test", sm_count=4, command="bench_op.py")
+    seq_only = [r for r in _timed_grid(lambda *a: "sequential")
+                if r["method"] == "fused_sequential"]
+    text = "\n".join(bench_op.notes(seq_only, env))
+    assert "No \"auto\" thresholds derived" in text and "\"auto\" not checked" in text
+    rows = _timed_grid(lambda B, T, H: "chunked" if B * H <= 1024 else "sequential")
+    untimed = bench_op.threshold_lines(bench_op.measured_thresholds(rows, 4), 4)[-1]
+    assert untimed.startswith("Not timed: float64, float16, bfloat16.")
+    # Two saved runs: the forced methods in different files (as if one step was cut short).
+    for name, method in (("a", "fused_sequential"), ("b", "fused_chunked")):
+        (tmp_path / f"{name}.json").write_text(json.dumps(dict(
+            environment=env, rows=[r for r in rows if r["method"] == method])))
+    assert bench_op.main(["--notes", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
+    assert "chunked when T >= 1024 and B x H x D <= 64 per SM" in capsys.readouterr().out
+
+
+def test_bench_op_records_a_failing_method_and_times_the_rest(monkeypatch):
+    """One method raising (a kernel never run on this GPU) leaves an error row; the other
+    methods and modes of the case are still timed."""
+    bench_op = _bench_op(monkeypatch)
+
+    def broken(pre, u, b):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setitem(bench_op.METHODS, "naive_unbind", broken)
+    preset = dict(bench_op.PRESETS["quick"], budget_s=0.01)
+    rows = bench_op.run_case(2, 5, 8, "float32", torch.device("cpu"), preset,
+                             ["naive_unbind", "fused"])
+    errors = [r for r in rows if "error" in r]
+    assert [(r["mode"], r["method"]) for r in errors] == [
+        (m, "naive_unbind") for m in ("fwd", "bwd", "fwdbwd")]
+    assert all("illegal memory access" in r["error"] for r in errors)
+    assert [r["mode"] for r in rows if r["method"] == "fused" and r["ms"] > 0] == [
+        "fwd", "bwd", "fwdbwd"]
 
 
 def test_bench_op_replot_redraws_a_saved_run(monkeypatch, tmp_path, capsys):

@@ -206,7 +206,9 @@ class IndRNNLayer(GradientCheckpointingLayer):
 
     The parameters stay in the `IndRNN` module (`rnn.weight_ih_l{index}`, ...), where
     checkpoints have always stored them; this block holds a plain reference to that module,
-    not a submodule, so that they are not listed under a second name.
+    not a submodule, so that they are not listed under a second name. So `rnn.forward` never
+    runs in the model: a forward hook registered on `model.rnn` does not fire (hook the layers
+    instead), and `IndRNNModel` runs accelerate's `device_map` hook of `model.rnn` itself.
     """
 
     def __init__(self, rnn: IndRNN, index: int):
@@ -342,6 +344,13 @@ class IndRNNModel(IndRNNPreTrainedModel):
         if use_cache and cache is None:
             cache = IndRNNCache(self.config)
         states = self._read_states(cache, batch_size)
+        # The layers run the IndRNN module's weights through `forward_layer`, never its
+        # `forward`, where accelerate attaches the hook of a `device_map` (weights offloaded to
+        # CPU or disk brought in, inputs moved to the module's device): run that hook here.
+        hook = getattr(self.rnn, "_hf_hook", None)
+        if hook is not None:
+            (inputs_embeds, mask, states), _ = hook.pre_forward(
+                self.rnn, inputs_embeds, mask, states)
 
         # One IndRNNLayer call per layer: each is a block that activation checkpointing may
         # recompute in backward. The cache is written here, outside the blocks, so a
@@ -357,6 +366,9 @@ class IndRNNModel(IndRNNPreTrainedModel):
             last_states.append(h_n)
             if output_hidden_states:
                 all_hidden_states.append(hidden_states)
+        if hook is not None:
+            hidden_states, all_hidden_states, last_states = hook.post_forward(
+                self.rnn, (hidden_states, all_hidden_states, last_states))
         if use_cache:
             self._write_states(cache, last_states)
             if isinstance(cache, IndRNNCache):

@@ -300,6 +300,33 @@ def test_save_load_round_trip_is_bitwise(auto_name, tmp_path):
     )
 
 
+@pytest.mark.parametrize("cls", [IndRNNForCausalLM, IndRNNForSequenceClassification])
+def test_device_map_with_the_recurrent_weights_offloaded(cls, tmp_path):
+    """`from_pretrained(device_map=..., offload_folder=...)` with the IndRNN weights on disk:
+    the layers run `IndRNN.forward_layer`, not the `forward` accelerate hooks, so the model
+    brings the weights in itself. Outputs, hidden states and cached generation are those of the
+    model in memory (this failed: "weight_hh is on meta but pre is on cpu")."""
+    model = tiny_model(cls, norm="batch", residual=True,
+                       num_hidden_layers=3)
+    model.save_pretrained(tmp_path / "model")
+    head = "lm_head" if cls is IndRNNForCausalLM else "classifier"
+    device_map = {"model.embeddings": "cpu", "model.rnn": "disk", "model.layers": "cpu",
+                  head: "cpu", "dropout": "cpu"}
+    loaded = cls.from_pretrained(tmp_path / "model", device_map=device_map,
+                                 offload_folder=tmp_path / "offload").eval()
+    assert loaded.hf_device_map["model.rnn"] == "disk"
+    assert loaded.model.rnn.weight_hh_l0.device.type == "meta"
+    ids, mask = padded_batch(random_tokens([4, 8]), "left")
+    want = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    got = loaded(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    assert torch.equal(got.logits, want.logits)
+    for g, w in zip(got.hidden_states, want.hidden_states, strict=True):
+        assert torch.equal(g, w)
+    if cls is IndRNNForCausalLM:
+        kw = dict(attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=PAD)
+        assert torch.equal(loaded.generate(ids, **kw), model.generate(ids, **kw))
+
+
 def test_saved_folder_has_code_and_full_auto_map(tmp_path):
     import json
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .fused_linear import _linear_forward_op, fused_indrnn_linear, prepare
+from .fused_linear import fused_indrnn_linear, linear_recurrence, prepare
 from .op import _tbh, _validate, check_mask, fused_indrnn, recurrence
 
 # ----------------------------------------------------------------------------------------------
@@ -208,8 +208,8 @@ def indrnn_layer(
             x, weight_ih, r_max, r_min = prepare(x, weight_ih, weight_hh, bias, h0, mask,
                                                  recurrent_max_abs, recurrent_min_abs, False,
                                                  batch_first, True)
-            return _linear_forward_op(x, weight_ih, weight_hh, bias, h0, mask, r_max, r_min,
-                                      False, batch_first, True)
+            return linear_recurrence(x, weight_ih, weight_hh, bias, h0, mask, r_max, r_min,
+                                     False, batch_first, True)
         out, h_n = fused_indrnn_linear(x, weight_ih, weight_hh, bias,
                                        None if h0 is None else h0[0],
                                        recurrent_max_abs=recurrent_max_abs,

@@ -108,7 +108,13 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out, grad_hn):
     x, weight_ih, out, weight_hh, h0, mask = ctx.saved_tensors
-    grad_pre, du, db, dh0 = _backward_op(grad_out, grad_hn, out, weight_hh, h0, mask, *ctx.flags)
+    grads = _backward_op(grad_out, grad_hn, out, weight_hh, h0, mask, *ctx.flags)
+    return _input_grads(ctx, x, weight_ih, weight_hh, h0, mask, *grads)
+
+
+def _input_grads(ctx, x, weight_ih, weight_hh, h0, mask, grad_pre, du, db, dh0) -> tuple:
+    """The forward's input gradients from the recurrence backward's outputs: dx = dpre W and
+    dW = dpre^T x for the projection, the others in their inputs' dtypes."""
     grad_x = grad_w = None
     if ctx.needs_input_grad[0]:
         grad_x = torch.matmul(grad_pre, weight_ih)
@@ -130,6 +136,46 @@ def _backward(ctx, grad_out, grad_hn):
 
 
 _linear_forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerLinear(torch.autograd.Function):
+    """The custom op's forward and autograd formula without the dispatcher, for eager calls on
+    plain CPU/CUDA tensors (as :class:`indrnn_triton.op._EagerRecurrence` for the recurrence):
+    the same implementation functions and saved tensors, the recurrence's backward called
+    directly. Under ``create_graph=True`` the backward goes through the custom ops."""
+
+    @staticmethod
+    def forward(ctx, x, weight_ih, weight_hh, bias, h0, mask, *flags):
+        ctx.set_materialize_grads(False)
+        ctx.use_triton = op._use_triton(x)
+        output = _forward_impl_linear(x, weight_ih, weight_hh, bias, h0, mask, *flags,
+                                      use_triton=ctx.use_triton)
+        _setup_context(ctx, (x, weight_ih, weight_hh, bias, h0, mask, *flags), output)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_hn):
+        if torch.is_grad_enabled() or op.batched(grad_out, grad_hn):  # create_graph, vmap
+            return _backward(ctx, grad_out, grad_hn)
+        x, weight_ih, out, weight_hh, h0, mask = ctx.saved_tensors
+        grads = op._backward_impl(grad_out, grad_hn, out, weight_hh, h0, mask, *ctx.flags,
+                                  "auto", use_triton=ctx.use_triton)
+        return _input_grads(ctx, x, weight_ih, weight_hh, h0, mask, *grads)
+
+
+def linear_recurrence(x, weight_ih, weight_hh, bias, h0, mask, r_max, r_min, reverse,
+                      batch_first, bidirectional):
+    """The fused layer op on checked arguments (:func:`prepare`): the registered custom op where
+    torch's machinery needs it (:func:`indrnn_triton.op.use_custom_op`), :class:`_EagerLinear`
+    otherwise, and the implementation alone when no gradient is wanted."""
+    args = (x, weight_ih, weight_hh, bias, h0, mask, r_max, r_min, reverse, batch_first,
+            bidirectional)
+    if op.use_custom_op((x, weight_ih, weight_hh, bias, h0, mask)):
+        return _linear_forward_op(*args)
+    if torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, weight_ih, weight_hh, bias, h0)):
+        return _EagerLinear.apply(*args)
+    return _forward_impl_linear(*args, use_triton=op._use_triton(x))
 
 
 def _autocast(x: Tensor, weight_ih: Tensor) -> tuple[Tensor, Tensor]:
@@ -245,5 +291,5 @@ def fused_indrnn_linear(
     x, weight_ih, r_max, r_min = prepare(x, weight_ih, weight_hh, bias, h0, mask,
                                          recurrent_max_abs, recurrent_min_abs, reverse,
                                          batch_first, False)
-    return _linear_forward_op(x, weight_ih, weight_hh, bias, h0, mask, r_max, r_min, reverse,
-                              batch_first, False)
+    return linear_recurrence(x, weight_ih, weight_hh, bias, h0, mask, r_max, r_min, reverse,
+                             batch_first, False)

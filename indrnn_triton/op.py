@@ -276,23 +276,30 @@ class _EagerRecurrence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, grad_hn):
-        if any(g is not None and (torch._C._functorch.is_legacy_batchedtensor(g)
-                                  or torch._C._functorch.is_batchedtensor(g))
-               for g in (grad_out, grad_hn)):
-            # vmap over the backward: the kernels take plain tensors (the compiled CPU path
-            # failed with "Cannot access data pointer of Tensor that doesn't have storage").
-            raise NotImplementedError(
-                "fused_indrnn's backward takes one output gradient at a time, not a vmap batch "
-                "of them (torch.autograd.grad(..., is_grads_batched=True), "
-                "torch.autograd.functional.jacobian(..., vectorize=True)): use "
-                "is_grads_batched=False / vectorize=False"
-            )
-        if torch.is_grad_enabled():  # create_graph=True
+        if torch.is_grad_enabled() or batched(grad_out, grad_hn):  # create_graph=True, vmap
             return _backward(ctx, grad_out, grad_hn)
         out, weight_hh, h0, mask = ctx.saved_tensors
         grads = _backward_impl(grad_out, grad_hn, out, weight_hh, h0, mask, *ctx.flags,
                                use_triton=ctx.use_triton)
         return _input_grads(ctx, weight_hh, h0, *grads)
+
+
+def batched(*grads) -> bool:
+    """Whether a backward got a vmap batch of output gradients (``is_grads_batched=True``,
+    ``jacobian(vectorize=True)``). The kernels take plain tensors, so the eager backwards then
+    go through the custom ops, which torch runs once per gradient of the batch."""
+    return any(g is not None and (torch._C._functorch.is_legacy_batchedtensor(g)
+                                  or torch._C._functorch.is_batchedtensor(g)) for g in grads)
+
+
+def use_custom_op(tensors) -> bool:
+    """Whether a call with these tensor arguments (the first one defined) must go through the
+    registered custom op: under torch.compile, FakeTensor and other dispatch modes, tensor
+    subclasses, meta and other devices, and torch.jit.trace, which records ops and not the
+    eager path's writes into its buffers."""
+    return (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0
+            or torch.jit.is_tracing() or tensors[0].device.type not in ("cpu", "cuda")
+            or any(t is not None and type(t) not in _PLAIN for t in tensors))
 
 
 def _use_triton(t: Tensor) -> bool:
@@ -306,16 +313,11 @@ _PLAIN = (Tensor, torch.nn.Parameter)
 def recurrence(pre, weight_hh, bias, h0, mask, r_max, r_min, reverse, batch_first,
                bidirectional, method):
     """The op on checked arguments: the registered custom op where torch's machinery needs it
-    (torch.compile, FakeTensor and other dispatch modes, tensor subclasses, meta tensors,
-    torch.jit.trace, which records ops and not the eager path's writes into its buffers), the
-    same computation through :class:`_EagerRecurrence` otherwise, and the implementation alone
-    when no gradient is wanted."""
+    (:func:`use_custom_op`), the same computation through :class:`_EagerRecurrence` otherwise,
+    and the implementation alone when no gradient is wanted."""
     args = (pre, weight_hh, bias, h0, mask, r_max, r_min, reverse, batch_first, bidirectional,
             method)
-    tensors = (pre, weight_hh, bias, h0, mask)
-    if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0
-            or torch.jit.is_tracing() or pre.device.type not in ("cpu", "cuda")
-            or any(t is not None and type(t) not in _PLAIN for t in tensors)):
+    if use_custom_op((pre, weight_hh, bias, h0, mask)):
         return _forward_op(*args)
     if torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (pre, weight_hh, bias, h0)):

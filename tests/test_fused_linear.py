@@ -232,6 +232,61 @@ def test_autocast_leaves_float64_alone():
     torch.testing.assert_close(h_n, want_hn, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("loss_of", ["both", "output", "h_n"])
+def test_eager_path_equals_the_custom_op(backend, loss_of):
+    """Eager calls skip the custom op's dispatch (fused_linear._EagerLinear, tens of
+    microseconds a call): outputs and the five gradients equal the registered op's bit for bit,
+    also when autograd hands the backward no gradient for an unused output; no_grad runs the
+    implementation alone."""
+    torch.manual_seed(3)
+    inputs, kw = make_inputs(7, 3, 5, 6, torch.float32, clip="both")
+    mask = make_mask("left", 7, 3, False)
+    results = []
+    for via in ("eager", "custom_op"):
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        if via == "eager":
+            out, h_n = fused_indrnn_linear(*leaves, mask=mask, **kw)
+            assert out.grad_fn.name().endswith("_EagerLinearBackward")
+        else:
+            out, h_n = _linear_forward_op(*leaves, mask, kw["recurrent_max_abs"],
+                                          kw["recurrent_min_abs"], False, False, False)
+        loss = {"both": out.square().sum() + h_n.sum(), "output": out.square().sum(),
+                "h_n": h_n.sum()}[loss_of]
+        loss.backward()
+        results.append([out, h_n] + [t.grad for t in leaves])
+    for name, a, c in zip(("out", "h_n", *LEAVES), *results, strict=True):
+        assert torch.equal(a, c), name
+    with torch.no_grad():
+        out, h_n = fused_indrnn_linear(*inputs, mask=mask, **kw)
+    assert out.grad_fn is None
+    assert torch.equal(out, results[0][0]) and torch.equal(h_n, results[0][1])
+
+
+@pytest.mark.parametrize("via", ["fused_indrnn_linear", "custom_op"])
+def test_double_backward_raises_and_batched_backward_loops(backend, via):
+    """No double-backward formula, on the eager path as on the custom op: an error, never a
+    gradient treated as a constant. A vmap batch of output gradients (a vectorized Jacobian)
+    equals the float64 reference's Jacobian in x and weight_ih."""
+    inputs, kw = make_inputs(4, 2, 3, 5, torch.float64, h0=False, clip="max")
+    leaves = [t.requires_grad_() if t is not None else None for t in inputs]
+
+    def run(x, w):
+        if via == "custom_op":
+            return _linear_forward_op(x, w, *leaves[2:], None, kw["recurrent_max_abs"], 0.0,
+                                      False, False, False)[0]
+        return fused_indrnn_linear(x, w, *leaves[2:], **kw)[0]
+
+    (g,) = torch.autograd.grad(run(*leaves[:2]).sum(), leaves[0], create_graph=True)
+    assert g.requires_grad
+    with pytest.raises(RuntimeError, match="no autograd formula"):
+        g.square().sum().backward()
+    got = torch.autograd.functional.jacobian(run, tuple(leaves[:2]), vectorize=True)
+    want = torch.autograd.functional.jacobian(
+        lambda x, w: reference(x, w, *leaves[2:], **kw)[0], tuple(leaves[:2]))
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_opcheck(backend):
     T, B, K, H = 5, 3, 4, 6
     (x, w, u, b, h0), _ = make_inputs(T, B, K, H, torch.float32)

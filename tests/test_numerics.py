@@ -322,18 +322,28 @@ def test_autograd_functional_jacobian_still_works():
     torch.testing.assert_close(got, want)
 
 
-@pytest.mark.parametrize("path", ["compiled", "torch"])
-def test_batched_output_gradients_raise_a_clear_error(monkeypatch, path):
+@pytest.mark.parametrize("path", ["compiled", "torch", "triton"])
+def test_batched_output_gradients_equal_one_at_a_time(monkeypatch, path):
     """vmap over the backward (is_grads_batched, a vectorized jacobian) reached the kernels with
     batched tensors: "Cannot access data pointer of Tensor that doesn't have storage" on the
-    compiled CPU path, "Batching rule not implemented" on the torch one."""
+    compiled CPU path, "Batching rule not implemented" on the torch one, then a
+    NotImplementedError. The eager backward now hands a batch to the custom op, which torch
+    runs once per gradient: the float64 reference's Jacobian, and each row of a batch equal to
+    its own backward."""
     monkeypatch.setattr(op, "cpu_uses_compiled", path == "compiled")
-    pre, u = torch.randn(3, 2, 2, requires_grad=True), torch.rand(2)
-    with pytest.raises(NotImplementedError, match="one output gradient at a time.*vectorize=F"):
-        torch.autograd.functional.jacobian(lambda p: fused_indrnn(p, u)[0], pre, vectorize=True)
-    out = fused_indrnn(pre, u)[0].flatten()
-    with pytest.raises(NotImplementedError, match="is_grads_batched=True"):
-        torch.autograd.grad(out, pre, torch.eye(out.numel()), is_grads_batched=True)
+    monkeypatch.setattr(op, "cpu_uses_triton", path == "triton")
+    pre = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    u = torch.rand(3, dtype=torch.float64) * 2 - 1
+    kw = dict(recurrent_max_abs=0.9, mask=torch.tensor([[1, 1, 1, 0, 1]] * 2).T.bool())
+    got = torch.autograd.functional.jacobian(lambda p: fused_indrnn(p, u, **kw)[0], pre,
+                                             vectorize=True)
+    want = torch.autograd.functional.jacobian(lambda p: indrnn_reference(p, u, **kw)[0], pre)
+    torch.testing.assert_close(got, want)
+    out, h_n = fused_indrnn(pre, u, **kw)
+    grads = torch.randn(4, *out.shape, dtype=out.dtype)
+    (batch,) = torch.autograd.grad(out, pre, grads, is_grads_batched=True, retain_graph=True)
+    for g, b in zip(grads, batch, strict=True):
+        assert torch.equal(b, torch.autograd.grad(out, pre, g, retain_graph=True)[0])
 
 
 def test_clip_bounds_beyond_the_dtype_clip_nothing_everywhere():

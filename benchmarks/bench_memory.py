@@ -22,6 +22,7 @@ outputs; its other scratch is (B, H)). CUDA: ``torch.cuda.max_memory_allocated``
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import json
 import platform
@@ -33,7 +34,6 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from benchmarks.common import FusedIndRNN
 from indrnn_triton import IndRNN
 
 MIB = 2**20
@@ -110,10 +110,12 @@ def main(argv=None) -> None:
         D = 2 if bidirectional else 1
         unit = T * B * D * H * x.element_size() / MIB
         indrnn = IndRNN(In, H, num_layers=L, bidirectional=bidirectional,
-                        recurrent_max_abs=2 ** (1 / T))
+                        recurrent_max_abs=2 ** (1 / T), fused_projection=False)
+        fused = copy.deepcopy(indrnn)
+        fused.fused_projection = True
         models = {
             "indrnn": indrnn,
-            "indrnn_fused": FusedIndRNN(indrnn),
+            "indrnn_fused": fused,
             "rnn_relu": nn.RNN(In, H, num_layers=L, bidirectional=bidirectional,
                                nonlinearity="relu"),
         }

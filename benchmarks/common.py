@@ -25,32 +25,6 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-class FusedIndRNN(torch.nn.Module):
-    """An :class:`indrnn_triton.IndRNN` (its parameters, clip and layout) run layer by layer
-    through ``indrnn_layer(..., fused_projection=True)``: the projection inside the recurrence
-    kernel. For benchmarks until IndRNN itself takes a fused_projection switch."""
-
-    def __init__(self, rnn):
-        super().__init__()
-        if rnn.norms is not None or rnn.residual:
-            raise ValueError("FusedIndRNN needs an IndRNN without norm and residual")
-        self.rnn = rnn
-
-    def forward(self, x):
-        from indrnn_triton.functional import indrnn_layer
-
-        rnn, h_ns = self.rnn, []
-        for k in range(rnn.num_layers):
-            x, h_n = indrnn_layer(
-                x, getattr(rnn, f"weight_ih_l{k}"), getattr(rnn, f"weight_hh_l{k}"),
-                getattr(rnn, f"bias_l{k}"), recurrent_max_abs=rnn.recurrent_max_abs,
-                recurrent_min_abs=rnn.recurrent_min_abs, batch_first=rnn.batch_first,
-                bidirectional=rnn.bidirectional, fused_projection=True,
-            )
-            h_ns.append(h_n)
-        return x, torch.cat(h_ns)
-
-
 def pick_device(name: str | None) -> torch.device:
     """``--device`` value -> torch.device; default: CUDA when available, else CPU."""
     if name is None:

@@ -344,33 +344,48 @@ def test_layer_fused_equals_unfused(backend, bidirectional):
 
 def test_bench_layer_reports_where_the_fused_projection_wins(monkeypatch):
     """bench_layer's notes for issue 11: the fused layer's speedup over GEMM + recurrence per
-    case, the bfloat16 targets met or missed, and per dtype where it wins (what the heuristic
-    below is to follow once measured)."""
+    case, the bfloat16 one-layer targets met or missed, per layer count, timing and dtype where
+    it wins, loses or is even (within 5 %), and per dtype the choice use_fused_projection can
+    express."""
     import os
 
     monkeypatch.syspath_prepend(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from benchmarks import bench_layer
     from benchmarks.bench_layer import fused_lines, headline
 
-    def row(model, dtype, B, T, timed, ms, base):
-        return dict(model=model, dtype=dtype, layers=1, B=B, T=T, H=512, timed=timed, ms=ms,
-                    indrnn_speedup=None if model == "indrnn" else ms / base)
+    def row(model, dtype, B, T, timed, ms, base, layers=1):
+        return dict(model=model, dtype=dtype, layers=layers, B=B, T=T, H=512, timed=timed,
+                    ms=ms, indrnn_speedup=None if model == "indrnn" else ms / base)
 
     rows = []
-    for dtype, B, T, timed, fused_ms in [("bfloat16", 64, 1024, "forward", 1.0),
-                                         ("bfloat16", 16, 1024, "forward", 3.0),
-                                         ("bfloat16", 64, 1024, "forward+backward", 2.0),
-                                         ("float32", 64, 1024, "forward", 1.5)]:
-        rows += [row("indrnn", dtype, B, T, timed, 2.0, None),
-                 row("indrnn_fused", dtype, B, T, timed, fused_ms, 2.0)]
+    for dtype, B, T, timed, fused_ms, layers in [
+            ("bfloat16", 64, 1024, "forward", 1.0, 1), ("bfloat16", 16, 1024, "forward", 3.0, 1),
+            ("bfloat16", 64, 1024, "forward+backward", 2.0, 1),
+            ("bfloat16", 64, 1024, "forward+backward", 1.0, 2),
+            ("float32", 64, 1024, "forward", 1.5, 1), ("float32", 16, 1024, "forward", 1.96, 1),
+            ("float16", 64, 1024, "forward", 2.02, 1)]:
+        rows += [row("indrnn", dtype, B, T, timed, 2.0, None, layers),
+                 row("indrnn_fused", dtype, B, T, timed, fused_ms, 2.0, layers)]
     lines = fused_lines(rows)
     assert "bfloat16, B=64, T=1024, H=512: **2.00x** the speed of GEMM + recurrence (target " \
            "1.3x: met)" in lines[0]
     assert "**0.67x**" in lines[1] and "target" not in lines[1]  # no target at B = 16
     assert "(target 1.1x: missed)" in lines[2] and "**1.00x**" in lines[2]
-    assert "float32" in lines[3] and "target" not in lines[3]  # the targets are bfloat16's
-    assert ("**fused projection, forward, bfloat16: faster at 1 of 2 shapes** (faster: B=64 "
-            "T=1024 H=512; slower: B=16 T=1024 H=512)") in lines
+    assert "2 layer(s)" in lines[3] and "target" not in lines[3]  # the targets are 1 layer's
+    assert "float32" in lines[4] and "target" not in lines[4]  # and bfloat16's
+    assert ("**fused projection, 1 layer(s), forward, bfloat16: faster at 1 of 2 shapes** "
+            "(faster: B=64 T=1024 H=512; even: none; slower: B=16 T=1024 H=512)") in lines
+    assert ("**fused projection, 1 layer(s), forward, float32: faster at 1 of 2 shapes** "
+            "(faster: B=64 T=1024 H=512; even: B=16 T=1024 H=512; slower: none)") in lines
+    assert "**use_fused_projection for bfloat16 on this GPU: no per-dtype rule fits" in \
+        "\n".join(lines)
+    assert "**use_fused_projection for float32 on this GPU: fused (" in "\n".join(lines)
+    assert "**use_fused_projection for float16 on this GPU: unfused (" in "\n".join(lines)
     assert not any("indrnn_fused" in line for line in headline(rows))
+    # The baseline is pinned to the unfused path whatever the heuristic picks.
+    monkeypatch.setattr("indrnn_triton.modules.use_fused_projection", lambda *a, **k: True)
+    assert bench_layer.MODELS["indrnn"](8, 1).fused_projection is False
+    assert bench_layer.MODELS["indrnn_fused"](8, 1).fused_projection is True
 
 
 def test_fused_projection_heuristic_is_unfused_until_measured():

@@ -132,7 +132,7 @@ def _common_args(f: dict) -> dict:
         p_h0=Ptr("float32") if f["h0"] else None,
         p_mask=Ptr("uint8") if f["mask"] else None,
         p_u=Ptr("float32"),
-        B_CLASS=B,
+        B_CLASS=B, T_CLASS=1,
     )
 
 

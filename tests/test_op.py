@@ -236,6 +236,23 @@ def test_autotuners_tune_once_per_batch_class(monkeypatch, kernel):
 
 
 @pytest.mark.parametrize("kernel", ["sequential", "fused_linear"])
+def test_autotuners_tune_short_and_long_sequences_apart(monkeypatch, kernel):
+    """A tile tuned on a short sequence (a warm-up, a generation prompt: launch latency and
+    pipeline fill) is not reused for a long one at the same H and batch class (it was: T was
+    not in the key); lengths of one class share a tuning run. The class boundary is lowered to
+    8 steps here, for the interpreter."""
+    from indrnn_triton.kernels import common
+
+    monkeypatch.setattr(common, "LONG_T", 8)
+    tuners, configs, timed = _ranked_tuners(monkeypatch, kernel)
+    for T in (2, 5, 8, 13):
+        _run_layer(kernel, T, 4, 70)
+    for tuner in tuners:
+        assert sorted(key[tuner.keys.index("T_CLASS")] for key in tuner.cache) == [0, 1]
+        assert sum(t is tuner for t, _ in timed) == 2 * 2
+
+
+@pytest.mark.parametrize("kernel", ["sequential", "fused_linear"])
 def test_autotuners_tune_bidirectional_launches_apart(monkeypatch, kernel):
     """A bidirectional launch (twice the programs) gets its own tuning run rather than the tile
     tuned for one direction at the same H and batch class (it reused it: BIDIR was not in the

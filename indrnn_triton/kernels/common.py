@@ -59,7 +59,7 @@ def tune_bench(kernel_call, quantiles):
 
 def batch_class(B: int) -> int:
     """B rounded up to a power of two: the autotuned kernels' ``B_CLASS`` argument, which they
-    never read. It is in their autotune key with H and BIDIR (Triton adds the tensors' dtypes;
+    never read. It is in their autotune key with H, T_CLASS and BIDIR (Triton adds the dtypes;
     the fused projection kernel also keys on K and its matmul PRECISION), because the best tile
     depends on how many programs there are to spread over the SMs, cdiv(B, BLOCK_B) x
     cdiv(H, BLOCK_H) x directions. Without it the tile tuned on the first call served every
@@ -67,6 +67,21 @@ def batch_class(B: int) -> int:
     GPU. Classes, not B itself, so that a loader's last, smaller batch or a new generation batch
     costs at most one tuning run per power of two."""
     return 1 << max(B - 1, 0).bit_length()
+
+
+# Sequences of at least this many steps are tuned apart from shorter ones (length_class).
+LONG_T = 256
+
+
+def length_class(T: int) -> int:
+    """0 for sequences shorter than :data:`LONG_T` steps, 1 from there: the autotuned kernels'
+    ``T_CLASS`` argument, which they never read, in their autotune key. A tile timed on a few
+    steps is timed on launch latency and on filling the pipeline (the deepest configs keep 32
+    steps in flight), not on the steady stream of a long sequence: without the class, a first
+    call on a short sequence (a warm-up, a generation prompt) chose the tile of every later
+    long one at that H and batch class. Two classes: a model's calls cost at most one more
+    tuning run."""
+    return int(T >= LONG_T)
 
 
 def prune_tiles(configs, args: dict, min_width: int) -> list:

@@ -47,6 +47,7 @@ from .common import (
     clip_args,
     dense,
     i64,
+    length_class,
     mask_arg,
     prune_tiles,
     tile,
@@ -222,9 +223,10 @@ def fwd_body(
 
 
 @triton.heuristics({**HEURISTICS, "HAS_BIAS": lambda a: a["p_b"] is not None})
-@triton.autotune(configs=_configs(), key=["H", "K", "B_CLASS", "BIDIR", "PRECISION"],
+@triton.autotune(configs=_configs(),
+                 key=["H", "K", "B_CLASS", "T_CLASS", "BIDIR", "PRECISION"],
                  prune_configs_by={"early_config_prune": _prune}, do_bench=tune_bench)
-@triton.jit(do_not_specialize=["T", "B_CLASS"])
+@triton.jit(do_not_specialize=["T", "B_CLASS", "T_CLASS"])
 def _fused_linear_fwd_kernel(
     p_x,  # layer input, (T, B, I) through strides s_x_*
     p_w,  # input weights, (D*H, I) through strides s_w_*
@@ -241,6 +243,7 @@ def _fused_linear_fwd_kernel(
     s_m_t, s_m_b,
     r_max, r_min,
     B_CLASS,  # batch_class(B): read only by the autotuner's key
+    T_CLASS,  # length_class(T): read only by the autotuner's key
     CLIP_MAX: tl.constexpr,
     CLIP_MIN: tl.constexpr,
     REVERSE: tl.constexpr,
@@ -305,6 +308,7 @@ def triton_forward(
         x, weight_ih, dense(weight_hh), dense(bias), dense(h0), mask, out, h_n,
         T, B, H, K,  # K: input features (the I of x)
         *x.stride(), *weight_ih.stride(), *out.stride(), s_m_t, s_m_b,
-        B_CLASS=batch_class(B), REVERSE=reverse, BIDIR=D == 2, PRECISION=precision,
+        B_CLASS=batch_class(B), T_CLASS=length_class(T), REVERSE=reverse, BIDIR=D == 2,
+        PRECISION=precision,
         **clip_args(recurrent_max_abs, recurrent_min_abs),
     )

@@ -9,7 +9,8 @@ feature axis. Each program issues the loads of CHUNK steps together before runni
 dependent chain over them; configs with STAGES > 1 also have Triton's loop pipeliner stage the
 next chunks' loads through shared memory (cp.async), for more bytes in flight than registers
 hold. The autotuner picks among them per H, batch size class (:func:`.common.batch_class`),
-direction count (a bidirectional launch has twice the programs) and dtypes.
+sequence length class (:func:`.common.length_class`), direction count (a bidirectional launch
+has twice the programs) and dtypes.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .common import (
     dense,
     fwd_walk,
     i64,
+    length_class,
     mask_arg,
     prune_tiles,
     tile,
@@ -256,9 +258,9 @@ def bwd_body(
 
 
 @triton.heuristics({**HEURISTICS, "HAS_BIAS": lambda a: a["p_b"] is not None})
-@triton.autotune(configs=_configs(), key=["H", "B_CLASS", "BIDIR"], prune_configs_by=_PRUNE,
-                 do_bench=tune_bench)
-@triton.jit(do_not_specialize=["T", "B_CLASS"])
+@triton.autotune(configs=_configs(), key=["H", "B_CLASS", "T_CLASS", "BIDIR"],
+                 prune_configs_by=_PRUNE, do_bench=tune_bench)
+@triton.jit(do_not_specialize=["T", "B_CLASS", "T_CLASS"])
 def _indrnn_fwd_kernel(
     p_pre,  # pre-activations W x, (T, B, H) through strides s_pre_*
     p_u,  # recurrent weights u, (D*H,) contiguous
@@ -276,6 +278,7 @@ def _indrnn_fwd_kernel(
     r_max,
     r_min,
     B_CLASS,  # batch_class(B): read only by the autotuner's key
+    T_CLASS,  # length_class(T): read only by the autotuner's key
     CLIP_MAX: tl.constexpr,
     CLIP_MIN: tl.constexpr,
     REVERSE: tl.constexpr,
@@ -317,9 +320,9 @@ def _indrnn_fwd_kernel(
         "HAS_DHN": lambda a: a["p_dhn"] is not None,
     }
 )
-@triton.autotune(configs=_configs(), key=["H", "B_CLASS", "BIDIR"], prune_configs_by=_PRUNE,
-                 do_bench=tune_bench)
-@triton.jit(do_not_specialize=["T", "B_CLASS"])
+@triton.autotune(configs=_configs(), key=["H", "B_CLASS", "T_CLASS", "BIDIR"],
+                 prune_configs_by=_PRUNE, do_bench=tune_bench)
+@triton.jit(do_not_specialize=["T", "B_CLASS", "T_CLASS"])
 def _indrnn_bwd_kernel(
     p_out,  # forward output h, (T, B, H) through strides s_out_*
     p_h0,  # initial state, (B, H) contiguous, or None
@@ -340,6 +343,7 @@ def _indrnn_bwd_kernel(
     r_max,
     r_min,
     B_CLASS,  # batch_class(B): read only by the autotuner's key
+    T_CLASS,  # length_class(T): read only by the autotuner's key
     CLIP_MAX: tl.constexpr,
     CLIP_MIN: tl.constexpr,
     REVERSE: tl.constexpr,
@@ -403,7 +407,7 @@ def triton_forward(
         x, dense(weight_hh), dense(bias), dense(h0), mask, out, h_n,
         T, B, H,
         *x.stride(), *out.stride(), s_m_t, s_m_b,
-        B_CLASS=batch_class(B), REVERSE=reverse, BIDIR=D == 2,
+        B_CLASS=batch_class(B), T_CLASS=length_class(T), REVERSE=reverse, BIDIR=D == 2,
         **clip_args(recurrent_max_abs, recurrent_min_abs),
     )
 
@@ -434,7 +438,7 @@ def triton_backward(
         grad_pre, grad_h0, du, db,
         T, B, H,
         *out.stride(), *s_do, s_m_t, s_m_b,
-        B_CLASS=batch_class(B), REVERSE=reverse, BIDIR=D == 2,
+        B_CLASS=batch_class(B), T_CLASS=length_class(T), REVERSE=reverse, BIDIR=D == 2,
         **clip_args(recurrent_max_abs, recurrent_min_abs),
     )
     return du.sum(1).flatten(), db.sum(1).flatten()

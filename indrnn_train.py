@@ -410,6 +410,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--bidirectional is not possible for the text task (a causal LM)")
     if args.residual and args.dense_growth_rate is not None:
         parser.error("--residual and --dense-growth-rate exclude each other")
+    if args.dense_growth_rate is not None and "num_layers" not in unset:
+        parser.error(f"--num-layers {args.num_layers} with --dense-growth-rate: the dense "
+                     "network's layer count comes from --dense-blocks and --dense-bottleneck; "
+                     "leave --num-layers out")
     if args.dense_dropout is not None:
         if args.dense_growth_rate is None:
             parser.error("--dense-dropout applies to the dense network: give "

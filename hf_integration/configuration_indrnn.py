@@ -25,6 +25,9 @@ _DERIVED = {
 }
 
 
+_DEFAULT_LAYERS = 2  # num_hidden_layers when not given
+
+
 class IndRNNConfig(PreTrainedConfig):
     r"""
     Configuration of the IndRNN models (`IndRNNModel` and its heads): a stack of IndRNN layers
@@ -132,7 +135,7 @@ class IndRNNConfig(PreTrainedConfig):
     input_size: int | None = None
     embedding_size: int | None = None
     hidden_size: int = 128
-    num_hidden_layers: int = 2
+    num_hidden_layers: int = _DEFAULT_LAYERS
     bidirectional: bool = False
     dropout: float = 0.0
     dropout_last: float | None = None
@@ -171,7 +174,21 @@ class IndRNNConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        # A dense network derives its layer count: a count given that is not the default must
+        # be the derived one (a saved config.json holds the derived count).
+        asked = self.num_hidden_layers if self.num_hidden_layers != _DEFAULT_LAYERS else None
         self._validate_indrnn()
+        self._check_dense_layer_count(asked)
+
+    def _check_dense_layer_count(self, asked) -> None:
+        if self.dense_growth_rate is not None and asked is not None and (
+                asked != self.num_hidden_layers):
+            raise ValueError(
+                f"num_hidden_layers={asked!r} was given, but a dense network "
+                f"(dense_growth_rate={self.dense_growth_rate}) derives it from "
+                f"dense_block_config={self.dense_block_config} and dense_bottleneck="
+                f"{self.dense_bottleneck}: {self.num_hidden_layers} layers. Leave "
+                "num_hidden_layers out, or change dense_block_config")
 
     def validate(self) -> None:
         """Check every field again and derive the dependent ones (`embedding_size` when None,
@@ -188,9 +205,11 @@ class IndRNNConfig(PreTrainedConfig):
 
     @classmethod
     def from_dict(cls, config_dict, **kwargs):
+        asked = kwargs.get("num_hidden_layers")  # transformers consumes the overrides
         result = super().from_dict(config_dict, **kwargs)
         config = result[0] if isinstance(result, tuple) else result  # return_unused_kwargs
         config.validate()  # the keyword overrides were set after the constructor's checks
+        config._check_dense_layer_count(asked)
         return result
 
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):

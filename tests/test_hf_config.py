@@ -263,6 +263,21 @@ def test_dense_override_derives_the_layer_count_again(tmp_path):
     assert len(out.hidden_states) == expected + 1
 
 
+def test_dense_layer_count_given_that_is_not_the_derived_one_raises(tmp_path):
+    """A dense network derives num_hidden_layers; one given that differs was silently replaced
+    (`from_pretrained(dense_folder, num_hidden_layers=2)` gave 9 layers)."""
+    dense = dict(hidden_size=8, dense_growth_rate=2, dense_bottleneck=0, dense_block_config=[1])
+    assert IndRNNConfig(**dense).num_hidden_layers == 3
+    assert IndRNNConfig(num_hidden_layers=3, **dense).num_hidden_layers == 3
+    with pytest.raises(ValueError, match=r"num_hidden_layers=5 was given.*: 3 layers"):
+        IndRNNConfig(num_hidden_layers=5, **dense)
+    IndRNNConfig(**dense).save_pretrained(tmp_path)
+    assert AutoConfig.from_pretrained(tmp_path, num_hidden_layers=3).num_hidden_layers == 3
+    for asked in (2, 4):  # the default too: an override is always the user's
+        with pytest.raises(ValueError, match=f"num_hidden_layers={asked} was given"):
+            AutoConfig.from_pretrained(tmp_path, num_hidden_layers=asked)
+
+
 @pytest.mark.parametrize("field, value", BAD_OVERRIDES)
 def test_field_assigned_after_construction_is_checked_by_save_and_model(field, value, tmp_path):
     model = IndRNNModel(IndRNNConfig(hidden_size=8))

@@ -1396,6 +1396,12 @@ def test_dense_flags_build_a_dense_model():
     assert model.model.rnn.norm_position == "after"
 
 
+def test_num_layers_with_the_dense_network_is_refused(capsys):
+    """The dense network derives its layer count; an explicit --num-layers was ignored."""
+    code, err = _exit_message(capsys, ["mnist", "--dense-growth-rate", "2", "--num-layers", "3"])
+    assert code == 2 and "--num-layers 3 with --dense-growth-rate" in err, err
+
+
 def test_dense_dropout_flag_sets_rates_per_kind_of_layer(capsys):
     args = train.parse_args(["mnist", "--hidden-size", "6", "--dense-growth-rate", "2",
                              "--dense-blocks", "1", "--dropout", "0.1", "--dropout-last",

@@ -29,6 +29,7 @@ import argparse
 import json
 import sys
 import traceback
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -298,6 +299,28 @@ def tuned_tiles(fn) -> str | None:
     return "; ".join(picked) or None
 
 
+def tile_lines(rows: list[dict]) -> list[str]:
+    """Per kernel and dtype, the tiles the autotuners picked over the timed rows (from the
+    ``tiles`` column) and the configs of the GPU list they never picked: the candidates for
+    pruning the list, where the grid covers the shapes they were kept for."""
+    picked: dict[tuple[str, str], Counter] = {}
+    for r in rows:
+        for part in filter(None, (r.get("tiles") or "").split("; ")):
+            kernel, name = part.split(" ", 1)
+            picked.setdefault((kernel, r["dtype"]), Counter())[name] += 1
+    if not picked:
+        return []
+    from indrnn_triton.kernels.sequential import gpu_configs
+
+    names = [_config_name(c) for c in gpu_configs()]
+    return [
+        f"**{kernel} tiles picked, {dtype}** (rows): "
+        + ", ".join(f"{name} x{n}" for name, n in counts.most_common())
+        + f"; never picked: {', '.join(n for n in names if n not in counts) or 'none'}"
+        for (kernel, dtype), counts in sorted(picked.items())
+    ]
+
+
 def copy_time(like: torch.Tensor, budget_s: float) -> float:
     """Milliseconds of a device-to-device ``copy_`` of a tensor shaped and typed like ``like``."""
     src, dst = torch.randn_like(like, requires_grad=False), torch.empty_like(like)
@@ -419,6 +442,7 @@ def notes(rows: list[dict], env: dict) -> list[str]:
         *copy_frac_lines(rows),
         # On a GPU (the SM count is recorded there): the forced methods run only there.
         *(auto_check(rows) + threshold_lines(measured_thresholds(rows, sms), sms) if sms else []),
+        *tile_lines(rows),
         "GB/s from the minimum bytes (fwd 2, bwd 3, fwdbwd 5 (T, B, H) tensors); copy_frac "
         "= that over the same run's copy_ GB/s; fused_speedup = this row's time / fused "
         "time; saved_MB = bytes autograd keeps for backward; peak_MB = peak allocated "

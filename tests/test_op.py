@@ -423,6 +423,24 @@ def test_bench_op_notes_say_what_could_not_be_derived(monkeypatch, tmp_path, cap
     assert "chunked when T >= 1024 and B x H x D <= 64 per SM" in capsys.readouterr().out
 
 
+def test_bench_op_lists_the_tiles_picked_and_never_picked(monkeypatch):
+    """The notes count the sequential kernels' tiles per kernel and dtype from the ``tiles``
+    column, and name the GPU configs never picked (the candidates for pruning the list)."""
+    from indrnn_triton.kernels.sequential import gpu_configs
+
+    bench_op = _bench_op(monkeypatch)
+    names = [bench_op._config_name(c) for c in gpu_configs()]
+    rows = [dict(dtype="float32", tiles=f"fwd {names[0]}; bwd {names[1]}"),
+            dict(dtype="float32", tiles=f"fwd {names[0]}"),
+            dict(dtype="bfloat16", tiles=f"fwd {names[2]}"), dict(dtype="float32", tiles=None)]
+    lines = bench_op.tile_lines(rows)
+    assert [line.split(":")[0] for line in lines] == [
+        "**bwd tiles picked, float32** (rows)", "**fwd tiles picked, bfloat16** (rows)",
+        "**fwd tiles picked, float32** (rows)"]
+    assert f"(rows): {names[0]} x2; never picked: {', '.join(names[1:])}" in lines[2]
+    assert bench_op.tile_lines([dict(dtype="float32", tiles=None)]) == []
+
+
 def test_bench_op_records_a_failing_method_and_times_the_rest(monkeypatch):
     """One method raising (a kernel never run on this GPU) leaves an error row; the other
     methods and modes of the case are still timed."""

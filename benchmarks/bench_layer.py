@@ -23,6 +23,7 @@ from torch import nn
 
 from benchmarks.common import (
     add_common_args,
+    autotuned,
     bench,
     environment,
     grid_shapes,
@@ -32,6 +33,7 @@ from benchmarks.common import (
     results_dir,
     saved_bytes,
     setup,
+    tile_lines,
     write_results,
 )
 from indrnn_triton import IndRNN
@@ -80,14 +82,38 @@ def run_case(B, T, H, layers, dtype, device, budget_s, models, forward_only=Fals
         ms = bench(step, device, budget_s=budget_s)
         base_ms = ms if name == "indrnn" else base_ms
         peak = peak_bytes(step, device)
+        tiles = fused_tiles(step) if device.type == "cuda" and name == "indrnn_fused" else None
         saved = saved_bytes(lambda model=model: model(x))
         rows.append(dict(
             dtype=dtype, layers=layers, B=B, T=T, H=H, BxH=B * H, model=name,
             timed="forward" if forward_only else "forward+backward", ms=ms,
             indrnn_speedup=None if base_ms is None or name == "indrnn" else ms / base_ms,
-            saved_MB=saved / 2**20, peak_MB=peak / 2**20,
+            saved_MB=saved / 2**20, peak_MB=peak / 2**20, tiles=tiles,
         ))
     return rows
+
+
+def _fused_kernel():
+    try:
+        from indrnn_triton.kernels import fused_linear
+    except ImportError:  # no Triton: nothing was tuned
+        return None
+    return fused_linear
+
+
+def fused_tiles(fn) -> str | None:
+    """The fused projection kernel's config its autotuner picked for one more call of ``fn``."""
+    kernel = _fused_kernel()
+    return None if kernel is None else autotuned(
+        fn, {"fused": kernel._fused_linear_fwd_kernel.fn})
+
+
+def fused_tile_lines(rows: list[dict]) -> list[str]:
+    """:func:`benchmarks.common.tile_lines` of the fused projection kernel."""
+    kernel = _fused_kernel()
+    if kernel is None or not any(r.get("tiles") for r in rows):
+        return []
+    return tile_lines(rows, {"fused": kernel.gpu_configs()})
 
 
 def headline(rows: list[dict]) -> list[str]:
@@ -144,12 +170,12 @@ def fused_lines(rows: list[dict]) -> list[str]:
         else:
             choice = ("no per-dtype rule fits: fused wins at some shapes and loses at others "
                       "(see above); a rule would need the shape")
-        lines.append(f"**use_fused_projection for {dtype} on this GPU: {choice}**")
+        lines.append(f"**use_fused_projection for {dtype} on this device: {choice}**")
     return lines
 
 
 COLUMNS = ["dtype", "layers", "B", "T", "H", "model", "timed", "ms", "indrnn_speedup",
-           "saved_MB", "peak_MB"]
+           "saved_MB", "peak_MB", "tiles"]
 
 
 def main(argv=None) -> int:
@@ -186,9 +212,11 @@ def main(argv=None) -> int:
         # Rewritten after every case, so a run cut short by a time limit keeps what it measured.
         md = write_results(out, "bench_layer", rows, COLUMNS, env, notes=[
             "indrnn_speedup = the model's time / IndRNN's time, same run and configuration; "
-            "forward + backward to the input and all parameters; saved_MB = bytes autograd "
-            "keeps for backward; peak_MB = peak allocated during the call (CUDA allocator; on "
-            "CPU, op outputs counted by a dispatch mode).",
+            "timed: forward + backward to the input and all parameters, or the forward alone "
+            "under no_grad; saved_MB = bytes autograd keeps for backward; peak_MB = peak "
+            "allocated during the call (CUDA allocator; on CPU, op outputs counted by a "
+            "dispatch mode); tiles = the fused projection kernel's autotuned config (BLOCK_Bx"
+            "BLOCK_H, BLOCK_K, CT steps per chunk, warps, Triton's num_stages).",
             *([f"float32 GEMMs: TF32 in cuBLAS (IndRNN's F.linear) {env['tf32_cublas']}, in "
                f"cuDNN (nn.RNN/GRU/LSTM) {env['tf32_cudnn']}"
                + (" (torch's defaults): the float32 rows are not like for like, TF32 favours "
@@ -196,11 +224,13 @@ def main(argv=None) -> int:
               if "tf32_cudnn" in env else []),
             "\n".join(f"- {line}" for line in headline(rows)),
             *fused_lines(rows),
+            *fused_tile_lines(rows),
         ])
     if not args.no_plots:
         plot_sweeps(rows, out, "bench_layer", grid, ys=["ms", "indrnn_speedup"],
                     panels="layers", series=["model", "dtype"],
-                    title=f"IndRNN layer vs torch RNNs, fwd+bwd, {env['device']}")
+                    title=f"IndRNN layer vs torch RNNs, "
+                    f"{'forward' if args.forward_only else 'fwd+bwd'}, {env['device']}")
     print(md)
     return 0
 

@@ -29,7 +29,6 @@ import argparse
 import json
 import sys
 import traceback
-from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -38,6 +37,7 @@ import torch
 import indrnn_triton.op as op
 from benchmarks.common import (
     add_common_args,
+    autotuned,
     bench,
     bench_interleaved,
     environment,
@@ -49,6 +49,7 @@ from benchmarks.common import (
     results_dir,
     saved_bytes,
     setup,
+    tile_lines,
     write_results,
 )
 from indrnn_triton import fused_indrnn
@@ -277,48 +278,22 @@ def mode_fn(method: str, mode: str, pre, u, b, g):
     return lambda: torch.autograd.grad(out, inputs, g, retain_graph=True)
 
 
-def _config_name(config) -> str:
-    k = config.kwargs
-    return f"{k['BLOCK_B']}x{k['BLOCK_H']} w{config.num_warps} C{k['CHUNK']} S{k['STAGES']}"
-
-
 def tuned_tiles(fn) -> str | None:
-    """The tiles the sequential kernels' autotuners picked for one more call of ``fn`` (as
-    ``BLOCK_BxBLOCK_H wWARPS CCHUNK SSTAGES``, forward then backward), or None where ``fn``
-    launched neither (the chunked method, the CPU path): which configs win where, so the
-    autotune list can be pruned from a GPU run."""
+    """The sequential kernels' configs the autotuners picked for one more call of ``fn``
+    (:func:`benchmarks.common.autotuned`), forward then backward."""
     if op.sequential is None:
         return None
     seq = op.sequential
-    tuners = {"fwd": seq._indrnn_fwd_kernel.fn, "bwd": seq._indrnn_bwd_kernel.fn}
-    for tuner in tuners.values():
-        tuner.best_config = None
-    fn()
-    picked = [f"{name} {_config_name(t.best_config)}" for name, t in tuners.items()
-              if t.best_config is not None]
-    return "; ".join(picked) or None
+    return autotuned(fn, {"fwd": seq._indrnn_fwd_kernel.fn, "bwd": seq._indrnn_bwd_kernel.fn})
 
 
-def tile_lines(rows: list[dict]) -> list[str]:
-    """Per kernel and dtype, the tiles the autotuners picked over the timed rows (from the
-    ``tiles`` column) and the configs of the GPU list they never picked: the candidates for
-    pruning the list, where the grid covers the shapes they were kept for."""
-    picked: dict[tuple[str, str], Counter] = {}
-    for r in rows:
-        for part in filter(None, (r.get("tiles") or "").split("; ")):
-            kernel, name = part.split(" ", 1)
-            picked.setdefault((kernel, r["dtype"]), Counter())[name] += 1
-    if not picked:
+def sequential_tile_lines(rows: list[dict]) -> list[str]:
+    """:func:`benchmarks.common.tile_lines` of the sequential kernels."""
+    if not any(r.get("tiles") for r in rows):
         return []
     from indrnn_triton.kernels.sequential import gpu_configs
 
-    names = [_config_name(c) for c in gpu_configs()]
-    return [
-        f"**{kernel} tiles picked, {dtype}** (rows): "
-        + ", ".join(f"{name} x{n}" for name, n in counts.most_common())
-        + f"; never picked: {', '.join(n for n in names if n not in counts) or 'none'}"
-        for (kernel, dtype), counts in sorted(picked.items())
-    ]
+    return tile_lines(rows, {"fwd": gpu_configs(), "bwd": gpu_configs()})
 
 
 def copy_time(like: torch.Tensor, budget_s: float) -> float:
@@ -442,14 +417,14 @@ def notes(rows: list[dict], env: dict) -> list[str]:
         *copy_frac_lines(rows),
         # On a GPU (the SM count is recorded there): the forced methods run only there.
         *(auto_check(rows) + threshold_lines(measured_thresholds(rows, sms), sms) if sms else []),
-        *tile_lines(rows),
+        *sequential_tile_lines(rows),
         "GB/s from the minimum bytes (fwd 2, bwd 3, fwdbwd 5 (T, B, H) tensors); copy_frac "
         "= that over the same run's copy_ GB/s; fused_speedup = this row's time / fused "
         "time; saved_MB = bytes autograd keeps for backward; peak_MB = peak allocated "
         "during the call (CUDA allocator; on CPU, op outputs counted by a dispatch mode); "
         "tiles = the sequential kernels' autotuned configs for the case (BLOCK_BxBLOCK_H, "
-        "warps, CHUNK steps in registers, STAGES of CHUNK steps in flight through shared "
-        "memory).",
+        "CHUNK steps in registers, STAGES of CHUNK steps in flight through shared memory, "
+        "warps, Triton's num_stages).",
     ]
 
 

@@ -16,6 +16,7 @@ import re
 import statistics
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -168,6 +169,46 @@ def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
     fn()
     sync(device)
     return torch.cuda.max_memory_allocated(device) - base
+
+
+def config_name(config) -> str:
+    """A Triton autotune config as ``BLOCK_BxBLOCK_H``, then its other parameters, warps and
+    Triton's num_stages (``2x256 CHUNK8 STAGES1 w4 s3``): the ``tiles`` column's notation."""
+    k = dict(config.kwargs)
+    return " ".join([f"{k.pop('BLOCK_B')}x{k.pop('BLOCK_H')}", *(f"{n}{v}" for n, v in k.items()),
+                     f"w{config.num_warps}", f"s{config.num_stages}"])
+
+
+def autotuned(fn: Callable[[], object], tuners: dict) -> str | None:
+    """The configs the autotuners ``{kernel name: Autotuner}`` picked for one more call of
+    ``fn`` ("fwd 2x256 CHUNK8 STAGES1 w4; bwd ..."), or None where ``fn`` launched none of
+    them (another method, the CPU path): which configs win where, so that a GPU run can
+    prune the autotune lists."""
+    for tuner in tuners.values():
+        tuner.best_config = None
+    fn()
+    picked = [f"{name} {config_name(t.best_config)}" for name, t in tuners.items()
+              if t.best_config is not None]
+    return "; ".join(picked) or None
+
+
+def tile_lines(rows: list[dict], lists: dict[str, list]) -> list[str]:
+    """Per kernel and dtype, the configs the autotuners picked over the rows (their ``tiles``
+    column, from :func:`autotuned`) and the configs of the kernel's GPU list ``lists[kernel]``
+    they never picked: the candidates for pruning the list, where the grid covers the shapes
+    they were kept for."""
+    picked: dict[tuple[str, str], Counter] = {}
+    for r in rows:
+        for part in filter(None, (r.get("tiles") or "").split("; ")):
+            kernel, name = part.split(" ", 1)
+            picked.setdefault((kernel, r["dtype"]), Counter())[name] += 1
+    lines = []
+    for (kernel, dtype), counts in sorted(picked.items()):
+        never = [n for n in map(config_name, lists[kernel]) if n not in counts]
+        lines.append(f"**{kernel} tiles picked, {dtype}** (rows): "
+                     + ", ".join(f"{name} x{n}" for name, n in counts.most_common())
+                     + f"; never picked: {', '.join(never) or 'none'}")
+    return lines
 
 
 def progress(items: list, desc: str) -> Iterable:

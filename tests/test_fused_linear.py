@@ -377,15 +377,42 @@ def test_bench_layer_reports_where_the_fused_projection_wins(monkeypatch):
             "(faster: B=64 T=1024 H=512; even: none; slower: B=16 T=1024 H=512)") in lines
     assert ("**fused projection, 1 layer(s), forward, float32: faster at 1 of 2 shapes** "
             "(faster: B=64 T=1024 H=512; even: B=16 T=1024 H=512; slower: none)") in lines
-    assert "**use_fused_projection for bfloat16 on this GPU: no per-dtype rule fits" in \
+    assert "**use_fused_projection for bfloat16 on this device: no per-dtype rule fits" in \
         "\n".join(lines)
-    assert "**use_fused_projection for float32 on this GPU: fused (" in "\n".join(lines)
-    assert "**use_fused_projection for float16 on this GPU: unfused (" in "\n".join(lines)
+    assert "**use_fused_projection for float32 on this device: fused (" in "\n".join(lines)
+    assert "**use_fused_projection for float16 on this device: unfused (" in "\n".join(lines)
     assert not any("indrnn_fused" in line for line in headline(rows))
     # The baseline is pinned to the unfused path whatever the heuristic picks.
     monkeypatch.setattr("indrnn_triton.modules.use_fused_projection", lambda *a, **k: True)
     assert bench_layer.MODELS["indrnn"](8, 1).fused_projection is False
     assert bench_layer.MODELS["indrnn_fused"](8, 1).fused_projection is True
+
+
+def test_bench_layer_reports_the_fused_kernel_tile(monkeypatch):
+    """bench_layer's ``tiles`` column: the config the fused kernel's autotuner picked for the
+    case (None where the kernel did not run), and the notes' picked / never picked configs."""
+    import os
+
+    import indrnn_triton.op as op
+    from indrnn_triton.kernels import fused_linear as fl
+
+    if not fl.INTERPRET:
+        pytest.skip("needs the interpreter-built kernels")
+    monkeypatch.syspath_prepend(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from benchmarks.bench_layer import fused_tile_lines, fused_tiles
+    from benchmarks.common import config_name
+
+    x, w, u = torch.randn(5, 3, 6), torch.randn(8, 6), torch.rand(8)
+    [config] = fl._fused_linear_fwd_kernel.fn.configs
+    monkeypatch.setattr(op, "cpu_uses_triton", True)
+    assert fused_tiles(lambda: fused_indrnn_linear(x, w, u)) == f"fused {config_name(config)}"
+    monkeypatch.setattr(op, "cpu_uses_triton", False)
+    assert fused_tiles(lambda: fused_indrnn_linear(x, w, u)) is None
+    names = [config_name(c) for c in fl.gpu_configs()]
+    [line] = fused_tile_lines([dict(dtype="bfloat16", tiles=f"fused {names[1]}"),
+                               dict(dtype="bfloat16", tiles=None)])
+    assert line == (f"**fused tiles picked, bfloat16** (rows): {names[1]} x1; never picked: "
+                    f"{', '.join(n for n in names if n != names[1])}")
 
 
 def test_fused_projection_heuristic_is_unfused_until_measured():

@@ -318,7 +318,8 @@ def test_bench_op_reports_the_tiles_the_autotuners_picked(monkeypatch):
 
     [config] = op.sequential._indrnn_fwd_kernel.fn.configs
     k = config.kwargs
-    name = f"{k['BLOCK_B']}x{k['BLOCK_H']} w{config.num_warps} C{k['CHUNK']} S{k['STAGES']}"
+    name = f"{k['BLOCK_B']}x{k['BLOCK_H']} CHUNK{k['CHUNK']} STAGES{k['STAGES']} " \
+           f"w{config.num_warps} s{config.num_stages}"
     monkeypatch.setattr(op, "cpu_uses_triton", True)
     assert tuned_tiles(step) == f"fwd {name}; bwd {name}"
     with torch.no_grad():
@@ -429,16 +430,19 @@ def test_bench_op_lists_the_tiles_picked_and_never_picked(monkeypatch):
     from indrnn_triton.kernels.sequential import gpu_configs
 
     bench_op = _bench_op(monkeypatch)
-    names = [bench_op._config_name(c) for c in gpu_configs()]
+    from benchmarks.common import config_name
+
+    names = [config_name(c) for c in gpu_configs()]
+    assert len(set(names)) == len(names)  # the notation tells every config apart
     rows = [dict(dtype="float32", tiles=f"fwd {names[0]}; bwd {names[1]}"),
             dict(dtype="float32", tiles=f"fwd {names[0]}"),
             dict(dtype="bfloat16", tiles=f"fwd {names[2]}"), dict(dtype="float32", tiles=None)]
-    lines = bench_op.tile_lines(rows)
+    lines = bench_op.sequential_tile_lines(rows)
     assert [line.split(":")[0] for line in lines] == [
         "**bwd tiles picked, float32** (rows)", "**fwd tiles picked, bfloat16** (rows)",
         "**fwd tiles picked, float32** (rows)"]
     assert f"(rows): {names[0]} x2; never picked: {', '.join(names[1:])}" in lines[2]
-    assert bench_op.tile_lines([dict(dtype="float32", tiles=None)]) == []
+    assert bench_op.sequential_tile_lines([dict(dtype="float32", tiles=None)]) == []
 
 
 def test_bench_op_records_a_failing_method_and_times_the_rest(monkeypatch):

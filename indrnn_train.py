@@ -74,9 +74,10 @@ DEFAULTS = {
         note="IndRNN paper: 2 layers x 128, batch 50, MSE, |u| <= 2^(1/T), gradients clamped "
         "to +-10, no weight decay, the last layer's recurrent weights initialised in [1/r, r] "
         "(the authors' adding script); the paper's Adam lr "
-        "is 2e-4 held constant, the default here is 2e-3 decayed linearly over 2000 steps so "
-        "that T = 100 converges in minutes on 2 CPU cores (paper: --learning-rate 2e-4 "
-        "--lr-scheduler constant)",
+        "is 2e-4, divided by 10 every 20000 steps, the default here is 2e-3 decayed linearly "
+        "over 2000 steps so that T = 100 converges in minutes on 2 CPU cores (paper, for up to "
+        "20000 steps: --learning-rate 2e-4 --lr-scheduler constant); batch 50 as batzner's "
+        "TensorFlow code (the authors' Theano script: 32)",
     ),
     "mnist": _MNIST,
     # The same network and recipe, on the pixels in a fixed random order.
@@ -273,8 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learning-rate schedule (Trainer's lr_scheduler_type; plateau: divide the "
                    "lr by 10 at the evaluation that makes more than --plateau-patience in a row "
                    "without a test loss 0.01%% below the best so far, then count again from 0: "
-                   "torch's ReduceLROnPlateau, the authors' MNIST schedule; default: per task, "
-                   "below)")
+                   "torch's ReduceLROnPlateau, the authors' MNIST schedule in its PyTorch form, "
+                   "except that theirs watches a validation split's accuracy and reloads the "
+                   "best model at each drop (README); default: per task, below)")
     t.add_argument("--plateau-patience", type=_positive_int, default=5,
                    help="evaluations in a row without a better test loss that plateau lets "
                    "pass: the next one without divides the lr (default 5: the 6th)")

@@ -1,16 +1,17 @@
 """Reproduce the IndRNN paper's adding-problem experiment (Li et al., CVPR 2018, figure 2).
 
-The paper's settings: 2 IndRNN layers x 128 units, Adam with lr 2e-4 (constant), batch 50, MSE,
-|u| <= 2^(1/T), for T = 100, 500, 1000 and 5000; IndRNN converges at all four lengths (the
-baseline of always predicting 1 has MSE ~ 0.167). The defaults are the authors' recipe (their
-adding script and their PyTorch training scripts): the clip bound as a magnitude, MAG = 2
-(r = 2^(1/T)); the last layer's recurrent weights initialised near 1, uniformly in [1/r, r], at
-every length (``--near-one-from``; a well-known TensorFlow reproduction failed at T = 5000
-without it); every gradient element clamped to +-10 each step (``--grad-clip-value``); the
-recurrent weights clamped to [-r, r] after each step (``--no-constrain`` turns it off); no
-weight decay. (The authors' Theano adding script clips the gradient messages inside the
-recurrence at 10; the fused op has no such hook, and the clamp of the parameter gradients is
-the authors' PyTorch form of it.)
+The paper's settings: 2 IndRNN layers x 128 units, Adam with lr 2e-4 (divided by 10 every 20000
+steps: constant over the 20000 steps run here), batch 50 (batzner's TensorFlow reproduction; the
+authors' Theano script uses 32), MSE, |u| <= 2^(1/T), for T = 100, 500, 1000 and 5000; IndRNN
+converges at all four lengths (the baseline of always predicting 1 has MSE ~ 0.167). The defaults
+are the authors' recipe (their adding script and their PyTorch training scripts): the clip bound as
+a magnitude, MAG = 2 (r = 2^(1/T)); the last layer's recurrent weights initialised near 1,
+uniformly in [1/r, r], at every length (``--near-one-from``; a well-known TensorFlow reproduction
+failed at T = 5000 without it); every gradient element clamped to +-10 each step
+(``--grad-clip-value``); the recurrent weights clamped to [-r, r] after each step
+(``--no-constrain`` turns it off); no weight decay. (The authors' Theano adding script clips the
+gradient messages inside the recurrence at 10; the fused op has no such hook, and the clamp of the
+parameter gradients is the authors' PyTorch form of it.)
 
 Every length is one ``indrnn-train adding`` run (hf_integration.train: Trainer, save, reload);
 this script collects the test-MSE curves into one PNG like the paper's figure 2, plus a JSON and

@@ -228,7 +228,8 @@ def _pixels_transform(permutation: np.ndarray | None, source: str):
         pixels = _pixels(batch["image"], source)
         if permutation is not None:
             pixels = pixels[:, permutation]
-        x = torch.from_numpy(pixels.astype(np.float32) / 255.0).unsqueeze(-1)
+        # The authors' scaling (pixelMNIST/Data_gen.py): x / 256, centred, doubled, in [-1, 1).
+        x = torch.from_numpy((pixels.astype(np.float32) / 256.0 - 0.5) * 2.0).unsqueeze(-1)
         return {"inputs_embeds": x, "labels": torch.as_tensor(batch["label"], dtype=torch.long)}
 
     return transform
@@ -241,7 +242,8 @@ def load_mnist(
     test_fraction: float = 1 / 7,
     seed: int = 0,
 ) -> TaskData:
-    """Sequential (or permuted) MNIST: each image as 784 steps of one pixel in [0, 1].
+    """Sequential (or permuted) MNIST: each image as 784 steps of one pixel, scaled as the
+    authors' code does, (v / 256 - 0.5) * 2 in [-1, 1) for a byte v.
 
     Args:
         data: None to load ``ylecun/mnist`` with ``datasets.load_dataset`` (needs the Hub or its

@@ -199,7 +199,9 @@ def mnist_dir(tmp_path_factory):
 
 
 def _pixels(split: datasets.Dataset) -> np.ndarray:
-    return np.stack([np.asarray(img, dtype=np.float32).reshape(-1) / 255 for img in split["image"]])
+    """The authors' scaling of the bytes (pixelMNIST/Data_gen.py): v / 256, centred, doubled."""
+    return np.stack([(np.asarray(img, dtype=np.float32).reshape(-1) / 256 - 0.5) * 2
+                     for img in split["image"]])
 
 
 def test_mnist_from_save_to_disk(mnist_dir):
@@ -211,7 +213,7 @@ def test_mnist_from_save_to_disk(mnist_dir):
     assert batch["inputs_embeds"].dtype == torch.float32
     assert batch["labels"].dtype == torch.int64
     raw = datasets.load_from_disk(str(mnist_dir))["test"]
-    expected = _pixels(raw)  # row-major pixel order, scaled to [0, 1]
+    expected = _pixels(raw)  # row-major pixel order, scaled to [-1, 1)
     np.testing.assert_allclose(batch["inputs_embeds"][..., 0].numpy(), expected, rtol=0, atol=0)
     assert batch["labels"].tolist() == raw["label"][:]
 

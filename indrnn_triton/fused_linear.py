@@ -75,6 +75,7 @@ def _linear_forward_op(
     batch_first: bool,
     bidirectional: bool,
 ) -> tuple[Tensor, Tensor]:
+    op.check_no_forward_ad_level()
     return _forward_impl_linear(x, weight_ih, weight_hh, bias, h0, mask, recurrent_max_abs,
                                 recurrent_min_abs, reverse, batch_first, bidirectional,
                                 use_triton=op.cpu_uses_triton)
@@ -82,13 +83,14 @@ def _linear_forward_op(
 
 @_linear_forward_op.register_kernel("cuda")
 def _linear_forward_cuda(*args):
+    op.check_no_forward_ad_level()
     return _forward_impl_linear(*args, use_triton=True)
 
 
 @_linear_forward_op.register_fake
 def _linear_forward_fake(x, weight_ih, weight_hh, bias, h0, mask, recurrent_max_abs,
                          recurrent_min_abs, reverse, batch_first, bidirectional):
-    op.check_no_forward_ad_while_tracing()
+    op.check_no_forward_ad_level()
     D = 2 if bidirectional else 1
     B, DH = _tbh(x, batch_first).shape[1], weight_ih.shape[0]
     return x.new_empty(*x.shape[:-1], DH), x.new_empty(_state_shape(B, DH // D, D),

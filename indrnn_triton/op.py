@@ -163,6 +163,7 @@ def _forward_op(
     bidirectional: bool,
     method: str = "auto",
 ) -> tuple[Tensor, Tensor]:
+    check_no_forward_ad_level()
     return _forward_impl(pre, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_min_abs,
                          reverse, batch_first, bidirectional, method, use_triton=cpu_uses_triton)
 
@@ -170,6 +171,7 @@ def _forward_op(
 @_forward_op.register_kernel("cuda")
 def _forward_cuda(pre, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_min_abs, reverse,
                   batch_first, bidirectional, method="auto"):
+    check_no_forward_ad_level()
     return _forward_impl(pre, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_min_abs,
                          reverse, batch_first, bidirectional, method, use_triton=True)
 
@@ -177,7 +179,7 @@ def _forward_cuda(pre, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_m
 @_forward_op.register_fake
 def _forward_fake(pre, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_min_abs, reverse,
                   batch_first, bidirectional, method="auto"):
-    check_no_forward_ad_while_tracing()
+    check_no_forward_ad_level()
     D = 2 if bidirectional else 1
     T, B, DH = _tbh(pre, batch_first).shape
     return torch.empty_like(pre, memory_format=torch.contiguous_format), pre.new_empty(
@@ -402,13 +404,19 @@ def check_no_transform_running() -> None:
         raise NotImplementedError(_TRANSFORM_ERROR)
 
 
-def check_no_forward_ad_while_tracing() -> None:
-    """The fake implementations' part of :func:`_check_reverse_mode_only`. Inside
-    ``torch.compile`` the wrapper's check cannot run, and torch traced the op under
-    forward-mode AD (``torch.func.jvp``/``jacfwd`` compiled, or a compiled function called on
-    dual tensors) as if its tangent were zero. The fake implementation runs while that graph
-    is traced, inside the forward-AD level; the tangents themselves cannot be read there, so any
-    open level refuses."""
+def check_no_forward_ad_level() -> None:
+    """No forward-AD level open, where the custom ops run (their fake implementations while a
+    graph is traced, their CPU and CUDA implementations when called): the tangents cannot be
+    read there, so any open level refuses, rather than torch dropping the tangent.
+
+    Tracing: inside ``torch.compile`` the wrapper's check cannot run, and torch traced the op
+    under forward-mode AD (``torch.func.jvp``/``jacfwd`` compiled, or a compiled function
+    called on dual tensors) as if its tangent were zero. Running: a compiled transform whose
+    graph broke at the op runs the op's custom op eagerly after the wrapper's check was traced
+    and skipped (a compiled jvp on the "eager" backend returned a zero tangent); a compiled
+    function run inside a user's ``dual_level`` calls the custom op there too. Eager calls of
+    the op itself never reach the custom op (:func:`recurrence`): under a dual level, plain
+    tensors still run."""
     if forward_ad._current_level >= 0:
         raise NotImplementedError(_FORWARD_AD_ERROR)
 

@@ -13,7 +13,7 @@ import torch
 from torch.autograd import forward_ad
 
 import indrnn_triton.op as op
-from indrnn_triton import IndRNN, IndRNNCell, fused_indrnn, indrnn_reference
+from indrnn_triton import IndRNN, IndRNNCell, fused_indrnn, fused_indrnn_linear, indrnn_reference
 from indrnn_triton.functional import indrnn_layer, indrnn_recurrence
 
 pytestmark = pytest.mark.usefixtures("poison")
@@ -278,20 +278,59 @@ def test_torch_func_transforms_raise_a_clear_error(transform):
         calls[transform]()
 
 
+@pytest.mark.parametrize("op_name", ["fused_indrnn", "fused_indrnn_linear"])
 @pytest.mark.parametrize("backend", ["eager", "aot_eager"])
 @pytest.mark.parametrize("transform", ["jvp", "jacfwd"])
-def test_compiled_forward_mode_transforms_raise_a_clear_error(backend, transform):
+def test_compiled_forward_mode_transforms_raise_a_clear_error(backend, transform, op_name):
     """Inside torch.compile the wrapper's check cannot run: a compiled torch.func.jvp returned
-    a zero tangent (aot_eager, inductor) or failed on a data pointer (eager). The fake
-    implementation and the kernels' entry now refuse."""
+    a zero tangent (aot_eager, inductor) or failed on a data pointer (eager), and later, where
+    torch.compile fell back to eager inside the transform, a zero tangent on the eager backend.
+    The fake implementation, the eager dispatch to the custom op and the kernels' entry now
+    refuse."""
     pre, u = torch.randn(T, B, H), torch.rand(H)
+    w = torch.eye(H)
+
+    def op_sum(p, u):
+        if op_name == "fused_indrnn":
+            return _op_sum(p, u)
+        return fused_indrnn_linear(p, w, u)[0].sum()
+
     calls = {
-        "jvp": lambda p, t: torch.func.jvp(lambda q: _op_sum(q, u), (p,), (t,)),
-        "jacfwd": lambda p, t: torch.func.jacfwd(_op_sum, argnums=1)(p, u),
+        "jvp": lambda p, t: torch.func.jvp(lambda q: op_sum(q, u), (p,), (t,)),
+        "jacfwd": lambda p, t: torch.func.jacfwd(op_sum, argnums=1)(p, u),
     }
     torch._dynamo.reset()
-    with pytest.raises(NotImplementedError, match="does not support torch.func transforms"):
+    with pytest.raises(NotImplementedError,
+                       match="does not support (torch.func transforms|forward-mode AD)"):
         torch.compile(calls[transform], backend=backend)(pre, torch.ones_like(pre))
+
+
+@pytest.mark.parametrize("op_name", ["fused_indrnn", "fused_indrnn_linear"])
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+@pytest.mark.parametrize("where", ["dual input", "level inside", "level open, plain input"])
+def test_compiled_functions_refuse_an_open_forward_ad_level(where, backend, op_name):
+    """Dual tensors passed into a compiled function came out with no tangent, and a dual level
+    opened inside one gave a None tangent: the compiled graph runs the custom op, which cannot
+    see tangents, so it refuses any open forward-AD level (also with plain inputs)."""
+    pre, u, w = torch.randn(T, B, H), torch.rand(H), torch.eye(H)
+
+    def f(q):
+        return (fused_indrnn(q, u) if op_name == "fused_indrnn"
+                else fused_indrnn_linear(q, w, u))[0]
+
+    def inside(q):
+        with forward_ad.dual_level():
+            return forward_ad.unpack_dual(f(forward_ad.make_dual(q, torch.ones_like(q)))).tangent
+
+    torch._dynamo.reset()
+    with pytest.raises(NotImplementedError, match="does not support forward-mode AD"):
+        if where == "level inside":
+            torch.compile(inside, backend=backend)(pre)
+        else:
+            with forward_ad.dual_level():
+                q = pre if where.endswith("plain input") else forward_ad.make_dual(
+                    pre, torch.ones_like(pre))
+                torch.compile(f, backend=backend)(q)
 
 
 def test_forward_ad_dual_tensors_raise_a_clear_error():

@@ -522,7 +522,8 @@ def fused_indrnn(
             parallel, each chunk's steps composed into one map (exact up to float rounding),
             for few B x H and long T; ``"auto"`` (default): picked per call from B x H, T, the
             dtype and the GPU's SM count (:func:`indrnn_triton.op.choose_method`). On CPU
-            tensors the torch CPU path runs whatever the method, unless ``TRITON_INTERPRET=1``
+            tensors the CPU path (the compiled C++ kernels, or their torch fallback) runs
+            whatever the method, unless ``TRITON_INTERPRET=1``
             was set before import: then ``"chunked"`` runs the chunked Triton kernels through
             Triton's interpreter, and ``"auto"`` the sequential ones.
 

@@ -22,8 +22,9 @@ test errors (MNIST / pMNIST, %):
   first=0.2 growth=0.2``, ``--dropout 0.1`` (the other kinds) and ``--dropout-last 0.1``.
 
 The authors divide the lr by 10 when the validation accuracy stops improving and restart from
-the best weights; the default ``--lr-scheduler plateau`` divides the lr by 10 when the test loss
-has not improved for 5 evaluations (``indrnn-train --plateau-patience``), without the restart.
+the best weights; the default ``--lr-scheduler plateau`` divides the lr by 10 when the loss of
+the validation split (5 % of the training images, as theirs) has not improved for 5 evaluations
+(``indrnn-train --plateau-patience``), without the restart.
 
 Each (task, configuration) is one ``indrnn-train mnist|pmnist`` run (Trainer, save, reload,
 re-evaluate). The data come from the Hub (``ylecun/mnist``) or a local copy in the Hub schema

@@ -46,6 +46,9 @@ class TaskData:
     vocab_size: int | None = None
     num_labels: int | None = None
     tokenizer: object | None = None  # what turns text into the ids (token tasks)
+    # Held out of the training split and evaluated during training (the schedule, the curves),
+    # so that the test split decides nothing; None: the test split is evaluated instead.
+    validation: datasets.Dataset | None = None
 
 
 def adding_problem(num_samples: int, seq_len: int, seed: int) -> datasets.Dataset:
@@ -241,6 +244,7 @@ def load_mnist(
     permutation_seed: int = 0,
     test_fraction: float = 1 / 7,
     seed: int = 0,
+    validation_fraction: float = 0.0,
 ) -> TaskData:
     """Sequential (or permuted) MNIST: each image as 784 steps of one pixel, scaled as the
     authors' code does, (v / 256 - 0.5) * 2 in [-1, 1) for a byte v.
@@ -254,7 +258,9 @@ def load_mnist(
         permute: apply the fixed pixel permutation of :func:`pixel_permutation` (pMNIST).
         permutation_seed: seed of that permutation.
         test_fraction: when the data has no "test" split, the fraction held out for testing.
-        seed: seed of that hold-out split.
+        seed: seed of that hold-out split and of the validation split.
+        validation_fraction: the fraction of the training split held out as
+            ``TaskData.validation`` (the authors hold out 5 %); 0 for none.
 
     The datasets decode images lazily (``with_transform``) into ``inputs_embeds`` (784, 1)
     float32 and ``labels`` int64.
@@ -277,12 +283,21 @@ def load_mnist(
             except OSError as err:  # PIL cannot decode the image bytes
                 raise ValueError(f"{where}: the first image cannot be decoded ({err})") from None
     train, test = _train_test(loaded, test_fraction, seed)
+    validation = None
+    if validation_fraction:
+        if not 0.0 < validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+        held = train.train_test_split(test_size=validation_fraction, seed=seed)
+        train, validation = held["train"], held["test"]
     transform = _pixels_transform(pixel_permutation(permutation_seed) if permute else None,
                                   source)
-    train = train.select_columns(["image", "label"]).with_transform(transform)
-    test = test.select_columns(["image", "label"]).with_transform(transform)
+
+    def prepared(split):
+        return split.select_columns(["image", "label"]).with_transform(transform)
+
     return TaskData(
-        train=train, test=test, seq_len=MNIST_SEQ_LEN, input_size=1, num_labels=10
+        train=prepared(train), test=prepared(test), seq_len=MNIST_SEQ_LEN, input_size=1,
+        num_labels=10, validation=None if validation is None else prepared(validation),
     )
 
 

@@ -154,15 +154,16 @@ def resume_settings(args) -> dict:
     resumed run could not honour a changed one: it would be silently a mix of two runs. The
     model's flags are checked against the checkpoint's config (:func:`_check_same_model`).
     Safe to change, and left out: how often the run evaluates (except with the plateau
-    schedule, which steps at each evaluation on the test loss: then eval steps and test size
-    count too), logs and saves, how many checkpoints it keeps, the evaluation batch size, the
-    progress bar, and the CPU settings (threads, denormals, malloc, --cpu: the same steps,
+    schedule, which steps at each evaluation on the evaluated split's loss: then eval steps and
+    test size count too), logs and saves, how many checkpoints it keeps, the evaluation batch
+    size, the progress bar, and the CPU settings (threads, denormals, malloc, --cpu: the same steps,
     rounded differently)."""
     names = ["task", "seq_len", "seed", "learning_rate", "lr_scheduler", "warmup_steps",
              "batch_size", "max_steps", "max_grad_norm", "grad_clip_value", "weight_decay",
              "no_constrain"]
-    names += {"adding": ["train_size"], "pmnist": ["test_fraction", "permutation_seed"]}.get(
-        args.task, ["test_fraction"])  # the data flags each task reads
+    names += {"adding": ["train_size"], "text": ["test_fraction"],
+              "pmnist": ["test_fraction", "permutation_seed", "validation_fraction"]}.get(
+        args.task, ["test_fraction", "validation_fraction"])  # the data flags each task reads
     settings = {name: getattr(args, name) for name in names}
     if args.task != "adding":
         settings["data"] = None if args.data is None else os.path.abspath(args.data)
@@ -241,7 +242,8 @@ def build_task(args):
     if args.task in ("mnist", "pmnist"):
         task = data.load_mnist(args.data, permute=args.task == "pmnist",
                                permutation_seed=args.permutation_seed,
-                               test_fraction=args.test_fraction, seed=args.seed)
+                               test_fraction=args.test_fraction, seed=args.seed,
+                               validation_fraction=args.validation_fraction)
     else:
         task = data.load_text(args.data, args.seq_len, test_fraction=args.test_fraction)
     if args.test_size is not None and args.test_size < len(task.test):
@@ -379,7 +381,7 @@ def training_arguments(args):
     from transformers import TrainingArguments
 
     schedule = dict(lr_scheduler_type=args.lr_scheduler)
-    if args.lr_scheduler == "plateau":  # divide by 10 when the test loss stops improving
+    if args.lr_scheduler == "plateau":  # divide by 10 when the evaluated loss stops improving
         schedule = dict(lr_scheduler_type="reduce_lr_on_plateau",
                         lr_scheduler_kwargs={"mode": "min", "factor": 0.1, "eps": 0.0,
                                              "threshold": 1e-4, "threshold_mode": "rel",
@@ -557,8 +559,10 @@ def recipe_callbacks(args) -> list:
     return callbacks
 
 
-def plot_learning_curve(log_history: list[dict], args, metric: Metric, base: float, path: str):
-    """Training loss and test metric against steps, with the baseline, in one PNG."""
+def plot_learning_curve(log_history: list[dict], args, metric: Metric, base: float, path: str,
+                        evaluated: str = "test"):
+    """Training loss and the metric of the split ``evaluated`` during training against steps,
+    with the baseline, in one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -575,12 +579,13 @@ def plot_learning_curve(log_history: list[dict], args, metric: Metric, base: flo
     if train:
         ax.plot(*zip(*train, strict=True), label="train", alpha=0.6)
     if evals:
-        ax.plot(*zip(*evals, strict=True), label="test", marker=".")
+        ax.plot(*zip(*evals, strict=True), label=evaluated, marker=".")
     ax.axhline(base, color="gray", linestyle="--", label=f"baseline ({base:.3g})")
     if args.task == "adding":
         ax.set_yscale("log")
     ax.set_xlabel("training step")
-    ax.set_ylabel(metric.name.removeprefix("test ") if train else metric.name)
+    name = metric.name.removeprefix("test ")
+    ax.set_ylabel(name if train else f"{evaluated} {name}")
     ax.set_title(f"IndRNN {args.num_layers}x{args.hidden_size}, {args.task}, T={args.seq_len}")
     ax.grid(True, alpha=0.3)
     ax.legend()
@@ -616,6 +621,9 @@ def model_card(args, results: dict) -> str:
         f"| {results['final_metric']:.4g} | {results['baseline']:.4g} | {results['steps']} | "
         f"{results['train_seconds']:.0f} s train on {results['device']} |",
         "",
+        *([f"Evaluated during training on a validation split, "
+           f"{results['validation_fraction']:.0%} of the training data held out; the test split "
+           "was used for the figures above only.", ""] if results["validation"] else []),
         "## Training",
         "",
         "```",
@@ -789,7 +797,7 @@ def _run(args) -> dict:
     classify = args.task in ("mnist", "pmnist")
     trainer_kwargs = dict(
         train_dataset=task.train,
-        eval_dataset=task.test,
+        eval_dataset=task.test if task.validation is None else task.validation,
         data_collator=default_data_collator,
         # the text task's tokenizer: saved with the model and in every checkpoint
         processing_class=task.tokenizer,
@@ -815,14 +823,15 @@ def _run(args) -> dict:
             "continue with the same command and --resume",
             exit_code=128 + guard.signal,
         )
-    final = trainer.evaluate()
+    validation = None if task.validation is None else trainer.evaluate()
+    final = _evaluate_test(trainer, task)
     device = trainer.args.device
     trainer.save_model(args.output_dir)
     trainer.accelerator.wait_for_everyone()
 
     reloaded = cls.from_pretrained(args.output_dir, trust_remote_code=True)
     re_trainer = Trainer(model=reloaded, args=targs, **trainer_kwargs)
-    re_final = re_trainer.evaluate()
+    re_final = _evaluate_test(re_trainer, task)
 
     base, base_name = baseline(args, task)
     results = {
@@ -849,6 +858,9 @@ def _run(args) -> dict:
         "baseline_name": base_name,
         "eval": final,
         "eval_reloaded": re_final,
+        # The split evaluated during training, when it is not the test split.
+        "validation": validation,
+        "validation_fraction": args.validation_fraction,
         "train": train_out.metrics,
         "settings": {
             k: getattr(args, k)
@@ -869,7 +881,8 @@ def _run(args) -> dict:
     if trainer.is_world_process_zero():
         try:
             plot_learning_curve(trainer.state.log_history, args, metric, base,
-                                os.path.join(args.output_dir, "learning_curve.png"))
+                                os.path.join(args.output_dir, "learning_curve.png"),
+                                evaluated="test" if task.validation is None else "validation")
         except ImportError as err:  # a dependency, but machines without pip access may lack it
             print(f"indrnn-train: no learning_curve.png ({err}; pip install matplotlib)",
                   file=sys.stderr)
@@ -881,6 +894,16 @@ def _run(args) -> dict:
             json.dump(results, f, indent=2, default=str)
         print(summary(results), flush=True)
     return results
+
+
+def _evaluate_test(trainer, task) -> dict:
+    """The test split's metrics, under the ``eval_`` keys of ``metrics.json``. With a validation
+    split (the one evaluated during training) they are logged as ``test_``, so that the
+    learning curve and the schedule's history keep to the validation split."""
+    if task.validation is None:
+        return trainer.evaluate()
+    test = trainer.evaluate(task.test, metric_key_prefix="test")
+    return {"eval" + k.removeprefix("test"): v for k, v in test.items()}
 
 
 def _checkpoint_to_resume(args, trainer) -> str | None:

@@ -16,6 +16,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
+import transformers
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import (
@@ -254,6 +255,24 @@ def test_mnist_test_split_is_the_files_named_test(tmp_path, mnist_dir, names):
     assert (len(task.train), len(task.test)) == (12, 6)
     np.testing.assert_array_equal(task.test[:]["inputs_embeds"][..., 0].numpy(),
                                   _pixels(saved["test"]))
+
+
+def test_mnist_validation_split_is_held_out_of_the_training_split(mnist_dir):
+    """validation_fraction: that share of the training images, disjoint from the rest of
+    training and seeded; the test split is untouched."""
+    whole = data.load_mnist(str(mnist_dir))
+    task = data.load_mnist(str(mnist_dir), validation_fraction=0.25, seed=3)
+    assert (len(task.train), len(task.validation), len(task.test)) == (9, 3, 6)
+    assert whole.validation is None
+    assert task.validation[:]["inputs_embeds"].shape == (3, 784, 1)
+    rows = {tuple(r.flatten().tolist())
+            for r in whole.train[:]["inputs_embeds"]}
+    train = {tuple(r.flatten().tolist()) for r in task.train[:]["inputs_embeds"]}
+    held = {tuple(r.flatten().tolist()) for r in task.validation[:]["inputs_embeds"]}
+    assert train | held == rows and not train & held
+    again = data.load_mnist(str(mnist_dir), validation_fraction=0.25, seed=3)
+    assert torch.equal(again.validation[:]["inputs_embeds"], task.validation[:]["inputs_embeds"])
+    assert torch.equal(task.test[:]["inputs_embeds"], whole.test[:]["inputs_embeds"])
 
 
 def test_mnist_rejects_wrong_schema(tmp_path):
@@ -717,13 +736,35 @@ def test_cpu_threads_auto_leaves_busy_cores_out(capsys):
         assert code == 2 and "--cpu-threads" in err
 
 
-def test_cli_pmnist_end_to_end_on_local_data(tmp_path, capsys, mnist_dir):
+def test_cli_pmnist_end_to_end_on_local_data(tmp_path, capsys, mnist_dir, monkeypatch):
+    """The authors' 5 % validation split is what the run evaluates while training (and what the
+    plateau schedule watches); the test split is evaluated once, at the end."""
+    evaluated = []
+    evaluate = transformers.Trainer.evaluate
+
+    def record(self, eval_dataset=None, *args, **kwargs):
+        evaluated.append(len(eval_dataset if eval_dataset is not None else self.eval_dataset))
+        return evaluate(self, eval_dataset, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.Trainer, "evaluate", record)
     out = tmp_path / "pmnist"
     assert train.main(["pmnist", "--data", str(mnist_dir), "--num-layers", "2", *TINY,
                        "--output-dir", str(out)]) == 0
     metrics = _check_outputs(out, capsys.readouterr().out, "pmnist", "test error %")
     assert metrics["seq_len"] == 784 and metrics["settings"]["norm"] == "batch"
     assert 0 <= metrics["final_metric"] <= 100
+    # 12 training images: 1 held out (5 %, rounded up); the test split has 6.
+    assert metrics["validation_fraction"] == 0.05 and "eval_accuracy" in metrics["validation"]
+    assert evaluated == [1, 1, 1, 6, 6]  # steps 3 and 6, the final validation, test, reloaded
+    assert metrics["final_metric"] == pytest.approx(
+        100 * (1 - metrics["eval"]["eval_accuracy"]))
+    log = json.loads((out / "log_history.json").read_text())
+    assert [e["step"] for e in log if "test_loss" in e] == [6]
+    assert "validation split" in (out / "README.md").read_text()
+    for argv, message in ((["adding", "--validation-fraction", "0.1"], "applies to mnist"),
+                          (["mnist", "--validation-fraction", "1"], "must be in [0, 1)")):
+        code, err = _exit_message(capsys, argv)
+        assert code == 2 and message in err, err
 
 
 def test_cli_text_end_to_end(tmp_path, capsys, text_file):

@@ -292,38 +292,64 @@ def batch_norm_over_steps(
     real steps and the pooled within-step variance (unbiased), one per feature for every
     step (the authors keep one per position).
     """
-    if step_dim not in (None, 0, 1):
-        raise ValueError(f"step_dim must be None, 0 or 1, got {step_dim!r}")
+    if step_dim is not None:
+        if step_dim not in (0, 1):
+            raise ValueError(f"step_dim must be None, 0 or 1, got {step_dim!r}")
+        if training or running_mean is None:
+            return _batch_norm_per_step(x, mask, weight, running_mean, running_var, bias,
+                                        momentum, eps, step_dim)
     use_batch = training or running_mean is None
     # Activation checkpointing recomputing this forward inside backward: the first forward
     # already moved the running statistics, and a second update would count the batch twice.
     # The recomputation passes the same tensors (checkpointing compares what is saved) with a
     # zero update weight.
     recomputing = use_batch and running_mean is not None and _inside_backward()
-    if not use_batch or (mask is None and step_dim is None):
-        # The running statistics are used, or every step is real and statistics are pooled:
-        # torch's fused batch norm.
+    if mask is None or not use_batch:
+        # Every step is real, or the running statistics are used: torch's fused batch norm.
         flat = F.batch_norm(x.flatten(0, 1), running_mean, running_var, weight, bias, use_batch,
                             0.0 if recomputing else momentum, eps)
         return flat.view(x.shape)
-    # Statistics per group of real values: one group (both leading dimensions), or one per
-    # time step (over the batch dimension).
-    dims = (0, 1) if step_dim is None else (1 - step_dim,)
+    acc = torch.promote_types(x.dtype, torch.float32)
+    m = (mask != 0).unsqueeze(-1)
+    count = m.sum(dtype=acc)
+    n = count.clamp(min=1)
+    mean = torch.where(m, x, 0).sum((0, 1), dtype=acc) / n
+    var = torch.where(m, (x - mean).square(), 0).sum((0, 1)) / n
+    if running_mean is not None and not recomputing:
+        with torch.no_grad():
+            # A batch with no real step has no statistics, and one with a single real step no
+            # unbiased variance (torch.nn.BatchNorm1d refuses one value per feature in
+            # training): they leave the running statistics alone, through a zero weight, not a
+            # host sync.
+            weight_ = (count > 1).to(running_mean.dtype) * momentum
+            running_mean.lerp_(mean.to(running_mean.dtype), weight_)
+            unbiased = var * (n / (n - 1).clamp(min=1))
+            running_var.lerp_(unbiased.to(running_var.dtype), weight_)
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight
+    y = (x - mean) * scale
+    return (y if bias is None else y + bias).to(x.dtype)
+
+
+def _batch_norm_per_step(x, mask, weight, running_mean, running_var, bias, momentum, eps,
+                         step_dim):
+    """:func:`batch_norm_over_steps` with training statistics per step (``step_dim``)."""
+    batch_dim = 1 - step_dim
+    recomputing = running_mean is not None and _inside_backward()
     acc = torch.promote_types(x.dtype, torch.float32)
     m = (torch.ones_like(x[..., :1], dtype=torch.bool) if mask is None
          else (mask != 0).unsqueeze(-1))
-    count = m.sum(dims, keepdim=True, dtype=acc)
+    count = m.sum(batch_dim, keepdim=True, dtype=acc)  # real rows per step
     n = count.clamp(min=1)
-    mean = torch.where(m, x, 0).sum(dims, keepdim=True, dtype=acc) / n
-    var = torch.where(m, (x - mean).square(), 0).sum(dims, keepdim=True) / n
+    mean = torch.where(m, x, 0).sum(batch_dim, keepdim=True, dtype=acc) / n
+    var = torch.where(m, (x - mean).square(), 0).sum(batch_dim, keepdim=True) / n
     if running_mean is not None and not recomputing:
         with torch.no_grad():
-            # The mean over every real value, and the pooled unbiased variance within groups:
-            # squared deviations from each group's mean over (real values - groups), which is
-            # BatchNorm1d's n / (n - 1) for one group. With no group of two real values there is
-            # no such variance (BatchNorm1d refuses one value per feature in training): the
-            # running statistics stay as they are, through a zero weight, not a host sync.
             total = count.sum()
+            # Pooled within-step variance: sum of squared deviations from each step's mean
+            # over (real values - steps with any); a batch with no step of two real rows leaves
+            # the running statistics alone (zero weight, no host sync).
             dof = total - (count > 0).sum()
             weight_ = (dof > 0).to(running_mean.dtype) * momentum
             pooled_mean = (mean * count).sum((0, 1)) / total.clamp(min=1)

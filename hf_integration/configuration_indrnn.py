@@ -12,7 +12,6 @@ from transformers import PreTrainedConfig
 
 _NORMS = (None, "batch", "layer")
 _NORM_POSITIONS = ("before", "after")
-_NORM_STATISTICS = (None, "sequence", "step")
 _METHODS = ("auto", "sequential", "chunked")  # indrnn_triton.op.METHODS
 _POOLINGS = ("last", "mean")
 _INPUT_WEIGHT_INITS = ("kaiming_uniform", "xavier_uniform", "rnn_uniform")
@@ -71,12 +70,6 @@ class IndRNNConfig(PreTrainedConfig):
             language model); `"after"`: of each layer's output, after the recurrence, with a
             shift of its own (the authors' sequential-MNIST and action-recognition networks).
             The default keeps the meaning of configs saved before this option existed.
-        norm_statistics (`str`, *optional*):
-            What batch norm's training statistics cover: `"sequence"` (every real step of the
-            batch) or `"step"` (each time step's rows only, as the Deep IndRNN paper's language
-            models). `None`: `"step"` for `IndRNNForCausalLM`, whose outputs must not depend
-            on later tokens (pooled over time, training would see the tokens it predicts),
-            `"sequence"` for the other heads. Eval mode uses the running statistics either way.
         method (`str`, defaults to `"auto"`):
             Which recurrence kernels run on a GPU: `"auto"`, `"sequential"` or `"chunked"`
             (the time-parallel scan for small batches of long sequences); no effect on results.
@@ -150,7 +143,6 @@ class IndRNNConfig(PreTrainedConfig):
     recurrent_min_abs: float = 0.0
     norm: str | None = None
     norm_position: str = "before"
-    norm_statistics: str | None = None
     method: str = "auto"
     fused_projection: bool | None = None
     residual: bool = False
@@ -331,9 +323,6 @@ class IndRNNConfig(PreTrainedConfig):
                              "dense_growth_rate too")
         if self.norm not in _NORMS:
             raise ValueError(f"norm must be one of {_NORMS}, got {self.norm!r}")
-        if self.norm_statistics not in _NORM_STATISTICS:
-            raise ValueError(f"norm_statistics must be one of {_NORM_STATISTICS}, got "
-                             f"{self.norm_statistics!r}")
         if self.classifier_pooling not in _POOLINGS:
             raise ValueError(
                 f"classifier_pooling must be one of {_POOLINGS}, got {self.classifier_pooling!r}"

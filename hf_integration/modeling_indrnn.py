@@ -243,12 +243,9 @@ def _needs_input_grad(layer: IndRNNLayer, hidden_states: torch.Tensor) -> bool:
 
 
 class IndRNNModel(IndRNNPreTrainedModel):
-    """Token embeddings (or continuous input features) through a stack of IndRNN layers.
+    """Token embeddings (or continuous input features) through a stack of IndRNN layers."""
 
-    `causal=True` (the causal LM's): batch norm statistics per time step unless the config's
-    `norm_statistics` says otherwise, so that no step's output depends on a later step."""
-
-    def __init__(self, config: IndRNNConfig, causal: bool = False):
+    def __init__(self, config: IndRNNConfig):
         super().__init__(config)
         if config.input_size is None:
             self.embeddings = nn.Embedding(config.vocab_size, config.embedding_size)
@@ -264,7 +261,6 @@ class IndRNNModel(IndRNNPreTrainedModel):
             recurrent_min_abs=config.recurrent_min_abs,
             norm=config.norm,
             norm_position=config.norm_position,
-            norm_statistics=config.norm_statistics or ("step" if causal else "sequence"),
             dropout_last=config.dropout_last or 0.0,
             method=config.method,
             fused_projection=config.fused_projection,
@@ -711,7 +707,7 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
                 f"{config.input_size}"
             )
         super().__init__(config)
-        self.model = IndRNNModel(config, causal=True)
+        self.model = IndRNNModel(config)
         self.dropout = nn.Dropout(config.head_dropout)
         self.lm_head = _head(config.rnn_output_units, config.vocab_size, bias=False)
         self.post_init()

@@ -270,7 +270,6 @@ def batch_norm_over_steps(
     bias: Tensor | None = None,
     momentum: float = 0.1,
     eps: float = 1e-5,
-    step_dim: int | None = None,
 ) -> Tensor:
     """Batch normalisation of (T, B, F) or (B, T, F) features over the two leading dimensions.
 
@@ -284,20 +283,7 @@ def batch_norm_over_steps(
     features and ``bias`` shifts them (None: no shift; before the recurrence the IndRNN
     layer's own bias, added right after, is the shift). Padding positions are normalised too,
     with the real steps' statistics.
-
-    ``step_dim`` (0 for (T, B, F), 1 for (B, T, F)): training statistics per time step, over
-    the batch's real steps at that step only, as the Deep IndRNN paper's language models: a
-    step's output then depends on no later step (pooled over time, a causal language model
-    sees the tokens it is to predict). The running statistics then take the mean over all
-    real steps and the pooled within-step variance (unbiased), one per feature for every
-    step (the authors keep one per position).
     """
-    if step_dim is not None:
-        if step_dim not in (0, 1):
-            raise ValueError(f"step_dim must be None, 0 or 1, got {step_dim!r}")
-        if training or running_mean is None:
-            return _batch_norm_per_step(x, mask, weight, running_mean, running_var, bias,
-                                        momentum, eps, step_dim)
     use_batch = training or running_mean is None
     # Activation checkpointing recomputing this forward inside backward: the first forward
     # already moved the running statistics, and a second update would count the batch twice.
@@ -325,37 +311,6 @@ def batch_norm_over_steps(
             running_mean.lerp_(mean.to(running_mean.dtype), weight_)
             unbiased = var * (n / (n - 1).clamp(min=1))
             running_var.lerp_(unbiased.to(running_var.dtype), weight_)
-    scale = torch.rsqrt(var + eps)
-    if weight is not None:
-        scale = scale * weight
-    y = (x - mean) * scale
-    return (y if bias is None else y + bias).to(x.dtype)
-
-
-def _batch_norm_per_step(x, mask, weight, running_mean, running_var, bias, momentum, eps,
-                         step_dim):
-    """:func:`batch_norm_over_steps` with training statistics per step (``step_dim``)."""
-    batch_dim = 1 - step_dim
-    recomputing = running_mean is not None and _inside_backward()
-    acc = torch.promote_types(x.dtype, torch.float32)
-    m = (torch.ones_like(x[..., :1], dtype=torch.bool) if mask is None
-         else (mask != 0).unsqueeze(-1))
-    count = m.sum(batch_dim, keepdim=True, dtype=acc)  # real rows per step
-    n = count.clamp(min=1)
-    mean = torch.where(m, x, 0).sum(batch_dim, keepdim=True, dtype=acc) / n
-    var = torch.where(m, (x - mean).square(), 0).sum(batch_dim, keepdim=True) / n
-    if running_mean is not None and not recomputing:
-        with torch.no_grad():
-            total = count.sum()
-            # Pooled within-step variance: sum of squared deviations from each step's mean
-            # over (real values - steps with any); a batch with no step of two real rows leaves
-            # the running statistics alone (zero weight, no host sync).
-            dof = total - (count > 0).sum()
-            weight_ = (dof > 0).to(running_mean.dtype) * momentum
-            pooled_mean = (mean * count).sum((0, 1)) / total.clamp(min=1)
-            pooled_var = (var * count).sum((0, 1)) / dof.clamp(min=1)
-            running_mean.lerp_(pooled_mean.to(running_mean.dtype), weight_)
-            running_var.lerp_(pooled_var.to(running_var.dtype), weight_)
     scale = torch.rsqrt(var + eps)
     if weight is not None:
         scale = scale * weight

@@ -25,7 +25,6 @@ from .op import _check_real, check_clip, check_method, fused_indrnn
 from .reference import clip_recurrent_weight
 
 _NORMS = (None, "batch", "layer")
-NORM_STATISTICS = ("sequence", "step")
 _INPUT_INITS = ("kaiming_uniform", "xavier_uniform", "rnn_uniform")
 
 InitRange = tuple[float, float]
@@ -157,21 +156,20 @@ class _StepNorm(nn.Module):
 
 
 class _StepBatchNorm(_StepNorm):
-    """Batch norm of (T, B, F) features; statistics over real (unmasked) steps only, in
-    training per step along ``step_dim`` when given (:func:`batch_norm_over_steps`)."""
+    """Batch norm of (T, B, F) features; statistics over real (unmasked) steps only."""
 
     def __init__(self, num_features: int, momentum: float, eps: float, shift: bool, device,
-                 dtype, step_dim: int | None = None):
+                 dtype):
         super().__init__(num_features, shift, device, dtype)
         factory = dict(device=device, dtype=dtype)
-        self.momentum, self.eps, self.step_dim = momentum, eps, step_dim
+        self.momentum, self.eps = momentum, eps
         self.register_buffer("running_mean", torch.zeros(num_features, **factory))
         self.register_buffer("running_var", torch.ones(num_features, **factory))
 
     def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
         return batch_norm_over_steps(x, mask, self.weight, self.running_mean, self.running_var,
                                      training=self.training, momentum=self.momentum,
-                                     eps=self.eps, bias=self.bias, step_dim=self.step_dim)
+                                     eps=self.eps, bias=self.bias)
 
     def reset_parameters(self, init=nn.init) -> None:
         super().reset_parameters(init)
@@ -183,9 +181,9 @@ class _StepLayerNorm(_StepNorm):
     """Layer norm of each step's D*H features (padding needs no special care)."""
 
     def __init__(self, num_features: int, momentum: float, eps: float, shift: bool, device,
-                 dtype, step_dim: int | None = None):
+                 dtype):
         super().__init__(num_features, shift, device, dtype)
-        self.eps = eps  # per step already: step_dim changes nothing
+        self.eps = eps
 
     def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
@@ -272,12 +270,6 @@ class IndRNN(nn.Module):
         dropout_last: probability of dropping features of the LAST layer's output, in
             training, with one mask per sequence (the authors' ``droplast``; default 0).
             ``dropout`` covers the other layers' outputs.
-        norm_statistics: what a batch norm's training statistics cover: ``"sequence"``
-            (default) every real step of the batch, or ``"step"`` each time step's real rows
-            only, as the Deep IndRNN paper's language models. Pooled over time, the output at
-            a step depends on later steps in training (a language model then sees the tokens
-            it is to predict); per step it does not. The running statistics used in eval mode
-            are one per feature either way.
 
     Keyword-only initialisation options (each overridable; defaults follow the authors' code):
         recurrent_init: (low, high) for the recurrent weights, uniform. Default (0, r) with
@@ -365,7 +357,6 @@ class IndRNN(nn.Module):
         dropout_last: float = 0.0,
         method: str = "auto",
         fused_projection: bool | None = None,
-        norm_statistics: str = "sequence",
     ):
         super().__init__()
         self.input_size = _positive_int("input_size", input_size)
@@ -388,10 +379,6 @@ class IndRNN(nn.Module):
             raise ValueError(f"norm must be None, 'batch' or 'layer', got {norm!r}")
         self.norm = norm
         self.norm_position = check_norm_position(norm_position)
-        if norm_statistics not in NORM_STATISTICS:
-            raise ValueError(f"norm_statistics must be one of {NORM_STATISTICS}, got "
-                             f"{norm_statistics!r}")
-        self.norm_statistics = norm_statistics
         self.method = check_method(method)
         if fused_projection is not None and not isinstance(fused_projection, bool):
             raise TypeError(f"fused_projection must be True, False or None, got "
@@ -440,11 +427,9 @@ class IndRNN(nn.Module):
             )
         self.norms = None
         if norm is not None:
-            step_dim = None if norm_statistics == "sequence" else int(self.batch_first)
             self.norms = nn.ModuleList(
                 _NORM_CLASSES[norm](D * units, norm_momentum, norm_eps,
-                                    self.bias and self.norm_position == "after", device, dtype,
-                                    step_dim=step_dim)
+                                    self.bias and self.norm_position == "after", device, dtype)
                 for _, units in self.layer_sizes
             )
         self.reset_parameters()
@@ -705,7 +690,7 @@ class IndRNN(nn.Module):
                               ("recurrent_max_abs", None), ("recurrent_min_abs", 0.0),
                               ("norm", None), ("residual", False), ("norm_position", "before"),
                               ("dropout_last", 0.0), ("method", "auto"),
-                              ("fused_projection", None), ("norm_statistics", "sequence")):
+                              ("fused_projection", None)):
             value = getattr(self, name)
             if value != default:
                 s += f", {name}={value!r}"

@@ -327,35 +327,6 @@ def test_device_map_with_the_recurrent_weights_offloaded(cls, tmp_path):
         assert torch.equal(loaded.generate(ids, **kw), model.generate(ids, **kw))
 
 
-@pytest.mark.parametrize("position", ["before", "after"])
-def test_causal_lm_batch_norm_in_training_sees_no_later_token(position, tmp_path):
-    """The causal LM's batch norm takes training statistics per time step (the Deep IndRNN
-    paper's language models): logits before step 6 do not move when only later tokens change.
-    Pooled over the sequence (the other heads' default, or norm_statistics="sequence") they
-    did: training saw the tokens it predicts. The choice survives save and load."""
-    ids = torch.stack(random_tokens([10, 10, 10]))
-    later = ids.clone()
-    later[:, 6:] = torch.stack(random_tokens([4, 4, 4]))
-
-    def early_logits_move(model):
-        model.train()
-        early = [model(input_ids=v).logits[:, :6] for v in (ids, later)]
-        return not torch.equal(*early)
-
-    lm = tiny_model(IndRNNForCausalLM, norm="batch", norm_position=position)
-    assert lm.config.norm_statistics is None
-    assert lm.model.rnn.norm_statistics == "step" and not early_logits_move(lm)
-    lm.save_pretrained(tmp_path)
-    assert IndRNNForCausalLM.from_pretrained(tmp_path).model.rnn.norm_statistics == "step"
-    pooled = tiny_model(IndRNNForCausalLM, norm="batch", norm_position=position,
-                        norm_statistics="sequence")
-    assert early_logits_move(pooled)
-    classifier = tiny_model(IndRNNForTokenClassification, norm="batch", norm_position=position)
-    assert classifier.model.rnn.norm_statistics == "sequence"
-    with pytest.raises(ValueError, match="norm_statistics must be one of"):
-        hf_integration.IndRNNConfig(norm_statistics="time")
-
-
 def test_saved_folder_has_code_and_full_auto_map(tmp_path):
     import json
 

@@ -434,74 +434,6 @@ def test_batch_norm_running_statistics_over_real_steps(masked):
     torch.testing.assert_close(bn.running_var, 0.9 + 0.1 * real.var(0, unbiased=True))
 
 
-def _per_step_batch_norm_reference(x, mask, weight, bias, eps, time_dim):
-    """Per time step: mean and biased variance of the real rows, in float64, one step at a
-    time; and the running update's pooled mean and pooled unbiased within-step variance."""
-    ys, sums, sq, real, steps = [], 0.0, 0.0, 0, 0
-    for t in range(x.shape[time_dim]):
-        x_t, m_t = x.select(time_dim, t), mask.select(time_dim, t)
-        v = x_t[m_t]
-        mean = v.mean(0) if len(v) else torch.zeros(x.shape[-1], dtype=x.dtype)
-        var = v.var(0, unbiased=False) if len(v) else torch.zeros_like(mean)
-        ys.append((x_t - mean) / torch.sqrt(var + eps) * weight + bias)
-        sums, sq, real, steps = (sums + v.sum(0), sq + ((v - mean) ** 2).sum(0), real + len(v),
-                                 steps + (len(v) > 0))
-    return torch.stack(ys, time_dim), sums / real, sq / (real - steps)
-
-
-@pytest.mark.parametrize("batch_first", [False, True])
-def test_per_step_batch_norm_against_a_step_by_step_reference(batch_first):
-    """``step_dim``: training statistics per time step over its real rows (an all-padding step
-    and a step with one real row included), running statistics from the pooled mean and the
-    pooled unbiased within-step variance; eval mode uses the running statistics."""
-    from indrnn_triton.functional import batch_norm_over_steps
-
-    T_, B_, F_ = 6, 5, 3
-    x = torch.randn((B_, T_, F_) if batch_first else (T_, B_, F_), **F64) * 2 + 1
-    mask = torch.rand(T_, B_) > 0.4
-    mask[0] = False  # no real row
-    mask[1] = False
-    mask[1, 2] = True  # one real row
-    if batch_first:
-        mask = mask.t().contiguous()
-    weight, bias = torch.rand(F_, **F64) + 0.5, torch.randn(F_, **F64)
-    mean, var = torch.zeros(F_, **F64), torch.ones(F_, **F64)
-    time_dim = int(batch_first)
-    got = batch_norm_over_steps(x, mask, weight, mean, var, training=True, bias=bias,
-                                momentum=0.25, eps=1e-5, step_dim=time_dim)
-    want, pooled_mean, pooled_var = _per_step_batch_norm_reference(x, mask, weight, bias, 1e-5,
-                                                                   time_dim)
-    real = mask.unsqueeze(-1).expand_as(x)
-    torch.testing.assert_close(got[real], want[real])
-    torch.testing.assert_close(mean, 0.25 * pooled_mean)
-    torch.testing.assert_close(var, 0.75 + 0.25 * pooled_var)
-    evaluated = batch_norm_over_steps(x, mask, weight, mean, var, training=False, bias=bias,
-                                      step_dim=time_dim)
-    torch.testing.assert_close(evaluated, (x - mean) / torch.sqrt(var + 1e-5) * weight + bias)
-    with pytest.raises(ValueError, match="step_dim must be None, 0 or 1"):
-        batch_norm_over_steps(x, mask, weight, mean, var, training=True, step_dim=2)
-
-
-@pytest.mark.parametrize("batch_first", [False, True])
-@pytest.mark.parametrize("position", ["before", "after"])
-def test_per_step_batch_norm_makes_no_step_depend_on_a_later_one(position, batch_first):
-    """norm_statistics="step": in training, changing the input from step 4 on changes no output
-    before step 4; pooled over the sequence ("sequence", the default) it does."""
-    time_dim = int(batch_first)
-    x = make_input(batch_first)
-    later = x.clone()
-    later.narrow(time_dim, 4, T - 4).normal_()
-    for statistics, leaks in (("step", False), ("sequence", True)):
-        torch.manual_seed(0)
-        rnn = randomise_(IndRNN(IN, H, num_layers=2, norm="batch", norm_position=position,
-                                batch_first=batch_first, norm_statistics=statistics, **F64))
-        early = [rnn(v)[0].narrow(time_dim, 0, 4) for v in (x, later)]
-        assert (not torch.equal(*early)) == leaks, statistics
-    assert "norm_statistics='step'" in repr(IndRNN(IN, H, norm="batch", norm_statistics="step"))
-    with pytest.raises(ValueError, match="norm_statistics must be one of"):
-        IndRNN(IN, H, norm="batch", norm_statistics="time")
-
-
 def test_batch_norm_after_running_statistics_are_those_of_the_real_outputs():
     rnn = randomise_(IndRNN(IN, H, norm="batch", norm_position="after", **F64))
     bn = rnn.norms[0]
@@ -716,16 +648,15 @@ def test_constrained_16_bit_weights_stay_inside_the_bounds_and_keep_training(bac
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("statistics", ["sequence", "step"])
 @pytest.mark.parametrize("position", ["before", "after"])
 @pytest.mark.parametrize("use_reentrant", [True, False])
 @pytest.mark.parametrize("masked", [True, False])
 def test_activation_checkpointing_updates_batch_norm_statistics_once(use_reentrant, masked,
-                                                                     position, statistics):
+                                                                     position):
     """Under torch.utils.checkpoint (both kinds) the recomputation in backward gives the same
     gradients and leaves the running statistics as one forward left them."""
     kw = dict(num_layers=3, bidirectional=True, residual=True, norm="batch",
-              recurrent_max_abs=1.1, norm_position=position, norm_statistics=statistics)
+              recurrent_max_abs=1.1, norm_position=position)
     plain = randomise_(IndRNN(IN, H, **kw))
     ckpt = IndRNN(IN, H, **kw)
     ckpt.load_state_dict(plain.state_dict())

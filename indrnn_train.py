@@ -85,13 +85,15 @@ DEFAULTS = {
     "pmnist": replace(_MNIST, note="as mnist, with the pixels in a fixed random order "
                                    "(--permutation-seed)"),
     "text": TaskDefaults(
-        seq_len=50, hidden_size=2000, num_layers=6, norm="batch", norm_position="before",
+        seq_len=50, hidden_size=2000, num_layers=6, norm="layer", norm_position="before",
         dropout=0.25,
         learning_rate=2e-4, batch_size=128, max_steps=50_000, eval_steps=1000,
         lr_scheduler="constant", max_grad_norm=0.0, grad_clip_value=10.0, weight_decay=1e-4,
         recurrent_max_mag=2.0,
-        note="Deep IndRNN paper, char-level PTB: 6 layers x 2000, T = 50, batch norm before the "
-        "recurrence, Adam 2e-4, |u| <= 2^(1/T), gradients clamped to +-10, weight decay 1e-4",
+        note="Deep IndRNN paper, char-level PTB: 6 layers x 2000, T = 50, a norm before the "
+        "recurrence, Adam 2e-4, |u| <= 2^(1/T), gradients clamped to +-10, weight decay 1e-4; "
+        "layer norm where the paper has batch norm with statistics per time step and position: "
+        "pooled over the window, batch norm would let training see the tokens it predicts",
     ),
 }
 

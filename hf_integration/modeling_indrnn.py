@@ -7,6 +7,8 @@ sibling ``configuration_indrnn``.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
@@ -691,6 +693,15 @@ def _unseen_steps(seen: int, input_ids, attention_mask, inputs_embeds) -> int | 
     return length - seen
 
 
+BATCH_NORM_LEAK = (
+    "IndRNNForCausalLM with norm='batch': batch norm's training statistics pool every step of "
+    "the batch, so in training the output at a step depends on later tokens, the ones the "
+    "model is to predict. The Deep IndRNN paper's language models take statistics per time "
+    "step and position, which indrnn_triton does not implement; norm='layer' (or None) has no "
+    "such dependence. Evaluation and generation use the running statistics and are causal."
+)
+
+
 class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
     """IndRNN language model; `generate()` carries one float32 recurrent state per layer."""
 
@@ -706,6 +717,8 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
                 f"IndRNNForCausalLM needs token inputs: input_size must be None, got "
                 f"{config.input_size}"
             )
+        if config.norm == "batch":
+            warnings.warn(BATCH_NORM_LEAK, stacklevel=2)
         super().__init__(config)
         self.model = IndRNNModel(config)
         self.dropout = nn.Dropout(config.head_dropout)

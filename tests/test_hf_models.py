@@ -327,6 +327,28 @@ def test_device_map_with_the_recurrent_weights_offloaded(cls, tmp_path):
         assert torch.equal(loaded.generate(ids, **kw), model.generate(ids, **kw))
 
 
+@pytest.mark.parametrize("norm", ["layer", None, "batch"])
+def test_causal_lm_in_training_sees_no_later_token_unless_batch_norm_warns(norm):
+    """In training, logits before step 6 do not move when only later tokens change, with layer
+    norm or none. Batch norm pools its statistics over every step of the batch, so they move:
+    the model warns when built with it (the paper's per-step, per-position statistics are not
+    implemented) and `indrnn-train text --preset paper` uses layer norm."""
+    ids = torch.stack(random_tokens([10, 10, 10]))
+    later = ids.clone()
+    later[:, 6:] = torch.stack(random_tokens([4, 4, 4]))
+    if norm == "batch":
+        with pytest.warns(UserWarning, match="norm='batch'.*depends on later tokens"):
+            lm = tiny_model(IndRNNForCausalLM, norm=norm)
+    else:
+        lm = tiny_model(IndRNNForCausalLM, norm=norm)
+    lm.train()
+    early = [lm(input_ids=v).logits[:, :6] for v in (ids, later)]
+    assert torch.equal(*early) == (norm != "batch")
+    from indrnn_train import DEFAULTS
+
+    assert DEFAULTS["text"].norm == "layer"
+
+
 def test_saved_folder_has_code_and_full_auto_map(tmp_path):
     import json
 

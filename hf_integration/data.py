@@ -226,6 +226,11 @@ def _pixels(images, source: str) -> np.ndarray:
     return np.stack(pixels).reshape(len(pixels), MNIST_SEQ_LEN)
 
 
+# How a pixel byte v becomes the input; recorded with a training run's flags so that --resume
+# refuses a run trained on other inputs (until 2026-12-02 it was v / 255, in [0, 1]).
+PIXEL_SCALING = "(v / 256 - 0.5) * 2"
+
+
 def _pixels_transform(permutation: np.ndarray | None, source: str):
     def transform(batch):
         pixels = _pixels(batch["image"], source)

@@ -167,6 +167,10 @@ def resume_settings(args) -> dict:
     settings = {name: getattr(args, name) for name in names}
     if args.task != "adding":
         settings["data"] = None if args.data is None else os.path.abspath(args.data)
+    if args.task in ("mnist", "pmnist"):
+        from .data import PIXEL_SCALING
+
+        settings["pixel_scaling"] = PIXEL_SCALING
     settings["world_size"] = int(os.environ.get("WORLD_SIZE", "1"))
     if args.lr_scheduler == "plateau":
         settings.update(plateau_patience=args.plateau_patience, eval_steps=args.eval_steps,
@@ -175,7 +179,8 @@ def resume_settings(args) -> dict:
 
 
 def _flag(name: str) -> str:
-    return {"task": "the task", "world_size": "processes (WORLD_SIZE)"}.get(
+    return {"task": "the task", "world_size": "processes (WORLD_SIZE)",
+            "pixel_scaling": "the pixel scaling (an earlier indrnn-train's)"}.get(
         name, "--" + name.replace("_", "-"))
 
 

@@ -1160,6 +1160,23 @@ def test_resume_with_other_training_flags_is_a_one_line_error_naming_each(finish
                        "--save-total-limit", "3", "--eval-batch-size", "7"]) == 0
 
 
+def test_resume_of_an_mnist_run_with_other_pixel_scaling_is_refused(tmp_path):
+    """The pixels became (v / 256 - 0.5) * 2 (the authors'), from v / 255: a checkpoint whose
+    record lacks the scaling was trained on other inputs, and --resume names it."""
+    args = train.parse_args(["mnist", "--output-dir", str(tmp_path)])
+    settings = train.resume_settings(args)
+    assert settings["pixel_scaling"] == data.PIXEL_SCALING == "(v / 256 - 0.5) * 2"
+    checkpoint = tmp_path / "checkpoint-4"
+    checkpoint.mkdir()
+    earlier = {k: v for k, v in settings.items() if k != "pixel_scaling"}
+    (checkpoint / train.RECORD).write_text(json.dumps({"settings": earlier}))
+    with pytest.raises(train.UsageError, match=r"the pixel scaling \(an earlier indrnn-train's\)"
+                       r" None there, '\(v / 256 - 0.5\) \* 2' here"):
+        train.check_resumable([str(checkpoint)], args)
+    (checkpoint / train.RECORD).write_text(json.dumps({"settings": settings}))
+    train.check_resumable([str(checkpoint)], args)
+
+
 @pytest.mark.parametrize("limit, kept", [(1, ["checkpoint-8"]),
                                          (2, ["checkpoint-6", "checkpoint-8"])])
 def test_plateau_schedule_keeps_the_newest_checkpoints(tmp_path, capsys, limit, kept):

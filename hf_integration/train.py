@@ -175,6 +175,8 @@ def resume_settings(args) -> dict:
     if args.lr_scheduler == "plateau":
         settings.update(plateau_patience=args.plateau_patience, eval_steps=args.eval_steps,
                         test_size=args.test_size)
+    if args.lr_scheduler == "step":
+        settings["lr_step_size"] = args.lr_step_size
     return settings
 
 
@@ -385,7 +387,9 @@ def use_cpu(args, environ=os.environ) -> bool:
 def training_arguments(args):
     from transformers import TrainingArguments
 
-    schedule = dict(lr_scheduler_type=args.lr_scheduler)
+    # "step" is no lr_scheduler_type: the trainer builds it (guarded_trainer's step_size).
+    schedule = dict(lr_scheduler_type="constant" if args.lr_scheduler == "step"
+                    else args.lr_scheduler)
     if args.lr_scheduler == "plateau":  # divide by 10 when the evaluated loss stops improving
         schedule = dict(lr_scheduler_type="reduce_lr_on_plateau",
                         lr_scheduler_kwargs={"mode": "min", "factor": 0.1, "eps": 0.0,
@@ -505,12 +509,15 @@ def write_record(folder: str, record: dict) -> None:
         json.dump(record, f, indent=1)
 
 
-def guarded_trainer(guard: RunGuard, callbacks=(), record: dict | None = None, **kwargs):
+def guarded_trainer(guard: RunGuard, callbacks=(), record: dict | None = None,
+                    step_size: int | None = None, **kwargs):
     """A ``Trainer`` that reports a non-finite training loss to ``guard``, with ``callbacks``
     and the authors' weight-decay groups (:func:`hf_integration.recipe.decays`); it writes
     ``record`` (RECORD) with every model it saves, so each checkpoint carries the settings
     ``--resume`` checks (written with the weights, before the Trainer's trainer_state.json, the
-    file that makes a checkpoint complete); and it keeps no "best" checkpoint."""
+    file that makes a checkpoint complete); and it keeps no "best" checkpoint. With
+    ``step_size``, the lr is divided by 10 every ``step_size`` optimizer steps (torch's StepLR,
+    saved and restored with the checkpoints like the Trainer's own schedules)."""
     from transformers import Trainer
 
     from .recipe import decays
@@ -533,6 +540,13 @@ def guarded_trainer(guard: RunGuard, callbacks=(), record: dict | None = None, *
             self.state.best_global_step = None
             self.state.best_model_checkpoint = None
             return False
+
+        def create_scheduler(self, num_training_steps, optimizer=None):
+            if step_size is not None and self.lr_scheduler is None:
+                self.lr_scheduler = torch.optim.lr_scheduler.StepLR(
+                    optimizer or self.optimizer, step_size=step_size, gamma=0.1)
+                self._created_lr_scheduler = True
+            return super().create_scheduler(num_training_steps, optimizer)
 
         def training_step(self, *args, **kw):
             loss = super().training_step(*args, **kw)
@@ -812,6 +826,7 @@ def _run(args) -> dict:
     targs = training_arguments(args)
     guard = RunGuard()
     trainer = guarded_trainer(guard, callbacks=recipe_callbacks(args), record=run_record(args),
+                              step_size=args.lr_step_size if args.lr_scheduler == "step" else None,
                               model=model, args=targs, optimizer_cls_and_kwargs=optimizer(args),
                               **trainer_kwargs)
     resume_from = _checkpoint_to_resume(args, trainer)

@@ -4,6 +4,7 @@ import json
 import multiprocessing
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -1175,6 +1176,35 @@ def test_resume_of_an_mnist_run_with_other_pixel_scaling_is_refused(tmp_path):
         train.check_resumable([str(checkpoint)], args)
     (checkpoint / train.RECORD).write_text(json.dumps({"settings": settings}))
     train.check_resumable([str(checkpoint)], args)
+
+
+def test_step_schedule_divides_the_lr_by_10_every_step_size_steps_and_resumes(tmp_path,
+                                                                               capsys):
+    """--lr-scheduler step (the IndRNN paper's adding-problem schedule, 2e-4 / 10 every 20000
+    steps): the logged lr falls tenfold every --lr-step-size steps, and a run resumed from a
+    checkpoint goes on with the same decay as one uninterrupted run."""
+    flags = ["adding", "-T", "6", "--test-size", "20", *TINY, "--learning-rate", "1e-2",
+             "--lr-scheduler", "step", "--lr-step-size", "2", "--logging-steps", "1",
+             "--save-steps", "2"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert train.main([*flags, "--output-dir", str(whole)]) == 0
+
+    def lrs(out):
+        log = json.loads((out / "log_history.json").read_text())
+        return [e["learning_rate"] for e in log if "learning_rate" in e]
+
+    want = [1e-2 * 0.1 ** ((step - 1) // 2) for step in range(1, 7)]  # the lr of each step
+    assert lrs(whole) == pytest.approx(want, rel=1e-6)
+    shutil.copytree(whole, cut)  # as if stopped after checkpoint-4
+    shutil.rmtree(cut / "checkpoint-6")
+    assert train.main([*flags, "--output-dir", str(cut), "--resume"]) == 0
+    assert lrs(cut)[-2:] == pytest.approx(want[-2:], rel=1e-6)
+    for argv, message in ((["--lr-step-size", "5"], "--lr-step-size applies to --lr-scheduler"),
+                          (["--lr-scheduler", "step", "--warmup-steps", "3"],
+                           "--warmup-steps does not apply to --lr-scheduler step")):
+        code, err = _exit_message(capsys, ["adding", *argv])
+        assert code == 2 and message in err, err
+    assert train.parse_args(["adding", "--lr-scheduler", "step"]).lr_step_size == 20_000
 
 
 @pytest.mark.parametrize("limit, kept", [(1, ["checkpoint-8"]),

@@ -1,14 +1,14 @@
 """Reproduce the IndRNN paper's adding-problem experiment (Li et al., CVPR 2018, figure 2).
 
 The paper's settings: 2 IndRNN layers x 128 units, Adam with lr 2e-4 (divided by 10 every 20000
-steps: constant over the 20000 steps run here), batch 50 (batzner's TensorFlow reproduction; the
-authors' Theano script uses 32), MSE, |u| <= 2^(1/T), for T = 100, 500, 1000 and 5000; IndRNN
-converges at all four lengths (the baseline of always predicting 1 has MSE ~ 0.167). The defaults
-are the authors' recipe (their adding script and their PyTorch training scripts): the clip bound as
-a magnitude, MAG = 2 (r = 2^(1/T)); the last layer's recurrent weights initialised near 1,
-uniformly in [1/r, r], at every length (``--near-one-from``; a well-known TensorFlow reproduction
-failed at T = 5000 without it); every gradient element clamped to +-10 each step
-(``--grad-clip-value``); the recurrent weights clamped to [-r, r] after each step
+steps, ``--lr-scheduler step``: constant over the default 20000 steps), batch 50 (batzner's
+TensorFlow reproduction; the authors' Theano script uses 32), MSE, |u| <= 2^(1/T), for T = 100,
+500, 1000 and 5000; IndRNN converges at all four lengths (the baseline of always predicting 1 has
+MSE ~ 0.167). The defaults are the authors' recipe (their adding script and their PyTorch training
+scripts): the clip bound as a magnitude, MAG = 2 (r = 2^(1/T)); the last layer's recurrent weights
+initialised near 1, uniformly in [1/r, r], at every length (``--near-one-from``; a well-known
+TensorFlow reproduction failed at T = 5000 without it); every gradient element clamped to +-10 each
+step (``--grad-clip-value``); the recurrent weights clamped to [-r, r] after each step
 (``--no-constrain`` turns it off); no weight decay. (The authors' Theano adding script clips the
 gradient messages inside the recurrence at 10; the fused op has no such hook, and the clamp of the
 parameter gradients is the authors' PyTorch form of it.)
@@ -85,7 +85,7 @@ def train_one(args, seq_len: int, max_steps: int) -> dict:
     out_dir = os.path.join(args.out, "models", f"adding_T{seq_len}")
     argv = [
         "adding", "--seq-len", str(seq_len), "--max-steps", str(max_steps),
-        "--learning-rate", str(args.learning_rate), "--lr-scheduler", "constant",
+        "--learning-rate", str(args.learning_rate), "--lr-scheduler", "step",
         "--batch-size", str(args.batch_size), "--eval-steps", str(args.eval_steps),
         "--test-size", str(args.test_size), "--seed", str(args.seed),
         "--cpu-threads", str(args.cpu_threads), "--output-dir", out_dir, "--no-progress",

@@ -894,7 +894,7 @@ def test_reproduce_adding_tiny_series_and_resume(tmp_path, capsys):
     assert "--max-grad-norm 5.0" in runs[1]["command"]
     assert [r["last_layer_init_near_one"] for r in runs] == [False, True]
     assert all(r["steps"] == 4 and [s for s, _ in r["curve"]] == [2, 4] for r in runs)
-    assert "--learning-rate 0.0002 --lr-scheduler constant" in runs[0]["command"]
+    assert "--learning-rate 0.0002 --lr-scheduler step" in runs[0]["command"]
     assert (tmp_path / "adding_curves.png").read_bytes()[:4] == b"\x89PNG"
     table = (tmp_path / "adding_results.md").read_text()
     assert "| 6 | 4 |" in table and table.rstrip().endswith("| yes | 5.0 | 2.0 | 10.0 | yes |")

@@ -175,7 +175,7 @@ def resume_settings(args) -> dict:
     if args.lr_scheduler == "plateau":
         settings.update(plateau_patience=args.plateau_patience, eval_steps=args.eval_steps,
                         test_size=args.test_size)
-    if args.lr_scheduler == "step":
+    if args.lr_step_size is not None:  # --lr-scheduler step
         settings["lr_step_size"] = args.lr_step_size
     return settings
 
@@ -826,7 +826,7 @@ def _run(args) -> dict:
     targs = training_arguments(args)
     guard = RunGuard()
     trainer = guarded_trainer(guard, callbacks=recipe_callbacks(args), record=run_record(args),
-                              step_size=args.lr_step_size if args.lr_scheduler == "step" else None,
+                              step_size=args.lr_step_size,  # None unless --lr-scheduler step
                               model=model, args=targs, optimizer_cls_and_kwargs=optimizer(args),
                               **trainer_kwargs)
     resume_from = _checkpoint_to_resume(args, trainer)

@@ -167,17 +167,12 @@ class _EagerLinear(torch.autograd.Function):
 
 def linear_recurrence(x, weight_ih, weight_hh, bias, h0, mask, r_max, r_min, reverse,
                       batch_first, bidirectional):
-    """The fused layer op on checked arguments (:func:`prepare`): the registered custom op where
-    torch's machinery needs it (:func:`indrnn_triton.op.use_custom_op`), :class:`_EagerLinear`
-    otherwise, and the implementation alone when no gradient is wanted."""
-    args = (x, weight_ih, weight_hh, bias, h0, mask, r_max, r_min, reverse, batch_first,
-            bidirectional)
-    if op.use_custom_op((x, weight_ih, weight_hh, bias, h0, mask)):
-        return _linear_forward_op(*args)
-    if torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (x, weight_ih, weight_hh, bias, h0)):
-        return _EagerLinear.apply(*args)
-    return _forward_impl_linear(*args, use_triton=op._use_triton(x))
+    """The fused layer op on checked arguments (:func:`prepare`), through
+    :func:`indrnn_triton.op.route`: :func:`_linear_forward_op`, :class:`_EagerLinear`,
+    :func:`_forward_impl_linear`."""
+    return op.route(_linear_forward_op, _EagerLinear, _forward_impl_linear,
+                    (x, weight_ih, weight_hh, bias, h0, mask, r_max, r_min, reverse, batch_first,
+                     bidirectional), 6)
 
 
 def _autocast(x: Tensor, weight_ih: Tensor) -> tuple[Tensor, Tensor]:

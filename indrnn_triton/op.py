@@ -312,19 +312,26 @@ def _use_triton(t: Tensor) -> bool:
 _PLAIN = (Tensor, torch.nn.Parameter)
 
 
+def route(custom_op, eager, impl, args, n_tensors: int):
+    """Run an op on checked arguments ``args``, whose first ``n_tensors`` are its tensors (the
+    last of them the mask, never differentiated): the registered ``custom_op`` where torch's
+    machinery needs it (:func:`use_custom_op`), the same computation through the
+    autograd.Function ``eager`` when a gradient is wanted, and ``impl`` alone otherwise."""
+    tensors = args[:n_tensors]
+    if use_custom_op(tensors):
+        return custom_op(*args)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors[:-1]):
+        return eager.apply(*args)
+    return impl(*args, use_triton=_use_triton(args[0]))
+
+
 def recurrence(pre, weight_hh, bias, h0, mask, r_max, r_min, reverse, batch_first,
                bidirectional, method):
-    """The op on checked arguments: the registered custom op where torch's machinery needs it
-    (:func:`use_custom_op`), the same computation through :class:`_EagerRecurrence` otherwise,
-    and the implementation alone when no gradient is wanted."""
-    args = (pre, weight_hh, bias, h0, mask, r_max, r_min, reverse, batch_first, bidirectional,
-            method)
-    if use_custom_op((pre, weight_hh, bias, h0, mask)):
-        return _forward_op(*args)
-    if torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (pre, weight_hh, bias, h0)):
-        return _EagerRecurrence.apply(*args)
-    return _forward_impl(*args, use_triton=_use_triton(pre))
+    """The op on checked arguments (:func:`route`: :func:`_forward_op`,
+    :class:`_EagerRecurrence`, :func:`_forward_impl`)."""
+    return route(_forward_op, _EagerRecurrence, _forward_impl,
+                 (pre, weight_hh, bias, h0, mask, r_max, r_min, reverse, batch_first,
+                  bidirectional, method), 5)
 
 
 def _check_float_tensor(name: str, t, ndim: int) -> None:

@@ -13,7 +13,12 @@ import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
-from transformers.cache_utils import Cache, DynamicCache, LinearAttentionCacheLayerMixin
+from transformers.cache_utils import (
+    Cache,
+    DynamicCache,
+    LinearAttentionCacheLayerMixin,
+    LinearAttentionLayer,
+)
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BaseModelOutputWithPast,
@@ -71,11 +76,58 @@ class IndRNNCache(DynamicCache):
         self.seen_steps = 0
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.seen_steps
+        return int(self.seen_steps)
 
     def reset(self):
         super().reset()
         self.seen_steps = 0
+
+
+# A cache crosses a torch.export graph's boundary as a pytree: its tensors become the graph's
+# inputs and outputs, and the rest (the context) is fixed when the graph is traced, a call
+# with another context being refused. transformers' generic flattening would put `seen_steps`
+# in the context, so an exported decode step would run at one position only. Here the context
+# is the layer count and which layers hold a state, and the step count travels as a 0-dim int64
+# tensor that the graph updates. A cache that comes out of an exported graph (not traced) gets
+# its count back as an int.
+def _flatten_cache(cache: IndRNNCache) -> tuple[list[torch.Tensor], list]:
+    held = [bool(layer.has_previous_state[0]) for layer in cache.layers]
+    states = [layer.recurrent_states[0] for layer, h in zip(cache.layers, held) if h]
+    steps = cache.seen_steps
+    if not isinstance(steps, torch.Tensor):
+        steps = torch.full((), steps, dtype=torch.int64)
+    return [*states, steps], [len(held), held]
+
+
+def _unflatten_cache(leaves, context) -> IndRNNCache:
+    num_layers, held = context
+    *states, steps = leaves
+    cache = IndRNNCache.__new__(IndRNNCache)
+    DynamicCache.__init__(cache)
+    cache.layers = [LinearAttentionLayer() for _ in range(num_layers)]
+    states = iter(states)
+    for layer, h in zip(cache.layers, held):
+        if h:
+            state = next(states)
+            layer.recurrent_states[0] = state
+            layer.dtype, layer.device = state.dtype, state.device
+            layer.is_recurrent_states_initialized[0] = True
+            layer.has_previous_state[0] = True
+    tracing = torch.compiler.is_compiling() or torch._subclasses.fake_tensor.is_fake(steps)
+    cache.seen_steps = steps if tracing else int(steps)
+    return cache
+
+
+def _flatten_cache_with_keys(cache: IndRNNCache):
+    leaves, context = _flatten_cache(cache)
+    return [(torch.utils._pytree.SequenceKey(i), leaf) for i, leaf in enumerate(leaves)], context
+
+
+torch.utils._pytree.register_pytree_node(
+    IndRNNCache, _flatten_cache, _unflatten_cache,
+    serialized_type_name=f"{IndRNNCache.__module__}.{IndRNNCache.__qualname__}",
+    flatten_with_keys_fn=_flatten_cache_with_keys,
+)
 
 
 class IndRNNPreTrainedModel(PreTrainedModel):

@@ -61,6 +61,27 @@ class IndRNNModelTester:
         return model_class(self.get_config(**overrides)).eval()
 
 
+def _inputs_of_shape(batch_size: int, seq_length: int, vocab_size: int) -> dict:
+    """Token ids and an attention mask, the first row unpadded and the others left-padded."""
+    g = torch.Generator().manual_seed(batch_size * 100 + seq_length)
+    input_ids = torch.randint(1, vocab_size, (batch_size, seq_length), generator=g)
+    pads = torch.arange(batch_size) % seq_length
+    mask = (torch.arange(seq_length) >= pads[:, None]).long()
+    return {"input_ids": input_ids.masked_fill(mask == 0, 0), "attention_mask": mask}
+
+
+def _assert_same_outputs(got, expected) -> None:
+    """Every tensor of two model outputs equal, caches compared by their states and counts."""
+    assert type(got) is type(expected) and got.keys() == expected.keys()
+    for key in expected:
+        if isinstance(expected[key], IndRNNCache):
+            assert got[key].get_seq_length() == expected[key].get_seq_length()
+            for g, e in zip(got[key].layers, expected[key].layers, strict=True):
+                torch.testing.assert_close(g.recurrent_states[0], e.recurrent_states[0])
+        else:
+            torch.testing.assert_close(got[key], expected[key], msg=key)
+
+
 def _main_output(model, outputs) -> torch.Tensor:
     return outputs.last_hidden_state if isinstance(model, IndRNNModel) else outputs.logits
 
@@ -84,6 +105,23 @@ class TestIndRNNModelCommon:
         loaded = model_class.from_pretrained(tmp_path).eval()
         assert torch.equal(_main_output(loaded, loaded(**inputs)),
                            _main_output(model, model(**inputs)))
+
+    def test_torch_export_with_dynamic_batch_and_time_saved_and_loaded(self, model_class,
+                                                                        tmp_path):
+        # One program for every batch size and length (left padding included), the returned
+        # cache too, equal to eager at shapes other than the traced one after a save and load.
+        model = self.tester.create_model(model_class)
+        inputs = self.tester.prepare_inputs()
+        batch, time = torch.export.Dim("batch"), torch.export.Dim("time")
+        program = torch.export.export(
+            model, (), dict(inputs), dynamic_shapes={k: {0: batch, 1: time} for k in inputs},
+            strict=False)
+        torch.export.save(program, tmp_path / "model.pt2")
+        exported = torch.export.load(tmp_path / "model.pt2").module()
+        for shape in [(3, 6), (1, 2), (5, 11)]:
+            other = _inputs_of_shape(*shape, self.tester.vocab_size)
+            with torch.no_grad():
+                _assert_same_outputs(exported(**other), model(**other))
 
     def test_hidden_states_output(self, model_class):
         model = self.tester.create_model(model_class, num_hidden_layers=3)
@@ -177,6 +215,36 @@ class TestIndRNNModelCommon:
             model(**{k: v[:, :3].repeat_interleave(num_beams, 0) for k, v in inputs.items()},
                   cache=cache)
         assert torch.equal(model.generate(**inputs, cache=cache, **kwargs), whole)
+
+    @pytest.mark.parametrize("generative_class", GENERATIVE_MODEL_CLASSES,
+                             ids=lambda cls: cls.__name__)
+    def test_exported_prefill_and_decode_generate_as_the_model(self, generative_class,
+                                                                tmp_path):
+        # transformers' exporter splits generation into a prefill and a one-token decode
+        # graph. The decode graph must take the cache at every step count: the count crosses
+        # the graph as a tensor, not as a constant of the traced pytree (then only the traced
+        # step ran). Greedy tokens and each step's logits equal generate(), for other prompt
+        # lengths and batch sizes than the traced ones, after a save and load.
+        exporters = pytest.importorskip("transformers.exporters")
+        model = self.tester.create_model(generative_class)
+        exported = exporters.DynamoExporter().export_for_generation(
+            model, self.tester.prepare_inputs(), exporters.DynamoConfig(dynamic=True))
+        exported.save_pretrained(tmp_path)
+        runners = exporters.ExportedModel.from_pretrained(tmp_path, trust_remote_code=True).runners
+        for shape in [(2, 3), (4, 9)]:
+            inputs = _inputs_of_shape(*shape, self.tester.vocab_size)
+            expected = model.generate(**inputs, max_new_tokens=5, do_sample=False, pad_token_id=0,
+                                      output_logits=True, return_dict_in_generate=True)
+            out = runners["prefill"](**inputs)
+            mask, logits = inputs["attention_mask"], [out.logits[:, -1]]
+            for _ in range(4):
+                token = logits[-1].argmax(-1, keepdim=True)
+                mask = torch.cat([mask, torch.ones_like(token)], 1)
+                out = runners["decode"](input_ids=token, attention_mask=mask, cache=out.cache)
+                logits.append(out.logits[:, -1])
+            assert out.cache.get_seq_length() == shape[1] + 4
+            torch.testing.assert_close(torch.stack(logits), torch.stack(expected.logits))
+            assert torch.equal(torch.stack(logits).argmax(-1).T, expected.sequences[:, shape[1]:])
 
     @pytest.mark.parametrize("generative_class", GENERATIVE_MODEL_CLASSES,
                              ids=lambda cls: cls.__name__)

@@ -715,6 +715,32 @@ def test_torch_jit_trace(grad):
             torch.testing.assert_close(a, w, rtol=1e-6, atol=1e-6)
 
 
+def test_torch_export_dynamic_shapes_saved_and_loaded(tmp_path):
+    """torch.export with dynamic batch and time, saved and loaded in the .pt2 format: the
+    program equals eager mode at other shapes (one step, one row included), values and the
+    gradients of the input and every parameter."""
+    rnn = randomise_(IndRNN(IN, H, num_layers=3, bidirectional=True, residual=True,
+                            norm="layer", batch_first=True, recurrent_max_abs=1.1))
+    batch, time = torch.export.Dim("batch"), torch.export.Dim("time")
+    x, mask = torch.randn(B, T, IN), padding_mask([T, 2, 5, 3], T).T
+    program = torch.export.export(rnn, (x,), {"mask": mask},
+                                  dynamic_shapes={"x": {0: batch, 1: time},
+                                                  "mask": {0: batch, 1: time}})
+    torch.export.save(program, tmp_path / "rnn.pt2")
+    exported = torch.export.load(tmp_path / "rnn.pt2").module()
+    for b, t in [(3, 11), (1, 1), (2, 1), (1, 4)]:
+        x = torch.randn(b, t, IN, requires_grad=True)
+        mask = padding_mask([t] + [max(t - 2, 1)] * (b - 1), t).T
+        results = []
+        for model in (exported, rnn):
+            out, h_n = model(x, mask=mask)
+            params = [dict(model.named_parameters())[n] for n, _ in rnn.named_parameters()]
+            grads = torch.autograd.grad(out.square().sum() + h_n.sum(), [x, *params])
+            results.append((out, h_n, *grads))
+        for got, want in zip(*results, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("masked", [True, False])
 @pytest.mark.parametrize("options", [dict(num_layers=2, norm="layer"),
                                      dict(num_layers=3, norm="batch", residual=True)])

@@ -135,7 +135,7 @@ class IndRNNConfig(PreTrainedConfig):
     input_size: int | None = None
     embedding_size: int | None = None
     hidden_size: int = 128
-    num_hidden_layers: int = _DEFAULT_LAYERS
+    num_hidden_layers: int | None = None  # _DEFAULT_LAYERS, or derived, when not given
     bidirectional: bool = False
     dropout: float = 0.0
     dropout_last: float | None = None
@@ -173,10 +173,12 @@ class IndRNNConfig(PreTrainedConfig):
         super().__setattr__(key, _to_python(value))
 
     def __post_init__(self, **kwargs):
+        # A dense network derives its layer count: a count given must be the derived one (a
+        # saved config.json holds the derived count).
+        asked = self.num_hidden_layers
+        if asked is None:
+            self.num_hidden_layers = _DEFAULT_LAYERS
         super().__post_init__(**kwargs)
-        # A dense network derives its layer count: a count given that is not the default must
-        # be the derived one (a saved config.json holds the derived count).
-        asked = self.num_hidden_layers if self.num_hidden_layers != _DEFAULT_LAYERS else None
         self._validate_indrnn()
         self._check_dense_layer_count(asked)
 

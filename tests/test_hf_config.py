@@ -269,8 +269,9 @@ def test_dense_layer_count_given_that_is_not_the_derived_one_raises(tmp_path):
     dense = dict(hidden_size=8, dense_growth_rate=2, dense_bottleneck=0, dense_block_config=[1])
     assert IndRNNConfig(**dense).num_hidden_layers == 3
     assert IndRNNConfig(num_hidden_layers=3, **dense).num_hidden_layers == 3
-    with pytest.raises(ValueError, match=r"num_hidden_layers=5 was given.*: 3 layers"):
-        IndRNNConfig(num_hidden_layers=5, **dense)
+    for asked in (2, 5):  # 2 is the default of a network that is not dense
+        with pytest.raises(ValueError, match=rf"num_hidden_layers={asked} was given.*: 3 layers"):
+            IndRNNConfig(num_hidden_layers=asked, **dense)
     IndRNNConfig(**dense).save_pretrained(tmp_path)
     assert AutoConfig.from_pretrained(tmp_path, num_hidden_layers=3).num_hidden_layers == 3
     for asked in (2, 4):  # the default too: an override is always the user's

@@ -297,6 +297,46 @@ def test_compiled_op_on_cuda(pinned):
         assert _rel_err(a, b) < 1e-5
 
 
+def test_exported_layers_on_cuda_equal_eager(pinned, tmp_path):
+    """torch.export of bfloat16 IndRNNs on CUDA, both ops (a layer with the fused projection,
+    then one with the GEMM and the recurrence), dynamic batch and time, saved and loaded: the
+    program's outputs and gradients equal the eager modules' at another shape."""
+    from indrnn_triton import IndRNN
+
+    class Stack(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            kw = dict(bidirectional=True, batch_first=True, recurrent_max_abs=1.2,
+                      device="cuda", dtype=torch.bfloat16)
+            self.fused = IndRNN(17, 40, fused_projection=True, **kw)
+            self.unfused = IndRNN(80, 24, fused_projection=False, **kw)
+
+        def forward(self, x):
+            out, h_fused = self.fused(x)
+            out, h_unfused = self.unfused(out)
+            return out, h_fused, h_unfused
+
+    torch.manual_seed(0)
+    stack = Stack()
+    batch, time = torch.export.Dim("batch"), torch.export.Dim("time")
+    x = torch.randn(3, 20, 17, device="cuda", dtype=torch.bfloat16)
+    program = torch.export.export(stack, (x,), dynamic_shapes=({0: batch, 1: time},))
+    ops = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert {"indrnn_triton.indrnn_linear_forward.default",
+            "indrnn_triton.indrnn_forward.default"} <= ops, ops
+    torch.export.save(program, tmp_path / "stack.pt2")
+    exported = torch.export.load(tmp_path / "stack.pt2").module()
+    x = torch.randn(5, 77, 17, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    results = []
+    for model in (exported, stack):
+        out, h_fused, h_unfused = model(x)
+        params = [dict(model.named_parameters())[n] for n, _ in stack.named_parameters()]
+        loss = out.float().square().sum() + h_fused.sum() + h_unfused.sum()
+        results.append((out, h_fused, h_unfused, *torch.autograd.grad(loss, [x, *params])))
+    for got, want in zip(*results, strict=True):
+        assert _rel_err(got.float(), want.float()) < 1e-6
+
+
 def test_reduce_overhead_compile_replays_cuda_graphs(pinned):
     """torch.compile(mode="reduce-overhead") captures the op (forward and backward) in CUDA
     graphs: replays on new inputs copied into the same tensors match eager, so no per-call

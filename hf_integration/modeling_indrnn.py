@@ -79,8 +79,39 @@ class IndRNNCache(DynamicCache):
         return int(self.seen_steps)
 
     def reset(self):
-        super().reset()
+        super().reset()  # zeroed in place; the next step may take another batch size
         self.seen_steps = 0
+
+    def _states(self) -> list[torch.Tensor]:
+        return [layer.recurrent_states[0] for layer in self.layers
+                if layer.is_recurrent_states_initialized[0]]
+
+    @property
+    def batch_size(self) -> int:
+        """The rows of the held states, or -1 before the first step."""
+        states = self._states()
+        return states[0].shape[0] if states else -1
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        """Repeat each row `repeats` times in place (`input_ids.repeat_interleave(repeats, 0)`'s
+        rows), e.g. a prompt's cache for `generate(num_beams=repeats)`."""
+        for layer in self.layers:
+            if layer.is_recurrent_states_initialized[0]:
+                layer.recurrent_states[0] = layer.recurrent_states[0].repeat_interleave(
+                    repeats, dim=0)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep the rows `indices` (in that order) in place."""
+        for layer in self.layers:
+            if layer.is_recurrent_states_initialized[0]:
+                state = layer.recurrent_states[0]
+                layer.recurrent_states[0] = state[indices.to(state.device)]
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise ValueError(
+            "an IndRNNCache cannot be cropped: its recurrent states cannot be rolled back to an "
+            "earlier step. Keep a copy (copy.deepcopy(cache), under torch.no_grad()) of the "
+            "cache at the step to return to")
 
 
 # A cache crosses a torch.export graph's boundary as a pytree: its tensors become the graph's
@@ -505,6 +536,14 @@ class IndRNNModel(IndRNNPreTrainedModel):
         # Stored batch-first, (batch, directions, hidden) per layer, so that the cache's beam
         # reordering (index_select on dim 0) applies; kept in the float32 the kernel returns.
         for layer, h_n in zip(self._cache_layers(cache), last_states, strict=True):
+            state = layer.recurrent_states[0]
+            if state is not None and not layer.has_previous_state[0] and (
+                    state.shape != (h_n.shape[1], h_n.shape[0], h_n.shape[2])
+                    or state.device != h_n.device):
+                # A reset cache (reset() zeroes the states in place) taking another batch
+                # size or device: the states are made again.
+                layer.recurrent_states[0] = None
+                layer.is_recurrent_states_initialized[0] = False
             layer.update_recurrent_state(h_n.transpose(0, 1), 0)
             # LinearAttentionLayer only sets this flag from update_conv_state; without it the
             # next step would start again from zeros.
@@ -721,6 +760,21 @@ class IndRNNForTokenClassification(IndRNNPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
+def _uncounted_cache_error(cache) -> ValueError:
+    # generate() feeds the whole prompt and the cache must say how much of it it holds; a
+    # DynamicCache of recurrent states cannot, and the held steps would run twice.
+    return ValueError(
+        "generate() continues from a cache that already holds steps only as an "
+        "IndRNNCache(model.config), which counts them; this cache is a "
+        f"{type(cache).__name__}. Build the prompt's cache with IndRNNCache, or continue "
+        "with the model's forward, which takes either"
+    )
+
+
+# generate()'s note to prepare_inputs_for_generation that the prompt is new steps, all fed.
+_WHOLE_PROMPT = -1
+
+
 def _unseen_steps(seen: int, input_ids, attention_mask, inputs_embeds) -> int | None:
     """How many of the prompt's last steps a cache that has seen `seen` steps must still read,
     or None to feed the prompt whole.
@@ -787,6 +841,30 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
                 f"the prompt is empty: generate() needs at least one step, got a prompt of "
                 f"shape {tuple(prompt.shape)} (start from a token such as bos_token_id)"
             )
+        cache = _cache_argument(kwargs.get("cache"), kwargs.get("past_key_values"))
+        config = kwargs.get("generation_config") or self.generation_config
+        chunk_size = kwargs.get("prefill_chunk_size", getattr(config, "prefill_chunk_size", None))
+        if not isinstance(cache, IndRNNCache) and self.model._holds_state(cache):
+            raise _uncounted_cache_error(cache)
+        if isinstance(cache, IndRNNCache) and cache.seen_steps:
+            # How much of the prompt the cache has not seen, read here: generate() drops an
+            # all-ones attention_mask before prepare_inputs_for_generation, and with it the
+            # sign that only the new steps were given.
+            unseen = _unseen_steps(cache.seen_steps,
+                                   kwargs.get("input_ids") if inputs is None else inputs,
+                                   kwargs.get("attention_mask"), kwargs.get("inputs_embeds"))
+            if unseen is not None and chunk_size is not None:
+                raise ValueError(
+                    "prefill_chunk_size with a cache that has seen steps needs only the new "
+                    "steps as the prompt (with an attention_mask over the whole sequence): "
+                    "the chunks of the whole sequence would start with steps the cache has seen")
+            kwargs["_unseen_prompt_steps"] = _WHOLE_PROMPT if unseen is None else unseen
+        elif chunk_size is not None:
+            # Each chunk is new. transformers chunks the prefill only into a cache it is given:
+            # it builds none for this model, whose forward makes one.
+            if cache is None and kwargs.get("use_cache", config.use_cache) is not False:
+                kwargs["cache"] = IndRNNCache(self.config)
+            kwargs["_unseen_prompt_steps"] = _WHOLE_PROMPT
         return super().generate(inputs, *args, **kwargs)
 
     @classmethod
@@ -795,23 +873,25 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
         return False
 
     def prepare_inputs_for_generation(
-        self, input_ids, attention_mask=None, inputs_embeds=None, **kwargs
+        self, input_ids, attention_mask=None, inputs_embeds=None, _unseen_prompt_steps=None,
+        **kwargs
     ):
+        # generate(stop_strings=..., tokenizer=tok) passes its tokenizer on to the forward.
+        kwargs.pop("tokenizer", None)
         cache = _cache_argument(kwargs.get("cache"), kwargs.get("past_key_values"))
-        if (
+        if _unseen_prompt_steps is not None:
+            # Set by generate() (this model's), which has read the prompt whole: the number
+            # of the prompt's last steps to feed, or _WHOLE_PROMPT (also each prefill chunk).
+            if (kwargs.get("is_first_iteration") and kwargs.get("next_sequence_length") is None
+                    and _unseen_prompt_steps != _WHOLE_PROMPT):
+                kwargs["next_sequence_length"] = _unseen_prompt_steps
+        elif (
             kwargs.get("is_first_iteration")
             and not isinstance(cache, IndRNNCache)
             and self.model._holds_state(cache)
         ):
-            # generate() feeds the whole prompt and the cache must say how much of it it holds;
-            # a DynamicCache of recurrent states cannot, and the held steps would run twice.
-            raise ValueError(
-                "generate() continues from a cache that already holds steps only as an "
-                "IndRNNCache(model.config), which counts them; this cache is a "
-                f"{type(cache).__name__}. Build the prompt's cache with IndRNNCache, or continue "
-                "with the model's forward, which takes either"
-            )
-        if (
+            raise _uncounted_cache_error(cache)
+        elif (
             kwargs.get("is_first_iteration")
             and kwargs.get("next_sequence_length") is None
             and isinstance(cache, IndRNNCache)

@@ -220,13 +220,100 @@ def test_continuing_from_a_cache_equals_one_uninterrupted_call(prompt, num_beams
     assert cache.get_seq_length() == 9 + NEW - 1  # the last token is returned, not fed
 
 
-def test_continuing_with_only_the_new_steps_and_the_whole_mask():
+@pytest.mark.parametrize("seen", [2, 5, 7], ids=lambda n: f"seen{n}")
+@pytest.mark.parametrize("padding", ["left", "none"])
+def test_continuing_with_only_the_new_steps_and_the_whole_mask(padding, seen):
+    """Fewer, as many or more new steps than seen ones. generate() drops an all-ones mask
+    before it prepares the inputs: new steps that outnumbered the seen ones were taken for the
+    whole sequence and all but the last (new - seen) skipped (silently other tokens), and
+    fewer new steps than seen ones raised that the cache had seen the whole prompt."""
     model = tiny_model(IndRNNForCausalLM)
-    ids, mask = padded_batch(random_tokens([6, 9]), "left")
+    lengths = [6, 9] if padding == "left" else [9, 9]
+    ids, mask = padded_batch(random_tokens(lengths), "left")
     whole = _generate(model, ids, attention_mask=mask)
-    cache = _cache_after(model, ids[:, :5], mask[:, :5])
-    continued = _generate(model, ids[:, 5:], attention_mask=mask, cache=cache)
-    assert torch.equal(continued, whole[:, 5:])
+    cache = _cache_after(model, ids[:, :seen], mask[:, :seen])
+    continued = _generate(model, ids[:, seen:], attention_mask=mask, cache=cache)
+    assert torch.equal(continued, whole[:, seen:])
+    assert cache.get_seq_length() == 9 + NEW - 1
+
+
+@pytest.mark.parametrize("cache", ["none", "empty", "seen", "seen_whole_prompt"])
+@pytest.mark.parametrize("padding", ["left", "none"])
+def test_chunked_prefill_generates_the_tokens_of_one_prefill(padding, cache):
+    """prefill_chunk_size feeds the prompt in chunks: without a cache (transformers chunks only
+    into a cache it is given, and builds none for this model), into an empty cache, and after
+    steps a cache has seen (the prompt given as the new steps); the whole sequence after seen
+    steps is refused, since its chunks would feed the seen steps again."""
+    model = tiny_model(IndRNNForCausalLM)
+    ids, mask = padded_batch(random_tokens([9, 11] if padding == "left" else [11, 11]), "left")
+    whole = _generate(model, ids, attention_mask=mask)
+    kwargs = dict(attention_mask=mask, prefill_chunk_size=3)
+    if cache == "none":
+        assert torch.equal(_generate(model, ids, **kwargs), whole)
+    elif cache == "empty":
+        given = IndRNNCache(model.config)
+        assert torch.equal(_generate(model, ids, cache=given, **kwargs), whole)
+        assert given.get_seq_length() == 11 + NEW - 1
+    elif cache == "seen":
+        given = _cache_after(model, ids[:, :4], mask[:, :4])
+        assert torch.equal(_generate(model, ids[:, 4:], cache=given, **kwargs), whole[:, 4:])
+    else:
+        given = _cache_after(model, ids[:, :4], mask[:, :4])
+        with pytest.raises(ValueError, match="prefill_chunk_size with a cache that has seen"):
+            _generate(model, ids, cache=given, **kwargs)
+
+
+def test_stop_strings_with_the_tokenizer(tokenizer):
+    """generate(stop_strings=..., tokenizer=...) passes the tokenizer on to the forward, which
+    refused it. Generation stops right after the first stop string, the tokens before it
+    those of the unstopped generation."""
+    model = tiny_model(IndRNNForCausalLM, vocab_size=len(tokenizer))
+    ids = tokenizer("hello", return_tensors="pt").input_ids
+    free = _generate(model, ids)[0, ids.shape[1]:]
+    stop = tokenizer.decode(free[2:4])
+    stopped = model.generate(ids, max_new_tokens=NEW, do_sample=False, pad_token_id=0,
+                             stop_strings=[stop], tokenizer=tokenizer)[0, ids.shape[1]:]
+    assert stop in tokenizer.decode(stopped)
+    assert len(stopped) <= 4 and torch.equal(stopped, free[:len(stopped)])
+
+
+@pytest.mark.parametrize("make_cache", [IndRNNCache, lambda config: DynamicCache(config=config)],
+                         ids=["IndRNNCache", "DynamicCache"])
+def test_reset_cache_takes_another_batch_size(make_cache):
+    """reset() zeroes the states in place; the next batch of another size failed with a size
+    mismatch inside transformers' cache layer."""
+    model = tiny_model(IndRNNForCausalLM)
+    cache = make_cache(model.config)
+    with torch.no_grad():
+        model(input_ids=torch.randint(3, VOCAB, (3, 4)), cache=cache)
+        cache.reset()
+        ids = torch.randint(3, VOCAB, (2, 5))
+        out = model(input_ids=ids, cache=cache)
+        torch.testing.assert_close(out.logits, model(input_ids=ids).logits)
+        step = torch.randint(3, VOCAB, (2, 1))
+        torch.testing.assert_close(model(input_ids=step, cache=cache).logits[:, -1],
+                                   model(input_ids=torch.cat([ids, step], 1)).logits[:, -1])
+
+
+def test_cache_rows_repeated_and_selected():
+    """batch_repeat_interleave and batch_select_indices act on the states (transformers' linear
+    attention layers have neither), and match a cache built on those rows; batch_size counts
+    the rows; crop, which cannot roll a recurrent state back, raises saying so."""
+    model = tiny_model(IndRNNForCausalLM)
+    ids = torch.randint(3, VOCAB, (2, 6))
+    cache = _cache_after(model, ids)
+    assert cache.batch_size == 2 and IndRNNCache(model.config).batch_size == -1
+    cache.batch_repeat_interleave(3)
+    assert cache.batch_size == 6
+    built = _cache_after(model, ids.repeat_interleave(3, 0))
+    for got, want in zip(cache.layers, built.layers, strict=True):
+        torch.testing.assert_close(got.recurrent_states[0], want.recurrent_states[0])
+    cache.batch_select_indices(torch.tensor([4, 0]))
+    built = _cache_after(model, ids[[1, 0]])
+    for got, want in zip(cache.layers, built.layers, strict=True):
+        torch.testing.assert_close(got.recurrent_states[0], want.recurrent_states[0])
+    with pytest.raises(ValueError, match="cannot be cropped"):
+        cache.crop(-1)
 
 
 def test_continuing_from_a_cache_that_has_seen_the_whole_prompt_raises():

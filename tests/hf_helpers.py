@@ -28,6 +28,8 @@ def tiny_config(**overrides) -> IndRNNConfig:
         num_labels=3,
         initializer_range=0.5,  # a random model whose greedy tokens are not all the same
     )
+    if "dense_growth_rate" in overrides:
+        del kwargs["num_hidden_layers"]  # derived from the dense blocks
     kwargs.update(overrides)
     return IndRNNConfig(**kwargs)
 

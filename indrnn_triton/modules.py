@@ -496,16 +496,35 @@ class IndRNN(nn.Module):
         T, B = (x.shape[1], x.shape[0]) if self.batch_first else x.shape[:2]
         if hx is not None:
             self._check_hx(hx, B, x.device)
-        if mask is not None:
-            if not isinstance(mask, Tensor):
-                raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
-            want, name = ((B, T), "(B, T)") if self.batch_first else ((T, B), "(T, B)")
-            if tuple(mask.shape) != want:
-                raise ValueError(f"mask must have shape {name} = {want}, got {tuple(mask.shape)}")
-            if mask.dtype.is_floating_point or mask.dtype.is_complex:
-                raise TypeError(f"mask must be bool or an integer dtype, got {mask.dtype}")
-            if mask.device != x.device:
-                raise ValueError(f"mask is on {mask.device} but the input is on {x.device}")
+        self._check_mask(mask, x)
+
+    def _check_mask(self, mask: Tensor | None, x: Tensor) -> None:
+        """mask: None, or bool/integer (T, B) ((B, T) with batch_first) on x's device."""
+        if mask is None:
+            return
+        if not isinstance(mask, Tensor):
+            raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
+        T, B = (x.shape[1], x.shape[0]) if self.batch_first else x.shape[:2]
+        want, name = ((B, T), "(B, T)") if self.batch_first else ((T, B), "(T, B)")
+        if tuple(mask.shape) != want:
+            raise ValueError(f"mask must have shape {name} = {want}, got {tuple(mask.shape)}")
+        if mask.dtype.is_floating_point or mask.dtype.is_complex:
+            raise TypeError(f"mask must be bool or an integer dtype, got {mask.dtype}")
+        if mask.device != x.device:
+            raise ValueError(f"mask is on {mask.device} but the input is on {x.device}")
+
+    def flatten_parameters(self) -> None:
+        """Nothing to do, kept for code written for ``torch.nn.RNN`` (which packs its weights
+        into one buffer for cuDNN): each weight is its own contiguous tensor already."""
+
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        """Each layer's parameters, ``[weight_ih_l{k}, weight_hh_l{k}, bias_l{k}]`` (no bias
+        without ``bias``); both directions are in each tensor, unlike ``torch.nn.RNN``'s
+        list per layer and direction."""
+        return [[getattr(self, f"{name}_l{k}") for name in ("weight_ih", "weight_hh", "bias")
+                 if getattr(self, f"{name}_l{k}", None) is not None]
+                for k in range(self.num_layers)]
 
     def _check_hx(self, hx, B: int, device) -> None:
         want = (self.num_layers * self.num_directions, B, self.hidden_size)
@@ -552,12 +571,14 @@ class IndRNN(nn.Module):
                 raise ValueError(f"x must have shape (T, input_size) with input_size = "
                                  f"{self.input_size} for one unbatched sequence, got "
                                  f"{tuple(x.shape)}")
-            if hx is not None and (not isinstance(hx, Tensor) or hx.dim() != 2):
-                raise ValueError("hx must have shape (num_layers*D, H) for an unbatched "
-                                 f"(T, input_size) x, got {_shape_of(hx)}")
-            if mask is not None and (not isinstance(mask, Tensor) or mask.dim() != 1):
-                raise ValueError(f"mask must have shape (T,) for an unbatched (T, input_size) x, "
-                                 f"got {_shape_of(mask)}")
+            want = (self.num_layers * self.num_directions, self.hidden_size)
+            if hx is not None and (not isinstance(hx, Tensor) or tuple(hx.shape) != want):
+                raise ValueError(f"hx must have shape (num_layers*D, H) = {want} for an "
+                                 f"unbatched (T, input_size) x, got {_shape_of(hx)}")
+            if mask is not None and (not isinstance(mask, Tensor) or tuple(mask.shape) != (
+                    x.shape[0],)):
+                raise ValueError(f"mask must have shape (T,) = ({x.shape[0]},) for an unbatched "
+                                 f"(T, input_size) x, got {_shape_of(mask)}")
             b = 0 if self.batch_first else 1
             out, h_n, layers = self._forward(x.unsqueeze(b),
                                              None if hx is None else hx.unsqueeze(1),
@@ -577,6 +598,10 @@ class IndRNN(nn.Module):
             if mask is not None:
                 raise ValueError("mask must be None for a PackedSequence input (its lengths "
                                  "give the padding)")
+            if packed.data.dim() != 2 or packed.data.shape[-1] != self.input_size:
+                raise ValueError(f"x, a PackedSequence, must hold (steps, input_size) data with "
+                                 f"input_size = {self.input_size}, got data of shape "
+                                 f"{tuple(packed.data.shape)}")
             x, lengths, mask = self._padded_from_packed(packed)
         self._check_inputs(x, hx, mask)
         h_ns, layers = [], []
@@ -620,7 +645,7 @@ class IndRNN(nn.Module):
             ``(output, h_n, shortcut)``: output as x with D*H features; h_n (D, B, H) float32;
             shortcut: the pre-activations to hand to layer k+1 (None without ``residual``).
         """
-        self._check_layer_input(k, x)
+        self._check_layer_input(k, x, mask)
         adds_shortcut = self.residual and k >= 2 and k % 2 == 0
         if adds_shortcut and shortcut is None:
             raise ValueError(f"shortcut must be the one layer {k - 1} returned: layer {k} of a "
@@ -658,7 +683,7 @@ class IndRNN(nn.Module):
             out = dropout_over_time(out, self.dropout_last, self.training, self.batch_first)
         return out, h_n, shortcut
 
-    def _check_layer_input(self, k, x) -> None:
+    def _check_layer_input(self, k, x, mask) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < self.num_layers:
             raise ValueError(f"k must be a layer index in [0, {self.num_layers}), got {k!r}")
         want = self.layer_sizes[k][0]
@@ -666,6 +691,8 @@ class IndRNN(nn.Module):
             layout = "(B, T, I_k)" if self.batch_first else "(T, B, I_k)"
             raise ValueError(f"x must have shape {layout} with I_{k} = {want} for layer {k}, "
                              f"got {_shape_of(x)}")
+        _check_input_dtype("x", x, getattr(self, f"weight_ih_l{k}"))
+        self._check_mask(mask, x)
 
     def _recurrence(self, k: int, pre: Tensor, h0, mask) -> tuple[Tensor, Tensor]:
         """Layer k from its pre-activations: the norm where ``norm_position`` puts it, around
@@ -862,7 +889,7 @@ class DenseIndRNN(IndRNN):
         the concatenation of its dense layer's input and its output; a bottleneck layer
         returns its output and, as ``shortcut``, its input, which the growth layer after it
         must be given."""
-        self._check_layer_input(k, x)
+        self._check_layer_input(k, x, mask)
         kind = self.layer_kinds[k]
         if kind == "growth" and self.bottleneck and shortcut is None:
             raise ValueError(f"shortcut must be the one layer {k - 1} returned: layer {k} of a "

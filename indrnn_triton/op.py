@@ -259,6 +259,17 @@ def _backward(ctx, grad_out, grad_hn):
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _no_double_backward(ctx, *grads):
+    raise NotImplementedError(
+        "the IndRNN ops have first-order gradients only: a gradient of their gradient (double "
+        "backward, e.g. a gradient penalty through the recurrence) is not implemented")
+
+
+# Reached only through a gradient of a gradient (torch.autograd.grad(..., create_graph=True),
+# then backward through its result); without it torch's message asked to register a formula.
+_backward_op.register_autograd(_no_double_backward)
+
+
 class _EagerRecurrence(torch.autograd.Function):
     """The custom op's forward and autograd formula without the dispatcher, for eager calls on
     plain CPU/CUDA tensors (see :func:`recurrence`): the same implementation functions, saved

@@ -15,7 +15,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.checkpoint import checkpoint
 
-from indrnn_triton import IndRNN, IndRNNCell, indrnn_reference
+from indrnn_triton import DenseIndRNN, IndRNN, IndRNNCell, indrnn_reference
 from indrnn_triton.functional import dropout_over_time, indrnn_layer, indrnn_recurrence
 from indrnn_triton.op import _forward_op
 
@@ -871,12 +871,19 @@ FORWARD_ERRORS = [
      r"x must have shape \(T, input_size\) with input_size = 5 for one unbatched sequence, "
      r"got \(7, 6\)"),
     (dict(num_layers=2), dict(x=torch.randn(T, IN), hx=torch.zeros(2, 1, H)), ValueError,
-     r"hx must have shape \(num_layers\*D, H\) for an unbatched \(T, input_size\) x, "
-     r"got \(2, 1, 6\)"),
+     r"hx must have shape \(num_layers\*D, H\) = \(2, 6\) for an unbatched \(T, input_size\) "
+     r"x, got \(2, 1, 6\)"),
+    # The unbatched shapes are named as given (were the batched ones made from them).
     (dict(num_layers=2), dict(x=torch.randn(T, IN), hx=torch.zeros(3, H)), ValueError,
-     r"hx must have shape \(num_layers\*D, B, H\) = \(2, 1, 6\), got \(3, 1, 6\)"),
+     r"hx must have shape \(num_layers\*D, H\) = \(2, 6\) for an unbatched .* got \(3, 6\)"),
     (dict(), dict(x=torch.randn(T, IN), mask=torch.ones(T, 1, dtype=torch.bool)), ValueError,
-     r"mask must have shape \(T,\) for an unbatched \(T, input_size\) x, got \(7, 1\)"),
+     r"mask must have shape \(T,\) = \(7,\) for an unbatched \(T, input_size\) x, got "
+     r"\(7, 1\)"),
+    (dict(), dict(x=torch.randn(T, IN), mask=torch.ones(T + 1, dtype=torch.bool)), ValueError,
+     r"mask must have shape \(T,\) = \(7,\) for an unbatched .* got \(8,\)"),
+    (dict(), dict(x=pack_padded_sequence(torch.randn(T, B, IN + 1), [T, 5, 3, 2])), ValueError,
+     r"x, a PackedSequence, must hold \(steps, input_size\) data with input_size = 5, got "
+     r"data of shape \(17, 6\)"),
     (dict(), dict(x=[1.0]), TypeError, "x must be a torch.Tensor or a PackedSequence"),
     (dict(num_layers=2, bidirectional=True), dict(hx=torch.zeros(2, B, H)), ValueError,
      r"hx must have shape \(num_layers\*D, B, H\) = \(4, 4, 6\), got \(2, 4, 6\)"),
@@ -901,6 +908,41 @@ def test_forward_errors(module_kwargs, call, exc, match):
     call = dict(x=torch.randn((B, T, IN) if bf else (T, B, IN))) | call
     with pytest.raises(exc, match=match):
         rnn(**call)
+
+
+@pytest.mark.parametrize("dense", [False, True], ids=["IndRNN", "DenseIndRNN"])
+@pytest.mark.parametrize("call, exc, match", [
+    (dict(mask=torch.ones(3, 3, dtype=torch.bool)), ValueError,
+     r"mask must have shape \(T, B\) = \(7, 4\), got \(3, 3\)"),
+    (dict(mask=torch.ones(B, T, dtype=torch.bool)), ValueError,
+     r"mask must have shape \(T, B\) = \(7, 4\), got \(4, 7\)"),
+    (dict(mask=torch.ones(T, B)), TypeError, "mask must be bool or an integer dtype"),
+    (dict(x=torch.randn(T, B, IN, dtype=torch.float64)), TypeError,
+     r"x dtype \(torch.float64\) does not match the weight dtype \(torch.float32\)"),
+    (dict(x=torch.ones(T, B, IN, dtype=torch.int64)), TypeError,
+     "x must be a floating-point tensor"),
+])
+def test_forward_layer_checks_its_arguments(dense, call, exc, match):
+    """forward_layer, public for per-layer checkpointing, checked x's size only: a bad mask or
+    dtype failed inside masked_fill or F.linear with torch's messages."""
+    rnn = DenseIndRNN(IN, H, growth_rate=2, block_config=(1,)) if dense else _rnn(num_layers=2)
+    call = dict(x=torch.randn(T, B, IN)) | call
+    with pytest.raises(exc, match=match):
+        rnn.forward_layer(0, call.pop("x"), None, **call)
+
+
+def test_torch_rnn_attributes():
+    """flatten_parameters() (called by code written for nn.RNN, e.g. under DataParallel) does
+    nothing; all_weights lists each layer's parameters."""
+    rnn = _rnn(num_layers=2, bidirectional=True)
+    x = torch.randn(T, B, IN)
+    before = rnn(x)
+    rnn.flatten_parameters()
+    for a, b in zip(rnn(x), before, strict=True):
+        assert torch.equal(a, b)
+    assert [[p is getattr(rnn, f"{n}_l{k}") for p, n in zip(ps, ("weight_ih", "weight_hh", "bias"))]
+            for k, ps in enumerate(rnn.all_weights)] == [[True] * 3] * 2
+    assert [len(ps) for ps in _rnn(bias=False).all_weights] == [2]
 
 
 def test_packed_input_with_mask_is_an_error():

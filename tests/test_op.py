@@ -16,7 +16,7 @@ import sys
 import pytest
 import torch
 
-from indrnn_triton import fused_indrnn, indrnn_reference
+from indrnn_triton import fused_indrnn, fused_indrnn_linear, indrnn_reference
 from indrnn_triton.functional import indrnn_layer
 from indrnn_triton.op import _forward_op
 
@@ -819,18 +819,22 @@ def test_eager_calls_skip_the_dispatcher_and_match_the_custom_op(monkeypatch):
     assert calls == ["custom_op", "custom_op"]
 
 
-@pytest.mark.parametrize("via", ["fused_indrnn", "custom_op"])
+@pytest.mark.parametrize("via", ["fused_indrnn", "custom_op", "fused_indrnn_linear"])
 def test_double_backward_raises(via):
     """There is no double-backward formula: differentiating a create_graph=True gradient raises
-    on both the eager path and the custom op, rather than treating the gradient as constant."""
+    on the eager paths and the custom op, rather than treating the gradient as constant, and
+    says so (torch's own message asked to register a formula)."""
     pre, u, b, _, _ = make_inputs(4, 2, 3, torch.float64, h0=False, bias=True,
                                   batch_first=False, clip=None)
     leaves = [t.requires_grad_() for t in (pre, u, b)]
     if via == "custom_op":
         out, _ = _forward_op(*leaves, None, None, None, 0.0, False, False, False, "auto")
+    elif via == "fused_indrnn_linear":
+        w = torch.eye(3, dtype=torch.float64, requires_grad=True)
+        out, _ = fused_indrnn_linear(leaves[0], w, *leaves[1:])
     else:
         out, _ = fused_indrnn(*leaves)
     (g,) = torch.autograd.grad(out.sum(), leaves[0], create_graph=True)
     assert g.requires_grad
-    with pytest.raises(RuntimeError, match="no autograd formula"):
+    with pytest.raises(NotImplementedError, match="first-order gradients only"):
         g.square().sum().backward()

@@ -246,9 +246,10 @@ def padding_free_input(x: Tensor, mask: Tensor | None) -> Tensor:
     of the projection, dW = dpre^T x, multiplies the zero gradient of a padding step by its
     input (0 * NaN = NaN), and so does a norm's scale gradient. While autograd records, the
     input is therefore zeroed at padding steps (one pass over it, and one over its gradient);
-    without autograd it is returned as it is.
+    without autograd it is returned as it is, except under torch.jit.trace, whose graph would
+    otherwise depend on the grad mode it was traced in (its check traces again without grad).
     """
-    if mask is None or not torch.is_grad_enabled():
+    if mask is None or not (torch.is_grad_enabled() or torch.jit.is_tracing()):
         return x
     return x.masked_fill((mask == 0).unsqueeze(-1), 0)
 

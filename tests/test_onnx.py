@@ -328,3 +328,37 @@ def test_opset_versions(tmp_path, opset_version):
         expected = rnn(test)
     for g, e in zip(run_onnx(path, [test]), expected):
         torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
+
+
+def test_hf_causal_lm_generates_from_its_cache(tmp_path):
+    """The causal LM exported with an IndRNNCache argument: the cache's layer states and step
+    count become ONNX inputs and outputs. From zero states, the prompt and then one token at a
+    time in onnxruntime give generate()'s logits and greedy tokens, at another batch size and
+    prompt length than the traced ones."""
+    model = tiny_model(hf_integration.IndRNNForCausalLM)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.stack(random_tokens([5, 5, 5], g))
+    with torch.no_grad():
+        cache = model(input_ids=ids[:, :3]).cache  # its structure: every layer holds a state
+    states = {0: "batch"}
+    path = tmp_path / "lm.onnx"
+    export_onnx(model, (), path, kwargs={"input_ids": ids[:, 3:], "cache": cache},
+                dynamic_shapes={"input_ids": {0: "batch", 1: "time"},
+                                "cache": [states, states, None]}, verbose=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    assert len(names) == 4  # input_ids, two layer states, the step count
+
+    prompt = torch.stack(random_tokens([9, 9], g))
+    expected = model.generate(prompt, max_new_tokens=4, do_sample=False, pad_token_id=0,
+                              output_logits=True, return_dict_in_generate=True)
+    feed = [prompt.numpy(), *(np.zeros((2, 1, 12), np.float32),) * 2, np.array(0)]
+    logits = []
+    for _ in range(4):
+        out_logits, *state, steps = session.run(None, dict(zip(names, feed)))
+        logits.append(torch.from_numpy(out_logits[:, -1]))
+        feed = [out_logits[:, -1:].argmax(-1), *state, steps]
+    assert int(steps) == 9 + 3
+    torch.testing.assert_close(torch.stack(logits), torch.stack(expected.logits),
+                               atol=1e-5, rtol=1e-5)
+    assert torch.equal(torch.stack(logits).argmax(-1).T, expected.sequences[:, 9:])

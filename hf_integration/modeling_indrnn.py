@@ -256,13 +256,22 @@ def _check_no_attentions(output_attentions) -> None:
         raise ValueError("output_attentions=True: IndRNN models have no attention weights")
 
 
+def _class_ids(labels: torch.Tensor) -> torch.Tensor:
+    """Class-id labels as cross-entropy takes them: int64 (int32 ids, which transformers'
+    problem-type rule counts as class ids, failed with "expected scalar type Long")."""
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise TypeError(f"labels must hold class ids (an integer dtype), got {labels.dtype}")
+    return labels.long()
+
+
 def _token_loss(logits, targets, num_items_in_batch=None) -> torch.Tensor:
     """Cross-entropy over every step with a target (-100: none), as transformers computes it:
     the mean, or the sum divided by `num_items_in_batch` when given (the Trainer's count of
     targets over all gradient-accumulation steps)."""
     reduction = "mean" if num_items_in_batch is None else "sum"
     loss = nn.functional.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100,
+        logits.float().reshape(-1, logits.shape[-1]), _class_ids(targets).reshape(-1),
+        ignore_index=-100,
         reduction=reduction,
     )
     if num_items_in_batch is None:
@@ -695,13 +704,25 @@ class IndRNNForSequenceClassification(IndRNNPreTrainedModel):
             else:
                 self.config.problem_type = "multi_label_classification"
         logits = logits.float()
-        if self.config.problem_type == "regression":
-            if self.num_labels == 1:
-                return nn.functional.mse_loss(logits.squeeze(-1), labels.float().view(-1))
-            return nn.functional.mse_loss(logits, labels.float())
-        if self.config.problem_type == "single_label_classification":
-            return nn.functional.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
-        if self.config.problem_type == "multi_label_classification":
+        problem = self.config.problem_type
+        if problem == "single_label_classification":
+            if labels.numel() != logits.shape[0]:
+                raise ValueError(f"labels must hold one class id per sequence for "
+                                 f"{problem}: {logits.shape[0]}, got shape {tuple(labels.shape)}")
+            return nn.functional.cross_entropy(logits.view(-1, self.num_labels),
+                                               _class_ids(labels).view(-1))
+        if problem == "regression" and self.num_labels == 1:
+            if labels.numel() != logits.shape[0]:
+                raise ValueError(f"labels must hold one value per sequence for regression "
+                                 f"with num_labels=1: {logits.shape[0]}, got shape "
+                                 f"{tuple(labels.shape)}")
+            return nn.functional.mse_loss(logits.squeeze(-1), labels.float().view(-1))
+        if problem in ("regression", "multi_label_classification"):
+            if labels.shape != logits.shape:  # mse_loss would broadcast (batch,) over (batch, n)
+                raise ValueError(f"labels must have shape (batch, num_labels) = "
+                                 f"{tuple(logits.shape)} for {problem}, got {tuple(labels.shape)}")
+            if problem == "regression":
+                return nn.functional.mse_loss(logits, labels.float())
             return nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
         raise ValueError(
             "problem_type must be 'regression', 'single_label_classification' or "

@@ -264,6 +264,29 @@ def test_sequence_classification_losses():
     torch.testing.assert_close(out.loss, torch.nn.functional.mse_loss(out.logits[:, 0], values))
 
 
+def test_class_id_labels_of_any_integer_width_and_label_shape_errors():
+    """int32 class ids, which transformers' rule takes for single-label classification, failed
+    in cross-entropy ("expected scalar type Long"); labels whose shape does not fit the problem
+    broadcast in mse_loss (a warning, then a shape error) or failed deep in the BCE."""
+    ids = torch.randint(3, VOCAB, (4, 6))
+    labels = torch.tensor([0, 2, 1, 2])
+    single = tiny_model(IndRNNForSequenceClassification, num_labels=3)
+    loss = single(input_ids=ids, labels=labels.int()).loss
+    torch.testing.assert_close(loss, single(input_ids=ids, labels=labels).loss)
+    tagger = tiny_model(IndRNNForTokenClassification)
+    tags = torch.randint(0, 3, (4, 6))
+    torch.testing.assert_close(tagger(input_ids=ids, labels=tags.int()).loss,
+                               tagger(input_ids=ids, labels=tags).loss)
+    for problem, bad in [("regression", torch.randn(4)),
+                         ("multi_label_classification", labels.to(torch.uint8)),
+                         ("single_label_classification", labels[:3])]:
+        model = tiny_model(IndRNNForSequenceClassification, num_labels=3, problem_type=problem)
+        with pytest.raises(ValueError, match=f"labels must .* for {problem}"):
+            model(input_ids=ids, labels=bad)
+    with pytest.raises(TypeError, match="labels must hold class ids"):
+        tagger(input_ids=ids, labels=tags.float())
+
+
 def test_token_classification_and_lm_losses_ignore_minus_100():
     ids = torch.randint(3, VOCAB, (2, 6))
     tagger = tiny_model(IndRNNForTokenClassification)

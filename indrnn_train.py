@@ -274,6 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "[1/r, r], r the clip bound (helps the adding problem at T = 5000; "
                    "default: per task: on for adding as in the authors' script, where the clip "
                    "bound r is >= 1, off for the others)")
+    m.add_argument("--input-weight-init", default="kaiming_uniform",
+                   choices=("kaiming_uniform", "xavier_uniform", "rnn_uniform", "normal"),
+                   help="initialisation of the input weights (default kaiming_uniform, as the "
+                   "authors' PyTorch code; normal: N(0, --input-weight-std^2), as their adding "
+                   "scripts)")
+    m.add_argument("--input-weight-std", type=_finite_float, default=0.001,
+                   help="standard deviation of --input-weight-init normal (default 0.001, the "
+                   "authors')")
     t = p.add_argument_group("training")
     t.add_argument("--learning-rate", "--lr", type=_finite_float, default=None,
                    help="Adam learning rate (default: per task, below)")
@@ -468,6 +476,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.recurrent_max_abs is not None and args.recurrent_max_abs > FLOAT32_MAX:
         parser.error(f"--recurrent-max-abs must be at most {FLOAT32_MAX:.3g} (float32's largest "
                      f"value; 'none' for no clip), got {args.recurrent_max_abs:g}")
+    if args.input_weight_std <= 0:
+        parser.error(f"--input-weight-std must be > 0, got {args.input_weight_std}")
     if args.recurrent_min_abs < 0:
         parser.error(f"--recurrent-min-abs must be >= 0, got {args.recurrent_min_abs}")
     if args.recurrent_max_abs is not None and args.recurrent_min_abs > args.recurrent_max_abs:

@@ -14,7 +14,7 @@ _NORMS = (None, "batch", "layer")
 _NORM_POSITIONS = ("before", "after")
 _METHODS = ("auto", "sequential", "chunked")  # indrnn_triton.op.METHODS
 _POOLINGS = ("last", "mean")
-_INPUT_WEIGHT_INITS = ("kaiming_uniform", "xavier_uniform", "rnn_uniform")
+_INPUT_WEIGHT_INITS = ("kaiming_uniform", "xavier_uniform", "rnn_uniform", "normal")
 
 
 # Read-only properties of the config and the fields they come from.
@@ -111,8 +111,11 @@ class IndRNNConfig(PreTrainedConfig):
             (low, high) for the last layer's recurrent weights, or `"near_one"` for
             (1 / recurrent_max_abs, recurrent_max_abs), which helps very long sequences.
         input_weight_init (`str`, defaults to `"kaiming_uniform"`):
-            Initialisation of the IndRNN input weights: `"kaiming_uniform"` (the authors'),
-            `"xavier_uniform"` or `"rnn_uniform"`.
+            Initialisation of the IndRNN input weights: `"kaiming_uniform"` (the authors'
+            PyTorch code), `"xavier_uniform"`, `"rnn_uniform"` or `"normal"` (N(0,
+            `input_weight_std`^2), the authors' adding-problem scripts).
+        input_weight_std (`float`, defaults to 0.001):
+            The standard deviation of `input_weight_init="normal"` (the authors' 0.001).
         use_cache (`bool`, defaults to `True`):
             Return the recurrent states for fast generation.
         tie_word_embeddings (`bool`, defaults to `False`):
@@ -156,6 +159,7 @@ class IndRNNConfig(PreTrainedConfig):
     recurrent_init: list[float] | None = None
     last_layer_recurrent_init: list[float] | str | None = None
     input_weight_init: str = "kaiming_uniform"
+    input_weight_std: float = 0.001
     pad_token_id: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
@@ -332,6 +336,8 @@ class IndRNNConfig(PreTrainedConfig):
         for name in ("initializer_range", "embedding_init_std"):
             if _check_real(name, getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if _check_real("input_weight_std", self.input_weight_std) <= 0:
+            raise ValueError(f"input_weight_std must be > 0, got {self.input_weight_std}")
         if self.input_weight_init not in _INPUT_WEIGHT_INITS:
             raise ValueError(
                 f"input_weight_init must be one of {_INPUT_WEIGHT_INITS}, got "

@@ -361,6 +361,7 @@ class IndRNNModel(IndRNNPreTrainedModel):
             recurrent_init=_pair(config.recurrent_init),
             last_layer_recurrent_init=_pair(config.last_layer_recurrent_init),
             input_weight_init=config.input_weight_init,
+            input_weight_std=config.input_weight_std,
         )
         if config.dense_growth_rate is None:
             self.rnn = IndRNN(rnn_input_size, config.hidden_size,

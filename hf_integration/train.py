@@ -280,6 +280,8 @@ def build_config(args, task):
                       dense_dropout_by_kind=args.dense_dropout)
     if args.last_layer_init_near_one:
         kwargs["last_layer_recurrent_init"] = "near_one"
+    kwargs.update(input_weight_init=args.input_weight_init,
+                  input_weight_std=args.input_weight_std)
     if task.input_size is not None:
         kwargs["input_size"] = task.input_size
     else:
@@ -888,7 +890,8 @@ def _run(args) -> dict:
                       "dropout_last", "residual", "dense_growth_rate", "dense_blocks",
                       "dense_bottleneck",
                       "bidirectional", "recurrent_max_abs", "recurrent_min_abs",
-                      "last_layer_init_near_one", "learning_rate", "lr_scheduler",
+                      "last_layer_init_near_one", "input_weight_init", "input_weight_std",
+                      "learning_rate", "lr_scheduler",
                       "warmup_steps", "batch_size", "max_steps", "max_grad_norm",
                       "grad_clip_value", "weight_decay", "recurrent_max_mag", "no_constrain",
                       "train_size", "seed", "preset")

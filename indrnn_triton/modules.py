@@ -25,7 +25,7 @@ from .op import _check_real, check_clip, check_method, fused_indrnn
 from .reference import clip_recurrent_weight
 
 _NORMS = (None, "batch", "layer")
-_INPUT_INITS = ("kaiming_uniform", "xavier_uniform", "rnn_uniform")
+_INPUT_INITS = ("kaiming_uniform", "xavier_uniform", "rnn_uniform", "normal")
 
 InitRange = tuple[float, float]
 
@@ -83,7 +83,15 @@ def _in_range(bounds: InitRange, dtype: torch.dtype) -> InitRange:
     return max(bounds[0], -top), min(bounds[1], top)
 
 
-def _init_input_weight_(weight: Tensor, scheme, hidden_size: int, init=nn.init) -> None:
+def _input_std(value) -> float:
+    std = _check_real("input_weight_std", value, allow_none=False)
+    if std <= 0:
+        raise ValueError(f"input_weight_std must be > 0, got {std}")
+    return std
+
+
+def _init_input_weight_(weight: Tensor, scheme, hidden_size: int, init=nn.init,
+                        std: float = 0.001) -> None:
     if callable(scheme):
         # The default first, so a callable that neither fills the tensor in place nor returns
         # one leaves the authors' initialisation, never uninitialised memory; a returned tensor
@@ -102,6 +110,8 @@ def _init_input_weight_(weight: Tensor, scheme, hidden_size: int, init=nn.init) 
         init.kaiming_uniform_(weight, a=8, mode="fan_in")
     elif scheme == "xavier_uniform":
         init.xavier_uniform_(weight)
+    elif scheme == "normal":  # N(0, std^2): the authors' adding-problem scripts, std 0.001
+        init.normal_(weight, 0.0, std)
     else:  # "rnn_uniform": torch.nn.RNN's U(-1/sqrt(H), 1/sqrt(H))
         bound = 1.0 / math.sqrt(hidden_size)
         init.uniform_(weight, -bound, bound)
@@ -280,9 +290,12 @@ class IndRNN(nn.Module):
             runs converge. Default: same as ``recurrent_init``.
         input_weight_init: ``"kaiming_uniform"`` (default: ``kaiming_uniform_(a=8,
             mode="fan_in")``, the authors' choice, a deliberately small range),
-            ``"xavier_uniform"``, ``"rnn_uniform"`` (U(-1/sqrt(H), 1/sqrt(H)) as nn.RNN), or a
+            ``"xavier_uniform"``, ``"rnn_uniform"`` (U(-1/sqrt(H), 1/sqrt(H)) as nn.RNN),
+            ``"normal"`` (N(0, input_weight_std^2), the authors' adding-problem scripts), or a
             callable ``f(weight)`` for each ``weight_ih_l{k}``, after the default: it fills
             the weight in place, or returns a tensor of the weight's shape to copy in.
+        input_weight_std: the standard deviation of ``"normal"`` (default 0.001, the
+            authors').
         Biases (and norm shifts) start at 0, norm scales at 1.
         norm_momentum, norm_eps: of the batch / layer norm.
 
@@ -351,6 +364,7 @@ class IndRNN(nn.Module):
         recurrent_init: InitRange | None = None,
         last_layer_recurrent_init: InitRange | str | None = None,
         input_weight_init: str | Callable[[Tensor], object] = "kaiming_uniform",
+        input_weight_std: float = 0.001,
         norm_momentum: float = 0.1,
         norm_eps: float = 1e-5,
         norm_position: str = "before",
@@ -405,6 +419,7 @@ class IndRNN(nn.Module):
             "last_layer_recurrent_init", last_layer_recurrent_init, self.recurrent_init
         )
         self.input_weight_init = _input_init(input_weight_init)
+        self.input_weight_std = _input_std(input_weight_std)
         norm_momentum = _check_real("norm_momentum", norm_momentum, allow_none=False)
         norm_eps = _check_real("norm_eps", norm_eps, allow_none=False)
         if not 0.0 <= norm_momentum <= 1.0 or norm_eps <= 0:
@@ -460,7 +475,7 @@ class IndRNN(nn.Module):
         with torch.no_grad():
             for k, (_, units) in enumerate(self.layer_sizes):
                 _init_input_weight_(getattr(self, f"weight_ih_l{k}"), self.input_weight_init,
-                                    units, init)
+                                    units, init, self.input_weight_std)
                 last = k == self.num_layers - 1
                 weight_hh = getattr(self, f"weight_hh_l{k}")
                 low, high = _in_range(self.last_layer_recurrent_init if last
@@ -944,6 +959,7 @@ class IndRNNCell(nn.Module):
         *,
         recurrent_init: InitRange | None = None,
         input_weight_init: str | Callable[[Tensor], object] = "kaiming_uniform",
+        input_weight_std: float = 0.001,
     ):
         super().__init__()
         self.input_size = _positive_int("input_size", input_size)
@@ -953,6 +969,7 @@ class IndRNNCell(nn.Module):
         r = 1.0 if self.recurrent_max_abs is None else self.recurrent_max_abs
         self.recurrent_init = _init_range("recurrent_init", recurrent_init, (0.0, r))
         self.input_weight_init = _input_init(input_weight_init)
+        self.input_weight_std = _input_std(input_weight_std)
         factory = dict(device=device, dtype=dtype)
         self.weight_ih = nn.Parameter(torch.empty(self.hidden_size, self.input_size, **factory))
         self.weight_hh = nn.Parameter(torch.empty(self.hidden_size, **factory))
@@ -962,7 +979,8 @@ class IndRNNCell(nn.Module):
 
     def reset_parameters(self) -> None:
         with torch.no_grad():
-            _init_input_weight_(self.weight_ih, self.input_weight_init, self.hidden_size)
+            _init_input_weight_(self.weight_ih, self.input_weight_init, self.hidden_size,
+                                std=self.input_weight_std)
             nn.init.uniform_(self.weight_hh, *_in_range(self.recurrent_init, self.weight_hh.dtype))
             if self.bias is not None:
                 nn.init.zeros_(self.bias)

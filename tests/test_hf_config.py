@@ -110,6 +110,14 @@ def test_init_ranges_survive_json(tmp_path):
     assert loaded.recurrent_init == [0.1, 0.5]
     assert loaded.last_layer_recurrent_init == "near_one"
     assert loaded.input_weight_init == "rnn_uniform"
+    config = IndRNNConfig(input_weight_init="normal", input_weight_std=0.02)
+    config.save_pretrained(tmp_path)
+    loaded = IndRNNConfig.from_pretrained(tmp_path)
+    assert (loaded.input_weight_init, loaded.input_weight_std) == ("normal", 0.02)
+    torch.manual_seed(0)
+    weight = IndRNNModel(IndRNNConfig(hidden_size=256, input_size=256, input_weight_init="normal",
+                                      input_weight_std=0.02)).rnn.weight_ih_l0
+    assert weight.std().item() == pytest.approx(0.02, rel=0.05)
 
 
 # ---------------------------------------------------------------- numpy numbers and failed saves
@@ -228,6 +236,7 @@ BAD_OVERRIDES = [
     ("recurrent_max_abs", -1.0),
     ("norm", "group"),
     ("input_weight_init", "foo"),
+    ("input_weight_std", 0.0),
     ("embedding_init_std", -1.0),
 ]
 

@@ -598,6 +598,25 @@ def test_initialisation_overrides():
     assert cell.weight_ih.abs().max() <= 16 ** -0.5
 
 
+def test_normal_input_weight_init_is_the_authors_adding_init():
+    """"normal": N(0, input_weight_std^2), std 0.001 by default (the authors' adding scripts),
+    for every layer of IndRNN and DenseIndRNN and for IndRNNCell."""
+    torch.manual_seed(0)
+    modules = [IndRNN(256, 256, num_layers=2, input_weight_init="normal"),
+               DenseIndRNN(256, 256, growth_rate=64, block_config=(1,), bottleneck=0,
+                           input_weight_init="normal", input_weight_std=0.05),
+               IndRNNCell(256, 256, input_weight_init="normal", input_weight_std=0.2)]
+    for module, std in zip(modules, (0.001, 0.05, 0.2), strict=True):
+        weights = [p for n, p in module.named_parameters() if "weight_ih" in n]
+        assert weights
+        for w in weights:
+            assert abs(w.mean().item()) < 0.1 * std
+            assert w.std().item() == pytest.approx(std, rel=0.05)
+    for bad in (0.0, -1.0, math.inf):
+        with pytest.raises(ValueError, match="input_weight_std must be"):
+            IndRNN(IN, H, input_weight_init="normal", input_weight_std=bad)
+
+
 def test_constrain_clamps_recurrent_weights_in_place():
     rnn = IndRNN(IN, H, num_layers=2, bidirectional=True, recurrent_max_abs=0.8,
                  recurrent_min_abs=0.2)

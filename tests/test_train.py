@@ -480,6 +480,22 @@ def test_last_layer_near_one_init_is_the_adding_default_where_it_applies(capsys)
     assert config.last_layer_recurrent_init == "near_one"
 
 
+def test_input_weight_init_flags_reach_the_config(capsys):
+    """--input-weight-init normal --input-weight-std S: the authors' adding-problem init of the
+    input weights, N(0, 0.001^2) by default; a std <= 0 is a usage error."""
+    task = data.adding_task(10, 4, 8, seed=0)
+    config = train.build_config(train.parse_args(["adding", "-T", "10"]), task)
+    assert config.input_weight_init == "kaiming_uniform"
+    args = train.parse_args(["adding", "-T", "10", "--input-weight-init", "normal"])
+    config = train.build_config(args, task)
+    assert (config.input_weight_init, config.input_weight_std) == ("normal", 0.001)
+    args = train.parse_args(["adding", "--input-weight-init", "normal", "--input-weight-std",
+                             "0.01"])
+    assert args.input_weight_std == 0.01
+    code, message = _exit_message(capsys, ["adding", "--input-weight-std", "0"])
+    assert code == 2 and "--input-weight-std must be > 0, got 0.0" in message
+
+
 def test_norm_position_follows_the_authors_script_of_each_task(tmp_path):
     """bn_after in the authors' MNIST (and every other) script, bn_before in the LM's."""
     assert train.parse_args(["mnist"]).norm_position == "after"

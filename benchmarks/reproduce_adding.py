@@ -62,6 +62,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="do not clamp the recurrent weights to [-r, r] after each step")
     p.add_argument("--max-grad-norm", type=float, default=0.0,
                    help="clip the gradient norm to this (0: no norm clipping, as the authors)")
+    p.add_argument("--input-weight-init", default="kaiming_uniform",
+                   choices=("kaiming_uniform", "normal"),
+                   help="input weights: kaiming_uniform_(a=8) (default, the authors' PyTorch "
+                   "scripts) or normal, N(0, 0.001^2) (the authors' Theano adding script)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cpu-threads", type=int, default=1, help="torch threads on the CPU")
     p.add_argument("--out", default="benchmarks/results/cpu",
@@ -91,6 +95,7 @@ def train_one(args, seq_len: int, max_steps: int) -> dict:
         "--cpu-threads", str(args.cpu_threads), "--output-dir", out_dir, "--no-progress",
         "--max-grad-norm", str(args.max_grad_norm), "--recurrent-max-mag", str(args.magnitude),
         "--grad-clip-value", str(args.grad_clip_value), "--weight-decay", "0",
+        "--input-weight-init", args.input_weight_init,
     ]
     if args.no_constrain:
         argv.append("--no-constrain")
@@ -123,6 +128,7 @@ def train_one(args, seq_len: int, max_steps: int) -> dict:
         "device": results["device"],
         "kernel_path": results["kernel_path"],
         "last_layer_init_near_one": seq_len >= args.near_one_from,
+        "input_weight_init": args.input_weight_init,
         "max_grad_norm": args.max_grad_norm,
         "magnitude": args.magnitude,
         "grad_clip_value": args.grad_clip_value,

@@ -903,11 +903,14 @@ def test_reproduce_adding_tiny_series_and_resume(tmp_path, capsys):
     common = ["--max-steps", "4", "--eval-steps", "2", "--test-size", "20", "--batch-size", "8",
               "--near-one-from", "6", "--out", str(tmp_path)]
     script.main(["--lengths", "4", *common])
-    script.main(["--lengths", "4", "6", "--resume", "--max-grad-norm", "5", *common])
+    script.main(["--lengths", "4", "6", "--resume", "--max-grad-norm", "5",
+                 "--input-weight-init", "normal", *common])
     runs = json.loads((tmp_path / "adding_results.json").read_text())
     assert [r["seq_len"] for r in runs] == [4, 6]
     assert [r["max_grad_norm"] for r in runs] == [0.0, 5.0]
     assert "--max-grad-norm 5.0" in runs[1]["command"]
+    assert [r["input_weight_init"] for r in runs] == ["kaiming_uniform", "normal"]
+    assert "--input-weight-init normal" in runs[1]["command"]
     assert [r["last_layer_init_near_one"] for r in runs] == [False, True]
     assert all(r["steps"] == 4 and [s for s, _ in r["curve"]] == [2, 4] for r in runs)
     assert "--learning-rate 0.0002 --lr-scheduler step" in runs[0]["command"]

@@ -84,11 +84,11 @@ class IndRNNCache(DynamicCache):
 
     def _states(self) -> list[torch.Tensor]:
         return [layer.recurrent_states[0] for layer in self.layers
-                if layer.is_recurrent_states_initialized[0]]
+                if layer.has_previous_state[0]]
 
     @property
     def batch_size(self) -> int:
-        """The rows of the held states, or -1 before the first step."""
+        """The rows of the held states, or -1 before the first step (and after reset())."""
         states = self._states()
         return states[0].shape[0] if states else -1
 
@@ -134,18 +134,22 @@ def _unflatten_cache(leaves, context) -> IndRNNCache:
     num_layers, held = context
     *states, steps = leaves
     cache = IndRNNCache.__new__(IndRNNCache)
-    DynamicCache.__init__(cache)
+    DynamicCache.__init__(cache, config=None)
     cache.layers = [LinearAttentionLayer() for _ in range(num_layers)]
+    cache.layer_class_to_replicate = None  # as a cache built from a config
     states = iter(states)
     for layer, h in zip(cache.layers, held):
         if h:
             state = next(states)
             layer.recurrent_states[0] = state
-            layer.dtype, layer.device = state.dtype, state.device
+            if isinstance(state, torch.Tensor):  # tree_map may put anything in the leaves
+                layer.dtype, layer.device = state.dtype, state.device
             layer.is_recurrent_states_initialized[0] = True
             layer.has_previous_state[0] = True
-    tracing = torch.compiler.is_compiling() or torch._subclasses.fake_tensor.is_fake(steps)
-    cache.seen_steps = steps if tracing else int(steps)
+    concrete = (isinstance(steps, torch.Tensor) and steps.numel() == 1
+                and not torch.compiler.is_compiling()
+                and not torch._subclasses.fake_tensor.is_fake(steps))
+    cache.seen_steps = int(steps) if concrete else steps
     return cache
 
 
@@ -467,7 +471,9 @@ class IndRNNModel(IndRNNPreTrainedModel):
         if use_cache:
             self._write_states(cache, last_states)
             if isinstance(cache, IndRNNCache):
-                cache.seen_steps += seq_len
+                # Not +=: in a traced graph the count is a tensor, which += would change in
+                # place (see _write_states).
+                cache.seen_steps = cache.seen_steps + seq_len
 
         output = BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
@@ -554,7 +560,14 @@ class IndRNNModel(IndRNNPreTrainedModel):
                 # size or device: the states are made again.
                 layer.recurrent_states[0] = None
                 layer.is_recurrent_states_initialized[0] = False
-            layer.update_recurrent_state(h_n.transpose(0, 1), 0)
+            if torch.compiler.is_exporting():
+                # An exported program returns the new cache and leaves the one it is given as
+                # it was: an in-place copy would change the given states but not its step
+                # count, which crosses the graph as a new tensor.
+                layer.recurrent_states[0] = h_n.transpose(0, 1)
+                layer.is_recurrent_states_initialized[0] = True
+            else:
+                layer.update_recurrent_state(h_n.transpose(0, 1), 0)
             # LinearAttentionLayer only sets this flag from update_conv_state; without it the
             # next step would start again from zeros.
             layer.has_previous_state[0] = True
@@ -864,10 +877,16 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
                 f"shape {tuple(prompt.shape)} (start from a token such as bos_token_id)"
             )
         cache = _cache_argument(kwargs.get("cache"), kwargs.get("past_key_values"))
-        config = kwargs.get("generation_config") or self.generation_config
+        # generate(inputs, generation_config, ...): the config may come second, positionally.
+        config = kwargs.get("generation_config") or (args[0] if args else None)
+        config = config or self.generation_config
         chunk_size = kwargs.get("prefill_chunk_size", getattr(config, "prefill_chunk_size", None))
         if not isinstance(cache, IndRNNCache) and self.model._holds_state(cache):
             raise _uncounted_cache_error(cache)
+        if chunk_size is not None and cache is not None and not isinstance(cache, IndRNNCache):
+            # transformers asks such a cache for its length, which recurrent layers lack.
+            raise ValueError(f"prefill_chunk_size needs an IndRNNCache(model.config) or no cache "
+                             f"(one is then made), got a {type(cache).__name__}")
         if isinstance(cache, IndRNNCache) and cache.seen_steps:
             # How much of the prompt the cache has not seen, read here: generate() drops an
             # all-ones attention_mask before prepare_inputs_for_generation, and with it the
@@ -875,6 +894,13 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
             unseen = _unseen_steps(cache.seen_steps,
                                    kwargs.get("input_ids") if inputs is None else inputs,
                                    kwargs.get("attention_mask"), kwargs.get("inputs_embeds"))
+            if unseen is not None and chunk_size is not None and (
+                    kwargs.get("inputs_embeds") is not None):
+                raise ValueError(
+                    "prefill_chunk_size with a cache that has seen steps needs the new steps as "
+                    "input_ids (with an attention_mask over the whole sequence): inputs_embeds "
+                    "are the whole sequence, whose chunks would feed the seen steps again; "
+                    "leave prefill_chunk_size out")
             if unseen is not None and chunk_size is not None:
                 raise ValueError(
                     "prefill_chunk_size with a cache that has seen steps needs only the new "

@@ -161,7 +161,8 @@ def _recurrence(pre, weight_hh, bias, h0, mask, recurrent_max_abs, recurrent_min
     """The recurrence on ``pre`` (T, B, D*H) or (B, T, D*H) in any float dtype; returns
     (output in ``out_dtype``, h_n in the compute dtype) as the custom op does."""
     D = 2 if bidirectional else 1
-    compute = _compute_dtype(pre.dtype)
+    # From the op's input dtype: a MatMul's result (the fused op's pre) has none while traced.
+    compute = _compute_dtype(out_dtype)
     # H from the parameter's static shape rather than -1 in the Reshapes below: onnxruntime
     # cannot infer a -1 dimension of an empty tensor (T = 0 or B = 0).
     DH = weight_hh.shape[0] if weight_hh.shape is not None else None

@@ -123,6 +123,42 @@ class TestIndRNNModelCommon:
             with torch.no_grad():
                 _assert_same_outputs(exported(**other), model(**other))
 
+    @pytest.mark.parametrize("generative_class", GENERATIVE_MODEL_CLASSES,
+                             ids=lambda cls: cls.__name__)
+    def test_exported_step_returns_the_new_cache_and_leaves_the_given_one(self,
+                                                                         generative_class):
+        # The states were copied into the given cache in place while its step count, a new
+        # tensor, was not: a cache half updated. The program is now a function of its cache.
+        model = self.tester.create_model(generative_class)
+        ids = _inputs_of_shape(2, 7, self.tester.vocab_size)["input_ids"]
+        with torch.no_grad():
+            cache = model(input_ids=ids[:, :5]).cache
+        held = [layer.recurrent_states[0].clone() for layer in cache.layers]
+        program = torch.export.export(model, (), {"input_ids": ids[:, 5:6], "cache": cache},
+                                      strict=False)
+        out = program.module()(input_ids=ids[:, 5:6], cache=cache)
+        assert cache.get_seq_length() == 5
+        for layer, state in zip(cache.layers, held, strict=True):
+            assert torch.equal(layer.recurrent_states[0], state)
+        with torch.no_grad():
+            expected = model(input_ids=ids[:, 5:6], cache=cache)
+        _assert_same_outputs(out, expected)
+        assert out.cache.get_seq_length() == 6 and isinstance(out.cache.seen_steps, int)
+
+    def test_cache_pytree_round_trip_and_maps(self):
+        cache = IndRNNCache(self.tester.get_config())
+        with torch.no_grad():
+            IndRNNForCausalLM(self.tester.get_config())(
+                **self.tester.prepare_inputs(), cache=cache)
+        leaves, spec = torch.utils._pytree.tree_flatten(cache)
+        rebuilt = torch.utils._pytree.tree_unflatten(leaves, spec)
+        assert type(rebuilt) is IndRNNCache and rebuilt.get_seq_length() == 6
+        assert rebuilt.layer_class_to_replicate is None
+        for got, want in zip(rebuilt.layers, cache.layers, strict=True):
+            assert got.recurrent_states[0] is want.recurrent_states[0]
+        shapes = torch.utils._pytree.tree_map(lambda t: t.shape, cache)  # any leaf values
+        assert shapes.layers[0].recurrent_states[0] == (3, 1, self.tester.hidden_size)
+
     def test_hidden_states_output(self, model_class):
         model = self.tester.create_model(model_class, num_hidden_layers=3)
         inputs = self.tester.prepare_inputs()

@@ -4,7 +4,7 @@ import pytest
 import torch
 import transformers.generation.utils
 from hf_helpers import VOCAB, cache_of, padded_batch, random_tokens, tiny_model
-from transformers import ByT5Tokenizer, DynamicCache, pipeline
+from transformers import ByT5Tokenizer, DynamicCache, GenerationConfig, pipeline
 
 from hf_integration import IndRNNCache, IndRNNForCausalLM, IndRNNForSequenceClassification
 
@@ -261,6 +261,27 @@ def test_chunked_prefill_generates_the_tokens_of_one_prefill(padding, cache):
         given = _cache_after(model, ids[:, :4], mask[:, :4])
         with pytest.raises(ValueError, match="prefill_chunk_size with a cache that has seen"):
             _generate(model, ids, cache=given, **kwargs)
+        embeds = model.get_input_embeddings()(ids)
+        with pytest.raises(ValueError, match="inputs_embeds are the whole sequence"):
+            _generate(model, None, inputs_embeds=embeds, cache=given, **kwargs)
+
+
+def test_chunked_prefill_with_the_generation_config_given_positionally():
+    """generate(ids, GenerationConfig(prefill_chunk_size=...)): the config given second,
+    positionally, was not read: no cache was made (transformers' "Cannot use prefill chunking
+    without a cache"), and the whole sequence after seen steps was not refused (the seen steps
+    fed again). An empty cache other than IndRNNCache is refused, naming it."""
+    model = tiny_model(IndRNNForCausalLM)
+    ids = torch.randint(3, VOCAB, (2, 10))
+    whole = _generate(model, ids)
+    config = GenerationConfig(prefill_chunk_size=3, max_new_tokens=NEW, do_sample=False,
+                              pad_token_id=0)
+    assert torch.equal(model.generate(ids, config), whole)
+    given = _cache_after(model, ids[:, :4])
+    with pytest.raises(ValueError, match="prefill_chunk_size with a cache that has seen"):
+        model.generate(ids, config, cache=given)
+    with pytest.raises(ValueError, match="needs an IndRNNCache.* got a DynamicCache"):
+        model.generate(ids, config, cache=DynamicCache(config=model.config))
 
 
 def test_stop_strings_with_the_tokenizer(tokenizer):
@@ -303,6 +324,9 @@ def test_cache_rows_repeated_and_selected():
     ids = torch.randint(3, VOCAB, (2, 6))
     cache = _cache_after(model, ids)
     assert cache.batch_size == 2 and IndRNNCache(model.config).batch_size == -1
+    copy = _cache_after(model, ids)
+    copy.reset()
+    assert copy.batch_size == -1
     cache.batch_repeat_interleave(3)
     assert cache.batch_size == 6
     built = _cache_after(model, ids.repeat_interleave(3, 0))

@@ -191,11 +191,12 @@ def test_op_dtypes(tmp_path, dtype, bidirectional):
 
 
 def _module_inputs(rnn, B, T, *, hx, mask):
-    x = torch.randn(*((B, T) if rnn.batch_first else (T, B)), rnn.input_size)
+    dtype = rnn.weight_ih_l0.dtype
+    x = torch.randn(*((B, T) if rnn.batch_first else (T, B)), rnn.input_size, dtype=dtype)
     inputs = [x]
     if hx:
         D = 2 if rnn.bidirectional else 1
-        inputs.append(torch.rand(rnn.num_layers * D, B, rnn.hidden_size))
+        inputs.append(torch.rand(rnn.num_layers * D, B, rnn.hidden_size, dtype=dtype))
     if mask:
         lengths = [T] + [max(1, T - 3 - 2 * i) for i in range(B - 1)]
         inputs.append(lengths_mask(lengths, T, rnn.batch_first))
@@ -261,13 +262,15 @@ def test_indrnn_no_state_no_mask_batch_norm(tmp_path):
     _check_module(tmp_path, rnn, hx=False, mask=False)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_indrnn_fused_projection(tmp_path, bidirectional):
-    """fused_projection=True records ``indrnn_triton::indrnn_linear_forward``."""
+def test_indrnn_fused_projection(tmp_path, bidirectional, dtype):
+    """fused_projection=True records ``indrnn_triton::indrnn_linear_forward``. In float64 the
+    Scan ran in float32 (the MatMul's result has no dtype while traced): an invalid model."""
     torch.manual_seed(0)
     rnn = IndRNN(4, 8, num_layers=2, batch_first=True, bidirectional=bidirectional,
-                 recurrent_max_abs=1.2, fused_projection=True)
-    program = torch.export.export(rnn.eval(), (torch.randn(3, 7, 4),))
+                 recurrent_max_abs=1.2, fused_projection=True, dtype=dtype)
+    program = torch.export.export(rnn.eval(), (torch.randn(3, 7, 4, dtype=dtype),))
     targets = {n.target for n in program.graph.nodes}
     assert torch.ops.indrnn_triton.indrnn_linear_forward.default in targets
     _check_module(tmp_path, rnn)

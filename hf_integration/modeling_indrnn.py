@@ -158,6 +158,11 @@ def _flatten_cache_with_keys(cache: IndRNNCache):
     return [(torch.utils._pytree.SequenceKey(i), leaf) for i, leaf in enumerate(leaves)], context
 
 
+# torch.export.save pickles a program's example inputs, a cache among them: torch.load
+# (weights_only, the default) then refused the class, fell back to a full unpickling and failed
+# in its own log message of that fallback. The classes only hold tensors, ints and dicts.
+torch.serialization.add_safe_globals([IndRNNCache, LinearAttentionLayer])
+
 torch.utils._pytree.register_pytree_node(
     IndRNNCache, _flatten_cache, _unflatten_cache,
     serialized_type_name=f"{IndRNNCache.__module__}.{IndRNNCache.__qualname__}",

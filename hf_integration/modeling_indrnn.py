@@ -82,15 +82,11 @@ class IndRNNCache(DynamicCache):
         super().reset()  # zeroed in place; the next step may take another batch size
         self.seen_steps = 0
 
-    def _states(self) -> list[torch.Tensor]:
-        return [layer.recurrent_states[0] for layer in self.layers
-                if layer.has_previous_state[0]]
-
     @property
     def batch_size(self) -> int:
         """The rows of the held states, or -1 before the first step (and after reset())."""
-        states = self._states()
-        return states[0].shape[0] if states else -1
+        held = [layer.recurrent_states[0] for layer in self.layers if layer.has_previous_state[0]]
+        return held[0].shape[0] if held else -1
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         """Repeat each row `repeats` times in place (`input_ids.repeat_interleave(repeats, 0)`'s
@@ -899,18 +895,13 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
             unseen = _unseen_steps(cache.seen_steps,
                                    kwargs.get("input_ids") if inputs is None else inputs,
                                    kwargs.get("attention_mask"), kwargs.get("inputs_embeds"))
-            if unseen is not None and chunk_size is not None and (
-                    kwargs.get("inputs_embeds") is not None):
-                raise ValueError(
-                    "prefill_chunk_size with a cache that has seen steps needs the new steps as "
-                    "input_ids (with an attention_mask over the whole sequence): inputs_embeds "
-                    "are the whole sequence, whose chunks would feed the seen steps again; "
-                    "leave prefill_chunk_size out")
             if unseen is not None and chunk_size is not None:
+                given = ("inputs_embeds are" if kwargs.get("inputs_embeds") is not None
+                         else "this prompt is")
                 raise ValueError(
                     "prefill_chunk_size with a cache that has seen steps needs only the new "
-                    "steps as the prompt (with an attention_mask over the whole sequence): "
-                    "the chunks of the whole sequence would start with steps the cache has seen")
+                    "steps, as input_ids with an attention_mask over the whole sequence: "
+                    f"{given} the whole sequence, whose chunks would feed the seen steps again")
             kwargs["_unseen_prompt_steps"] = _WHOLE_PROMPT if unseen is None else unseen
         elif chunk_size is not None:
             # Each chunk is new. transformers chunks the prefill only into a cache it is given:

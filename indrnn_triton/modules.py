@@ -622,7 +622,7 @@ class IndRNN(nn.Module):
         h_ns, layers = [], []
         layer_in, shortcut = x, None
         for k in range(self.num_layers):
-            layer_in, h_n, shortcut = self.forward_layer(
+            layer_in, h_n, shortcut = self._layer(
                 k, layer_in, None if hx is None else self._layer_state(hx, k), mask, shortcut
             )
             h_ns.append(h_n)
@@ -661,6 +661,11 @@ class IndRNN(nn.Module):
             shortcut: the pre-activations to hand to layer k+1 (None without ``residual``).
         """
         self._check_layer_input(k, x, mask)
+        return self._layer(k, x, h0, mask, shortcut)
+
+    def _layer(self, k: int, x: Tensor, h0, mask, shortcut) -> tuple[Tensor, Tensor, Tensor | None]:
+        """:meth:`forward_layer` on checked arguments (:meth:`forward` checks the stack's
+        input once, and each layer's input is the layer before's output)."""
         adds_shortcut = self.residual and k >= 2 and k % 2 == 0
         if adds_shortcut and shortcut is None:
             raise ValueError(f"shortcut must be the one layer {k - 1} returned: layer {k} of a "
@@ -891,20 +896,12 @@ class DenseIndRNN(IndRNN):
                              f"DenseIndRNN takes no unbatched sequence, got {tuple(x.shape)}")
         return super().forward(x, hx, mask, output_layers=output_layers)
 
-    def forward_layer(
-        self,
-        k: int,
-        x: Tensor,
-        h0: Tensor | None = None,
-        mask: Tensor | None = None,
-        shortcut: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Layer ``k`` alone (as :meth:`IndRNN.forward_layer`): the GEMM, the recurrence with
-        its norm, dropout of its output, then what its kind hands on: a growth layer returns
-        the concatenation of its dense layer's input and its output; a bottleneck layer
-        returns its output and, as ``shortcut``, its input, which the growth layer after it
-        must be given."""
-        self._check_layer_input(k, x, mask)
+    def _layer(self, k: int, x: Tensor, h0, mask, shortcut) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Layer ``k`` alone (:meth:`IndRNN.forward_layer` checks the arguments, then calls
+        this): the GEMM, the recurrence with its norm, dropout of its output, then what its kind
+        hands on: a growth layer returns the concatenation of its dense layer's input and its
+        output; a bottleneck layer returns its output and, as ``shortcut``, its input, which the
+        growth layer after it must be given."""
         kind = self.layer_kinds[k]
         if kind == "growth" and self.bottleneck and shortcut is None:
             raise ValueError(f"shortcut must be the one layer {k - 1} returned: layer {k} of a "

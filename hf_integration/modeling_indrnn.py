@@ -69,7 +69,16 @@ class IndRNNCache(DynamicCache):
 
     It also counts the steps it has absorbed, because generate() asks the cache for its length
     and a cache of linear-attention layers alone cannot answer that in transformers 5.1x.
+
+    A recurrent state cannot be rolled back by itself: `crop` works after
+    `activate_past_recording()`, which keeps the states of the steps fed since (see there).
     """
+
+    # While recording: [(seen_steps, [state or None per layer])], oldest first, from the step
+    # recording began (or the last crop) on; None when not recording. Class attributes, so
+    # that a cache made without __init__ (a pytree's, an unpickled one) has them too.
+    _past = None
+    max_rollback = None
 
     def __init__(self, config: IndRNNConfig):
         super().__init__(config=config)
@@ -81,6 +90,8 @@ class IndRNNCache(DynamicCache):
     def reset(self):
         super().reset()  # zeroed in place; the next step may take another batch size
         self.seen_steps = 0
+        if self._past is not None:
+            self._past = [self._snapshot()]
 
     @property
     def batch_size(self) -> int:
@@ -91,23 +102,97 @@ class IndRNNCache(DynamicCache):
     def batch_repeat_interleave(self, repeats: int) -> None:
         """Repeat each row `repeats` times in place (`input_ids.repeat_interleave(repeats, 0)`'s
         rows), e.g. a prompt's cache for `generate(num_beams=repeats)`."""
-        for layer in self.layers:
-            if layer.is_recurrent_states_initialized[0]:
-                layer.recurrent_states[0] = layer.recurrent_states[0].repeat_interleave(
-                    repeats, dim=0)
+        self._map_rows(lambda state: state.repeat_interleave(repeats, dim=0))
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         """Keep the rows `indices` (in that order) in place."""
+        self._map_rows(lambda state: state[indices.to(state.device)])
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self._map_rows(lambda state: state.index_select(0, beam_idx.to(state.device)))
+
+    def _map_rows(self, rows) -> None:
+        """Apply `rows` to the held states and to the recorded ones."""
         for layer in self.layers:
             if layer.is_recurrent_states_initialized[0]:
-                state = layer.recurrent_states[0]
-                layer.recurrent_states[0] = state[indices.to(state.device)]
+                layer.recurrent_states[0] = rows(layer.recurrent_states[0])
+        for _, states in self._past or ():
+            states[:] = [None if state is None else rows(state) for state in states]
+
+    def activate_past_recording(self, max_rollback: int | None = None) -> None:
+        """Keep the state after each step fed from now on, so that `crop` can return to it.
+
+        Up to the last `max_rollback` steps are kept (None: all since recording began or the
+        last crop). To have a state after every step, the model feeds the recorded steps of a
+        call one at a time: a call of T steps runs its first T - max_rollback steps in one
+        go, then one call per step. transformers' assisted generation records the draft
+        model's cache this way (this model's generate() does it with the draft length).
+        """
+        if max_rollback is not None and (isinstance(max_rollback, bool)
+                                         or not isinstance(max_rollback, int) or max_rollback < 1):
+            raise ValueError(f"max_rollback must be a positive int or None, got {max_rollback!r}")
+        self.max_rollback = max_rollback
+        if self._past is None:
+            self._past = [self._snapshot()]
+        self._trim_past()
+
+    def is_recording_past(self, layer_idx: int = 0) -> bool:
+        return self._past is not None
+
+    def _recorded_steps(self, seq_len: int) -> int:
+        """How many of a call's last `seq_len` steps must run one at a time to be recorded."""
+        if self._past is None:
+            return 0
+        return seq_len if self.max_rollback is None else min(seq_len, self.max_rollback)
+
+    def _snapshot(self):
+        return (self.seen_steps, [layer.recurrent_states[0].clone()
+                                  if layer.has_previous_state[0] else None
+                                  for layer in self.layers])
+
+    def _record(self) -> None:
+        """Called by the model after each step it feeds while recording."""
+        self._past.append(self._snapshot())
+        self._trim_past()
+
+    def _trim_past(self) -> None:
+        if self.max_rollback is not None:
+            del self._past[:max(0, len(self._past) - self.max_rollback - 1)]
 
     def crop(self, tokens_to_remove: int) -> None:
-        raise ValueError(
-            "an IndRNNCache cannot be cropped: its recurrent states cannot be rolled back to an "
-            "earlier step. Keep a copy (copy.deepcopy(cache), under torch.no_grad()) of the "
-            "cache at the step to return to")
+        """Return to the state before the last `-tokens_to_remove` steps (a negative int or
+        0, as transformers' caches take it). The recorded states after that step are
+        dropped; recording goes on from there."""
+        if isinstance(tokens_to_remove, bool) or not isinstance(tokens_to_remove, int) or (
+                tokens_to_remove > 0):
+            raise ValueError(f"crop takes the steps to remove as a negative int (or 0), got "
+                             f"{tokens_to_remove!r}")
+        if self._past is None:
+            raise ValueError(
+                "an IndRNNCache can be cropped only after cache.activate_past_recording(), "
+                "which keeps the states of the steps fed afterwards: its recurrent states cannot "
+                "be rolled back otherwise. Or keep a copy (copy.deepcopy(cache), under "
+                "torch.no_grad()) of the cache at the step to return to")
+        target = int(self.seen_steps) + tokens_to_remove
+        recorded = [steps for steps, _ in self._past]
+        if target not in recorded:
+            raise ValueError(
+                f"crop({tokens_to_remove}) returns to step {target}, but the cache has the "
+                f"states of steps {recorded[0]} to {recorded[-1]} only (those fed since "
+                f"recording began or the last crop"
+                + ("" if self.max_rollback is None else f", at most max_rollback="
+                   f"{self.max_rollback} back") + ")")
+        steps, states = self._past[recorded.index(target)]
+        for layer, state in zip(self.layers, states, strict=True):
+            if state is None:
+                if layer.is_recurrent_states_initialized[0]:
+                    layer.recurrent_states[0].zero_()
+                layer.has_previous_state[0] = False
+            else:
+                layer.update_recurrent_state(state.clone(), 0)
+                layer.has_previous_state[0] = True
+        self.seen_steps = steps
+        self._past = [(steps, states)]
 
 
 # A cache crosses a torch.export graph's boundary as a pytree: its tensors become the graph's
@@ -444,6 +529,47 @@ class IndRNNModel(IndRNNPreTrainedModel):
         if use_cache and cache is None:
             cache = IndRNNCache(self.config)
         states = self._read_states(cache, batch_size)
+        recorded = cache._recorded_steps(seq_len) if isinstance(cache, IndRNNCache) else 0
+        if not (use_cache and recorded):
+            hidden_states, all_hidden_states, last_states = self._run_layers(
+                inputs_embeds, mask, states, output_hidden_states)
+            if use_cache:
+                self._write_states(cache, last_states)
+                if isinstance(cache, IndRNNCache):
+                    # Not +=: in a traced graph the count is a tensor, which += would change
+                    # in place (see _write_states).
+                    cache.seen_steps = cache.seen_steps + seq_len
+        else:
+            # A cache recording its past keeps the state after each of the last `recorded`
+            # steps: those run one at a time, after the others in one go.
+            pieces = [(0, seq_len - recorded)] if recorded < seq_len else []
+            pieces += [(t, t + 1) for t in range(seq_len - recorded, seq_len)]
+            outputs = []
+            for start, stop in pieces:
+                outputs.append(self._run_layers(
+                    inputs_embeds[:, start:stop], None if mask is None else mask[:, start:stop],
+                    states, output_hidden_states))
+                states = outputs[-1][2]
+                self._write_states(cache, states)
+                cache.seen_steps = cache.seen_steps + stop - start
+                if start >= seq_len - recorded:
+                    cache._record()
+            hidden_states = torch.cat([out[0] for out in outputs], dim=1)
+            all_hidden_states = ([torch.cat(level, dim=1) for level in
+                                  zip(*(out[1] for out in outputs))]
+                                 if output_hidden_states else None)
+            last_states = states
+
+        output = BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            **{_CACHE_FIELD: cache if use_cache else None},
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _run_layers(self, inputs_embeds, mask, states, output_hidden_states: bool):
+        """The IndRNN stack on (batch, time, features) from the states `states`: returns the
+        last layer's output, every layer's output (or None) and each layer's h_n."""
         # The layers run the IndRNN module's weights through `forward_layer`, never its
         # `forward`, where accelerate attaches the hook of a `device_map` (weights offloaded to
         # CPU or disk brought in, inputs moved to the module's device): run that hook here.
@@ -453,7 +579,7 @@ class IndRNNModel(IndRNNPreTrainedModel):
                 self.rnn, inputs_embeds, mask, states)
 
         # One IndRNNLayer call per layer: each is a block that activation checkpointing may
-        # recompute in backward. The cache is written here, outside the blocks, so a
+        # recompute in backward. The cache is written by the caller, outside the blocks, so a
         # recomputation never updates it a second time.
         hidden_states, shortcut = inputs_embeds, None
         all_hidden_states = [inputs_embeds] if output_hidden_states else None
@@ -469,19 +595,7 @@ class IndRNNModel(IndRNNPreTrainedModel):
         if hook is not None:
             hidden_states, all_hidden_states, last_states = hook.post_forward(
                 self.rnn, (hidden_states, all_hidden_states, last_states))
-        if use_cache:
-            self._write_states(cache, last_states)
-            if isinstance(cache, IndRNNCache):
-                # Not +=: in a traced graph the count is a tensor, which += would change in
-                # place (see _write_states).
-                cache.seen_steps = cache.seen_steps + seq_len
-
-        output = BaseModelOutputWithPast(
-            last_hidden_state=hidden_states,
-            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
-            **{_CACHE_FIELD: cache if use_cache else None},
-        )
-        return output if return_dict else output.to_tuple()
+        return hidden_states, all_hidden_states, last_states
 
     def _embed(self, input_ids, inputs_embeds) -> torch.Tensor:
         if (input_ids is None) == (inputs_embeds is None):
@@ -882,6 +996,17 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
         config = kwargs.get("generation_config") or (args[0] if args else None)
         config = config or self.generation_config
         chunk_size = kwargs.get("prefill_chunk_size", getattr(config, "prefill_chunk_size", None))
+        if getattr(config, "is_assistant", False):
+            # The draft model of transformers' assisted generation: its cache is cropped back
+            # to the tokens the main model accepted, so it records the states of this round's
+            # steps (the draft length, the one or two steps fed before it and the step fed
+            # after). The main model's position_ids come along and mean nothing here.
+            kwargs.pop("position_ids", None)
+            if cache is None:
+                cache = kwargs["cache"] = IndRNNCache(self.config)
+            if isinstance(cache, IndRNNCache):
+                draft = kwargs.get("max_new_tokens", getattr(config, "max_new_tokens", None))
+                cache.activate_past_recording(None if draft is None else draft + 2)
         if not isinstance(cache, IndRNNCache) and self.model._holds_state(cache):
             raise _uncounted_cache_error(cache)
         if chunk_size is not None and cache is not None and not isinstance(cache, IndRNNCache):
@@ -889,6 +1014,10 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
             raise ValueError(f"prefill_chunk_size needs an IndRNNCache(model.config) or no cache "
                              f"(one is then made), got a {type(cache).__name__}")
         if isinstance(cache, IndRNNCache) and cache.seen_steps:
+            if kwargs.get("use_cache", config.use_cache) is False:
+                raise ValueError(
+                    f"use_cache=False with a cache that has seen {cache.seen_steps} steps: "
+                    "generate() continues from the cache by updating it, which needs use_cache")
             # How much of the prompt the cache has not seen, read here: generate() drops an
             # all-ones attention_mask before prepare_inputs_for_generation, and with it the
             # sign that only the new steps were given.
@@ -926,7 +1055,9 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
         if _unseen_prompt_steps is not None:
             # Set by generate() (this model's), which has read the prompt whole: the number
             # of the prompt's last steps to feed, or _WHOLE_PROMPT (also each prefill chunk).
-            if (kwargs.get("is_first_iteration") and kwargs.get("next_sequence_length") is None
+            # The prefill is the call without a next_sequence_length (each later step has 1);
+            # for a draft model (assisted generation) is_first_iteration is False there.
+            if (kwargs.get("next_sequence_length") is None
                     and _unseen_prompt_steps != _WHOLE_PROMPT):
                 kwargs["next_sequence_length"] = _unseen_prompt_steps
         elif (

@@ -1,5 +1,8 @@
 """generate() with the recurrent-state cache, and the text pipelines."""
 
+import copy
+from unittest.mock import patch
+
 import pytest
 import torch
 import transformers.generation.utils
@@ -319,7 +322,8 @@ def test_reset_cache_takes_another_batch_size(make_cache):
 def test_cache_rows_repeated_and_selected():
     """batch_repeat_interleave and batch_select_indices act on the states (transformers' linear
     attention layers have neither), and match a cache built on those rows; batch_size counts
-    the rows; crop, which cannot roll a recurrent state back, raises saying so."""
+    the rows; crop, which cannot roll a recurrent state back unless it records, raises saying
+    so."""
     model = tiny_model(IndRNNForCausalLM)
     ids = torch.randint(3, VOCAB, (2, 6))
     cache = _cache_after(model, ids)
@@ -336,8 +340,147 @@ def test_cache_rows_repeated_and_selected():
     built = _cache_after(model, ids[[1, 0]])
     for got, want in zip(cache.layers, built.layers, strict=True):
         torch.testing.assert_close(got.recurrent_states[0], want.recurrent_states[0])
-    with pytest.raises(ValueError, match="cannot be cropped"):
+    with pytest.raises(ValueError, match="cropped only after cache.activate_past_recording"):
         cache.crop(-1)
+
+
+def _states(cache):
+    return [layer.recurrent_states[0] if layer.has_previous_state[0] else None
+            for layer in cache.layers]
+
+
+def _assert_same_states(got, want):
+    assert got.get_seq_length() == want.get_seq_length()
+    for a, b in zip(_states(got), _states(want), strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("max_rollback", [None, 3])
+def test_recording_cache_crops_back_to_each_recorded_step(max_rollback):
+    """After activate_past_recording(), crop(-n) returns the cache to the state it had n steps
+    ago, as a cache fed only the steps before: the next step's logits are the prefix's. The
+    recorded call's outputs (split into single steps inside) equal an unrecorded call's."""
+    model = tiny_model(IndRNNForCausalLM)
+    ids, mask = padded_batch(random_tokens([7, 5]), "left")
+    cache = IndRNNCache(model.config)
+    cache.activate_past_recording(max_rollback)
+    assert cache.is_recording_past()
+    with torch.no_grad():
+        out = model(input_ids=ids[:, :4], attention_mask=mask[:, :4], cache=cache,
+                    output_hidden_states=True)
+        plain = model(input_ids=ids[:, :4], attention_mask=mask[:, :4],
+                      output_hidden_states=True)
+        torch.testing.assert_close(out.logits, plain.logits)
+        for got, want in zip(out.hidden_states, plain.hidden_states, strict=True):
+            torch.testing.assert_close(got, want)
+        for t in range(4, 7):
+            model(input_ids=ids[:, t:t + 1], attention_mask=mask[:, :t + 1], cache=cache)
+    oldest = 0 if max_rollback is None else 7 - max_rollback
+    for steps_back in range(0, 7 - oldest + 1):
+        cropped = copy.deepcopy(cache)
+        cropped.crop(-steps_back)
+        kept = 7 - steps_back
+        if kept:
+            _assert_same_states(cropped, _cache_after(model, ids[:, :kept], mask[:, :kept]))
+        else:
+            assert cropped.get_seq_length() == 0 and _states(cropped) == [None, None]
+        if kept < 7:
+            with torch.no_grad():  # and it continues from there
+                step = model(input_ids=ids[:, kept:kept + 1], cache=cropped,
+                             attention_mask=mask[:, :kept + 1]).logits[:, -1]
+                full = model(input_ids=ids[:, :kept + 1],
+                             attention_mask=mask[:, :kept + 1]).logits
+            torch.testing.assert_close(step, full[:, -1])
+    if max_rollback is not None:
+        with pytest.raises(ValueError, match="steps 4 to 7 only .*max_rollback=3 back"):
+            cache.crop(-4)
+    # A crop drops the states after it; recording goes on from there.
+    cache.crop(-2)
+    with pytest.raises(ValueError, match="returns to step 4, but the cache has the states of "
+                                         "steps 5 to 5 only"):
+        cache.crop(-1)
+    with torch.no_grad():
+        model(input_ids=ids[:, 5:7], attention_mask=mask, cache=cache)
+    cache.crop(-1)
+    _assert_same_states(cache, _cache_after(model, ids[:, :6], mask[:, :6]))
+
+
+def test_recording_cache_crop_after_reset_and_row_selection():
+    model = tiny_model(IndRNNForCausalLM)
+    ids = torch.randint(3, VOCAB, (3, 5))
+    cache = IndRNNCache(model.config)
+    cache.activate_past_recording()
+    with torch.no_grad():
+        model(input_ids=ids, cache=cache)
+    cache.batch_select_indices(torch.tensor([2, 0]))
+    cache.crop(-2)
+    _assert_same_states(cache, _cache_after(model, ids[[2, 0], :3]))
+    cache.reset()
+    with torch.no_grad():
+        model(input_ids=ids[:1], cache=cache)
+    cache.crop(-1)
+    _assert_same_states(cache, _cache_after(model, ids[:1, :4]))
+
+
+def test_crop_and_recording_arguments_are_checked():
+    cache = IndRNNCache(tiny_model(IndRNNForCausalLM).config)
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="max_rollback must be a positive int or None"):
+            cache.activate_past_recording(bad)
+    cache.activate_past_recording()
+    for bad in (1, 2.0, True):
+        with pytest.raises(ValueError, match="negative int"):
+            cache.crop(bad)
+    with pytest.raises(ValueError, match="returns to step -1"):
+        cache.crop(-1)
+    cache.crop(0)
+
+
+def test_as_the_draft_model_of_assisted_generation():
+    """transformers' assisted generation with an IndRNN draft model (the main model must be
+    stateless): its cache is cropped back to the tokens the main model accepts, and the tokens
+    are the main model's own greedy ones. Before, the draft model failed on the main model's
+    position_ids, and its cache could not be cropped."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    vocab = 12
+    crops = []
+    real_crop = IndRNNCache.crop
+
+    def counted_crop(cache, tokens_to_remove):
+        crops.append(tokens_to_remove)
+        real_crop(cache, tokens_to_remove)
+
+    for seed in range(3):
+        draft = tiny_model(IndRNNForCausalLM, vocab_size=vocab)
+        torch.manual_seed(seed)
+        main = LlamaForCausalLM(LlamaConfig(
+            vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+            num_attention_heads=2, num_key_value_heads=2, pad_token_id=0)).eval()
+        with torch.no_grad():  # a main model that often takes the draft's token
+            main.lm_head.weight.copy_(
+                draft.lm_head.weight @ torch.randn(12, 16) * 0.3 + main.lm_head.weight)
+        ids = torch.randint(1, vocab, (1, 3 + 2 * seed))
+        want = main.generate(ids, max_new_tokens=14, do_sample=False)
+        for threshold in (0.0, 0.4):
+            draft.generation_config.assistant_confidence_threshold = threshold
+            draft.generation_config.num_assistant_tokens = 3
+            with patch.object(IndRNNCache, "crop", counted_crop):
+                got = main.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=14,
+                                    do_sample=False, assistant_model=draft)
+            assert torch.equal(got, want)
+    # Drafts rejected from their first token to fully accepted ones.
+    assert {0, -1, -2, -3} <= set(crops)
+
+
+def test_use_cache_false_with_a_cache_that_has_seen_steps_raises():
+    """It fed the whole sequence again on top of the cache's state at every step."""
+    model = tiny_model(IndRNNForCausalLM)
+    ids = torch.randint(3, VOCAB, (2, 5))
+    with pytest.raises(ValueError, match="use_cache=False with a cache that has seen 3 steps"):
+        _generate(model, ids, cache=_cache_after(model, ids[:, :3]), use_cache=False)
 
 
 def test_continuing_from_a_cache_that_has_seen_the_whole_prompt_raises():

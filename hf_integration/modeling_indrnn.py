@@ -79,6 +79,7 @@ class IndRNNCache(DynamicCache):
     # that a cache made without __init__ (a pytree's, an unpickled one) has them too.
     _past = None
     max_rollback = None
+    _refeeds = False  # a draft model's cache: see crop()
 
     def __init__(self, config: IndRNNConfig):
         super().__init__(config=config)
@@ -162,7 +163,13 @@ class IndRNNCache(DynamicCache):
     def crop(self, tokens_to_remove: int) -> None:
         """Return to the state before the last `-tokens_to_remove` steps (a negative int or
         0, as transformers' caches take it). The recorded states after that step are
-        dropped; recording goes on from there."""
+        dropped; recording goes on from there.
+
+        A draft model's generate() (assisted generation) lets the cache return further back
+        when it lacks the state asked for: to the latest recorded step before it, or to the
+        start. Its caller passes the whole sequence each round, and generate() feeds the steps
+        the cache has not seen, so nothing is lost; `get_seq_length()` tells where it is.
+        """
         if isinstance(tokens_to_remove, bool) or not isinstance(tokens_to_remove, int) or (
                 tokens_to_remove > 0):
             raise ValueError(f"crop takes the steps to remove as a negative int (or 0), got "
@@ -174,15 +181,16 @@ class IndRNNCache(DynamicCache):
                 "be rolled back otherwise. Or keep a copy (copy.deepcopy(cache), under "
                 "torch.no_grad()) of the cache at the step to return to")
         target = int(self.seen_steps) + tokens_to_remove
-        recorded = [steps for steps, _ in self._past]
-        if target not in recorded:
+        kept = [entry for entry in self._past if entry[0] <= target]
+        if target < 0 or not ((kept and kept[-1][0] == target) or self._refeeds):
             raise ValueError(
                 f"crop({tokens_to_remove}) returns to step {target}, but the cache has the "
-                f"states of steps {recorded[0]} to {recorded[-1]} only (those fed since "
-                f"recording began or the last crop"
-                + ("" if self.max_rollback is None else f", at most max_rollback="
-                   f"{self.max_rollback} back") + ")")
-        steps, states = self._past[recorded.index(target)]
+                f"states of steps {_step_ranges([steps for steps, _ in self._past])} only"
+                + ("" if self.max_rollback is None else
+                   f" (at most max_rollback={self.max_rollback} back)"))
+        if not kept:
+            kept = [(0, [None] * len(self.layers))]
+        steps, states = kept[-1]
         for layer, state in zip(self.layers, states, strict=True):
             if state is None:
                 if layer.is_recurrent_states_initialized[0]:
@@ -192,7 +200,18 @@ class IndRNNCache(DynamicCache):
                 layer.update_recurrent_state(state.clone(), 0)
                 layer.has_previous_state[0] = True
         self.seen_steps = steps
-        self._past = [(steps, states)]
+        self._past = kept
+
+
+def _step_ranges(steps: list[int]) -> str:
+    """[0, 3, 4, 5] as "0, 3 to 5"."""
+    runs = []
+    for step in steps:
+        if runs and step == runs[-1][1] + 1:
+            runs[-1][1] = step
+        else:
+            runs.append([step, step])
+    return ", ".join(str(a) if a == b else f"{a} to {b}" for a, b in runs)
 
 
 # A cache crosses a torch.export graph's boundary as a pytree: its tensors become the graph's
@@ -541,7 +560,8 @@ class IndRNNModel(IndRNNPreTrainedModel):
                     cache.seen_steps = cache.seen_steps + seq_len
         else:
             # A cache recording its past keeps the state after each of the last `recorded`
-            # steps: those run one at a time, after the others in one go.
+            # steps: those run one at a time, after the others in one go (whose end state is
+            # the one `recorded` steps back).
             pieces = [(0, seq_len - recorded)] if recorded < seq_len else []
             pieces += [(t, t + 1) for t in range(seq_len - recorded, seq_len)]
             outputs = []
@@ -552,8 +572,7 @@ class IndRNNModel(IndRNNPreTrainedModel):
                 states = outputs[-1][2]
                 self._write_states(cache, states)
                 cache.seen_steps = cache.seen_steps + stop - start
-                if start >= seq_len - recorded:
-                    cache._record()
+                cache._record()
             hidden_states = torch.cat([out[0] for out in outputs], dim=1)
             all_hidden_states = ([torch.cat(level, dim=1) for level in
                                   zip(*(out[1] for out in outputs))]
@@ -999,14 +1018,17 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
         if getattr(config, "is_assistant", False):
             # The draft model of transformers' assisted generation: its cache is cropped back
             # to the tokens the main model accepted, so it records the states of this round's
-            # steps (the draft length, the one or two steps fed before it and the step fed
-            # after). The main model's position_ids come along and mean nothing here.
+            # steps (the draft, and the two steps fed before it when the drafts share the main
+            # model's tokenizer). The main model's position_ids come along and mean nothing.
             kwargs.pop("position_ids", None)
             if cache is None:
                 cache = kwargs["cache"] = IndRNNCache(self.config)
             if isinstance(cache, IndRNNCache):
                 draft = kwargs.get("max_new_tokens", getattr(config, "max_new_tokens", None))
                 cache.activate_past_recording(None if draft is None else draft + 2)
+                # A crop further back (a different assistant tokenizer re-reads a few tokens)
+                # returns to an earlier state, and the next round feeds the steps from there.
+                cache._refeeds = True
         if not isinstance(cache, IndRNNCache) and self.model._holds_state(cache):
             raise _uncounted_cache_error(cache)
         if chunk_size is not None and cache is not None and not isinstance(cache, IndRNNCache):

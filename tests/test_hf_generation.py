@@ -394,17 +394,22 @@ def test_recording_cache_crops_back_to_each_recorded_step(max_rollback):
                              attention_mask=mask[:, :kept + 1]).logits
             torch.testing.assert_close(step, full[:, -1])
     if max_rollback is not None:
-        with pytest.raises(ValueError, match="steps 4 to 7 only .*max_rollback=3 back"):
+        with pytest.raises(ValueError, match="steps 4 to 7 only .at most max_rollback=3 back"):
             cache.crop(-4)
-    # A crop drops the states after it; recording goes on from there.
+    # A crop drops the states after it and keeps the earlier ones; recording goes on.
     cache.crop(-2)
-    with pytest.raises(ValueError, match="returns to step 4, but the cache has the states of "
-                                         "steps 5 to 5 only"):
-        cache.crop(-1)
+    other = torch.randint(3, VOCAB, (2, 2))
     with torch.no_grad():
-        model(input_ids=ids[:, 5:7], attention_mask=mask, cache=cache)
-    cache.crop(-1)
-    _assert_same_states(cache, _cache_after(model, ids[:, :6], mask[:, :6]))
+        model(input_ids=other, attention_mask=mask, cache=cache)
+    cache.crop(-3)
+    _assert_same_states(cache, _cache_after(model, ids[:, :4], mask[:, :4]))
+    if max_rollback is None:
+        cache.crop(-4)
+        assert cache.get_seq_length() == 0 and _states(cache) == [None, None]
+    else:
+        with pytest.raises(ValueError, match=r"returns to step 3, but the cache has the states "
+                                             r"of steps 4 only \(at most max_rollback=3"):
+            cache.crop(-1)
 
 
 def test_recording_cache_crop_after_reset_and_row_selection():
@@ -473,6 +478,84 @@ def test_as_the_draft_model_of_assisted_generation():
             assert torch.equal(got, want)
     # Drafts rejected from their first token to fully accepted ones.
     assert {0, -1, -2, -3} <= set(crops)
+
+
+def _bpe_tokenizer():
+    """A small byte-level BPE tokenizer trained here (nothing to download)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(
+        ["the cat sat on the mat and the dog ate the hat", "a bat and a rat met a cat"] * 20,
+        trainers.BpeTrainer(vocab_size=80, special_tokens=["<unk>", "<pad>", "<s>", "</s>"],
+                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", pad_token="<pad>",
+                                   bos_token="<s>", eos_token="</s>")
+
+
+def test_as_the_draft_model_with_another_tokenizer():
+    """transformers' universal assisted generation: the IndRNN draft reads bytes, the main model
+    BPE tokens. Its cache is cropped further back than its records reach (re-read tokens), and
+    the tokens are still the main model's greedy ones."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    main_tok, draft_tok = _bpe_tokenizer(), ByT5Tokenizer()
+    draft = tiny_model(IndRNNForCausalLM)
+    main = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(main_tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, pad_token_id=1, bos_token_id=2,
+        eos_token_id=3)).eval()
+    crops = []
+    real_crop = IndRNNCache.crop
+
+    def counted_crop(cache, tokens_to_remove):
+        asked = cache.get_seq_length() + tokens_to_remove
+        real_crop(cache, tokens_to_remove)
+        crops.append((tokens_to_remove, cache.get_seq_length() < asked))
+
+    draft.generation_config.num_assistant_tokens = 4
+    draft.generation_config.assistant_confidence_threshold = 0.0
+    for prompt in ["the cat sat", "a rat met the", "dog ate"]:
+        ids = main_tok(prompt, return_tensors="pt").input_ids
+        want = main.generate(ids, max_new_tokens=12, do_sample=False)
+        with patch.object(IndRNNCache, "crop", counted_crop):
+            got = main.generate(ids, max_new_tokens=12, do_sample=False, assistant_model=draft,
+                                tokenizer=main_tok, assistant_tokenizer=draft_tok)
+        assert torch.equal(got, want)
+    # Crops to a recorded state, and further back (fed again from an earlier one).
+    assert {refed for _, refed in crops} == {False, True}
+
+
+def test_a_draft_models_cache_cropped_beyond_its_records_feeds_the_steps_again():
+    """A draft model's generate() records only its round's last steps; a crop further back
+    returns to an earlier state (here the start), and the next round, given the whole
+    sequence as transformers' assisted generation gives it, feeds the steps from there."""
+    model = tiny_model(IndRNNForCausalLM)
+    ids = torch.randint(3, VOCAB, (1, 9))
+    draft_config = GenerationConfig(  # as transformers' AssistedCandidateGenerator sets it
+        is_assistant=True, max_new_tokens=2, do_sample=False, return_dict_in_generate=True,
+        output_scores=True, assistant_confidence_threshold=0.0, pad_token_id=0)
+    cache = cache_of(model.generate(ids, generation_config=draft_config))
+    assert cache.get_seq_length() == 10  # the prompt and the first drafted token
+    cache.crop(-2)  # recorded: back to step 8
+    assert cache.get_seq_length() == 8
+    cache.crop(-5)  # step 3 was inside the prompt's call: back to the start
+    assert cache.get_seq_length() == 0
+    sequence = torch.cat([ids[:, :3], torch.randint(3, VOCAB, (1, 4))], 1)
+    got = model.generate(sequence, generation_config=draft_config, cache=cache).sequences
+    want = model.generate(sequence, generation_config=draft_config).sequences
+    assert torch.equal(got, want) and cache.get_seq_length() == 7 + 1
+    # A cache of the user's own never returns anywhere but where it is asked to.
+    mine = IndRNNCache(model.config)
+    mine.activate_past_recording(2)
+    with torch.no_grad():
+        model(input_ids=ids, cache=mine)
+    with pytest.raises(ValueError, match="returns to step 5, but the cache has the states of "
+                                         "steps 7 to 9 only"):
+        mine.crop(-4)
 
 
 def test_use_cache_false_with_a_cache_that_has_seen_steps_raises():

@@ -80,10 +80,47 @@ class IndRNNCache(DynamicCache):
     _past = None
     max_rollback = None
     _refeeds = False  # a draft model's cache: see crop()
+    # The step count is `_steps`, plus the steps of compiled calls in `_step_counter`.
+    _steps = 0
+    _step_counter = None
 
     def __init__(self, config: IndRNNConfig):
         super().__init__(config=config)
-        self.seen_steps = 0
+
+    @property
+    def seen_steps(self) -> int:
+        """The steps this cache has absorbed (reading it waits for the GPU after compiled
+        steps). In a graph torch.export traces, a 0-dim int64 tensor."""
+        if self._step_counter is None:
+            return self._steps
+        return self._steps + int(self._step_counter)
+
+    @seen_steps.setter
+    def seen_steps(self, steps) -> None:
+        self._steps = steps
+        if self._step_counter is not None:
+            self._step_counter.zero_()
+
+    def _count(self, steps: int, device: torch.device) -> None:
+        """Add a forward's steps. A call that torch.compile traces adds them to a 0-dim int64
+        tensor on the states' device, in place, as the states are updated: a Python int
+        there would be an input of the graph, which recompiles for its second value and
+        then, under mode="reduce-overhead" (transformers' generate() compiles the decode
+        step so on a GPU when the cache is an IndRNNCache), records a new CUDA graph at every
+        step. Like transformers' static caches' lengths, the tensor is made outside the
+        graph, at an eager call, with a static address."""
+        if not isinstance(self._steps, int) or torch.compiler.is_exporting():
+            # A graph torch.export traces (or its decompositions) carries the count as a
+            # tensor: not +=, which would change it in place (see IndRNNModel._write_states).
+            self._steps = self._steps + steps
+        elif torch.compiler.is_compiling():
+            if self._step_counter is None:  # a cache that no eager call has updated yet
+                self._step_counter = torch.zeros((), dtype=torch.int64, device=device)
+            self._step_counter.add_(steps)
+        else:
+            self._steps += steps
+            if self._step_counter is None and not torch.jit.is_tracing():
+                self._step_counter = _new_step_counter(device)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return int(self.seen_steps)
@@ -203,6 +240,12 @@ class IndRNNCache(DynamicCache):
         self._past = kept
 
 
+def _new_step_counter(device) -> torch.Tensor:
+    counter = torch.zeros((), dtype=torch.int64, device=device)
+    torch._dynamo.mark_static_address(counter)
+    return counter
+
+
 def _step_ranges(steps: list[int]) -> str:
     """[0, 3, 4, 5] as "0, 3 to 5"."""
     runs = []
@@ -224,9 +267,13 @@ def _step_ranges(steps: list[int]) -> str:
 def _flatten_cache(cache: IndRNNCache) -> tuple[list[torch.Tensor], list]:
     held = [bool(layer.has_previous_state[0]) for layer in cache.layers]
     states = [layer.recurrent_states[0] for layer, h in zip(cache.layers, held) if h]
-    steps = cache.seen_steps
+    steps = cache._steps
     if not isinstance(steps, torch.Tensor):
         steps = torch.full((), steps, dtype=torch.int64)
+    if cache._step_counter is not None:
+        # Tensor arithmetic, not seen_steps' int(): the cache may be a fake copy (export keeps
+        # its example inputs so), whose counter has no value.
+        steps = steps + cache._step_counter.to(steps.device)
     return [*states, steps], [len(held), held]
 
 
@@ -250,6 +297,13 @@ def _unflatten_cache(leaves, context) -> IndRNNCache:
                 and not torch.compiler.is_compiling()
                 and not torch._subclasses.fake_tensor.is_fake(steps))
     cache.seen_steps = int(steps) if concrete else steps
+    if concrete:  # as an eager call's cache, e.g. the one a program run returns
+        held = [layer.recurrent_states[0] for layer in cache.layers if layer.has_previous_state[0]]
+        counter = torch.zeros((), dtype=torch.int64,
+                              device=held[0].device if held else steps.device)
+        if type(counter) is torch.Tensor:  # not under a tracing mode (export's decompositions)
+            torch._dynamo.mark_static_address(counter)
+            cache._step_counter = counter
     return cache
 
 
@@ -555,9 +609,7 @@ class IndRNNModel(IndRNNPreTrainedModel):
             if use_cache:
                 self._write_states(cache, last_states)
                 if isinstance(cache, IndRNNCache):
-                    # Not +=: in a traced graph the count is a tensor, which += would change
-                    # in place (see _write_states).
-                    cache.seen_steps = cache.seen_steps + seq_len
+                    cache._count(seq_len, last_states[0].device)
         else:
             # A cache recording its past keeps the state after each of the last `recorded`
             # steps: those run one at a time, after the others in one go (whose end state is
@@ -571,7 +623,7 @@ class IndRNNModel(IndRNNPreTrainedModel):
                     states, output_hidden_states))
                 states = outputs[-1][2]
                 self._write_states(cache, states)
-                cache.seen_steps = cache.seen_steps + stop - start
+                cache._count(stop - start, states[0].device)
                 cache._record()
             hidden_states = torch.cat([out[0] for out in outputs], dim=1)
             all_hidden_states = ([torch.cat(level, dim=1) for level in

@@ -405,6 +405,33 @@ def test_hf_causal_lm_bf16_generation_on_cuda():
         assert layer.recurrent_states[0].dtype == torch.float32
 
 
+def test_hf_generate_compiled_decode_with_cuda_graphs():
+    """With an IndRNNCache on the GPU, transformers' generate() compiles the decode step
+    (mode="reduce-overhead": CUDA graphs). The tokens are the eager ones, from one compiled
+    frame, with no CUDA graph skipped (the states and the step count are updated in place at
+    static addresses)."""
+    pytest.importorskip("transformers")
+    from torch._dynamo.utils import counters
+
+    from hf_integration import IndRNNCache, IndRNNConfig, IndRNNForCausalLM
+
+    torch.manual_seed(0)
+    config = IndRNNConfig(vocab_size=300, hidden_size=64, num_hidden_layers=2,
+                          recurrent_max_abs=2 ** (1 / 32), initializer_range=0.5, pad_token_id=0)
+    model = IndRNNForCausalLM(config).to("cuda", torch.bfloat16).eval()
+    ids = torch.randint(3, 300, (3, 9), device="cuda")
+    kw = dict(max_new_tokens=16, do_sample=False, pad_token_id=0)
+    eager = model.generate(ids, disable_compile=True, cache=IndRNNCache(config), **kw)
+    torch._dynamo.reset()
+    counters.clear()
+    cache = IndRNNCache(config)
+    compiled = model.generate(ids, cache=cache, **kw)
+    assert hasattr(model, "_compiled_call")  # transformers compiled the decode step
+    assert torch.equal(compiled, eager)
+    assert cache.get_seq_length() == 9 + 16 - 1
+    assert counters["frames"]["ok"] == 1 and counters["inductor"]["cudagraph_skips"] == 0
+
+
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("flags", ["plain", "all"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import transformers.generation.utils
 from hf_helpers import VOCAB, cache_of, padded_batch, random_tokens, tiny_model
-from transformers import ByT5Tokenizer, DynamicCache, GenerationConfig, pipeline
+from transformers import ByT5Tokenizer, CompileConfig, DynamicCache, GenerationConfig, pipeline
 
 from hf_integration import IndRNNCache, IndRNNForCausalLM, IndRNNForSequenceClassification
 
@@ -182,6 +182,31 @@ def test_cached_generation_with_a_compiled_forward():
     compiled = _generate(model, ids, attention_mask=mask)
     assert compiled.shape == (3, 8 + NEW)
     assert torch.equal(compiled, eager)
+
+
+def test_generate_compiles_the_decode_step_once_without_int_inputs():
+    """With an IndRNNCache, transformers' generate() compiles the decode step (on a GPU, or
+    with compile_config._compile_all_devices): one graph, with no graph break and no int input.
+    The step count was a Python int read in the graph: it recompiled at the second step, and
+    then, an int input, made mode="reduce-overhead" record a CUDA graph at every step."""
+    model = tiny_model(IndRNNForCausalLM)
+    ids = torch.randint(3, VOCAB, (2, 5))
+    graphs = []
+
+    def backend(graph, example_inputs):
+        graphs.append([type(x) for x in example_inputs])
+        return graph.forward
+
+    compile_config = CompileConfig(backend=backend, fullgraph=True, mode=None)
+    compile_config._compile_all_devices = True
+    cache = IndRNNCache(model.config)
+    torch._dynamo.reset()
+    compiled = _generate(model, ids, cache=cache, compile_config=compile_config)
+    assert torch.equal(compiled, _generate(model, ids))
+    assert len(graphs) == 1 and all(issubclass(t, torch.Tensor) for t in graphs[0])
+    assert cache.get_seq_length() == 5 + NEW - 1
+    cache.reset()
+    assert cache.seen_steps == 0
 
 
 @pytest.mark.parametrize("prompt", ["input_ids", "input_ids_keyword", "inputs_embeds"])

@@ -40,7 +40,7 @@ INSTALL_HINT = (
 )
 try:  # transformers' check of a remote-code file's imports skips try blocks
     from indrnn_triton import DenseIndRNN, IndRNN
-    from indrnn_triton.modules import _NORM_CLASSES
+    from indrnn_triton.modules import _NORM_CLASSES, _shape_of
 except ModuleNotFoundError as err:
     if err.name != "indrnn_triton":
         raise
@@ -551,6 +551,7 @@ class IndRNNModel(IndRNNPreTrainedModel):
         cache_params: Cache | None = None,
         cache_position: torch.Tensor | None = None,
         output_attentions: bool | None = None,
+        position_ids: torch.LongTensor | None = None,
     ) -> tuple | BaseModelOutputWithPast:
         r"""
         Args:
@@ -575,6 +576,11 @@ class IndRNNModel(IndRNNPreTrainedModel):
             cache_position: accepted for transformers' callers and unused: the recurrent
                 state carries the position.
             output_attentions: only None or False (no attention weights).
+            position_ids: (batch, time) or (1, time), accepted for transformers' callers: the
+                recurrent state carries the position. Positions that do not go up by one
+                between two real steps of a row raise, e.g. packed sequences restarting at 0
+                (`DataCollatorWithFlattening`), whose state would need a reset there: give them
+                as a padded batch with an attention_mask.
 
         Any other keyword is a TypeError.
         """
@@ -599,6 +605,7 @@ class IndRNNModel(IndRNNPreTrainedModel):
         inputs_embeds = self._embed(input_ids, inputs_embeds)
         batch_size, seq_len = inputs_embeds.shape[:2]
         mask = _step_mask(attention_mask, batch_size, seq_len, cached=cache is not None)
+        _check_position_ids(position_ids, mask, batch_size, seq_len)
         if use_cache and cache is None:
             cache = IndRNNCache(self.config)
         states = self._read_states(cache, batch_size)
@@ -803,6 +810,28 @@ def _step_mask(
     return attention_mask[:, attention_mask.shape[1] - seq_len :].bool()
 
 
+def _check_position_ids(position_ids, mask, batch_size: int, seq_len: int) -> None:
+    """Refuse positions the recurrence cannot follow: not one more than the step before, at a
+    step that follows a real step (packed sequences restart at 0)."""
+    if position_ids is None:
+        return
+    if (not isinstance(position_ids, torch.Tensor) or position_ids.dim() != 2
+            or position_ids.shape[0] not in (1, batch_size) or position_ids.shape[1] != seq_len):
+        raise ValueError(f"position_ids must have shape ({batch_size}, {seq_len}) or (1, "
+                         f"{seq_len}), got {_shape_of(position_ids)}")
+    step = position_ids[:, 1:] - position_ids[:, :-1]
+    jumps = step != 1
+    if mask is not None:
+        jumps = jumps & mask[:, 1:] & mask[:, :-1]
+    message = ("position_ids restart or jump inside a row (packed sequences?): the recurrent "
+               "state carries the position and is not reset there. Give the sequences as a "
+               "padded batch with an attention_mask, or leave position_ids out")
+    if torch.compiler.is_compiling():
+        torch._assert_async(~jumps.any(), message)
+    elif jumps.any():
+        raise ValueError(message)
+
+
 def _mask_from_pads(config, input_ids, attention_mask):
     """The classifiers' mask: the given one, or without one, input_ids that are not
     `config.pad_token_id`. transformers' own sequence classifiers likewise pool at the last
@@ -841,6 +870,7 @@ class IndRNNForSequenceClassification(IndRNNPreTrainedModel):
         return_dict: bool | None = None,
         output_attentions: bool | None = None,
         num_items_in_batch: torch.Tensor | int | None = None,
+        position_ids: torch.LongTensor | None = None,
     ) -> tuple | SequenceClassifierOutput:
         r"""
         attention_mask: as in `IndRNNModel.forward`. Without it, input_ids equal to
@@ -863,6 +893,7 @@ class IndRNNForSequenceClassification(IndRNNPreTrainedModel):
             output_hidden_states=output_hidden_states,
             return_dict=True,
             output_attentions=output_attentions,
+            position_ids=position_ids,
         )
         pooled = self._pool(outputs.last_hidden_state, attention_mask)
         logits = self.classifier(self.dropout(pooled))
@@ -953,6 +984,7 @@ class IndRNNForTokenClassification(IndRNNPreTrainedModel):
         return_dict: bool | None = None,
         output_attentions: bool | None = None,
         num_items_in_batch: torch.Tensor | int | None = None,
+        position_ids: torch.LongTensor | None = None,
     ) -> tuple | TokenClassifierOutput:
         r"""
         attention_mask: as in `IndRNNModel.forward`. Without it, input_ids equal to
@@ -972,6 +1004,7 @@ class IndRNNForTokenClassification(IndRNNPreTrainedModel):
             output_hidden_states=output_hidden_states,
             return_dict=True,
             output_attentions=output_attentions,
+            position_ids=position_ids,
         )
         logits = self.classifier(self.dropout(outputs.last_hidden_state))
         loss = None if labels is None else _token_loss(logits, labels, num_items_in_batch)
@@ -1071,8 +1104,7 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
             # The draft model of transformers' assisted generation: its cache is cropped back
             # to the tokens the main model accepted, so it records the states of this round's
             # steps (the draft, and the two steps fed before it when the drafts share the main
-            # model's tokenizer). The main model's position_ids come along and mean nothing.
-            kwargs.pop("position_ids", None)
+            # model's tokenizer).
             if cache is None:
                 cache = kwargs["cache"] = IndRNNCache(self.config)
             if isinstance(cache, IndRNNCache):
@@ -1156,6 +1188,9 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
         # transformers versions build for attention layers.
         if attention_mask is not None:
             model_inputs["attention_mask"] = attention_mask
+        # Positions mean nothing to the state (a draft model of assisted generation is also
+        # given the main model's): not checked at every step.
+        model_inputs.pop("position_ids", None)
         return model_inputs
 
     def get_output_embeddings(self):
@@ -1179,6 +1214,7 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
         num_items_in_batch: torch.Tensor | int | None = None,
         cache_params: Cache | None = None,
         output_attentions: bool | None = None,
+        position_ids: torch.LongTensor | None = None,
         **kwargs,
     ) -> tuple | CausalLMOutputWithPast:
         r"""
@@ -1220,6 +1256,7 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
             output_hidden_states=output_hidden_states,
             return_dict=True,
             output_attentions=output_attentions,
+            position_ids=position_ids,
         )
         hidden_states = outputs.last_hidden_state
         if isinstance(logits_to_keep, int):

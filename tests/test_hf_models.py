@@ -144,6 +144,51 @@ def test_attention_mask_covering_the_cached_steps_is_taken():
                                model(input_ids=ids, attention_mask=mask).logits[:, 4:])
 
 
+def _positions(mask):
+    """transformers' position_ids of a padded batch: 0, 1, ... over real steps, 1 at padding."""
+    return (mask.cumsum(1) - 1).masked_fill(mask == 0, 1)
+
+
+@pytest.mark.parametrize("cls", list(OUTPUT_CLASSES))
+def test_position_ids_are_taken_and_packed_sequences_raise(cls):
+    """position_ids were a TypeError (transformers' Mamba and RWKV accept them, and its
+    DataCollatorWithFlattening makes them). Positions that follow the steps give the outputs
+    without them; positions restarting inside a row (packed sequences) raise, in a compiled
+    model too, instead of running one state through sequences meant to be apart."""
+    from transformers import DataCollatorWithFlattening
+
+    model = tiny_model(cls)
+    ids, mask = padded_batch(random_tokens([6, 3]), "left")
+    want = head_logits(model, input_ids=ids, attention_mask=mask)
+    got = head_logits(model, input_ids=ids, attention_mask=mask, position_ids=_positions(mask))
+    torch.testing.assert_close(got, want)
+    full = torch.ones_like(mask)
+    torch.testing.assert_close(
+        head_logits(model, input_ids=ids, attention_mask=full, position_ids=torch.arange(6)[None]),
+        head_logits(model, input_ids=ids, attention_mask=full))
+    packed = DataCollatorWithFlattening()([{"input_ids": [5, 6, 7]}, {"input_ids": [8, 9]}])
+    with pytest.raises(ValueError, match="position_ids restart or jump inside a row"):
+        model(input_ids=packed["input_ids"], position_ids=packed["position_ids"])
+    with pytest.raises(RuntimeError, match="position_ids restart or jump inside a row"):
+        torch.compile(model, fullgraph=True)(input_ids=packed["input_ids"],
+                                             position_ids=packed["position_ids"])
+    for bad in (torch.arange(5), torch.zeros(3, 6, dtype=torch.long), [[0, 1, 2, 3, 4, 5]]):
+        with pytest.raises(ValueError, match=r"position_ids must have shape \(2, 6\) or \(1, 6\)"):
+            model(input_ids=ids, attention_mask=mask, position_ids=bad)
+
+
+def test_position_ids_continue_after_a_cache():
+    model = tiny_model(IndRNNForCausalLM)
+    ids, mask = padded_batch(random_tokens([7, 5]), "left")
+    positions = _positions(mask)
+    cache = cache_of(model(input_ids=ids[:, :4], attention_mask=mask[:, :4],
+                           position_ids=positions[:, :4]))
+    second = model(input_ids=ids[:, 4:], attention_mask=mask, cache=cache,
+                   position_ids=positions[:, 4:])
+    torch.testing.assert_close(second.logits,
+                               model(input_ids=ids, attention_mask=mask).logits[:, 4:])
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.long])
 @pytest.mark.parametrize("cls", list(OUTPUT_CLASSES))
 def test_inputs_embeds_of_another_dtype_say_how_to_convert(cls, dtype):

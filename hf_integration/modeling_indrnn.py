@@ -592,6 +592,7 @@ class IndRNNModel(IndRNNPreTrainedModel):
             else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        explicit_use_cache = use_cache
         if use_cache is None:
             use_cache = cache is not None or (
                 self.config.use_cache and not self.training and not self.config.bidirectional
@@ -605,7 +606,14 @@ class IndRNNModel(IndRNNPreTrainedModel):
         inputs_embeds = self._embed(input_ids, inputs_embeds)
         batch_size, seq_len = inputs_embeds.shape[:2]
         mask = _step_mask(attention_mask, batch_size, seq_len, cached=cache is not None)
-        _check_position_ids(position_ids, mask, batch_size, seq_len)
+        starts = _sequence_starts(position_ids, mask, batch_size, seq_len)
+        if starts is not None:
+            if cache is not None or explicit_use_cache:
+                raise ValueError(
+                    "packed sequences (position_ids restarting at 0 inside a row) cannot be "
+                    "continued from or into a cache: pass use_cache=False and no cache")
+            return self._packed_forward(inputs_embeds, mask, starts, output_hidden_states,
+                                        return_dict)
         if use_cache and cache is None:
             cache = IndRNNCache(self.config)
         states = self._read_states(cache, batch_size)
@@ -642,6 +650,31 @@ class IndRNNModel(IndRNNPreTrainedModel):
             last_hidden_state=hidden_states,
             hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
             **{_CACHE_FIELD: cache if use_cache else None},
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _packed_forward(self, inputs_embeds, mask, starts, output_hidden_states, return_dict):
+        """Packed rows (sequences back to back, `starts` where each begins again) run as a
+        right-padded batch of the sequences, each from a zero state, and go back into the rows.
+        Every step belongs to one sequence, so the rows are filled whole."""
+        place, (sequences, longest) = _unpacked_layout(starts)
+        batch_size, seq_len = inputs_embeds.shape[:2]
+        flat = inputs_embeds.flatten(0, 1)
+        unpacked = flat.new_zeros(sequences * longest, flat.shape[1]).index_copy(0, place, flat)
+        real = torch.zeros(sequences * longest, dtype=torch.bool, device=flat.device)
+        real[place] = True if mask is None else mask.flatten()
+        hidden_states, all_hidden_states, _ = self._run_layers(
+            unpacked.view(sequences, longest, -1), real.view(sequences, longest),
+            [None] * self.config.num_hidden_layers, output_hidden_states)
+
+        def packed(unpacked_states):
+            return unpacked_states.flatten(0, 1)[place].view(batch_size, seq_len, -1)
+
+        output = BaseModelOutputWithPast(
+            last_hidden_state=packed(hidden_states),
+            hidden_states=((inputs_embeds, *map(packed, all_hidden_states[1:]))
+                           if output_hidden_states else None),
+            **{_CACHE_FIELD: None},
         )
         return output if return_dict else output.to_tuple()
 
@@ -810,26 +843,49 @@ def _step_mask(
     return attention_mask[:, attention_mask.shape[1] - seq_len :].bool()
 
 
-def _check_position_ids(position_ids, mask, batch_size: int, seq_len: int) -> None:
-    """Refuse positions the recurrence cannot follow: not one more than the step before, at a
-    step that follows a real step (packed sequences restart at 0)."""
+def _sequence_starts(position_ids, mask, batch_size: int, seq_len: int):
+    """Where packed sequences start again inside a row: the (batch, time) bool tensor of the
+    real steps at position 0 after a real step of their row, or None for positions that
+    follow the steps (or none given). Positions that jump otherwise raise.
+
+    `DataCollatorWithFlattening` packs sequences into one row, each starting at position 0.
+    """
     if position_ids is None:
-        return
+        return None
     if (not isinstance(position_ids, torch.Tensor) or position_ids.dim() != 2
             or position_ids.shape[0] not in (1, batch_size) or position_ids.shape[1] != seq_len):
         raise ValueError(f"position_ids must have shape ({batch_size}, {seq_len}) or (1, "
                          f"{seq_len}), got {_shape_of(position_ids)}")
-    step = position_ids[:, 1:] - position_ids[:, :-1]
-    jumps = step != 1
-    if mask is not None:
-        jumps = jumps & mask[:, 1:] & mask[:, :-1]
-    message = ("position_ids restart or jump inside a row (packed sequences?): the recurrent "
-               "state carries the position and is not reset there. Give the sequences as a "
-               "padded batch with an attention_mask, or leave position_ids out")
+    position_ids = position_ids.expand(batch_size, seq_len)
+    real = (torch.ones(batch_size, seq_len, dtype=torch.bool, device=position_ids.device)
+            if mask is None else mask.to(position_ids.device))
+    starts = (position_ids == 0) & real & (real.cumsum(1) > 1)
+    jumps = ((position_ids[:, 1:] - position_ids[:, :-1] != 1) & real[:, 1:] & real[:, :-1]
+             & ~starts[:, 1:])
     if torch.compiler.is_compiling():
-        torch._assert_async(~jumps.any(), message)
-    elif jumps.any():
-        raise ValueError(message)
+        torch._assert_async(~(jumps.any() | starts.any()),
+                            "position_ids jump or restart inside a row: packed sequences "
+                            "(position_ids restarting at 0) run in eager mode only")
+        return None
+    if jumps.any():
+        raise ValueError("position_ids jump inside a row: between two real steps they must go "
+                         "up by one, or restart at 0 where a packed sequence begins")
+    return starts if starts.any() else None
+
+
+def _unpacked_layout(starts: torch.Tensor):
+    """For packed rows with sequences starting at `starts` (and each row's step 0): the place
+    of each (batch, time) step, flattened, in a (sequences, longest) right-padded layout, and
+    that layout's shape."""
+    starts = starts.clone()
+    starts[:, 0] = True
+    flat = starts.flatten()
+    sequence = flat.cumsum(0) - 1
+    first = flat.nonzero().squeeze(1)
+    lengths = torch.diff(first, append=torch.tensor([flat.numel()], device=first.device))
+    longest = int(lengths.max())
+    step = torch.arange(flat.numel(), device=flat.device) - first[sequence]
+    return sequence * longest + step, (first.numel(), longest)
 
 
 def _mask_from_pads(config, input_ids, attention_mask):
@@ -895,6 +951,11 @@ class IndRNNForSequenceClassification(IndRNNPreTrainedModel):
             output_attentions=output_attentions,
             position_ids=position_ids,
         )
+        shape = outputs.last_hidden_state.shape[:2]
+        if _sequence_starts(position_ids, _step_mask(attention_mask, *shape), *shape) is not None:
+            raise ValueError(
+                "position_ids restart inside a row (packed sequences), but a sequence "
+                "classifier pools one output per row: give the sequences as a padded batch")
         pooled = self._pool(outputs.last_hidden_state, attention_mask)
         logits = self.classifier(self.dropout(pooled))
         loss = None if labels is None else self._loss(logits, labels)
@@ -1271,6 +1332,14 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
             if attention_mask is not None and not from_state:
                 targets = _without_targets_before_the_first_real_step(
                     targets, attention_mask, outputs.last_hidden_state.shape[1])
+            shape = outputs.last_hidden_state.shape[:2]
+            starts = None if from_state else _sequence_starts(
+                position_ids, _step_mask(attention_mask, *shape), *shape)
+            if starts is not None:
+                # Packed sequences: no target across a boundary, as labels = input_ids gives
+                # (DataCollatorWithFlattening marks them -100 itself).
+                ends = nn.functional.pad(starts[:, 1:], (0, 1))  # each sequence's last step
+                targets = targets.masked_fill(ends[:, : targets.shape[1]], -100)
             loss = _token_loss(step_logits, targets, num_items_in_batch)
         output = CausalLMOutputWithPast(
             loss=loss,

@@ -150,13 +150,9 @@ def _positions(mask):
 
 
 @pytest.mark.parametrize("cls", list(OUTPUT_CLASSES))
-def test_position_ids_are_taken_and_packed_sequences_raise(cls):
-    """position_ids were a TypeError (transformers' Mamba and RWKV accept them, and its
-    DataCollatorWithFlattening makes them). Positions that follow the steps give the outputs
-    without them; positions restarting inside a row (packed sequences) raise, in a compiled
-    model too, instead of running one state through sequences meant to be apart."""
-    from transformers import DataCollatorWithFlattening
-
+def test_position_ids_that_follow_the_steps_change_nothing(cls):
+    """position_ids were a TypeError (transformers' Mamba and RWKV accept them). Positions that
+    follow the steps give the outputs without them; jumps and other shapes raise."""
     model = tiny_model(cls)
     ids, mask = padded_batch(random_tokens([6, 3]), "left")
     want = head_logits(model, input_ids=ids, attention_mask=mask)
@@ -166,15 +162,102 @@ def test_position_ids_are_taken_and_packed_sequences_raise(cls):
     torch.testing.assert_close(
         head_logits(model, input_ids=ids, attention_mask=full, position_ids=torch.arange(6)[None]),
         head_logits(model, input_ids=ids, attention_mask=full))
-    packed = DataCollatorWithFlattening()([{"input_ids": [5, 6, 7]}, {"input_ids": [8, 9]}])
-    with pytest.raises(ValueError, match="position_ids restart or jump inside a row"):
-        model(input_ids=packed["input_ids"], position_ids=packed["position_ids"])
-    with pytest.raises(RuntimeError, match="position_ids restart or jump inside a row"):
-        torch.compile(model, fullgraph=True)(input_ids=packed["input_ids"],
-                                             position_ids=packed["position_ids"])
+    with pytest.raises(ValueError, match="position_ids jump inside a row"):
+        model(input_ids=ids, attention_mask=full, position_ids=torch.tensor([[0, 1, 2, 4, 5, 6]]))
     for bad in (torch.arange(5), torch.zeros(3, 6, dtype=torch.long), [[0, 1, 2, 3, 4, 5]]):
         with pytest.raises(ValueError, match=r"position_ids must have shape \(2, 6\) or \(1, 6\)"):
             model(input_ids=ids, attention_mask=mask, position_ids=bad)
+
+
+def _packed_rows(seqs_per_row):
+    """Rows of sequences back to back (positions restarting at 0), right-padded to one width:
+    (input_ids, attention_mask, position_ids)."""
+    width = max(sum(len(s) for s in row) for row in seqs_per_row)
+    ids = torch.full((len(seqs_per_row), width), PAD)
+    mask = torch.zeros_like(ids)
+    positions = torch.ones_like(ids)
+    for b, row in enumerate(seqs_per_row):
+        t = 0
+        for seq in row:
+            ids[b, t:t + len(seq)] = seq
+            mask[b, t:t + len(seq)] = 1
+            positions[b, t:t + len(seq)] = torch.arange(len(seq))
+            t += len(seq)
+    return ids, mask, positions
+
+
+PACKED_OPTIONS = {"plain": {}, "bidirectional": dict(bidirectional=True),
+                  "residual": dict(num_hidden_layers=3, residual=True, norm="layer"),
+                  "dense": dict(hidden_size=8, dense_growth_rate=2, dense_block_config=[2])}
+
+
+@pytest.mark.parametrize("cls, options", [
+    (cls, name) for cls in (IndRNNModel, IndRNNForTokenClassification, IndRNNForCausalLM)
+    for name in PACKED_OPTIONS if not (cls is IndRNNForCausalLM and name == "bidirectional")])
+def test_packed_sequences_equal_each_sequence_alone(cls, options):
+    """Sequences packed into rows (position_ids restarting at 0, as DataCollatorWithFlattening
+    makes them) each run from a zero state: the outputs, every hidden state and the gradients
+    are those of each sequence alone."""
+    model = tiny_model(cls, **PACKED_OPTIONS[options])
+    seqs = random_tokens([3, 5, 1, 4, 2])
+    rows = [seqs[:3], seqs[3:]]
+    ids, mask, positions = _packed_rows(rows)
+    packed = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                   output_hidden_states=True)
+    for level, states in enumerate(packed.hidden_states):
+        for b, row in enumerate(rows):
+            t = 0
+            for seq in row:
+                alone = model(input_ids=seq[None], output_hidden_states=True)
+                torch.testing.assert_close(states[b, t:t + len(seq)],
+                                           alone.hidden_states[level][0])
+                t += len(seq)
+    # The gradients: those of the sequences as a padded batch.
+    padded_ids, padded_mask = padded_batch(seqs, "right")
+    head = (lambda out: out.last_hidden_state) if cls is IndRNNModel else (
+        lambda out: out.logits)
+    weight = torch.randn(head(packed).shape[-1])
+    (head(packed) * weight * mask[..., None]).sum().backward()
+    packed_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    padded = model(input_ids=padded_ids, attention_mask=padded_mask)
+    (head(padded) * weight * padded_mask[..., None]).sum().backward()
+    for got, p in zip(packed_grads, model.parameters(), strict=True):
+        torch.testing.assert_close(got, p.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_packed_causal_lm_loss_and_the_collator():
+    """DataCollatorWithFlattening's batch: the loss is the padded batch's; labels = input_ids
+    give the same loss (no target across a boundary), and so does a Trainer step's input."""
+    from transformers import DataCollatorWithFlattening
+
+    model = tiny_model(IndRNNForCausalLM)
+    seqs = random_tokens([4, 2, 5])
+    batch = DataCollatorWithFlattening()([{"input_ids": s.tolist()} for s in seqs])
+    assert "attention_mask" not in batch and batch["position_ids"].shape == (1, 11)
+    loss = model(**batch).loss
+    ids, mask = padded_batch(seqs, "right")
+    torch.testing.assert_close(loss, model(input_ids=ids, attention_mask=mask,
+                                           labels=ids.masked_fill(mask == 0, -100)).loss)
+    torch.testing.assert_close(model(input_ids=batch["input_ids"], labels=batch["input_ids"],
+                                     position_ids=batch["position_ids"]).loss, loss)
+
+
+@pytest.mark.parametrize("cls", list(OUTPUT_CLASSES))
+def test_packed_sequences_refused_where_they_cannot_run(cls):
+    """With a cache (a state carried over), by a sequence classifier (one output per row) and
+    compiled (data-dependent shapes): a clear error, not sequences run into each other."""
+    model = tiny_model(cls)
+    ids, mask, positions = _packed_rows([random_tokens([3, 2])])
+    if cls is IndRNNForSequenceClassification:
+        with pytest.raises(ValueError, match="a sequence classifier pools one output per row"):
+            model(input_ids=ids, attention_mask=mask, position_ids=positions)
+    if cls in (IndRNNModel, IndRNNForCausalLM):
+        for kwargs in (dict(use_cache=True), dict(cache=IndRNNCache(model.config))):
+            with pytest.raises(ValueError, match="cannot be continued from or into a cache"):
+                model(input_ids=ids, position_ids=positions, **kwargs)
+    with pytest.raises(RuntimeError, match="packed sequences .* run in eager mode only"):
+        torch.compile(model, fullgraph=True)(input_ids=ids, position_ids=positions)
 
 
 def test_position_ids_continue_after_a_cache():

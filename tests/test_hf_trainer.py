@@ -201,3 +201,40 @@ def test_torchrun_ddp_on_cpu(tmp_path):
     assert reports[0]["batch_sums"] != reports[1]["batch_sums"]
     params = [torch.load(tmp_path / f"params_rank{r}.pt") for r in range(2)]
     assert torch.equal(params[0], params[1])
+
+
+def test_padding_free_training_with_the_flattening_collator(tmp_path):
+    """Trainer with DataCollatorWithFlattening (sequences packed into one row, position_ids
+    restarting at 0, no padding) makes the update of the same sequences as a padded batch."""
+    from transformers import DataCollatorWithFlattening
+
+    g = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(3, 40, (n,), generator=g).tolist() for n in (5, 2, 7, 4)]
+
+    def padded(features):
+        width = max(len(f["input_ids"]) for f in features)
+        ids = torch.zeros(len(features), width, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, f in enumerate(features):
+            ids[i, :len(f["input_ids"])] = torch.tensor(f["input_ids"])
+            mask[i, :len(f["input_ids"])] = 1
+        return {"input_ids": ids, "attention_mask": mask,
+                "labels": ids.masked_fill(mask == 0, -100)}
+
+    def one_step(collator, name):
+        model = tiny_model(IndRNNForCausalLM)
+        args = TrainingArguments(
+            output_dir=str(tmp_path / name), max_steps=1, optim="sgd",
+            per_device_train_batch_size=4, learning_rate=1.0, lr_scheduler_type="constant",
+            max_grad_norm=0.0, train_sampling_strategy="sequential", save_strategy="no",
+            report_to="none", use_cpu=True, disable_tqdm=True, remove_unused_columns=False,
+        )
+        Trainer(model=model, args=args, data_collator=collator,
+                train_dataset=Dataset.from_dict({"input_ids": seqs})).train()
+        return model.state_dict()
+
+    before = tiny_model(IndRNNForCausalLM).state_dict()
+    packed = one_step(DataCollatorWithFlattening(), "packed")
+    assert any(not torch.equal(packed[k], before[k]) for k in packed)
+    for name, value in one_step(padded, "padded").items():
+        torch.testing.assert_close(packed[name], value, rtol=1e-5, atol=1e-6, msg=name)

@@ -608,6 +608,7 @@ class IndRNNModel(IndRNNPreTrainedModel):
         mask = _step_mask(attention_mask, batch_size, seq_len, cached=cache is not None)
         starts = _sequence_starts(position_ids, mask, batch_size, seq_len)
         if starts is not None:
+            starts = starts.to(inputs_embeds.device)
             if cache is not None or explicit_use_cache:
                 raise ValueError(
                     "packed sequences (position_ids restarting at 0 inside a row) cannot be "
@@ -857,8 +858,10 @@ def _sequence_starts(position_ids, mask, batch_size: int, seq_len: int):
         raise ValueError(f"position_ids must have shape ({batch_size}, {seq_len}) or (1, "
                          f"{seq_len}), got {_shape_of(position_ids)}")
     position_ids = position_ids.expand(batch_size, seq_len)
+    if mask is not None:  # a collator's CPU positions for a model on a GPU
+        position_ids = position_ids.to(mask.device)
     real = (torch.ones(batch_size, seq_len, dtype=torch.bool, device=position_ids.device)
-            if mask is None else mask.to(position_ids.device))
+            if mask is None else mask)
     starts = (position_ids == 0) & real & (real.cumsum(1) > 1)
     jumps = ((position_ids[:, 1:] - position_ids[:, :-1] != 1) & real[:, 1:] & real[:, :-1]
              & ~starts[:, 1:])
@@ -1339,7 +1342,8 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
                 # Packed sequences: no target across a boundary, as labels = input_ids gives
                 # (DataCollatorWithFlattening marks them -100 itself).
                 ends = nn.functional.pad(starts[:, 1:], (0, 1))  # each sequence's last step
-                targets = targets.masked_fill(ends[:, : targets.shape[1]], -100)
+                targets = targets.masked_fill(ends[:, : targets.shape[1]].to(targets.device),
+                                              -100)
             loss = _token_loss(step_logits, targets, num_items_in_batch)
         output = CausalLMOutputWithPast(
             loss=loss,

@@ -405,6 +405,36 @@ def test_hf_causal_lm_bf16_generation_on_cuda():
         assert layer.recurrent_states[0].dtype == torch.float32
 
 
+def test_hf_packed_sequences_on_cuda_with_the_collators_cpu_positions():
+    """DataCollatorWithFlattening's batch (CPU position_ids, restarting at 0) for a causal LM
+    on the GPU: each sequence's logits are its own, and the loss is the padded batch's."""
+    pytest.importorskip("transformers")
+    from transformers import DataCollatorWithFlattening
+
+    from hf_integration import IndRNNConfig, IndRNNForCausalLM
+
+    torch.manual_seed(0)
+    config = IndRNNConfig(vocab_size=300, hidden_size=64, num_hidden_layers=2,
+                          recurrent_max_abs=2 ** (1 / 32), initializer_range=0.5, pad_token_id=0)
+    model = IndRNNForCausalLM(config).to("cuda").eval()
+    seqs = [torch.randint(3, 300, (n,)).tolist() for n in (5, 2, 9)]
+    batch = DataCollatorWithFlattening()([{"input_ids": s} for s in seqs])
+    out = model(input_ids=batch["input_ids"].cuda(), labels=batch["labels"].cuda(),
+                position_ids=batch["position_ids"])
+    t = 0
+    for seq in seqs:
+        alone = model(input_ids=torch.tensor([seq], device="cuda")).logits
+        torch.testing.assert_close(out.logits[:, t:t + len(seq)], alone, atol=1e-4, rtol=1e-4)
+        t += len(seq)
+    ids = torch.zeros(3, 9, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, seq in enumerate(seqs):
+        ids[i, :len(seq)], mask[i, :len(seq)] = torch.tensor(seq), 1
+    padded = model(input_ids=ids.cuda(), attention_mask=mask.cuda(),
+                   labels=ids.masked_fill(mask == 0, -100).cuda())
+    torch.testing.assert_close(out.loss, padded.loss, atol=1e-4, rtol=1e-4)
+
+
 def test_hf_generate_compiled_decode_with_cuda_graphs():
     """With an IndRNNCache on the GPU, transformers' generate() compiles the decode step
     (mode="reduce-overhead": CUDA graphs). The tokens are the eager ones, from one compiled

@@ -381,16 +381,21 @@ def test_eager_path_on_cuda_equals_the_custom_op(pinned):
         assert torch.equal(a, c)
 
 
-def test_hf_causal_lm_bf16_generation_on_cuda():
-    """bfloat16 causal LM on the GPU: cached greedy tokens equal recomputing the whole prefix
-    at every step, and the cached state stays float32."""
+def _cuda_causal_lm(dtype=torch.float32):
+    """A small IndRNN causal LM on the GPU (eval), with greedy tokens that vary."""
     pytest.importorskip("transformers")
     from hf_integration import IndRNNConfig, IndRNNForCausalLM
 
     torch.manual_seed(0)
     config = IndRNNConfig(vocab_size=300, hidden_size=64, num_hidden_layers=2,
                           recurrent_max_abs=2 ** (1 / 32), initializer_range=0.5, pad_token_id=0)
-    model = IndRNNForCausalLM(config).to("cuda", torch.bfloat16).eval()
+    return IndRNNForCausalLM(config).to("cuda", dtype).eval()
+
+
+def test_hf_causal_lm_bf16_generation_on_cuda():
+    """bfloat16 causal LM on the GPU: cached greedy tokens equal recomputing the whole prefix
+    at every step, and the cached state stays float32."""
+    model = _cuda_causal_lm(torch.bfloat16)
     ids = torch.randint(3, 300, (3, 9), device="cuda")
     kw = dict(max_new_tokens=12, do_sample=False, pad_token_id=0)
     with torch.no_grad():
@@ -408,15 +413,9 @@ def test_hf_causal_lm_bf16_generation_on_cuda():
 def test_hf_packed_sequences_on_cuda_with_the_collators_cpu_positions():
     """DataCollatorWithFlattening's batch (CPU position_ids, restarting at 0) for a causal LM
     on the GPU: each sequence's logits are its own, and the loss is the padded batch's."""
-    pytest.importorskip("transformers")
-    from transformers import DataCollatorWithFlattening
+    model = _cuda_causal_lm()
+    from transformers import DataCollatorWithFlattening  # after the importorskip
 
-    from hf_integration import IndRNNConfig, IndRNNForCausalLM
-
-    torch.manual_seed(0)
-    config = IndRNNConfig(vocab_size=300, hidden_size=64, num_hidden_layers=2,
-                          recurrent_max_abs=2 ** (1 / 32), initializer_range=0.5, pad_token_id=0)
-    model = IndRNNForCausalLM(config).to("cuda").eval()
     seqs = [torch.randint(3, 300, (n,)).tolist() for n in (5, 2, 9)]
     batch = DataCollatorWithFlattening()([{"input_ids": s} for s in seqs])
     out = model(input_ids=batch["input_ids"].cuda(), labels=batch["labels"].cuda(),
@@ -440,15 +439,12 @@ def test_hf_generate_compiled_decode_with_cuda_graphs():
     (mode="reduce-overhead": CUDA graphs). The tokens are the eager ones, from one compiled
     frame, with no CUDA graph skipped (the states and the step count are updated in place at
     static addresses)."""
-    pytest.importorskip("transformers")
+    model = _cuda_causal_lm(torch.bfloat16)
+    config = model.config
     from torch._dynamo.utils import counters
 
-    from hf_integration import IndRNNCache, IndRNNConfig, IndRNNForCausalLM
+    from hf_integration import IndRNNCache  # after the importorskip
 
-    torch.manual_seed(0)
-    config = IndRNNConfig(vocab_size=300, hidden_size=64, num_hidden_layers=2,
-                          recurrent_max_abs=2 ** (1 / 32), initializer_range=0.5, pad_token_id=0)
-    model = IndRNNForCausalLM(config).to("cuda", torch.bfloat16).eval()
     ids = torch.randint(3, 300, (3, 9), device="cuda")
     kw = dict(max_new_tokens=16, do_sample=False, pad_token_id=0)
     eager = model.generate(ids, disable_compile=True, cache=IndRNNCache(config), **kw)

@@ -177,6 +177,12 @@ class IndRNNCache(DynamicCache):
     def is_recording_past(self, layer_idx: int = 0) -> bool:
         return self._past is not None
 
+    @property
+    def is_compileable(self) -> bool:
+        # Recording runs a call's steps one by one and reads the count: not for a compiled
+        # step. transformers compiles a draft model's decode on a GPU when its cache says yes.
+        return self._past is None and super().is_compileable
+
     def _recorded_steps(self, seq_len: int) -> int:
         """How many of a call's last `seq_len` steps must run one at a time to be recorded."""
         if self._past is None:

@@ -390,8 +390,9 @@ def test_recording_cache_crops_back_to_each_recorded_step(max_rollback):
     model = tiny_model(IndRNNForCausalLM)
     ids, mask = padded_batch(random_tokens([7, 5]), "left")
     cache = IndRNNCache(model.config)
+    assert cache_of(model(input_ids=ids[:, :1])).is_compileable
     cache.activate_past_recording(max_rollback)
-    assert cache.is_recording_past()
+    assert cache.is_recording_past() and not cache.is_compileable  # no auto-compiled decode
     with torch.no_grad():
         out = model(input_ids=ids[:, :4], attention_mask=mask[:, :4], cache=cache,
                     output_hidden_states=True)

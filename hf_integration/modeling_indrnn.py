@@ -80,26 +80,38 @@ class IndRNNCache(DynamicCache):
     _past = None
     max_rollback = None
     _refeeds = False  # a draft model's cache: see crop()
-    # The step count is `_steps`, plus the steps of compiled calls in `_step_counter`.
+    # While recording: the token ids fed, (batch, seen_steps), or None if some were embeddings.
+    _fed_ids = None
+    # The step count is `_steps`, plus the steps of compiled calls in `_step_counter` (which
+    # holds some only when `_counted_compiled`).
     _steps = 0
     _step_counter = None
+    _counted_compiled = False
 
     def __init__(self, config: IndRNNConfig):
         super().__init__(config=config)
 
+    def __setstate__(self, state):
+        # A cache pickled before the count became a property holds it as "seen_steps".
+        if "seen_steps" in state:
+            state = dict(state)
+            state["_steps"] = state.pop("seen_steps")
+        self.__dict__.update(state)
+
     @property
     def seen_steps(self) -> int:
-        """The steps this cache has absorbed (reading it waits for the GPU after compiled
-        steps). In a graph torch.export traces, a 0-dim int64 tensor."""
-        if self._step_counter is None:
+        """The steps this cache has absorbed (after compiled steps, reading it waits for the
+        GPU). In a graph torch.export traces, a 0-dim int64 tensor."""
+        if not self._counted_compiled:
             return self._steps
         return self._steps + int(self._step_counter)
 
     @seen_steps.setter
     def seen_steps(self, steps) -> None:
         self._steps = steps
-        if self._step_counter is not None:
+        if self._counted_compiled:
             self._step_counter.zero_()
+            self._counted_compiled = False
 
     def _count(self, steps: int, device: torch.device) -> None:
         """Add a forward's steps. A call that torch.compile traces adds them to a 0-dim int64
@@ -117,9 +129,14 @@ class IndRNNCache(DynamicCache):
             if self._step_counter is None:  # a cache that no eager call has updated yet
                 self._step_counter = torch.zeros((), dtype=torch.int64, device=device)
             self._step_counter.add_(steps)
+            self._counted_compiled = True
         else:
             self._steps += steps
-            if self._step_counter is None and not torch.jit.is_tracing():
+            counter = self._step_counter
+            if counter is not None and counter.device != device:  # states made again elsewhere
+                self.seen_steps = self.seen_steps
+                counter = self._step_counter = None
+            if counter is None and not torch.jit.is_tracing():
                 self._step_counter = _new_step_counter(device)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -130,6 +147,7 @@ class IndRNNCache(DynamicCache):
         self.seen_steps = 0
         if self._past is not None:
             self._past = [self._snapshot()]
+            self._fed_ids = torch.zeros(1, 0, dtype=torch.long)
 
     @property
     def batch_size(self) -> int:
@@ -156,6 +174,8 @@ class IndRNNCache(DynamicCache):
                 layer.recurrent_states[0] = rows(layer.recurrent_states[0])
         for _, states in self._past or ():
             states[:] = [None if state is None else rows(state) for state in states]
+        if self._fed_ids is not None:
+            self._fed_ids = rows(self._fed_ids)
 
     def activate_past_recording(self, max_rollback: int | None = None) -> None:
         """Keep the state after each step fed from now on, so that `crop` can return to it.
@@ -172,6 +192,8 @@ class IndRNNCache(DynamicCache):
         self.max_rollback = max_rollback
         if self._past is None:
             self._past = [self._snapshot()]
+            self._fed_ids = (torch.zeros(1, 0, dtype=torch.long) if self.seen_steps == 0
+                             else None)  # the ids of earlier steps are unknown
         self._trim_past()
 
     def is_recording_past(self, layer_idx: int = 0) -> bool:
@@ -200,7 +222,10 @@ class IndRNNCache(DynamicCache):
         self._trim_past()
 
     def _trim_past(self) -> None:
-        if self.max_rollback is not None:
+        # A draft model's cache keeps every state it recorded (until a crop drops those after
+        # its step): a crop beyond the finely recorded steps then returns to the nearest
+        # earlier one (the end of a call's unrecorded head) rather than to the start.
+        if self.max_rollback is not None and not self._refeeds:
             del self._past[:max(0, len(self._past) - self.max_rollback - 1)]
 
     def crop(self, tokens_to_remove: int) -> None:
@@ -244,6 +269,26 @@ class IndRNNCache(DynamicCache):
                 layer.has_previous_state[0] = True
         self.seen_steps = steps
         self._past = kept
+        if self._fed_ids is not None:
+            self._fed_ids = self._fed_ids[:, :steps]
+
+    def _record_ids(self, input_ids) -> None:
+        """Keep the ids a recorded call feeds (None for embeddings: no ids known from then)."""
+        if self._fed_ids is not None:
+            self._fed_ids = None if input_ids is None else torch.cat(
+                [self._fed_ids.to(input_ids.device).expand(input_ids.shape[0], -1), input_ids],
+                dim=1)
+
+    def _first_changed_step(self, input_ids) -> int | None:
+        """The first step this cache has seen whose id differs in `input_ids` (the whole
+        sequence), or None if it holds those ids (or does not know them)."""
+        seen = self.seen_steps
+        fed = self._fed_ids
+        if (fed is None or input_ids is None or fed.shape != (input_ids.shape[0], seen)
+                or input_ids.shape[1] < seen):
+            return None
+        changed = (input_ids[:, :seen] != fed.to(input_ids.device)).any(dim=0).nonzero()
+        return int(changed[0]) if len(changed) else None
 
 
 def _new_step_counter(device) -> torch.Tensor:
@@ -276,7 +321,7 @@ def _flatten_cache(cache: IndRNNCache) -> tuple[list[torch.Tensor], list]:
     steps = cache._steps
     if not isinstance(steps, torch.Tensor):
         steps = torch.full((), steps, dtype=torch.int64)
-    if cache._step_counter is not None:
+    if cache._counted_compiled:
         # Tensor arithmetic, not seen_steps' int(): the cache may be a fake copy (export keeps
         # its example inputs so), whose counter has no value.
         steps = steps + cache._step_counter.to(steps.device)
@@ -639,6 +684,7 @@ class IndRNNModel(IndRNNPreTrainedModel):
             pieces = [(0, seq_len - recorded)] if recorded < seq_len else []
             pieces += [(t, t + 1) for t in range(seq_len - recorded, seq_len)]
             outputs = []
+            cache._record_ids(input_ids)
             for start, stop in pieces:
                 outputs.append(self._run_layers(
                     inputs_embeds[:, start:stop], None if mask is None else mask[:, start:stop],
@@ -871,6 +917,9 @@ def _sequence_starts(position_ids, mask, batch_size: int, seq_len: int):
     starts = (position_ids == 0) & real & (real.cumsum(1) > 1)
     jumps = ((position_ids[:, 1:] - position_ids[:, :-1] != 1) & real[:, 1:] & real[:, :-1]
              & ~starts[:, 1:])
+    if torch.jit.is_tracing():  # the check would be fixed at trace time, never made again
+        raise ValueError("position_ids cannot be traced with torch.jit.trace: leave them out "
+                         "(the recurrent state carries the position)")
     if torch.compiler.is_compiling():
         torch._assert_async(~(jumps.any() | starts.any()),
                             "position_ids jump or restart inside a row: packed sequences "
@@ -1178,11 +1227,17 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
             if cache is None:
                 cache = kwargs["cache"] = IndRNNCache(self.config)
             if isinstance(cache, IndRNNCache):
-                draft = kwargs.get("max_new_tokens", getattr(config, "max_new_tokens", None))
-                cache.activate_past_recording(None if draft is None else draft + 2)
                 # A crop further back (a different assistant tokenizer re-reads a few tokens)
                 # returns to an earlier state, and the next round feeds the steps from there.
                 cache._refeeds = True
+                draft = kwargs.get("max_new_tokens", getattr(config, "max_new_tokens", None))
+                cache.activate_past_recording(None if draft is None else draft + 2)
+                # With another tokenizer, transformers re-reads the last tokens, which may
+                # change ids the cache has seen without cropping back to them.
+                changed = cache._first_changed_step(
+                    kwargs.get("input_ids") if inputs is None else inputs)
+                if changed is not None:
+                    cache.crop(changed - cache.seen_steps)
         if not isinstance(cache, IndRNNCache) and self.model._holds_state(cache):
             raise _uncounted_cache_error(cache)
         if chunk_size is not None and cache is not None and not isinstance(cache, IndRNNCache):

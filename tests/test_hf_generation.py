@@ -455,6 +455,24 @@ def test_recording_cache_crop_after_reset_and_row_selection():
     _assert_same_states(cache, _cache_after(model, ids[:1, :4]))
 
 
+def test_a_cache_pickled_before_the_step_count_became_a_property_keeps_its_count():
+    """Such a cache holds its count as the attribute "seen_steps", which the property hid:
+    it loaded as having seen 0 steps, and generate() fed the seen steps again on its states."""
+    import pickle
+
+    model = tiny_model(IndRNNForCausalLM)
+    ids = torch.randint(3, VOCAB, (2, 6))
+    cache = _cache_after(model, ids[:, :4])
+    state = dict(vars(cache))
+    state["seen_steps"] = state.pop("_steps")  # the attributes of the earlier version
+    state.pop("_step_counter")
+    old = IndRNNCache.__new__(IndRNNCache)
+    old.__dict__.update(state)
+    loaded = pickle.loads(pickle.dumps(old))
+    assert loaded.get_seq_length() == 4
+    assert torch.equal(_generate(model, ids, cache=loaded), _generate(model, ids))
+
+
 def test_crop_and_recording_arguments_are_checked():
     cache = IndRNNCache(tiny_model(IndRNNForCausalLM).config)
     for bad in (0, -1, 2.0, True):
@@ -467,6 +485,25 @@ def test_crop_and_recording_arguments_are_checked():
     with pytest.raises(ValueError, match="returns to step -1"):
         cache.crop(-1)
     cache.crop(0)
+
+
+def _checked_draft(draft):
+    """Make each of the draft model's rounds also run from scratch (no cache) and check that
+    it proposes the same tokens: a cache cropped to wrong states would propose others, which
+    the main model's check alone would not show (its tokens are its own whatever the draft
+    proposes). Returns the list of rounds run."""
+    real = draft.generate
+    rounds = []
+
+    def generate(*args, **kwargs):
+        out = real(*args, **kwargs)
+        fresh = real(*args, **{k: v for k, v in kwargs.items() if k != "cache"})
+        assert torch.equal(out.sequences, fresh.sequences)
+        rounds.append(out.sequences.shape[1])
+        return out
+
+    draft.generate = generate
+    return rounds
 
 
 def test_as_the_draft_model_of_assisted_generation():
@@ -486,6 +523,7 @@ def test_as_the_draft_model_of_assisted_generation():
 
     for seed in range(3):
         draft = tiny_model(IndRNNForCausalLM, vocab_size=vocab)
+        rounds = _checked_draft(draft)
         torch.manual_seed(seed)
         main = LlamaForCausalLM(LlamaConfig(
             vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
@@ -502,6 +540,7 @@ def test_as_the_draft_model_of_assisted_generation():
                 got = main.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=14,
                                     do_sample=False, assistant_model=draft)
             assert torch.equal(got, want)
+        assert len(rounds) > 6
     # Drafts rejected from their first token to fully accepted ones.
     assert {0, -1, -2, -3} <= set(crops)
 
@@ -524,8 +563,9 @@ def _bpe_tokenizer():
 
 def test_as_the_draft_model_with_another_tokenizer():
     """transformers' universal assisted generation: the IndRNN draft reads bytes, the main model
-    BPE tokens. Its cache is cropped further back than its records reach (re-read tokens), and
-    the tokens are still the main model's greedy ones."""
+    BPE tokens. Its cache is cropped further back than the draft (re-read tokens), and the
+    tokens are still the main model's greedy ones. Its recorded states were trimmed to the
+    draft's length, so those crops fed the whole sequence again from the start each round."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     main_tok, draft_tok = _bpe_tokenizer(), ByT5Tokenizer()
@@ -540,8 +580,9 @@ def test_as_the_draft_model_with_another_tokenizer():
     def counted_crop(cache, tokens_to_remove):
         asked = cache.get_seq_length() + tokens_to_remove
         real_crop(cache, tokens_to_remove)
-        crops.append((tokens_to_remove, cache.get_seq_length() < asked))
+        crops.append((tokens_to_remove, asked, cache.get_seq_length()))
 
+    rounds = _checked_draft(draft)
     draft.generation_config.num_assistant_tokens = 4
     draft.generation_config.assistant_confidence_threshold = 0.0
     for prompt in ["the cat sat", "a rat met the", "dog ate"]:
@@ -551,8 +592,10 @@ def test_as_the_draft_model_with_another_tokenizer():
             got = main.generate(ids, max_new_tokens=12, do_sample=False, assistant_model=draft,
                                 tokenizer=main_tok, assistant_tokenizer=draft_tok)
         assert torch.equal(got, want)
-    # Crops to a recorded state, and further back (fed again from an earlier one).
-    assert {refed for _, refed in crops} == {False, True}
+    # Crops further back than the draft (4 tokens and the 2 steps before): the draft's cache
+    # keeps its recorded states, so they land where asked and are not fed again from the start.
+    assert min(removed for removed, _, _ in crops) < -6 and len(rounds) > 6
+    assert all(landed == asked for _, asked, landed in crops)
 
 
 def test_a_draft_models_cache_cropped_beyond_its_records_feeds_the_steps_again():

@@ -258,6 +258,17 @@ def test_packed_sequences_refused_where_they_cannot_run(cls):
                 model(input_ids=ids, position_ids=positions, **kwargs)
     with pytest.raises(RuntimeError, match="packed sequences .* run in eager mode only"):
         torch.compile(model, fullgraph=True)(input_ids=ids, position_ids=positions)
+    # A traced check would be fixed at trace time: positions cannot be traced.
+    class Positions(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, position_ids):
+            return self.model(input_ids=input_ids, position_ids=position_ids)[0]
+
+    with pytest.raises(ValueError, match="position_ids cannot be traced with torch.jit.trace"):
+        torch.jit.trace(Positions(), (ids, torch.arange(ids.shape[1])[None]))
 
 
 def test_position_ids_continue_after_a_cache():

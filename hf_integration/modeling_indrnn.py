@@ -92,10 +92,13 @@ class IndRNNCache(DynamicCache):
         super().__init__(config=config)
 
     def __setstate__(self, state):
-        # A cache pickled before the count became a property holds it as "seen_steps".
+        # A cache pickled before the count became a property holds it as "seen_steps"; one
+        # pickled before `_counted_compiled` may hold compiled steps in its counter.
+        state = dict(state)
         if "seen_steps" in state:
-            state = dict(state)
             state["_steps"] = state.pop("seen_steps")
+        if state.get("_step_counter") is not None and "_counted_compiled" not in state:
+            state["_counted_compiled"] = True  # its counter may hold compiled steps
         self.__dict__.update(state)
 
     @property
@@ -222,11 +225,18 @@ class IndRNNCache(DynamicCache):
         self._trim_past()
 
     def _trim_past(self) -> None:
-        # A draft model's cache keeps every state it recorded (until a crop drops those after
-        # its step): a crop beyond the finely recorded steps then returns to the nearest
-        # earlier one (the end of a call's unrecorded head) rather than to the start.
-        if self.max_rollback is not None and not self._refeeds:
+        if self.max_rollback is None:
+            return
+        if not self._refeeds:
             del self._past[:max(0, len(self._past) - self.max_rollback - 1)]
+            return
+        # A draft model's cache also keeps the states older than max_rollback at every
+        # _DRAFT_CHECKPOINT-th step: a crop further back (another tokenizer re-reads tens of
+        # bytes) returns to one of those and feeds a few steps again, not the whole sequence,
+        # and memory grows by one state per that many steps.
+        oldest = self.seen_steps - self.max_rollback
+        self._past = [entry for entry in self._past
+                      if entry[0] >= oldest or entry[0] % _DRAFT_CHECKPOINT == 0]
 
     def crop(self, tokens_to_remove: int) -> None:
         """Return to the state before the last `-tokens_to_remove` steps (a negative int or
@@ -289,6 +299,9 @@ class IndRNNCache(DynamicCache):
             return None
         changed = (input_ids[:, :seen] != fed.to(input_ids.device)).any(dim=0).nonzero()
         return int(changed[0]) if len(changed) else None
+
+
+_DRAFT_CHECKPOINT = 16
 
 
 def _new_step_counter(device) -> torch.Tensor:
@@ -627,11 +640,12 @@ class IndRNNModel(IndRNNPreTrainedModel):
             cache_position: accepted for transformers' callers and unused: the recurrent
                 state carries the position.
             output_attentions: only None or False (no attention weights).
-            position_ids: (batch, time) or (1, time), accepted for transformers' callers: the
-                recurrent state carries the position. Positions that do not go up by one
-                between two real steps of a row raise, e.g. packed sequences restarting at 0
-                (`DataCollatorWithFlattening`), whose state would need a reset there: give them
-                as a padded batch with an attention_mask.
+            position_ids: (batch, time) or (1, time). The recurrent state carries the
+                position, so they matter only where they restart at 0 after a real step of the
+                row: packed sequences (`DataCollatorWithFlattening`), each then run from a zero
+                state (as a padded batch of the sequences, inside; eagerly only, with no
+                cache, and use_cache defaulting to False). Otherwise they must go up by one
+                from a real step to the next (or by the steps between them); a jump raises.
 
         Any other keyword is a TypeError.
         """
@@ -898,8 +912,8 @@ def _step_mask(
 
 def _sequence_starts(position_ids, mask, batch_size: int, seq_len: int):
     """Where packed sequences start again inside a row: the (batch, time) bool tensor of the
-    real steps at position 0 after a real step of their row, or None for positions that
-    follow the steps (or none given). Positions that jump otherwise raise.
+    steps at position 0 after a real step of their row, or None for positions that follow
+    the steps (or none given). Positions that jump otherwise raise.
 
     `DataCollatorWithFlattening` packs sequences into one row, each starting at position 0.
     """
@@ -914,9 +928,20 @@ def _sequence_starts(position_ids, mask, batch_size: int, seq_len: int):
         position_ids = position_ids.to(mask.device)
     real = (torch.ones(batch_size, seq_len, dtype=torch.bool, device=position_ids.device)
             if mask is None else mask)
-    starts = (position_ids == 0) & real & (real.cumsum(1) > 1)
-    jumps = ((position_ids[:, 1:] - position_ids[:, :-1] != 1) & real[:, 1:] & real[:, :-1]
-             & ~starts[:, 1:])
+    # A sequence starts at a step at position 0 after a real step of its row, real or padding
+    # (its padding then passes a zero state on). Left padding's steps before the first real
+    # one are no sequence of their own.
+    starts = (position_ids == 0) & ((real.cumsum(1) - real.long()) > 0)
+    # Between a real step and the real step before it in the same sequence, the position goes
+    # up by one, or by the steps between them (padding counted or not).
+    steps = torch.arange(seq_len, device=position_ids.device).expand(batch_size, seq_len)
+    last_real = torch.where(real, steps, -1).cummax(1).values
+    before = nn.functional.pad(last_real[:, :-1], (1, 0), value=-1)
+    sequence = starts.cumsum(1)
+    prior = before.clamp(min=0)
+    rise = position_ids - position_ids.gather(1, prior)
+    jumps = (real & (before >= 0) & (sequence == sequence.gather(1, prior))
+             & (rise != 1) & (rise != steps - before))
     if torch.jit.is_tracing():  # the check would be fixed at trace time, never made again
         raise ValueError("position_ids cannot be traced with torch.jit.trace: leave them out "
                          "(the recurrent state carries the position)")
@@ -1010,7 +1035,8 @@ class IndRNNForSequenceClassification(IndRNNPreTrainedModel):
             position_ids=position_ids,
         )
         shape = outputs.last_hidden_state.shape[:2]
-        if _sequence_starts(position_ids, _step_mask(attention_mask, *shape), *shape) is not None:
+        if position_ids is not None and _sequence_starts(
+                position_ids, _step_mask(attention_mask, *shape), *shape) is not None:
             raise ValueError(
                 "position_ids restart inside a row (packed sequences), but a sequence "
                 "classifier pools one output per row: give the sequences as a padded batch")
@@ -1397,8 +1423,9 @@ class IndRNNForCausalLM(IndRNNPreTrainedModel, GenerationMixin):
                 targets = _without_targets_before_the_first_real_step(
                     targets, attention_mask, outputs.last_hidden_state.shape[1])
             shape = outputs.last_hidden_state.shape[:2]
-            starts = None if from_state else _sequence_starts(
-                position_ids, _step_mask(attention_mask, *shape), *shape)
+            starts = None if from_state or position_ids is None else _sequence_starts(
+                position_ids, _step_mask(attention_mask, *shape, cached=cache is not None),
+                *shape)
             if starts is not None:
                 # Packed sequences: no target across a boundary, as labels = input_ids gives
                 # (DataCollatorWithFlattening marks them -100 itself).

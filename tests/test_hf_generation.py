@@ -471,6 +471,13 @@ def test_a_cache_pickled_before_the_step_count_became_a_property_keeps_its_count
     loaded = pickle.loads(pickle.dumps(old))
     assert loaded.get_seq_length() == 4
     assert torch.equal(_generate(model, ids, cache=loaded), _generate(model, ids))
+    # One pickled with a counter, before the flag saying whether it holds compiled steps.
+    state = dict(vars(_cache_after(model, ids[:, :3])))
+    state.pop("_counted_compiled", None)
+    state["_step_counter"] = torch.tensor(1)  # a compiled step
+    old.__dict__.clear()
+    old.__dict__.update(state)
+    assert pickle.loads(pickle.dumps(old)).get_seq_length() == 4
 
 
 def test_crop_and_recording_arguments_are_checked():
@@ -578,9 +585,11 @@ def test_as_the_draft_model_with_another_tokenizer():
     real_crop = IndRNNCache.crop
 
     def counted_crop(cache, tokens_to_remove):
-        asked = cache.get_seq_length() + tokens_to_remove
+        seen = cache.get_seq_length()
+        # Memory: the last max_rollback steps' states, and one per 16 steps before.
+        assert len(cache._past) <= cache.max_rollback + 2 + seen // 16
         real_crop(cache, tokens_to_remove)
-        crops.append((tokens_to_remove, asked, cache.get_seq_length()))
+        crops.append((tokens_to_remove, seen + tokens_to_remove, cache.get_seq_length()))
 
     rounds = _checked_draft(draft)
     draft.generation_config.num_assistant_tokens = 4
@@ -593,9 +602,10 @@ def test_as_the_draft_model_with_another_tokenizer():
                                 tokenizer=main_tok, assistant_tokenizer=draft_tok)
         assert torch.equal(got, want)
     # Crops further back than the draft (4 tokens and the 2 steps before): the draft's cache
-    # keeps its recorded states, so they land where asked and are not fed again from the start.
+    # keeps a state every 16 steps before those, so they land at most 15 steps before where
+    # asked, and the steps fed again are those few, not the whole sequence.
     assert min(removed for removed, _, _ in crops) < -6 and len(rounds) > 6
-    assert all(landed == asked for _, asked, landed in crops)
+    assert all(asked - 16 < landed <= asked for _, asked, landed in crops)
 
 
 def test_a_draft_models_cache_cropped_beyond_its_records_feeds_the_steps_again():

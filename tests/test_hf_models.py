@@ -142,6 +142,12 @@ def test_attention_mask_covering_the_cached_steps_is_taken():
     second = model(input_ids=ids[:, 4:], attention_mask=mask, cache=cache_of(first))
     torch.testing.assert_close(second.logits,
                                model(input_ids=ids, attention_mask=mask).logits[:, 4:])
+    # The causal LM with labels takes what the model takes (it raised on the mask's width
+    # when the given cache held no state yet).
+    ones = torch.ones(2, 7, dtype=torch.long)
+    out = model(input_ids=ids[:, :4], attention_mask=ones, cache=IndRNNCache(model.config),
+                labels=ids[:, :4])
+    torch.testing.assert_close(out.loss, model(input_ids=ids[:, :4], labels=ids[:, :4]).loss)
 
 
 def _positions(mask):
@@ -224,6 +230,26 @@ def test_packed_sequences_equal_each_sequence_alone(cls, options):
     (head(padded) * weight * padded_mask[..., None]).sum().backward()
     for got, p in zip(packed_grads, model.parameters(), strict=True):
         torch.testing.assert_close(got, p.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_packed_sequence_starting_with_padding_starts_from_a_zero_state():
+    """A sequence whose position-0 step is padding still starts there (it ran on from the
+    sequence before); positions that jump across padding inside a sequence raise."""
+    model = tiny_model(IndRNNModel)
+    a, b = random_tokens([4, 2])
+    ids = torch.cat([a, torch.tensor([PAD]), b])[None]
+    mask = torch.tensor([[1, 1, 1, 1, 0, 1, 1]])
+    positions = torch.tensor([[0, 1, 2, 3, 0, 1, 2]])
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
+    torch.testing.assert_close(out[:, :4], model(input_ids=a[None]).last_hidden_state)
+    torch.testing.assert_close(out[:, 5:], model(input_ids=b[None]).last_hidden_state)
+    for gap in ([0, 1, 2, 3, 9, 5, 6], [0, 1, 2, 3, 9, 9, 6]):  # padding counted, then not
+        jumped = torch.tensor([gap])
+        if gap[5] == 5:
+            model(input_ids=ids, attention_mask=mask, position_ids=jumped)
+        else:
+            with pytest.raises(ValueError, match="position_ids jump inside a row"):
+                model(input_ids=ids, attention_mask=mask, position_ids=jumped)
 
 
 def test_packed_causal_lm_loss_and_the_collator():

@@ -304,8 +304,12 @@ class IndRNNCache(DynamicCache):
 _DRAFT_CHECKPOINT = 16
 
 
-def _new_step_counter(device) -> torch.Tensor:
+def _new_step_counter(device) -> torch.Tensor | None:
+    """A step counter at a static address, or None under a tracing mode (export's
+    decompositions), where the zeros are no plain tensor."""
     counter = torch.zeros((), dtype=torch.int64, device=device)
+    if type(counter) is not torch.Tensor:
+        return None
     torch._dynamo.mark_static_address(counter)
     return counter
 
@@ -363,11 +367,7 @@ def _unflatten_cache(leaves, context) -> IndRNNCache:
     cache.seen_steps = int(steps) if concrete else steps
     if concrete:  # as an eager call's cache, e.g. the one a program run returns
         held = [layer.recurrent_states[0] for layer in cache.layers if layer.has_previous_state[0]]
-        counter = torch.zeros((), dtype=torch.int64,
-                              device=held[0].device if held else steps.device)
-        if type(counter) is torch.Tensor:  # not under a tracing mode (export's decompositions)
-            torch._dynamo.mark_static_address(counter)
-            cache._step_counter = counter
+        cache._step_counter = _new_step_counter(held[0].device if held else steps.device)
     return cache
 
 
@@ -950,10 +950,11 @@ def _sequence_starts(position_ids, mask, batch_size: int, seq_len: int):
                             "position_ids jump or restart inside a row: packed sequences "
                             "(position_ids restarting at 0) run in eager mode only")
         return None
-    if jumps.any():
+    jumped, restarted = torch.stack([jumps.any(), starts.any()]).tolist()  # one host sync
+    if jumped:
         raise ValueError("position_ids jump inside a row: between two real steps they must go "
                          "up by one, or restart at 0 where a packed sequence begins")
-    return starts if starts.any() else None
+    return starts if restarted else None
 
 
 def _unpacked_layout(starts: torch.Tensor):
@@ -1024,6 +1025,14 @@ class IndRNNForSequenceClassification(IndRNNPreTrainedModel):
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         attention_mask = _mask_from_pads(self.config, input_ids, attention_mask)
+        given = input_ids if input_ids is not None else inputs_embeds
+        if position_ids is not None and given is not None and given.dim() >= 2:
+            shape = given.shape[:2]  # refused before the model runs the packed rows
+            if _sequence_starts(position_ids, _step_mask(attention_mask, *shape),
+                                *shape) is not None:
+                raise ValueError(
+                    "position_ids restart inside a row (packed sequences), but a sequence "
+                    "classifier pools one output per row: give the sequences as a padded batch")
         outputs = self.model(
             input_ids,
             attention_mask=attention_mask,
@@ -1034,12 +1043,6 @@ class IndRNNForSequenceClassification(IndRNNPreTrainedModel):
             output_attentions=output_attentions,
             position_ids=position_ids,
         )
-        shape = outputs.last_hidden_state.shape[:2]
-        if position_ids is not None and _sequence_starts(
-                position_ids, _step_mask(attention_mask, *shape), *shape) is not None:
-            raise ValueError(
-                "position_ids restart inside a row (packed sequences), but a sequence "
-                "classifier pools one output per row: give the sequences as a padded batch")
         pooled = self._pool(outputs.last_hidden_state, attention_mask)
         logits = self.classifier(self.dropout(pooled))
         loss = None if labels is None else self._loss(logits, labels)
